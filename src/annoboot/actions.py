@@ -1,0 +1,118 @@
+"""The action space: crop boxes as tensors, relative boxes between crops, and action tokens.
+
+A view is a crop of an image, written as a box ``(x0, y0, x1, y1)`` in the image's normalised
+frame ([0, 1] on both axes). An *action* is the move from a source view to a target view: the
+target's box written in the source crop's own normalised frame (:func:`relative_box`), where
+values outside [0, 1] mean zoom-out or pan. The value decoder reads an action as 4 tokens, one
+per coordinate, each a bin index over [-R, R] (:func:`action_tokens`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+_RRC_TRIES = 10  # torchvision's RandomResizedCrop also gives up after 10 tries
+
+
+def sample_crop_boxes(
+    sizes_hw: torch.Tensor,
+    num_views: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """RandomResizedCrop boxes for every image, vectorised.
+
+    sizes_hw: (B, 2) image heights and widths in pixels (any numeric dtype).
+    scale: (low, high) fraction of the image area; ratio: (low, high) width/height in pixels.
+    Returns boxes_xyxy_norm: (B, num_views, 4) float32 in [0, 1], on ``sizes_hw``'s device.
+
+    Like torchvision's sampler: area fraction uniform in ``scale``, log-aspect uniform in
+    ``ratio``, retried until the box fits; images where no try fits get the largest centred box
+    with the ratio clamped to ``ratio``.
+    """
+    device = sizes_hw.device
+    batch = sizes_hw.shape[0]
+    h = sizes_hw[:, 0].float().view(batch, 1, 1)
+    w = sizes_hw[:, 1].float().view(batch, 1, 1)
+    shape = (batch, num_views, _RRC_TRIES)
+    uniform = lambda: torch.rand(shape, device=device, generator=generator)  # noqa: E731
+    area = scale[0] + (scale[1] - scale[0]) * uniform()
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * uniform()
+    aspect = torch.exp(log_r)
+    # Box width/height as fractions of the image: (bw*W)/(bh*H) = aspect and bw*bh = area.
+    bw = torch.sqrt(area * aspect * h / w)
+    bh = torch.sqrt(area * w / (aspect * h))
+    fits = (bw <= 1) & (bh <= 1)
+    first = torch.argmax(fits.int(), dim=-1, keepdim=True)  # first try that fits (0 if none)
+    bw = bw.gather(-1, first).squeeze(-1)
+    bh = bh.gather(-1, first).squeeze(-1)
+    any_fit = fits.any(-1)
+    # Fallback: whole image, aspect clamped into the ratio range (torchvision's centre crop).
+    img_aspect = (w / h).view(batch, 1).expand(batch, num_views)
+    clamped = img_aspect.clamp(ratio[0], ratio[1])
+    fb_w = torch.where(img_aspect > clamped, clamped / img_aspect, torch.ones_like(clamped))
+    fb_h = torch.where(img_aspect < clamped, img_aspect / clamped, torch.ones_like(clamped))
+    bw = torch.where(any_fit, bw, fb_w)
+    bh = torch.where(any_fit, bh, fb_h)
+    pos = torch.rand((batch, num_views, 2), device=device, generator=generator)
+    x0 = torch.where(any_fit, pos[..., 0] * (1 - bw), (1 - bw) / 2)
+    y0 = torch.where(any_fit, pos[..., 1] * (1 - bh), (1 - bh) / 2)
+    return torch.stack([x0, y0, x0 + bw, y0 + bh], dim=-1)
+
+
+def relative_box(source_xyxy: torch.Tensor, target_xyxy: torch.Tensor) -> torch.Tensor:
+    """The target box in the source crop's normalised frame.
+
+    source_xyxy, target_xyxy: (..., 4) boxes in a common frame; broadcastable.
+    Returns (..., 4): (0, 0, 1, 1) means "the same crop"; values outside [0, 1] reach outside
+    the source crop.
+    """
+    sx0, sy0, sx1, sy1 = source_xyxy.unbind(-1)
+    tx0, ty0, tx1, ty1 = target_xyxy.unbind(-1)
+    sw = sx1 - sx0
+    sh = sy1 - sy0
+    return torch.stack([(tx0 - sx0) / sw, (ty0 - sy0) / sh, (tx1 - sx0) / sw, (ty1 - sy0) / sh], -1)
+
+
+def pairwise_relative_boxes(boxes_xyxy: torch.Tensor) -> torch.Tensor:
+    """All source->target moves between the views of each image.
+
+    boxes_xyxy: (B, V, 4). Returns (B, V_source, V_target, 4).
+    """
+    return relative_box(boxes_xyxy[:, :, None, :], boxes_xyxy[:, None, :, :])
+
+
+def box_iou(a_xyxy: torch.Tensor, b_xyxy: torch.Tensor) -> torch.Tensor:
+    """Intersection over union of broadcastable (..., 4) boxes; returns (...)."""
+    ix = (torch.minimum(a_xyxy[..., 2], b_xyxy[..., 2]) - torch.maximum(a_xyxy[..., 0], b_xyxy[..., 0])).clamp(min=0)
+    iy = (torch.minimum(a_xyxy[..., 3], b_xyxy[..., 3]) - torch.maximum(a_xyxy[..., 1], b_xyxy[..., 1])).clamp(min=0)
+    inter = ix * iy
+    area_a = (a_xyxy[..., 2] - a_xyxy[..., 0]) * (a_xyxy[..., 3] - a_xyxy[..., 1])
+    area_b = (b_xyxy[..., 2] - b_xyxy[..., 0]) * (b_xyxy[..., 3] - b_xyxy[..., 1])
+    return inter / (area_a + area_b - inter).clamp(min=1e-12)
+
+
+def action_tokens(relative_xyxy: torch.Tensor, num_bins: int, value_range: float) -> torch.Tensor:
+    """Quantise relative boxes into token ids: 4 per box, one per coordinate.
+
+    relative_xyxy: (..., 4) from :func:`relative_box`. Values are clipped to [-R, R] and split
+    into ``num_bins`` equal bins. Returns (..., 4) int64 in [0, num_bins).
+    """
+    scaled = (relative_xyxy.clamp(-value_range, value_range) + value_range) / (2 * value_range)
+    return (scaled * num_bins).long().clamp_(0, num_bins - 1)
+
+
+def token_range_needed(scale: Sequence[float], ratio: Sequence[float], max_image_aspect: float = 1.0) -> float:
+    """The smallest R for which no relative coordinate between two sampled crops is clipped.
+
+    A relative coordinate is at most 1 / (smallest crop side) in magnitude. The smallest
+    side fraction comes from the smallest area at the most extreme aspect; ``max_image_aspect``
+    (long side / short side of the images, 1 for squares) widens it for non-square images.
+    """
+    extreme = max(1 / ratio[0], ratio[1]) * max_image_aspect
+    smallest_side = math.sqrt(scale[0] / extreme)
+    return 1.0 / smallest_side

@@ -1,0 +1,90 @@
+"""The ``annoboot`` command line: a thin layer over :mod:`annoboot.runs`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+from annoboot import __version__
+from annoboot.errors import AnnobootError
+
+EPILOG = """examples:
+  annoboot pretrain --config configs/quickstart.yaml
+  annoboot pretrain --config configs/fmnist_ab_simclr.yaml train.steps=2000 method.gamma=0.5
+  annoboot pretrain --config configs/fmnist_ab_simclr.yaml --resume
+  annoboot eval runs/quickstart --out runs/quickstart/eval.json
+  annoboot export runs/quickstart --out backbone.safetensors
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="annoboot",
+        description="Visual pre-training on unlabeled images by annotation bootstrapping.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"annoboot {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("pretrain", help="pre-train an encoder (then probe it if eval.at_end)")
+    p.add_argument("--config", help="recipe YAML (see configs/); defaults apply without one")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.out_dir")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100")
+
+    p = sub.add_parser("eval", help="probe a run's frozen encoder (kNN, linear, MAP); writes JSON")
+    p.add_argument("run", help="run directory (its latest checkpoint) or a checkpoint file")
+    p.add_argument("--out", help="JSON file for the results (default: <run>/eval.json for a directory)")
+    p.add_argument("--weights", choices=["online", "ema"], default="online", help="which network's encoder")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. eval.test.limit=1000 train.device=cpu")
+
+    p = sub.add_parser("export", help="write a run's backbone as timm-loadable safetensors")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--weights", choices=["online", "ema"], default="online")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    # Overrides may follow options (`eval RUN --out F key=value`), which argparse leaves unparsed.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if "=" not in item or item.startswith("-")]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        # Imported here so that `annoboot --help` stays fast.
+        from pathlib import Path
+
+        from annoboot import runs
+        from annoboot.config import load_config
+
+        if args.command == "pretrain":
+            runs.pretrain(load_config(args.config, args.overrides), resume=args.resume)
+        elif args.command == "eval":
+            out = args.out
+            if out is None and Path(args.run).is_dir():
+                out = str(Path(args.run) / "eval.json")
+            runs.evaluate_run(args.run, out, args.weights, args.overrides)
+        elif args.command == "export":
+            runs.export_run(args.run, args.out, args.weights)
+    except AnnobootError as exc:
+        print(f"annoboot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("annoboot: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Typed run configuration: dataclasses, YAML recipes and ``key=value`` overrides.
+
+One config system (OmegaConf structured configs): a recipe YAML is merged onto the dataclass
+defaults, then command-line overrides onto that. Unknown keys and values of the wrong type are
+rejected with an :class:`AnnobootError` naming the key, the value and where it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from annoboot.errors import AnnobootError
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass
+class SourceConfig:
+    """Where images come from. Sources are decode-only: crops happen later, on the device."""
+
+    kind: str = "fashion_mnist"  # fashion_mnist | image_folder
+    root: Optional[str] = None  # None: the source's default location
+    split: str = "train"  # fashion_mnist: train | test
+    labels_from_subfolders: bool = False  # image_folder: class = first sub-folder (evaluation)
+    limit: Optional[int] = None  # use only the first N images (smoke runs, tests)
+    max_short_side: int = 256  # decoded images are downscaled so their short side is at most this
+    num_workers: int = 4  # CPU decode workers for file-backed sources
+
+
+@dataclass
+class DataConfig:
+    # Annotation batch: the base method's images (labelled/curated in the decoupled setting).
+    annotation: SourceConfig = field(default_factory=SourceConfig)
+    # Bootstrap batch: unlabeled images for the value function. None: same source as annotation.
+    bootstrap: Optional[SourceConfig] = None
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vit_tiny_patch16_224"  # any timm model name
+    # Passed to timm.create_model (e.g. patch_size, depth, embed_dim). img_size is set from views.
+    backbone_kwargs: Dict[str, Any] = field(default_factory=lambda: {"patch_size": 4})
+    proj_hidden_dim: int = 1024
+    proj_dim: int = 128
+    decoder_depth: int = 4
+    decoder_dim: Optional[int] = None  # None: the encoder's width
+    decoder_heads: int = 4
+    decoder_mlp_ratio: float = 4.0
+
+
+@dataclass
+class ViewsConfig:
+    img_size: int = 32  # side of every rendered view (and of evaluation images)
+    # SimCLR annotation views: RandomResizedCrop + flip + colour jitter + grayscale.
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    flip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    jitter_strength: float = 0.5  # SimCLR's s: brightness/contrast/saturation 0.8s, hue 0.2s
+    grayscale_prob: float = 0.2
+    # Bootstrap views: plain crops, no flip or colour (method.md section 3).
+    bootstrap_views: int = 4
+    bootstrap_scale: List[float] = field(default_factory=lambda: [0.05, 1.0])
+    # Mean/std used to normalise rendered views (the same at evaluation).
+    mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+
+@dataclass
+class MethodConfig:
+    name: str = "ab_simclr"  # simclr | ab_simclr
+    temperature: float = 0.1  # SimCLR softmax temperature (reward uses the same)
+    # Annotation bootstrapping (ab_* methods).
+    ab_weight: float = 1.0
+    gamma: float = 0.0  # 0: the published recipe (reward only); > 0 bootstraps through Q_ema
+    aggregate: str = "mean"  # mean | max (max renormalised over annotations)
+    drop_self_pairs: bool = False
+    # Published split of the base batch: annotation images = B/2, bootstrap images = B/8.
+    annotation_fraction: float = 0.5
+    bootstrap_fraction: float = 0.125
+    action_bins: int = 128
+    action_range: float = 6.0  # R: relative coordinates are clipped to [-R, R] before binning
+    ab_init_scale: float = 10.0  # initial t_AB
+    ema_momentum: float = 0.996
+    ema_momentum_end: float = 1.0  # cosine-annealed to this; set equal for a constant rate
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 256  # base batch (images); ab_* methods split it, see MethodConfig
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    warmup_steps: int = 100
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: Optional[float] = 3.0
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: str = "runs/default"
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    train: SourceConfig = field(
+        default_factory=lambda: SourceConfig(kind="fashion_mnist", split="train")
+    )
+    test: SourceConfig = field(default_factory=lambda: SourceConfig(kind="fashion_mnist", split="test"))
+    batch_size: int = 512
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    linear_epochs: int = 30
+    linear_lrs: List[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    map_epochs: int = 10
+    map_lrs: List[float] = field(default_factory=lambda: [3e-4, 1e-3])
+    val_fraction: float = 0.1  # held out of the probe's train split to choose the learning rate
+    probes: List[str] = field(default_factory=lambda: ["knn", "linear", "map"])
+    at_end: bool = True  # run the probes when pre-training finishes
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_CHOICES = {
+    "data.annotation.kind": ("fashion_mnist", "image_folder"),
+    "data.bootstrap.kind": ("fashion_mnist", "image_folder"),
+    "method.name": ("simclr", "ab_simclr"),
+    "method.aggregate": ("mean", "max"),
+    "train.precision": ("auto", "bf16", "fp32"),
+}
+
+
+def _explain(exc: OmegaConfBaseException, origin: str) -> AnnobootError:
+    key = getattr(exc, "full_key", None) or "?"
+    msg = (getattr(exc, "msg", None) or str(exc)).strip().splitlines()[0]
+    return AnnobootError(f"bad config in {origin}: key '{key}': {msg}")
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]] = None) -> Config:
+    """Defaults <- recipe YAML at ``path`` <- ``key=value`` overrides; validated and typed."""
+    cfg = OmegaConf.structured(Config)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise AnnobootError(f"config file not found: {path}")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, str(path)) from None
+        except Exception as exc:  # YAML syntax errors
+            raise AnnobootError(f"cannot parse config file {path}: {exc}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise AnnobootError(f"override '{item}' is not of the form key=value (e.g. train.steps=100)")
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, "command-line overrides") from None
+    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def validate(cfg: Config) -> None:
+    """Checks that types alone cannot express; raises AnnobootError naming the key."""
+    values = {
+        "data.annotation.kind": cfg.data.annotation.kind,
+        "method.name": cfg.method.name,
+        "method.aggregate": cfg.method.aggregate,
+        "train.precision": cfg.train.precision,
+    }
+    if cfg.data.bootstrap is not None:
+        values["data.bootstrap.kind"] = cfg.data.bootstrap.kind
+    for key, value in values.items():
+        allowed = _CHOICES[key]
+        if value not in allowed:
+            raise AnnobootError(f"bad config: key '{key}' is '{value}'; choose one of {', '.join(allowed)}")
+    for key, pair in [
+        ("views.crop_scale", cfg.views.crop_scale),
+        ("views.crop_ratio", cfg.views.crop_ratio),
+        ("views.bootstrap_scale", cfg.views.bootstrap_scale),
+    ]:
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+            raise AnnobootError(f"bad config: key '{key}' must be [low, high] with 0 < low <= high, got {pair}")
+    if cfg.views.crop_scale[1] > 1 or cfg.views.bootstrap_scale[1] > 1:
+        raise AnnobootError("bad config: crop scales are fractions of the image area and must be <= 1")
+    if not 0 <= cfg.method.gamma < 1:
+        raise AnnobootError(f"bad config: key 'method.gamma' must be in [0, 1), got {cfg.method.gamma}")
+    if cfg.train.steps <= 0 or cfg.train.batch_size <= 0:
+        raise AnnobootError("bad config: 'train.steps' and 'train.batch_size' must be positive")
+    if cfg.method.name.startswith("ab_") and cfg.views.bootstrap_views < 2:
+        raise AnnobootError("bad config: 'views.bootstrap_views' must be >= 2 for annotation bootstrapping")
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_dict(data: Dict[str, Any]) -> Config:
+    """Rebuild a Config saved in a checkpoint."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))  # type: ignore[return-value]
+
+
+def to_dict(cfg: Config) -> Dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]

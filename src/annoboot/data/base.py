@@ -1,0 +1,63 @@
+"""The one interface every image source implements, and the batch type the trainer consumes.
+
+Sources only read and decode: crops and augmentations are rendered later on the device from
+sampled boxes (see ``annoboot.views``), so that the actions are known exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class ImageBatch:
+    """A batch of decoded images, padded to a common size.
+
+    images: (B, C, H, W) uint8, C in {1, 3}; image i occupies images[i, :, :h_i, :w_i].
+    sizes:  (B, 2) int64, (h_i, w_i) of each image's valid region in pixels.
+    labels: (B,) int64 when the source has labels (evaluation), else None.
+    """
+
+    images: torch.Tensor
+    sizes: torch.Tensor
+    labels: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> "ImageBatch":
+        return ImageBatch(
+            self.images.to(device, non_blocking=non_blocking),
+            self.sizes.to(device, non_blocking=non_blocking),
+            None if self.labels is None else self.labels.to(device, non_blocking=non_blocking),
+        )
+
+
+class ImageSource(Dataset):
+    """Indexable decoded images.
+
+    ``source[i]`` returns a (C, H, W) uint8 tensor, or None when the file cannot be decoded
+    (the caller skips and counts it). Sources that fit in memory as one fixed-size tensor
+    return it from :meth:`in_memory`, so the trainer can keep the whole set on the GPU.
+    """
+
+    name: str = "source"
+    labels: Optional[torch.Tensor] = None  # (N,) int64, evaluation only
+    class_names: Optional[List[str]] = None
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Optional[torch.Tensor]:
+        raise NotImplementedError
+
+    def in_memory(self) -> Optional[torch.Tensor]:
+        """(N, C, H, W) uint8 of the whole source when it is small and uniform, else None."""
+        return None
+
+    def describe(self) -> str:
+        return f"{self.name}: {len(self)} images"

@@ -1,0 +1,215 @@
+"""A folder of image files, flat or nested, decoded with PIL one file at a time.
+
+Decode only: every file comes back as RGB uint8 with its short side capped, and nothing else
+is done to it (crops and augmentations are rendered later, on the device). A file that cannot
+be decoded comes back as None, so one bad file in a scraped folder never stops a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from annoboot.data.base import ImageSource
+from annoboot.errors import AnnobootError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+# Transparent pixels are composited onto white: clip art and photo cut-outs are drawn for a
+# light page, and their dark outlines would vanish on black.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def find_image_files(root: Path) -> List[str]:
+    """Image files under ``root`` (any depth), sorted by their path relative to ``root``.
+
+    Symlinked files are skipped (in scraped sets they duplicate real files), symlinked folders
+    are not followed, and hidden names (``.*``, e.g. macOS ``._x.jpg`` forks) are ignored.
+    """
+    found: List[str] = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in files:
+            path = os.path.join(folder, name)
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            if os.path.islink(path):
+                continue
+            found.append(path)
+    found.sort(key=lambda path: Path(path).relative_to(root).parts)
+    return found
+
+
+def _target_size(width: int, height: int, max_short_side: int) -> Tuple[int, int]:
+    """(width, height) with the short side at most ``max_short_side``, aspect kept."""
+    short_side = min(width, height)
+    if short_side <= max_short_side:
+        return width, height
+    if width <= height:
+        return max_short_side, max(1, round(height * max_short_side / width))
+    return max(1, round(width * max_short_side / height)), max_short_side
+
+
+def _high_depth_to_gray8(image: Image.Image) -> Image.Image:
+    """16-bit ('I;16*'), 32-bit int ('I') or float ('F') grayscale -> 8-bit 'L'.
+
+    16-bit data is scaled by its nominal range (65535 -> 255), so a dark image stays dark.
+    'I' values within [0, 65535] are taken as 16-bit (Pillow opens many 16-bit files as 'I');
+    'F' values within [0, 1] as fractions; anything else is stretched from its min to its max.
+    """
+    values = np.asarray(image)
+    if image.mode == "F":
+        values = np.nan_to_num(values.astype(np.float64))
+        if values.min() >= 0 and values.max() <= 1:
+            gray = np.rint(values * 255)
+        else:
+            gray = _stretch(values)
+    elif image.mode.startswith("I;16") or (values.min() >= 0 and values.max() <= 65535):
+        # Integer rounding of x * 255 / 65535, exact at both ends of the range.
+        gray = (values.astype(np.int64) * 255 + 32767) // 65535
+    else:
+        gray = _stretch(values.astype(np.float64))
+    return Image.fromarray(np.ascontiguousarray(gray, dtype=np.uint8))
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros_like(values)
+    return np.rint((values - low) * (255.0 / (high - low)))
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    # 'transparency' in info marks a transparent palette entry or colour in P, L and RGB images.
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 'RGB'. Alpha is composited onto :data:`ALPHA_BACKGROUND`.
+
+    Grayscale and palette images are expanded, CMYK/YCbCr converted by Pillow, and
+    high-bit-depth grayscale scaled to 8 bits by :func:`_high_depth_to_gray8`.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode == "F" or image.mode.startswith("I"):
+        return _high_depth_to_gray8(image).convert("RGB")
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, ALPHA_BACKGROUND)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a mangled EXIF block should not cost us the pixels
+        return 1
+
+
+def decode_image(path: str, max_short_side: int) -> torch.Tensor:
+    """Decode one file to (3, H, W) uint8, contiguous, with min(H, W) <= max_short_side.
+
+    Raises whatever PIL raises on a bad file; :class:`ImageFolderSource` turns that into None.
+    """
+    with Image.open(path) as image:
+        if image.format == "JPEG":
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the cap allows: far less work.
+            image.draft(None, _target_size(*image.size, max_short_side))
+        image.load()
+        if _exif_orientation(image) != 1:
+            # Cameras store rotated pixels plus a tag; decoding means applying the tag.
+            image = ImageOps.exif_transpose(image)
+        rgb = to_rgb(image)
+        size = _target_size(*rgb.size, max_short_side)
+        if size != rgb.size:
+            # Pillow's resampling filters antialias when shrinking; reducing_gap first box-reduces
+            # by an integer factor, which is fast and visually the same.
+            rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        pixels_hwc = np.asarray(rgb)
+    return torch.from_numpy(np.ascontiguousarray(pixels_hwc.transpose(2, 0, 1)))
+
+
+class ImageFolderSource(ImageSource):
+    """Image files under ``root``, decoded on access.
+
+    ``source[i]``: (3, H, W) uint8 RGB with min(H, W) <= ``max_short_side``, or None when the
+    file cannot be decoded (logged at DEBUG with its path). ``paths``: the files, sorted by
+    relative path; ``limit`` keeps the first N of them.
+
+    With ``labels_from_subfolders`` the class of a file is its first-level sub-folder under
+    ``root`` (deeper folders belong to that class): ``class_names`` are those folder names,
+    sorted, and ``labels`` is (N,) int64 indexing them. Classes are named from all files found
+    before ``limit`` is applied, so label ids do not depend on the limit.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        labels_from_subfolders: bool = False,
+        limit: int | None = None,
+        max_short_side: int = 256,
+    ):
+        folder = Path(root)
+        if not folder.is_dir():
+            raise AnnobootError(
+                f"image folder not found: {folder} does not exist or is not a directory; "
+                "pass data.annotation.root=<dir> holding image files"
+            )
+        if limit is not None and limit <= 0:
+            raise AnnobootError(f"image folder limit must be a positive number of images, got {limit}")
+        if max_short_side <= 0:
+            raise AnnobootError(f"max_short_side must be a positive number of pixels, got {max_short_side}")
+        paths = find_image_files(folder)
+        if not paths:
+            raise AnnobootError(
+                f"no images found under {folder} (searched recursively for {', '.join(IMAGE_EXTENSIONS)}, "
+                "any case; symlinked and hidden files are skipped)"
+            )
+
+        self.root = str(folder)
+        self.name = f"image_folder/{folder.name or folder}"
+        self.max_short_side = max_short_side
+        if labels_from_subfolders:
+            classes_of_files = self._first_level_folders(folder, paths)
+            self.class_names = sorted(set(classes_of_files))
+            index_of_class = {name: i for i, name in enumerate(self.class_names)}
+            labels = [index_of_class[name] for name in classes_of_files]
+            self.labels = torch.tensor(labels[:limit], dtype=torch.int64)
+        self.paths: List[str] = paths[:limit]
+
+    @staticmethod
+    def _first_level_folders(root: Path, paths: List[str]) -> List[str]:
+        parts = [Path(path).relative_to(root).parts for path in paths]
+        loose = [path for path, rel in zip(paths, parts) if len(rel) == 1]
+        if loose:
+            raise AnnobootError(
+                f"labels_from_subfolders is on but {len(loose)} image(s) lie directly in {root} "
+                f"(e.g. {loose[0]}): put each image in a sub-folder named after its class "
+                "(root/<class>/image.jpg), or turn labels_from_subfolders off"
+            )
+        return [rel[0] for rel in parts]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Optional[torch.Tensor]:
+        """(3, H, W) uint8 RGB, or None when the file cannot be decoded."""
+        path = self.paths[index]
+        try:
+            return decode_image(path, self.max_short_side)
+        except Exception as exc:  # PIL plugins raise OSError, ValueError, SyntaxError, struct.error, ...
+            logger.debug("skipping undecodable image %s: %s: %s", path, type(exc).__name__, exc)
+            return None

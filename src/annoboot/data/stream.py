@@ -1,0 +1,297 @@
+"""Batches out of an :class:`ImageSource`: an endless, resumable training stream and an in-order
+evaluation pass.
+
+Training order is a pure function of (seed, epoch): epoch ``e`` visits
+``torch.randperm(N, generator=torch.Generator().manual_seed(seed * 1_000_003 + e))`` in full
+batches, dropping the partial tail. The stream's state is therefore just (epoch, position), and
+a resumed run sees exactly the batches an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from annoboot.data.base import ImageBatch, ImageSource
+from annoboot.errors import AnnobootError
+
+logger = logging.getLogger(__name__)
+
+# Spreads nearby (seed, epoch) pairs apart so that seed s, epoch 1 is not seed s + 1, epoch 0.
+_SEED_STRIDE = 1_000_003
+
+
+def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
+    """(N,) int64 permutation of the source's indices visited in ``epoch``."""
+    generator = torch.Generator().manual_seed(seed * _SEED_STRIDE + epoch)
+    return torch.randperm(num_images, generator=generator)
+
+
+def pad_collate(items: Sequence[Tuple[Optional[torch.Tensor], Optional[int]]]) -> Tuple[ImageBatch, int]:
+    """Stack decoded images of different sizes into one padded batch.
+
+    items: (image, label) pairs; image is (C, h, w) uint8 or None (undecodable), label an int or
+    None. None images are dropped with their labels. Images are zero-padded at the bottom and
+    right to the largest h and w; 1-channel images in a batch that also holds 3-channel ones
+    are repeated to 3 channels.
+
+    Returns (batch, skipped): batch.images (B, C, H, W) uint8, batch.sizes (B, 2) int64 (h, w),
+    batch.labels (B,) int64 or None when no item carries a label; skipped = number of None
+    images. With nothing decodable, batch is empty: images (0, 3, 0, 0).
+    """
+    kept = [(image, label) for image, label in items if image is not None]
+    skipped = len(items) - len(kept)
+    if not kept:
+        return ImageBatch(torch.zeros((0, 3, 0, 0), dtype=torch.uint8), torch.zeros((0, 2), dtype=torch.int64)), skipped
+    channels = max(image.shape[0] for image, _ in kept)
+    height = max(image.shape[1] for image, _ in kept)
+    width = max(image.shape[2] for image, _ in kept)
+    images = torch.zeros((len(kept), channels, height, width), dtype=torch.uint8)
+    sizes = torch.empty((len(kept), 2), dtype=torch.int64)
+    for i, (image, _) in enumerate(kept):
+        _, h, w = image.shape
+        images[i, :, :h, :w] = image  # broadcasting repeats a 1-channel image over C
+        sizes[i, 0], sizes[i, 1] = h, w
+    labels = [label for _, label in kept]
+    if all(label is None for label in labels):
+        return ImageBatch(images, sizes), skipped
+    if any(label is None for label in labels):
+        raise ValueError("pad_collate: either every item has a label or none has")
+    return ImageBatch(images, sizes, torch.tensor([int(label) for label in labels], dtype=torch.int64)), skipped
+
+
+def _collate_to_tuple(items: Sequence[Tuple[Optional[torch.Tensor], Optional[int]]]) -> Tuple[Any, ...]:
+    """pad_collate as plain (images, sizes, labels, skipped): the DataLoader pins tensors inside
+    tuples but passes a dataclass through unpinned."""
+    batch, skipped = pad_collate(items)
+    return batch.images, batch.sizes, batch.labels, skipped
+
+
+class _ImagesWithLabels(Dataset):
+    """(image or None, label or None) pairs of a source: what pad_collate consumes."""
+
+    def __init__(self, source: ImageSource, with_labels: bool):
+        self.source = source
+        self.with_labels = with_labels and source.labels is not None
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[int]]:
+        label = int(self.source.labels[index]) if self.with_labels else None  # type: ignore[index]
+        return self.source[index], label
+
+
+class _EndlessEpochBatches(Sampler[List[int]]):
+    """Batch sampler: full batches of index lists, epoch after epoch, from a starting point.
+
+    Endless, so the DataLoader keeps prefetching across epoch boundaries; :meth:`start_at` sets
+    where the next ``iter()`` begins (a resume restarts the loader there).
+    """
+
+    def __init__(self, num_images: int, batch_size: int, seed: int):
+        self.num_images = num_images
+        self.batch_size = batch_size
+        self.seed = seed
+        self._start = (0, 0)
+
+    def start_at(self, epoch: int, position: int) -> None:
+        self._start = (epoch, position)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        return self._batches_from(*self._start)  # the start is bound now, not at first next()
+
+    def _batches_from(self, epoch: int, position: int) -> Iterator[List[int]]:
+        while True:
+            full_batches = (self.num_images - position) // self.batch_size
+            order = epoch_order(self.num_images, self.seed, epoch)
+            batch_rows = order[position : position + full_batches * self.batch_size].view(full_batches, self.batch_size)
+            yield from batch_rows.tolist()
+            epoch, position = epoch + 1, 0
+
+
+class BatchStream:
+    """Endless stream of shuffled training batches, resumable mid-epoch.
+
+    Each ``next(stream)`` is an :class:`ImageBatch` on ``device`` with labels None: images
+    (B, C, H, W) uint8, sizes (B, 2) int64. Every batch covers ``batch_size`` consecutive
+    indices of the epoch's order (see :func:`epoch_order`); images that fail to decode are
+    dropped, so a file-backed batch may hold fewer than ``batch_size`` images.
+
+    In-memory sources (``source.in_memory()`` not None) are moved to ``device`` once and
+    batches are gathered there by index. Other sources are decoded by a DataLoader with
+    ``num_workers`` processes, pinned (default: when ``device`` is CUDA) and copied without
+    blocking.
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        batch_size: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+    ):
+        num_images = len(source)
+        if batch_size <= 0:
+            raise AnnobootError(f"batch size must be positive, got {batch_size}")
+        if num_images < batch_size:
+            raise AnnobootError(
+                f"{source.name} has {num_images} images, fewer than one batch of {batch_size}: "
+                "lower train.batch_size or point the source at more images (check its limit)"
+            )
+        self.source = source
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = torch.device(device)
+        self.num_workers = num_workers
+        self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
+        self._num_images = num_images
+        self._epoch = 0
+        self._position = 0
+        self._skipped = 0
+
+        all_images = source.in_memory()
+        self._images_on_device: Optional[torch.Tensor] = None
+        self._loader: Optional[DataLoader] = None
+        self._loader_batches: Optional[Iterator[Tuple[Any, ...]]] = None
+        if all_images is not None:
+            self._images_on_device = all_images.to(self.device)
+            height, width = all_images.shape[-2:]
+            self._constant_sizes = torch.tensor([[height, width]], dtype=torch.int64, device=self.device).repeat(
+                batch_size, 1
+            )
+            self._order_epoch = -1
+            self._order_on_device = torch.empty(0, dtype=torch.int64, device=self.device)
+        else:
+            self._batch_sampler = _EndlessEpochBatches(num_images, batch_size, seed)
+            self._loader = self._make_loader()
+
+    def _make_loader(self) -> DataLoader:
+        return DataLoader(
+            _ImagesWithLabels(self.source, with_labels=False),
+            batch_sampler=self._batch_sampler,
+            num_workers=self.num_workers,
+            collate_fn=_collate_to_tuple,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    @property
+    def skipped(self) -> int:
+        """Undecodable images met so far (over all epochs, including before a resume)."""
+        return self._skipped
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> ImageBatch:
+        if self._images_on_device is not None:
+            return self._next_in_memory()
+        return self._next_from_files()
+
+    def _next_in_memory(self) -> ImageBatch:
+        if self._order_epoch != self._epoch:
+            self._order_on_device = epoch_order(self._num_images, self.seed, self._epoch).to(self.device)
+            self._order_epoch = self._epoch
+        indices = self._order_on_device[self._position : self._position + self.batch_size]
+        images = self._images_on_device.index_select(0, indices)  # type: ignore[union-attr]
+        self._advance()
+        return ImageBatch(images, self._constant_sizes)
+
+    def _next_from_files(self) -> ImageBatch:
+        if self._loader_batches is None:
+            self._batch_sampler.start_at(self._epoch, self._position)
+            self._loader_batches = iter(self._loader)  # type: ignore[arg-type]
+        images, sizes, _, skipped = next(self._loader_batches)
+        self._skipped += skipped
+        self._advance()
+        if images.shape[0] == 0:
+            raise AnnobootError(
+                f"{self.source.describe()}: none of the {self.batch_size} images of a batch could be decoded; "
+                "most files are unreadable (corrupt, truncated or not images): check the folder"
+            )
+        return ImageBatch(images, sizes).to(self.device, non_blocking=self.pin_memory)
+
+    def _advance(self) -> None:
+        self._position += self.batch_size
+        if self._position + self.batch_size > self._num_images:  # drop_last: the tail is skipped
+            self._epoch += 1
+            self._position = 0
+
+    def state_dict(self) -> Dict[str, int]:
+        """{"epoch", "position" (samples of the epoch consumed), "skipped" (undecodable so far)}."""
+        return {"epoch": self._epoch, "position": self._position, "skipped": self._skipped}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        """Continue from ``state``: the next batch is the one that followed it when it was saved."""
+        missing = [key for key in ("epoch", "position", "skipped") if key not in state]
+        if missing:
+            raise AnnobootError(
+                f"batch stream state {dict(state)} lacks {', '.join(missing)}; the checkpoint is damaged"
+            )
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position < self._num_images:
+            raise AnnobootError(
+                f"batch stream state epoch={epoch} position={position} does not fit {self.source.describe()}; "
+                "was the checkpoint written with another data source or limit?"
+            )
+        self._epoch, self._position, self._skipped = epoch, position, int(state["skipped"])
+        if self._position + self.batch_size > self._num_images:
+            self._epoch, self._position = self._epoch + 1, 0
+        self._loader_batches = None  # restart decoding from the restored point
+
+    def close(self) -> None:
+        """Stop decode workers now rather than at garbage collection; the stream stays usable."""
+        if self._loader is not None:
+            self._loader_batches = None
+            self._loader = self._make_loader()
+
+
+def iter_eval_batches(source: ImageSource, batch_size: int, num_workers: int = 0) -> Iterator[ImageBatch]:
+    """Every image of ``source`` once, in index order, as CPU batches with labels.
+
+    Yields ImageBatch: images (b, C, H, W) uint8, sizes (b, 2) int64, labels (b,) int64 taken
+    from ``source.labels`` (None when the source has none). The last batch may be short.
+    Undecodable files are left out together with their labels (a warning gives the count),
+    so ``b`` can be below ``batch_size``; raises AnnobootError when nothing decodes.
+    """
+    if batch_size <= 0:
+        raise AnnobootError(f"evaluation batch size must be positive, got {batch_size}")
+    all_images = source.in_memory()
+    labels = source.labels
+    if all_images is not None:
+        image_size = torch.tensor([all_images.shape[-2:]], dtype=torch.int64)
+        for start in range(0, len(source), batch_size):
+            stop = min(start + batch_size, len(source))
+            yield ImageBatch(
+                all_images[start:stop],
+                image_size.repeat(stop - start, 1),
+                None if labels is None else labels[start:stop],
+            )
+        return
+
+    loader = DataLoader(
+        _ImagesWithLabels(source, with_labels=True),
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=num_workers,
+        collate_fn=_collate_to_tuple,
+    )
+    skipped = 0
+    for images, sizes, batch_labels, batch_skipped in loader:
+        skipped += batch_skipped
+        if images.shape[0]:
+            yield ImageBatch(images, sizes, batch_labels)
+    if skipped == len(source):
+        raise AnnobootError(
+            f"{source.describe()}: no image could be decoded; the files are unreadable "
+            "(corrupt, truncated or not images): check the folder"
+        )
+    if skipped:
+        logger.warning("%s: skipped %d undecodable image(s) of %d", source.name, skipped, len(source))

@@ -1,0 +1,182 @@
+"""Probes of a frozen encoder: kNN and a linear probe on pooled features, a MAP probe on tokens.
+
+:func:`evaluate` extracts the features of a labelled train and test source once (tokens only
+when the MAP probe is asked for) and runs the probes named in ``EvalConfig.probes``;
+:func:`format_results_table` prints the outcome. Each probe is also usable on its own:
+:func:`knn_accuracy`, :func:`linear_probe`, :func:`map_probe` take plain tensors.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict
+
+import torch
+
+from annoboot.config import EvalConfig
+from annoboot.data.base import ImageSource
+from annoboot.errors import AnnobootError
+from annoboot.eval.features import Features, extract_features
+from annoboot.eval.knn import knn_accuracy, knn_predict
+from annoboot.eval.linear import linear_probe
+from annoboot.eval.map_probe import MAPHead, map_probe
+from annoboot.models.encoder import Encoder
+from annoboot.views import Normalize
+
+PROBES = ("knn", "linear", "map")
+
+
+def _check_sources(train_source: ImageSource, test_source: ImageSource) -> None:
+    for role, source in (("eval.train", train_source), ("eval.test", test_source)):
+        if source.labels is None:
+            raise AnnobootError(
+                f"{role} source '{source.name}' has no labels; probes need them: for an image folder set "
+                f"{role}.labels_from_subfolders=true with one sub-folder per class"
+            )
+    train_names, test_names = train_source.class_names, test_source.class_names
+    if train_names is not None and test_names is not None and list(train_names) != list(test_names):
+        raise AnnobootError(
+            f"eval.train source '{train_source.name}' and eval.test source '{test_source.name}' name different "
+            f"classes ({len(train_names)} vs {len(test_names)}); point both at folders with the same class sub-folders"
+        )
+
+
+def _num_classes(train_source: ImageSource, train: Features, test: Features) -> int:
+    largest_label = int(max(train.labels.max(), test.labels.max())) + 1
+    return max(largest_label, len(train_source.class_names or ()))
+
+
+def evaluate(
+    encoder: Encoder,
+    train_source: ImageSource,
+    test_source: ImageSource,
+    cfg: EvalConfig,
+    img_size: int,
+    normalize: Normalize,
+    device: torch.device | str,
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """Run the probes of ``cfg.probes`` on ``encoder`` (frozen; its train/eval mode is kept).
+
+    The sources are used whole (``cfg.train.limit`` / ``cfg.test.limit`` are applied when they
+    are built). Whole images are resized to ``img_size`` and normalised with ``normalize``.
+
+    Returns:
+        {"knn": %, "linear": %, "map": % (each only when asked for),
+         "details": {probe: its settings and val results},
+         "num_train": N, "num_test": M, "seconds": wall time of the whole evaluation}.
+    """
+    start = time.perf_counter()
+    unknown = [name for name in cfg.probes if name not in PROBES]
+    if unknown:
+        raise AnnobootError(f"eval.probes holds unknown probe(s) {', '.join(unknown)}; choose from {', '.join(PROBES)}")
+    _check_sources(train_source, test_source)
+    device = torch.device(device)
+    keep_tokens = "map" in cfg.probes
+    train = extract_features(
+        encoder, train_source, img_size, normalize, cfg.batch_size, device, keep_tokens, cfg.train.num_workers, progress
+    )
+    test = extract_features(
+        encoder, test_source, img_size, normalize, cfg.batch_size, device, keep_tokens, cfg.test.num_workers, progress
+    )
+    num_classes = _num_classes(train_source, train, test)
+
+    results: Dict[str, Any] = {}
+    details: Dict[str, Any] = {}
+    if "knn" in cfg.probes:
+        results["knn"] = knn_accuracy(
+            train.pooled.to(device),
+            train.labels.to(device),
+            test.pooled.to(device),
+            test.labels.to(device),
+            num_classes,
+            k=cfg.knn_k,
+            temperature=cfg.knn_temperature,
+        )
+        details["knn"] = {"k": min(cfg.knn_k, len(train)), "temperature": cfg.knn_temperature}
+    if "linear" in cfg.probes:
+        linear = linear_probe(
+            train.pooled,
+            train.labels,
+            test.pooled,
+            test.labels,
+            num_classes,
+            lrs=tuple(cfg.linear_lrs),
+            epochs=cfg.linear_epochs,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            device=device,
+        )
+        results["linear"] = linear["test_acc"]
+        details["linear"] = {"epochs": cfg.linear_epochs, **linear}
+    if "map" in cfg.probes:
+        assert train.tokens is not None and test.tokens is not None
+        attention = map_probe(
+            train.tokens,
+            train.labels,
+            test.tokens,
+            test.labels,
+            num_classes,
+            lrs=tuple(cfg.map_lrs),
+            epochs=cfg.map_epochs,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            device=device,
+        )
+        results["map"] = attention["test_acc"]
+        details["map"] = {"epochs": cfg.map_epochs, "num_tokens": train.tokens.shape[1], **attention}
+    results["details"] = details
+    results["num_train"] = len(train)
+    results["num_test"] = len(test)
+    results["seconds"] = time.perf_counter() - start
+    return results
+
+
+def _describe(probe: str, detail: Dict[str, Any]) -> str:
+    if probe == "knn":
+        return f"k={detail['k']}, T={detail['temperature']:g}"
+    return f"lr={detail['best_lr']:g} (val {detail['val_acc']:.2f}), {detail['epochs']} epochs"
+
+
+def format_results_table(results: Dict[str, Any], title: str) -> str:
+    """The probes' top-1 accuracies of an :func:`evaluate` result as an aligned text table.
+
+    Example (the layout)::
+
+        simclr on fashion_mnist, step 1000
+        probe   top-1 %  settings
+        knn       71.35  k=20, T=0.07
+        linear    80.12  lr=0.003 (val 80.60), 30 epochs
+        train 60000 / test 10000 images, 95.2 s
+    """
+    details = results.get("details", {})
+    rows = [(probe, f"{results[probe]:.2f}", _describe(probe, details[probe]) if probe in details else "")
+            for probe in PROBES if probe in results]
+    header = ("probe", "top-1 %", "settings")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(2)]
+    lines = [title, f"{header[0]:<{widths[0]}}  {header[1]:>{widths[1]}}  {header[2]}"]
+    lines += [f"{probe:<{widths[0]}}  {acc:>{widths[1]}}  {note}".rstrip() for probe, acc, note in rows]
+    if not rows:
+        lines.append("(no probe was run)")
+    footer = []
+    if "num_train" in results and "num_test" in results:
+        footer.append(f"train {results['num_train']} / test {results['num_test']} images")
+    if "seconds" in results:
+        footer.append(f"{results['seconds']:.1f} s")
+    if footer:
+        lines.append(", ".join(footer))
+    return "\n".join(lines)
+
+
+__all__ = [
+    "Features",
+    "MAPHead",
+    "PROBES",
+    "evaluate",
+    "extract_features",
+    "format_results_table",
+    "knn_accuracy",
+    "knn_predict",
+    "linear_probe",
+    "map_probe",
+]

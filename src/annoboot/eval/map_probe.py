@@ -1,0 +1,132 @@
+"""MAP probe: multi-head attention pooling over frozen tokens, then a linear classifier.
+
+A linear probe on the pooled vector only sees what the encoder's own pooling kept; the MAP
+probe learns where to look among the tokens. This is where annotation bootstrapping shows its
+gains (method.md, section 6), so an evaluation without it would hide the method's effect.
+
+The head follows the MAP head of big_vision (``MAPHead``) and the idea of timm's
+``AttentionPoolLatent``: one learned query attends over the LayerNorm'd tokens, the pooled
+vector is refined by a residual MLP, and a linear layer classifies it. As for the linear probe,
+one head per learning rate trains in the same pass and the val split picks the one reported.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from annoboot.eval.linear import check_probe_inputs, holdout_split, select_by_validation, train_head_grid
+
+
+def default_num_heads(dim: int) -> int:
+    """The largest of 8, 6, 4, 3, 2, 1 that divides ``dim``."""
+    return next(heads for heads in (8, 6, 4, 3, 2, 1) if dim % heads == 0)
+
+
+class MAPHead(nn.Module):
+    """Attention-pooling classifier over a set of tokens.
+
+    forward(tokens (B, T, D)) -> logits (B, C):
+        x = LayerNorm(tokens)
+        p = MultiHeadAttention(query=q, keys=values=x)    # q: one learned (1, D) query
+        p = p + MLP(LayerNorm(p))                         # MLP: D -> mlp_ratio * D -> D, GELU
+        logits = Linear(p)
+
+    Args:
+        dim: token width D.
+        num_classes: C.
+        num_heads: attention heads; default :func:`default_num_heads` (D).
+        mlp_ratio: hidden width of the MLP relative to D.
+    """
+
+    def __init__(self, dim: int, num_classes: int, num_heads: Optional[int] = None, mlp_ratio: float = 4.0):
+        super().__init__()
+        num_heads = default_num_heads(dim) if num_heads is None else num_heads
+        if dim % num_heads:
+            raise ValueError(f"MAPHead: {num_heads} heads do not divide the token width {dim}")
+        self.query = nn.Parameter(torch.empty(1, 1, dim))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        self.token_norm = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        hidden = int(dim * mlp_ratio)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) tokens -> (B, D) pooled vector, before the classifier."""
+        keys = self.token_norm(tokens)
+        query = self.query.expand(tokens.shape[0], -1, -1)
+        pooled, _ = self.attention(query, keys, keys, need_weights=False)  # (B, 1, D)
+        pooled = pooled + self.mlp(self.mlp_norm(pooled))
+        return pooled[:, 0]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(tokens))
+
+
+def map_probe(
+    train_tokens: torch.Tensor,
+    train_y: torch.Tensor,
+    test_tokens: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    lrs: Sequence[float] = (3e-4, 1e-3),
+    epochs: int = 10,
+    batch_size: int = 256,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    num_heads: Optional[int] = None,
+    weight_decay: float = 0.0,
+) -> Dict[str, object]:
+    """Train one :class:`MAPHead` per learning rate on frozen tokens; report the best.
+
+    Tokens stay where they are (typically CPU, float16) and each batch is gathered, moved to
+    ``device`` and cast to float32 on the way, so device memory holds one batch of tokens.
+    ``val_fraction`` of the train split (seeded) is held out to choose the learning rate; every
+    head starts from the same seeded initialisation and sees the same batches (AdamW, cosine
+    decay). Evaluation is chunked. Deterministic for a seed on a given device.
+
+    Args:
+        train_tokens: (N, T, D), any float dtype; train_y: (N,) int64 in [0, num_classes).
+        test_tokens: (M, T, D); test_y: (M,).
+        num_classes: C.
+        lrs: the learning-rate grid.
+        epochs, batch_size: passes over the fit split and rows per step.
+        val_fraction: share of the train split held out to choose the learning rate.
+        seed: fixes the split, the initialisation and the batch order.
+        device: where the heads train.
+        num_heads: attention heads; default the largest of 8, 6, 4, 3, 2, 1 dividing D.
+        weight_decay: AdamW weight decay.
+
+    Returns:
+        {"test_acc": %, "val_acc": %, "best_lr": float, "val_acc_by_lr": {"3e-4": %, ...}}.
+    """
+    check_probe_inputs(train_tokens, train_y, test_tokens, test_y, lrs)
+    if train_tokens.ndim != 3:
+        raise ValueError(f"map_probe: tokens must be (N, T, D), got {tuple(train_tokens.shape)}")
+    device = torch.device(device)
+    dim = train_tokens.shape[2]
+    heads = nn.ModuleList()
+    for _ in lrs:
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+            torch.manual_seed(seed)
+            heads.append(MAPHead(dim, num_classes, num_heads))
+    heads.to(device)
+
+    fit_index, val_index = holdout_split(train_tokens.shape[0], val_fraction, seed)
+    train_head_grid(heads, lrs, train_tokens, train_y, fit_index, epochs, batch_size, seed, device, weight_decay)
+    val_index = val_index.to(train_tokens.device)
+    return select_by_validation(
+        heads,
+        lrs,
+        train_tokens[val_index],
+        train_y[val_index.to(train_y.device)],
+        test_tokens,
+        test_y,
+        device,
+        chunk_size=batch_size * 4,
+    )

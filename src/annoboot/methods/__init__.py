@@ -1,0 +1,20 @@
+"""One small module per method; ``build_method`` picks one by name."""
+
+from annoboot.config import Config
+from annoboot.errors import AnnobootError
+from annoboot.methods.ab_simclr import ABSimCLR
+from annoboot.methods.base import Method, StepOutput
+from annoboot.methods.simclr import SimCLR
+
+METHODS = {"simclr": SimCLR, "ab_simclr": ABSimCLR}
+
+
+def build_method(cfg: Config) -> Method:
+    try:
+        cls = METHODS[cfg.method.name]
+    except KeyError:
+        raise AnnobootError(f"unknown method.name '{cfg.method.name}'; choose one of {', '.join(METHODS)}") from None
+    return cls(cfg)
+
+
+__all__ = ["ABSimCLR", "METHODS", "Method", "SimCLR", "StepOutput", "build_method"]

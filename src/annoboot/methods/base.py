@@ -1,0 +1,42 @@
+"""What every pre-training method provides to the shared trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict
+
+import torch
+from torch import nn
+
+from annoboot.config import Config
+from annoboot.data.base import ImageBatch
+from annoboot.models.encoder import Encoder
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar to minimise
+    metrics: Dict[str, torch.Tensor] = field(default_factory=dict)  # detached, on device (no host sync)
+
+
+class Method(nn.Module):
+    """A method owns its modules and its loss; the trainer owns everything else.
+
+    ``batch_sizes`` says how many images each named data stream must deliver per step
+    ('annotation', and 'bootstrap' for annotation bootstrapping). ``uses_target`` asks the
+    trainer for an EMA copy of the whole method, passed to ``training_step`` as ``target``;
+    its momentum follows ``ema_momentum``/``ema_momentum_end`` of the method config.
+    """
+
+    uses_target: bool = False
+    encoder: Encoder
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+
+    def batch_sizes(self) -> Dict[str, int]:
+        raise NotImplementedError
+
+    def training_step(self, batches: Dict[str, ImageBatch], target: "Method | None") -> StepOutput:
+        raise NotImplementedError

@@ -1,0 +1,43 @@
+"""SimCLR (Chen et al. 2020): two augmented views per image, NT-Xent between them."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from annoboot.actions import sample_crop_boxes
+from annoboot.config import Config
+from annoboot.data.base import ImageBatch
+from annoboot.methods.base import Method, StepOutput
+from annoboot.models import Projector, build_encoder
+from annoboot.objectives import nt_xent
+from annoboot.views import Normalize, SimCLRAugment, render_views
+
+
+class SimCLR(Method):
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        v = cfg.views
+        self.encoder = build_encoder(cfg.model.backbone, v.img_size, cfg.model.backbone_kwargs)
+        self.projector = Projector(self.encoder.width, cfg.model.proj_hidden_dim, cfg.model.proj_dim)
+        self.augment = SimCLRAugment(v.flip_prob, v.jitter_prob, v.jitter_strength, v.grayscale_prob)
+        self.normalize = Normalize(v.mean, v.std)
+
+    def batch_sizes(self) -> Dict[str, int]:
+        return {"annotation": self.cfg.train.batch_size}
+
+    def annotation_views(self, batch: ImageBatch) -> torch.Tensor:
+        """Two SimCLR views per image, view-major: (2B, 3, S, S), rows [0, B) are view 1."""
+        v = self.cfg.views
+        boxes = sample_crop_boxes(batch.sizes, 2, v.crop_scale, v.crop_ratio)
+        views = render_views(batch, boxes, v.img_size)  # image-major (B*2)
+        views = views.view(len(batch), 2, *views.shape[1:]).transpose(0, 1).flatten(0, 1)
+        return self.normalize(self.augment(views))
+
+    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None = None) -> StepOutput:
+        views = self.annotation_views(batches["annotation"])
+        z = self.projector(self.encoder(views).pooled)
+        z1, z2 = z.chunk(2)
+        loss = nt_xent(z1, z2, self.cfg.method.temperature)
+        return StepOutput(loss, {"loss/simclr": loss.detach()})

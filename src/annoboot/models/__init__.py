@@ -1,0 +1,14 @@
+from annoboot.models.encoder import Encoder, EncoderOutput, build_encoder, create_backbone
+from annoboot.models.heads import LogitScale, Projector
+from annoboot.models.value_decoder import ValueDecoder, block_diagonal_mask
+
+__all__ = [
+    "Encoder",
+    "EncoderOutput",
+    "LogitScale",
+    "Projector",
+    "ValueDecoder",
+    "block_diagonal_mask",
+    "build_encoder",
+    "create_backbone",
+]

@@ -1,0 +1,78 @@
+"""Image encoders: any timm backbone, returning its tokens and a pooled vector.
+
+A ViT returns its patch tokens (prefix tokens such as [CLS] dropped) and its own pooled
+output; a CNN returns its last feature map flattened into tokens and its global pool. The
+value decoder and the MAP probe read the tokens; kNN and the linear probe read the pooled vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict
+
+import timm
+import torch
+from torch import nn
+
+from annoboot.errors import AnnobootError
+
+
+@dataclass
+class EncoderOutput:
+    tokens: torch.Tensor  # (B, T, D)
+    pooled: torch.Tensor  # (B, D)
+
+
+def create_backbone(name: str, img_size: int, backbone_kwargs: Dict[str, Any] | None = None) -> nn.Module:
+    """A randomly initialised timm model without classifier (nothing is downloaded)."""
+    return _create(name, img_size, backbone_kwargs)[0]
+
+
+def _create(name: str, img_size: int, backbone_kwargs: Dict[str, Any] | None) -> tuple[nn.Module, Dict[str, Any]]:
+    """The timm model and the keyword arguments that built it (``img_size`` only where taken)."""
+    kwargs = dict(backbone_kwargs or {})
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise AnnobootError(f"unknown timm backbone '{name}' (model.backbone); similar names: {', '.join(close)}")
+    kwargs.setdefault("img_size", img_size)
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs), kwargs
+    except TypeError as exc:
+        # CNNs take no image size: retry without it, unless the user set it.
+        if "img_size" not in str(exc) or "img_size" in (backbone_kwargs or {}):
+            raise AnnobootError(f"model.backbone_kwargs {kwargs} do not fit timm model '{name}': {exc}") from None
+    kwargs.pop("img_size")
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs), kwargs
+    except TypeError as exc:
+        raise AnnobootError(f"model.backbone_kwargs {kwargs} do not fit timm model '{name}': {exc}") from None
+
+
+class Encoder(nn.Module):
+    """Wraps a timm backbone; ``forward(images) -> EncoderOutput``.
+
+    images: (B, 3, S, S) normalised. ``width`` is the token/pooled dimension.
+    ``backbone_name`` and ``create_kwargs`` rebuild the same timm model (used by export).
+    """
+
+    def __init__(self, backbone: nn.Module, backbone_name: str = "", create_kwargs: Dict[str, Any] | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.backbone_name = backbone_name
+        self.create_kwargs = dict(create_kwargs or {})
+        self.width: int = backbone.num_features
+        self.num_prefix_tokens: int = getattr(backbone, "num_prefix_tokens", 0)
+
+    def forward(self, images: torch.Tensor) -> EncoderOutput:
+        features = self.backbone.forward_features(images)
+        pooled = self.backbone.forward_head(features, pre_logits=True)
+        if features.ndim == 4:  # CNN feature map (B, C, h, w)
+            tokens = features.flatten(2).transpose(1, 2)
+        else:
+            tokens = features[:, self.num_prefix_tokens :]
+        return EncoderOutput(tokens=tokens, pooled=pooled)
+
+
+def build_encoder(name: str, img_size: int, backbone_kwargs: Dict[str, Any] | None = None) -> Encoder:
+    backbone, kwargs = _create(name, img_size, backbone_kwargs)
+    return Encoder(backbone, name, kwargs)

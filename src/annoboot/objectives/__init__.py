@@ -1,0 +1,20 @@
+"""Pure losses: functions of tensors, no trainer, config or I/O."""
+
+from annoboot.objectives.bootstrap import (
+    aggregate_next_values,
+    agreement_by_iou,
+    bootstrap_loss,
+    soft_cross_entropy,
+    td_target,
+)
+from annoboot.objectives.simclr import annotation_distribution, nt_xent
+
+__all__ = [
+    "aggregate_next_values",
+    "agreement_by_iou",
+    "annotation_distribution",
+    "bootstrap_loss",
+    "nt_xent",
+    "soft_cross_entropy",
+    "td_target",
+]

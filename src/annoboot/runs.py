@@ -1,0 +1,97 @@
+"""What the CLI commands do, as functions: pre-train a run, evaluate or export its encoder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from annoboot.config import Config, validate
+from annoboot.data import build_source
+from annoboot.errors import AnnobootError
+from annoboot.eval import evaluate, format_results_table
+from annoboot.export import export_backbone, load_snippet
+from annoboot.methods import Method, build_method
+from annoboot.models.encoder import Encoder
+from annoboot.train.checkpoint import load_checkpoint
+from annoboot.train.trainer import Trainer, resolve_device
+from annoboot.views import Normalize
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_encoder(encoder: Encoder, cfg: Config, device: torch.device) -> dict:
+    """Run the probes of ``cfg.eval`` on a frozen encoder."""
+    train_source = build_source(cfg.eval.train)
+    test_source = build_source(cfg.eval.test)
+    normalize = Normalize(cfg.views.mean, cfg.views.std).to(device)
+    return evaluate(encoder, train_source, test_source, cfg.eval, cfg.views.img_size, normalize, device)
+
+
+def pretrain(cfg: Config, resume: bool = False) -> dict:
+    """Pre-train, then (if ``eval.at_end``) probe the encoder; returns the run's summary."""
+    trainer = Trainer(cfg, resume=resume)
+    last = trainer.fit()
+    summary = {"run_dir": str(trainer.run_dir), "step": trainer.step, "train": last}
+    if cfg.eval.at_end and trainer.step >= cfg.train.steps:
+        results = evaluate_encoder(trainer.method.encoder, cfg, trainer.device)
+        write_json(trainer.run_dir / "eval.json", results)
+        print(format_results_table(results, f"{cfg.method.name} on {cfg.data.annotation.kind}, step {trainer.step}"))
+        summary["eval"] = results
+    return summary
+
+
+def load_run(path: str | Path, weights: str = "online", overrides: Optional[List[str]] = None) -> tuple[Config, Method, torch.device]:
+    """A run directory or checkpoint file -> (its config with overrides, method with weights loaded)."""
+    state = load_checkpoint(path)
+    base = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
+    try:
+        cfg: Config = OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides or []))))  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise AnnobootError(f"bad override: key '{getattr(exc, 'full_key', '?')}': {getattr(exc, 'msg', exc)}") from None
+    validate(cfg)
+    device = resolve_device(cfg.train.device)
+    method = build_method(cfg)
+    if weights == "online":
+        method.load_state_dict(state["method"])
+    elif weights == "ema":
+        if state.get("target") is None:
+            raise AnnobootError(f"--weights ema: the run at {path} has no EMA target ({cfg.method.name} keeps none)")
+        method.load_state_dict(state["target"])
+    else:
+        raise AnnobootError(f"--weights must be 'online' or 'ema', got '{weights}'")
+    return cfg, method.to(device).eval(), device
+
+
+def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "online", overrides: Optional[List[str]] = None) -> dict:
+    cfg, method, device = load_run(path, weights, overrides)
+    results = evaluate_encoder(method.encoder, cfg, device)
+    results["checkpoint"] = str(path)
+    results["weights"] = weights
+    if out is not None:
+        write_json(Path(out), results)
+    print(format_results_table(results, f"{cfg.method.name} ({weights} weights) from {path}"))
+    return results
+
+
+def export_run(path: str | Path, out: str | Path, weights: str = "online") -> Path:
+    cfg, method, _ = load_run(path, weights)
+    encoder = method.encoder
+    written = export_backbone(encoder, out, encoder.backbone_name, encoder.create_kwargs)
+    print(f"wrote {written}\nload it with:\n{load_snippet(written, encoder.backbone_name, encoder.create_kwargs)}")
+    return written
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    tmp.replace(path)
+
+
+__all__ = ["evaluate_encoder", "evaluate_run", "export_run", "load_run", "pretrain"]

@@ -1,0 +1,82 @@
+"""Metrics out of the training loop: TensorBoard, a JSON-lines file and the progress bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+
+class MetricAccumulator:
+    """Sums per-step metric tensors on the device; one host sync per logging interval."""
+
+    def __init__(self) -> None:
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, metrics: Dict[str, torch.Tensor]) -> None:
+        for key, value in metrics.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        self.steps += 1
+
+    def pop(self) -> Dict[str, float]:
+        """Means over the interval; agreement hits/counts become bucketed accuracies."""
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).cpu().tolist()
+        raw = dict(zip(keys, values))
+        out: Dict[str, float] = {}
+        for key, value in raw.items():
+            if key.startswith("ab_agreement_hits/"):
+                bucket = key.split("/", 1)[1]
+                count = raw[f"ab_agreement_count/{bucket}"]
+                if count > 0:
+                    out[f"ab_agreement/{bucket}"] = value / count
+            elif not key.startswith("ab_agreement_count/"):
+                out[key] = value / self.steps
+        self.sums, self.steps = {}, 0
+        return out
+
+
+class RunLogger:
+    """Writes scalars to TensorBoard and ``metrics.jsonl`` under the run directory."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, show_progress: bool):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not show_progress, unit="step", dynamic_ncols=True)
+        self.last_time = time.perf_counter()
+        self.last_step = start_step
+
+    def log(self, step: int, scalars: Dict[str, float], images_per_step: int, views_per_step: int) -> Dict[str, float]:
+        now = time.perf_counter()
+        steps = max(step - self.last_step, 1)
+        seconds = max(now - self.last_time, 1e-9)
+        scalars = dict(scalars)
+        scalars["speed/images_per_s"] = steps * images_per_step / seconds
+        scalars["speed/views_per_s"] = steps * views_per_step / seconds
+        self.last_time, self.last_step = now, step
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, step)
+        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.jsonl.flush()
+        loss = scalars.get("loss/total")
+        self.bar.set_postfix(loss=f"{loss:.3f}" if loss is not None else "-", img_s=f"{scalars['speed/images_per_s']:.0f}")
+        return scalars
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+        self.jsonl.close()

@@ -1,0 +1,252 @@
+"""The one trainer every method runs on.
+
+It owns the plumbing: device and precision, data streams, AdamW with warm-up + cosine learning
+rate and cosine weight decay, gradient clipping, the EMA target network and its momentum
+schedule, checkpoints and exact resume, metrics and progress. Methods only compute a loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Dict, Optional
+
+import timm.optim
+import torch
+
+from annoboot import __version__
+from annoboot.config import Config, SourceConfig, from_dict, to_dict, to_yaml
+from annoboot.data import BatchStream, build_source
+from annoboot.data.base import ImageSource
+from annoboot.errors import AnnobootError
+from annoboot.methods import Method, build_method
+from annoboot.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from annoboot.train.ema import ema_update, make_target
+from annoboot.train.metrics import MetricAccumulator, RunLogger
+from annoboot.train.schedules import cosine, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AnnobootError(f"train.device={name} but CUDA is not available on this machine; use train.device=cpu")
+    return device
+
+
+def autocast_context(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _StopRequest:
+    """Turns SIGTERM/SIGINT into a flag, so the loop can checkpoint before exiting."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Dict[int, object] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """``Trainer(cfg).fit()`` pre-trains; ``resume=True`` continues from the run's latest checkpoint."""
+
+    def __init__(self, cfg: Config, resume: bool = False):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        self.run_dir = Path(cfg.train.out_dir)
+        torch.manual_seed(cfg.train.seed)
+
+        self.method: Method = build_method(cfg).to(self.device)
+        self.target: Optional[Method] = make_target(self.method) if self.method.uses_target else None
+        if cfg.train.compile:
+            self.method.encoder.compile()
+            if self.target is not None:
+                self.target.encoder.compile()
+
+        self.streams = self._build_streams()
+        self.optimizer = self._build_optimizer()
+        self.step = 0
+        self.schedule_values: Dict[str, float] = {}
+        if resume:
+            self._resume()
+
+    # ----------------------------------------------------------------- setup
+    def _build_streams(self) -> Dict[str, BatchStream]:
+        cfg = self.cfg
+        source_cfgs: Dict[str, SourceConfig] = {"annotation": cfg.data.annotation}
+        source_cfgs["bootstrap"] = cfg.data.bootstrap or cfg.data.annotation
+        built: Dict[str, ImageSource] = {}
+        streams = {}
+        for offset, (name, size) in enumerate(self.method.batch_sizes().items()):
+            src_cfg = source_cfgs[name]
+            key = repr(src_cfg)  # coupled training: one source object feeds both streams
+            if key not in built:
+                built[key] = build_source(src_cfg)
+            source = built[key]
+            if len(source) < size:
+                raise AnnobootError(
+                    f"data.{name}: {source.describe()} is smaller than one batch of {size}; "
+                    "lower train.batch_size or use more images"
+                )
+            streams[name] = BatchStream(
+                source, size, seed=cfg.train.seed + offset, device=self.device, num_workers=src_cfg.num_workers
+            )
+        return streams
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        # No weight decay on biases, norms, scales and other 1-d parameters.
+        groups = timm.optim.param_groups_weight_decay(self.method, t.weight_decay)
+        return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=self.device.type == "cuda")
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "version": __version__,
+            "step": self.step,
+            "config": to_dict(self.cfg),
+            "method": self.method.state_dict(),
+            "target": None if self.target is None else self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "streams": {name: s.state_dict() for name, s in self.streams.items()},
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.method.load_state_dict(state["method"])
+            if self.target is not None:
+                self.target.load_state_dict(state["target"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise AnnobootError(
+                f"checkpoint does not match this config (model or method changed?): {str(exc).splitlines()[0]}"
+            ) from None
+        for name, stream in self.streams.items():
+            stream.load_state_dict(state["streams"][name])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.step = int(state["step"])
+
+    def save(self) -> Path:
+        path = save_checkpoint(self.run_dir, self.step, self.state_dict(), keep=self.cfg.train.keep_checkpoints)
+        log.info("saved checkpoint %s", path)
+        return path
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            log.warning("--resume: no checkpoint under %s, starting from step 0", self.run_dir)
+            return
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------ loop
+    def views_per_step(self) -> int:
+        sizes = self.method.batch_sizes()
+        return 2 * sizes["annotation"] + self.cfg.views.bootstrap_views * sizes.get("bootstrap", 0)
+
+    def _set_schedules(self, step: int) -> Dict[str, float]:
+        t = self.cfg.train
+        lr = warmup_cosine(step, t.steps, t.lr, t.min_lr, t.warmup_steps)
+        wd = cosine(step, t.steps, t.weight_decay, t.weight_decay_end)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if group["weight_decay"] > 0:
+                group["weight_decay"] = wd
+        return {"schedule/lr": lr, "schedule/weight_decay": wd}
+
+    def ema_momentum(self, step: int) -> float:
+        m = self.cfg.method
+        return cosine(step, self.cfg.train.steps, m.ema_momentum, m.ema_momentum_end)
+
+    def train_step(self) -> Dict[str, torch.Tensor]:
+        """One optimisation step; returns its metrics as device tensors."""
+        t = self.cfg.train
+        scalars = self._set_schedules(self.step)
+        batches = {name: next(stream) for name, stream in self.streams.items()}
+        self.method.train()
+        if self.target is not None:
+            self.target.train()  # BatchNorm uses batch statistics, as in the online network
+        with autocast_context(self.device, t.precision):
+            out = self.method.training_step(batches, self.target)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        metrics = dict(out.metrics)
+        if t.grad_clip:
+            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip)
+        self.optimizer.step()
+        if self.target is not None:
+            momentum = self.ema_momentum(self.step)
+            ema_update(self.target, self.method, momentum)
+            scalars["schedule/ema_momentum"] = momentum
+        self.step += 1
+        metrics["loss/total"] = out.loss.detach()
+        self.schedule_values = scalars  # host floats: logged as they are, never accumulated
+        return metrics
+
+    def fit(self) -> Dict[str, float]:
+        """Train to ``train.steps``; returns the last logged scalars."""
+        t = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+        images_per_step = sum(self.method.batch_sizes().values())
+        logger = RunLogger(self.run_dir, t.steps, self.step, t.progress)
+        accumulator = MetricAccumulator()
+        last: Dict[str, float] = {}
+        try:
+            with _StopRequest() as stop:
+                while self.step < t.steps:
+                    accumulator.add(self.train_step())
+                    logger.advance()
+                    if self.step % t.log_every == 0 or self.step == t.steps:
+                        scalars = accumulator.pop()
+                        skipped = sum(s.skipped for s in self.streams.values())
+                        scalars["data/skipped_images"] = float(skipped)
+                        scalars.update(self.schedule_values)
+                        last = logger.log(self.step, scalars, images_per_step, self.views_per_step())
+                        if not math.isfinite(last["loss/total"]):
+                            raise AnnobootError(
+                                f"loss is {last['loss/total']} at step {self.step}: training diverged; "
+                                "lower train.lr or set train.grad_clip"
+                            )
+                    if self.step % t.ckpt_every == 0 or self.step == t.steps or stop.requested:
+                        self.save()
+                    if stop.requested:
+                        log.warning("stopped by signal at step %d; resume with --resume", self.step)
+                        break
+        finally:
+            logger.close()
+        return last
+
+
+def config_from_checkpoint(state: dict) -> Config:
+    return from_dict(state["config"])

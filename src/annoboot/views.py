@@ -1,0 +1,88 @@
+"""Rendering views on the batch's device from crop boxes, and the annotation-view augmentations.
+
+Views are cut straight from the decoded uint8 images with ``roi_align`` (bilinear, averaging
+several samples per output pixel when shrinking), so the box a view came from is exact: the
+value decoder is told the true relative boxes. Colour augmentation uses kornia, per view.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import kornia.augmentation as K
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+from annoboot.data.base import ImageBatch
+
+
+def render_views(batch: ImageBatch, boxes_xyxy_norm: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Crop and resize every box of every image.
+
+    batch: uint8 images (B, C, H, W) with per-image valid sizes (B, 2).
+    boxes_xyxy_norm: (B, V, 4) boxes in each image's own normalised frame.
+    Returns (B * V, 3, out_size, out_size) float32 in [0, 1], image-major (image 0's V views
+    first). Grayscale images are repeated to 3 channels after rendering (cheaper than before).
+    """
+    images = batch.images.float().div_(255)
+    num_images, num_views = boxes_xyxy_norm.shape[:2]
+    h = batch.sizes[:, 0].to(images.dtype).view(num_images, 1)
+    w = batch.sizes[:, 1].to(images.dtype).view(num_images, 1)
+    boxes = boxes_xyxy_norm.to(images.dtype)
+    pixel_boxes = torch.stack(
+        [boxes[..., 0] * w, boxes[..., 1] * h, boxes[..., 2] * w, boxes[..., 3] * h], dim=-1
+    )
+    index = torch.arange(num_images, device=images.device, dtype=images.dtype)
+    rois = torch.cat([index.view(-1, 1, 1).expand(-1, num_views, 1), pixel_boxes], dim=-1)
+    views = roi_align(images, rois.view(-1, 5), output_size=out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    if views.shape[1] == 1:
+        views = views.expand(-1, 3, -1, -1)
+    return views
+
+
+def full_image_boxes(num_images: int, num_views: int = 1, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, V, 4) boxes covering each whole image."""
+    return torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).expand(num_images, num_views, 4).contiguous()
+
+
+class Normalize(nn.Module):
+    """[0, 1] RGB -> (x - mean) / std, the input convention of the encoder."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return (views - self.mean) / self.std
+
+
+def render_full_images(batch: ImageBatch, out_size: int, normalize: Normalize) -> torch.Tensor:
+    """Evaluation input: each whole image resized to (3, out_size, out_size), normalised."""
+    boxes = full_image_boxes(len(batch), 1, batch.images.device)
+    return normalize(render_views(batch, boxes, out_size))
+
+
+class SimCLRAugment(nn.Module):
+    """SimCLR's photometric augmentations, applied per view on the device.
+
+    Flip (p=flip_prob), colour jitter with strength s (brightness/contrast/saturation 0.8s,
+    hue 0.2s; p=jitter_prob) and grayscale (p=grayscale_prob). Input and output: (N, 3, S, S)
+    in [0, 1]. Geometry (the crop) is not done here: it comes from the sampled boxes.
+    """
+
+    def __init__(self, flip_prob: float, jitter_prob: float, jitter_strength: float, grayscale_prob: float):
+        super().__init__()
+        s = jitter_strength
+        ops: list[nn.Module] = []
+        if flip_prob > 0:
+            ops.append(K.RandomHorizontalFlip(p=flip_prob))
+        if jitter_prob > 0 and s > 0:
+            ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=jitter_prob))
+        if grayscale_prob > 0:
+            ops.append(K.RandomGrayscale(p=grayscale_prob))
+        self.ops = nn.Sequential(*ops)
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return self.ops(views).clamp_(0, 1)

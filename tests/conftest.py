@@ -1,0 +1,38 @@
+"""Shared fixtures: small real-data configs that train in seconds on 2 CPU cores."""
+
+from pathlib import Path
+
+import pytest
+
+from annoboot.config import FASHION_MNIST_ROOT, load_config
+
+HAVE_FMNIST = (Path(FASHION_MNIST_ROOT) / "train-images-idx3-ubyte.gz").is_file()
+needs_fmnist = pytest.mark.skipif(
+    not HAVE_FMNIST, reason=f"Fashion-MNIST not installed at {FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist)"
+)
+
+# A ViT small enough for CPU tests: 16 tokens of width 192, 2 blocks.
+TINY = [
+    "model.backbone=vit_tiny_patch16_224",
+    "model.backbone_kwargs={patch_size: 8, depth: 2}",
+    "model.decoder_depth=1",
+    "model.proj_hidden_dim=256",
+    "train.device=cpu",
+    "train.progress=false",
+    "train.warmup_steps=5",
+    "train.weight_decay=0.05",
+    "train.weight_decay_end=0.05",
+    "train.batch_size=64",
+    "data.annotation.limit=4000",
+    "eval.train.limit=4000",
+    "eval.test.limit=1000",
+    "eval.at_end=false",
+]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    def make(*overrides: str):
+        return load_config(None, TINY + [f"train.out_dir={tmp_path / 'run'}", *overrides])
+
+    return make

@@ -1,0 +1,96 @@
+"""Boxes, relative boxes and action tokens."""
+
+import math
+
+import pytest
+import torch
+
+from annoboot.actions import (
+    action_tokens,
+    box_iou,
+    pairwise_relative_boxes,
+    relative_box,
+    sample_crop_boxes,
+    token_range_needed,
+)
+from annoboot.config import MethodConfig, ViewsConfig
+
+
+@pytest.mark.parametrize("size_hw", [(32, 32), (120, 300), (300, 90)])
+def test_sampled_boxes_respect_scale_and_ratio(size_hw):
+    torch.manual_seed(0)
+    sizes = torch.tensor([size_hw] * 500)
+    boxes = sample_crop_boxes(sizes, 4, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+    assert boxes.shape == (500, 4, 4)
+    assert boxes.min() >= 0 and boxes.max() <= 1 + 1e-6
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    area = w * h
+    aspect_px = (w * size_hw[1]) / (h * size_hw[0])
+    assert area.min() >= 0.08 - 1e-5 and area.max() <= 1 + 1e-5
+    assert aspect_px.min() >= 3 / 4 - 1e-4 and aspect_px.max() <= 4 / 3 + 1e-4
+    # Positions really vary (not always centred).
+    assert boxes[..., 0].std() > 0.05
+
+
+def test_sampler_falls_back_to_centre_crop_when_nothing_fits():
+    # Scale 1.0 with a ratio that excludes the image's own aspect never fits: centred fallback.
+    boxes = sample_crop_boxes(torch.tensor([[100, 400]]), 3, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    expected = torch.tensor([0.375, 0.0, 0.625, 1.0])
+    assert torch.allclose(boxes[0], expected.expand(3, 4), atol=1e-6)
+
+
+def test_relative_box_known_values_and_round_trip():
+    source = torch.tensor([0.2, 0.2, 0.6, 0.6])
+    assert torch.allclose(relative_box(source, source), torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    target = torch.tensor([0.4, 0.4, 0.8, 0.8])
+    assert torch.allclose(relative_box(source, target), torch.tensor([0.5, 0.5, 1.5, 1.5]))
+    # Zoom out to the whole image: coordinates outside [0, 1].
+    assert torch.allclose(relative_box(source, torch.tensor([0.0, 0.0, 1.0, 1.0])), torch.tensor([-0.5, -0.5, 2.0, 2.0]))
+    # Round trip: absolute = source origin + relative * source size.
+    torch.manual_seed(1)
+    boxes = sample_crop_boxes(torch.tensor([[64, 64]] * 10), 2, (0.05, 1.0), (3 / 4, 4 / 3))
+    rel = relative_box(boxes[:, 0], boxes[:, 1])
+    s = boxes[:, 0]
+    sw, sh = s[:, 2] - s[:, 0], s[:, 3] - s[:, 1]
+    back = torch.stack([s[:, 0] + rel[:, 0] * sw, s[:, 1] + rel[:, 1] * sh, s[:, 0] + rel[:, 2] * sw, s[:, 1] + rel[:, 3] * sh], 1)
+    assert torch.allclose(back, boxes[:, 1], atol=1e-6)
+
+
+def test_pairwise_relative_boxes_shape_and_diagonal():
+    boxes = sample_crop_boxes(torch.tensor([[32, 32]] * 3), 4, (0.05, 1.0), (3 / 4, 4 / 3))
+    moves = pairwise_relative_boxes(boxes)
+    assert moves.shape == (3, 4, 4, 4)
+    diag = moves[:, torch.arange(4), torch.arange(4)]
+    assert torch.allclose(diag, torch.tensor([0.0, 0.0, 1.0, 1.0]).expand_as(diag), atol=1e-6)
+    assert torch.allclose(moves[1, 2, 3], relative_box(boxes[1, 2], boxes[1, 3]))
+
+
+def test_default_token_range_covers_the_bootstrap_sampler():
+    views, method = ViewsConfig(), MethodConfig()
+    needed = token_range_needed(views.bootstrap_scale, views.crop_ratio)
+    assert needed == pytest.approx(1 / math.sqrt(0.05 * 0.75))
+    assert method.action_range >= needed
+    # Empirically: no relative coordinate of many sampled pairs reaches the clipping range.
+    torch.manual_seed(0)
+    boxes = sample_crop_boxes(torch.tensor([[32, 32]] * 4000), 4, views.bootstrap_scale, views.crop_ratio)
+    assert pairwise_relative_boxes(boxes).abs().max() < needed + 1e-4
+
+
+def test_action_tokens_bins_and_clipping():
+    rel = torch.tensor([[-100.0, -6.0, 0.0, 5.999], [6.0, 100.0, -0.01, 0.01]])
+    tokens = action_tokens(rel, num_bins=12, value_range=6.0)
+    assert tokens.dtype == torch.int64
+    assert tokens.tolist() == [[0, 0, 6, 11], [11, 11, 5, 6]]
+    # Monotone in the coordinate.
+    grid = torch.linspace(-7, 7, 200).view(-1, 1).expand(-1, 4)
+    t = action_tokens(grid, 128, 6.0)[:, 0]
+    assert (t[1:] >= t[:-1]).all() and t.min() == 0 and t.max() == 127
+
+
+def test_box_iou():
+    a = torch.tensor([0.0, 0.0, 0.5, 1.0])
+    b = torch.tensor([0.25, 0.0, 0.75, 1.0])
+    assert box_iou(a, b).item() == pytest.approx(0.25 / 0.75)
+    assert box_iou(a, a).item() == pytest.approx(1.0)
+    assert box_iou(a, torch.tensor([0.6, 0.0, 1.0, 1.0])).item() == 0.0

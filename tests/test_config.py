@@ -1,0 +1,53 @@
+"""Configs: recipes, overrides and the errors they give."""
+
+import pytest
+
+from annoboot.config import Config, load_config
+from annoboot.errors import AnnobootError
+
+
+def test_defaults_and_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  steps: 7\nmethod:\n  name: simclr\n")
+    cfg = load_config(recipe, ["train.lr=0.5", "views.crop_scale=[0.2,1.0]"])
+    assert isinstance(cfg, Config)
+    assert cfg.train.steps == 7 and cfg.method.name == "simclr" and cfg.train.lr == 0.5
+    assert cfg.views.crop_scale == [0.2, 1.0]
+    assert cfg.data.bootstrap is None  # coupled by default
+
+
+def test_decoupled_bootstrap_source_from_override():
+    cfg = load_config(None, ["data.bootstrap.kind=image_folder", "data.bootstrap.root=/x"])
+    assert cfg.data.bootstrap.kind == "image_folder" and cfg.data.bootstrap.root == "/x"
+
+
+def test_unknown_key_names_the_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  stepz: 7\n")
+    with pytest.raises(AnnobootError, match=r"train\.stepz") as err:
+        load_config(recipe)
+    assert str(recipe) in str(err.value)
+    with pytest.raises(AnnobootError, match=r"method\.gama"):
+        load_config(None, ["method.gama=0.5"])
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(AnnobootError, match=r"train\.steps.*many") as err:
+        load_config(None, ["train.steps=many"])
+    assert "command-line" in str(err.value)
+
+
+def test_bad_choice_lists_the_choices():
+    with pytest.raises(AnnobootError, match="simclr, ab_simclr"):
+        load_config(None, ["method.name=byol"])
+    with pytest.raises(AnnobootError, match="method.aggregate"):
+        load_config(None, ["method.aggregate=median"])
+
+
+def test_missing_recipe_and_malformed_override(tmp_path):
+    with pytest.raises(AnnobootError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(AnnobootError, match="key=value"):
+        load_config(None, ["train.steps"])
+    with pytest.raises(AnnobootError, match="gamma"):
+        load_config(None, ["method.gamma=1.5"])

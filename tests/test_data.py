@@ -1,0 +1,562 @@
+"""Specification of annoboot.data: sources decode real files, streams are exact and resumable."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from annoboot.config import FASHION_MNIST_ROOT, SourceConfig
+from annoboot.data import (
+    BatchStream,
+    FashionMNISTSource,
+    ImageBatch,
+    ImageFolderSource,
+    ImageSource,
+    build_source,
+    iter_eval_batches,
+    pad_collate,
+)
+from annoboot.data.stream import epoch_order
+from annoboot.errors import AnnobootError
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not Path(FASHION_MNIST_ROOT).is_dir(),
+    reason=f"Fashion-MNIST not installed at {FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist)",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: real-looking photos, images that encode their own index, broken files.
+
+
+def natural_photos(count: int, seed: int = 0) -> List[np.ndarray]:
+    """(H, W, 3) uint8 photos: scikit-image's bundled ones when installed, else smooth colour
+    gradients with noise (JPEG-compressible like a photo, unlike white noise)."""
+    try:
+        from skimage import data as skdata
+
+        bundled = [skdata.astronaut(), skdata.chelsea(), skdata.coffee(), skdata.rocket()]
+        return [np.ascontiguousarray(bundled[i % len(bundled)][: 180 + 7 * i, : 200 + 5 * i]) for i in range(count)]
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        photos = []
+        for i in range(count):
+            height, width = 120 + 9 * i, 160 + 5 * i
+            y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+            phase = rng.uniform(0, 2 * np.pi, size=3)
+            channels = [127 + 100 * np.sin(x / (17 + 5 * c) + y / (29 + 3 * c) + phase[c]) for c in range(3)]
+            pixels = np.stack(channels, axis=-1) + rng.normal(0, 8, size=(height, width, 3))
+            photos.append(np.clip(pixels, 0, 255).astype(np.uint8))
+        return photos
+
+
+def write_index_png(path: Path, index: int) -> None:
+    """A small PNG whose pixel (0, 0) holds its index (R = index % 256, G = index // 256) and whose
+    size, (6 + index % 4) x (5 + index % 3), varies so batches need padding."""
+    height, width = 6 + index % 4, 5 + index % 3
+    pixels = np.full((height, width, 3), 200, dtype=np.uint8)
+    pixels[0, 0] = (index % 256, index // 256, 7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def index_png_size(index: int) -> tuple:
+    return 6 + index % 4, 5 + index % 3
+
+
+def decoded_indices(batch: ImageBatch) -> List[int]:
+    pixel = batch.images[:, :, 0, 0].long().cpu()
+    return (pixel[:, 0] + 256 * pixel[:, 1]).tolist()
+
+
+def index_folder(root: Path, count: int, corrupt: tuple = ()) -> Path:
+    """``count`` files 0000.png ...; those in ``corrupt`` hold text instead of an image."""
+    for i in range(count):
+        path = root / f"{i:04d}.png"
+        if i in corrupt:
+            path.write_text("not an image")
+        else:
+            write_index_png(path, i)
+    return root
+
+
+class IndexedTensorSource(ImageSource):
+    """In-memory source of (N, 1, 4, 4) uint8 images, image i holding i in pixels (0,0), (0,1)."""
+
+    def __init__(self, count: int):
+        self.name = "indexed_tensor"
+        self._images = torch.zeros((count, 1, 4, 4), dtype=torch.uint8)
+        index = torch.arange(count)
+        self._images[:, 0, 0, 0] = (index % 256).to(torch.uint8)
+        self._images[:, 0, 0, 1] = (index // 256).to(torch.uint8)
+
+    def __len__(self) -> int:
+        return self._images.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self._images[index].clone()
+
+    def in_memory(self) -> torch.Tensor:
+        return self._images
+
+
+def tensor_indices(batch: ImageBatch) -> List[int]:
+    pixels = batch.images[:, 0, 0, :2].long().cpu()
+    return (pixels[:, 0] + 256 * pixels[:, 1]).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST
+
+
+@pytest.fixture(scope="module")
+def fashion_test() -> FashionMNISTSource:
+    return FashionMNISTSource(split="test")
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_test_split_is_10k_balanced_28x28_uint8(fashion_test):
+    images = fashion_test.in_memory()
+    assert images.shape == (10_000, 1, 28, 28) and images.dtype == torch.uint8
+    assert fashion_test[0].shape == (1, 28, 28) and fashion_test[0].dtype == torch.uint8
+    assert torch.equal(fashion_test[123], images[123])
+    assert fashion_test.labels.shape == (10_000,) and fashion_test.labels.dtype == torch.int64
+    assert fashion_test.labels.bincount().tolist() == [1000] * 10
+    assert len(fashion_test.class_names) == 10 and fashion_test.class_names[9] == "Ankle boot"
+    assert fashion_test.name == "fashion_mnist/test"
+    assert 50 < images.float().mean() < 100  # real product photos on black, not blank or noise
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_train_split_has_6000_images_per_class():
+    source = FashionMNISTSource(split="train")
+    assert len(source) == 60_000
+    assert source.labels.min() == 0 and source.labels.max() == 9
+    assert source.labels.bincount().tolist() == [6000] * 10
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_limit_keeps_the_first_images(fashion_test):
+    limited = FashionMNISTSource(split="test", limit=37)
+    assert len(limited) == 37
+    assert torch.equal(limited.in_memory(), fashion_test.in_memory()[:37])
+    assert torch.equal(limited.labels, fashion_test.labels[:37])
+
+
+def test_fashion_mnist_missing_folder_names_path_and_install_command(tmp_path):
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(AnnobootError) as error:
+        FashionMNISTSource(root=str(missing))
+    assert str(missing) in str(error.value)
+    assert "apt-get install dataset-fashion-mnist" in str(error.value)
+
+
+def test_fashion_mnist_missing_file_is_named(tmp_path):
+    with pytest.raises(AnnobootError, match="t10k-images-idx3-ubyte.gz"):
+        FashionMNISTSource(root=str(tmp_path), split="test")
+
+
+def test_fashion_mnist_unknown_split_lists_the_allowed_ones():
+    with pytest.raises(AnnobootError, match="train, test"):
+        FashionMNISTSource(split="validation")
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_truncated_file_is_an_error_naming_it(tmp_path):
+    shutil.copy(Path(FASHION_MNIST_ROOT) / "t10k-labels-idx1-ubyte.gz", tmp_path)
+    images_gz = (Path(FASHION_MNIST_ROOT) / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(images_gz[: len(images_gz) // 3])
+    with pytest.raises(AnnobootError, match="t10k-images-idx3-ubyte.gz.*corrupt or truncated"):
+        FashionMNISTSource(root=str(tmp_path), split="test")
+
+
+def test_fashion_mnist_wrong_magic_number_is_an_error_naming_the_file(tmp_path):
+    labels = np.zeros(4, dtype=np.uint8)
+    labels_idx = (0x801).to_bytes(4, "big") + (4).to_bytes(4, "big") + labels.tobytes()
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(labels_idx)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(labels_idx)  # a labels file where the images belong
+    with pytest.raises(AnnobootError, match="t10k-images-idx3-ubyte.gz.*magic"):
+        FashionMNISTSource(root=str(tmp_path), split="test")
+
+
+def test_fashion_mnist_reads_a_well_formed_idx_pair(tmp_path):
+    images = np.arange(3 * 28 * 28, dtype=np.int64).astype(np.uint8).reshape(3, 28, 28)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(b"".join(n.to_bytes(4, "big") for n in (0x803, 3, 28, 28)) + images.tobytes())
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write((0x801).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes([4, 0, 9]))
+    source = FashionMNISTSource(root=str(tmp_path), split="test")
+    assert torch.equal(source.in_memory()[:, 0], torch.from_numpy(images))
+    assert source.labels.tolist() == [4, 0, 9]
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folder: discovery and labels
+
+
+def test_image_folder_finds_images_flat_and_nested_sorted(tmp_path):
+    photo = natural_photos(1)[0]
+    for relative in ["b.png", "A.JPG", "sub/deep/c.jpeg", "sub/d.webp", "e.Tiff", "f.bmp", "g.gif"]:
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo).save(path)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".hidden.jpg").write_bytes(b"")
+    os.symlink(tmp_path / "b.png", tmp_path / "link.png")
+
+    source = ImageFolderSource(tmp_path)
+    names = [Path(p).relative_to(tmp_path).as_posix() for p in source.paths]
+    assert names == ["A.JPG", "b.png", "e.Tiff", "f.bmp", "g.gif", "sub/d.webp", "sub/deep/c.jpeg"]
+    assert source.labels is None and source.in_memory() is None
+    for i in range(len(source)):
+        image = source[i]
+        assert image.dtype == torch.uint8 and image.shape[0] == 3 and image.is_contiguous()
+        assert min(image.shape[1:]) == min(photo.shape[:2])  # under the cap: not resized
+    assert len(ImageFolderSource(tmp_path, limit=3)) == 3
+
+
+def test_image_folder_labels_come_from_first_level_subfolders(tmp_path):
+    photos = natural_photos(2)
+    for relative in ["dog/1.jpg", "cat/2.jpg", "cat/indoor/3.jpg", "bird/4.png"]:
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photos[0]).save(path)
+    source = ImageFolderSource(tmp_path, labels_from_subfolders=True)
+    assert source.class_names == ["bird", "cat", "dog"]
+    assert [Path(p).relative_to(tmp_path).as_posix() for p in source.paths] == [
+        "bird/4.png",
+        "cat/2.jpg",
+        "cat/indoor/3.jpg",
+        "dog/1.jpg",
+    ]
+    assert source.labels.dtype == torch.int64 and source.labels.tolist() == [0, 1, 1, 2]
+    limited = ImageFolderSource(tmp_path, labels_from_subfolders=True, limit=2)
+    assert limited.class_names == ["bird", "cat", "dog"] and limited.labels.tolist() == [0, 1]
+
+
+def test_labels_from_subfolders_rejects_images_directly_in_root(tmp_path):
+    write_index_png(tmp_path / "cat" / "1.png", 1)
+    write_index_png(tmp_path / "loose.png", 2)
+    with pytest.raises(AnnobootError, match="loose.png.*sub-folder"):
+        ImageFolderSource(tmp_path, labels_from_subfolders=True)
+
+
+def test_image_folder_missing_root_names_the_path(tmp_path):
+    with pytest.raises(AnnobootError, match=str(tmp_path / "absent")):
+        ImageFolderSource(tmp_path / "absent")
+
+
+def test_image_folder_without_images_names_path_and_extensions(tmp_path):
+    (tmp_path / "readme.txt").write_text("hi")
+    with pytest.raises(AnnobootError) as error:
+        ImageFolderSource(tmp_path)
+    assert str(tmp_path) in str(error.value) and ".jpg" in str(error.value) and ".png" in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folder: decoding the awkward files real folders hold
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> dict:
+    """One file per awkward case; returns {case name: path}."""
+    root = tmp_path_factory.mktemp("zoo")
+    photo = natural_photos(1)[0]
+    files = {}
+
+    def path(name: str) -> Path:
+        files[name.split(".")[0]] = root / name
+        return root / name
+
+    Image.fromarray(photo).save(path("good.jpg"), quality=90)
+    good_jpeg = files["good"].read_bytes()
+    path("truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
+    path("empty.jpg").write_bytes(b"")
+    path("text.png").write_text("this is a text file, not a PNG\n")
+    Image.new("RGB", (40, 30), (255, 0, 0)).convert("CMYK").save(path("cmyk.jpg"), quality=95)
+    gradient16 = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
+    Image.fromarray(gradient16).save(path("gray16.png"))
+    Image.fromarray(photo).quantize(16).save(path("palette.png"))
+    rgba = np.zeros((20, 30, 4), dtype=np.uint8)
+    rgba[..., 2] = 255  # blue, opaque on the left half, fully transparent on the right
+    rgba[:, :15, 3] = 255
+    Image.fromarray(rgba).save(path("rgba.png"))
+    Image.fromarray(photo).convert("L").save(path("gray.png"))
+    Image.fromarray(photo).convert("1").save(path("bilevel.png"))
+    return files
+
+
+def decode(path: Path, max_short_side: int = 256):
+    source = ImageFolderSource(path.parent, max_short_side=max_short_side)
+    return source[source.paths.index(str(path))]
+
+
+@pytest.mark.parametrize("case", ["truncated", "empty", "text"])
+def test_undecodable_files_give_none_and_log_the_path(zoo, case, caplog):
+    with caplog.at_level("DEBUG", logger="annoboot.data.image_folder"):
+        assert decode(zoo[case]) is None
+    assert str(zoo[case]) in caplog.text
+
+
+def test_decompression_bomb_gives_none(zoo, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # good.jpg is far over 2x this
+    assert decode(zoo["good"]) is None
+
+
+@pytest.mark.parametrize("case", ["good", "cmyk", "gray16", "palette", "rgba", "gray", "bilevel"])
+def test_decodable_files_come_back_as_rgb_uint8(zoo, case):
+    image = decode(zoo[case])
+    assert image is not None and image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3
+    assert image.is_contiguous()
+    if case != "cmyk":  # the CMYK file is one flat colour; the others hold a photo or gradient
+        assert image.float().std() > 10
+
+
+def test_cmyk_jpeg_keeps_its_colour(zoo):
+    red = decode(zoo["cmyk"]).float().mean(dim=(1, 2))
+    assert red[0] > 230 and red[1] < 30 and red[2] < 30
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped(zoo):
+    gray = decode(zoo["gray16"])
+    assert gray.shape == (3, 48, 64)
+    row = gray[0, 0].tolist()
+    assert row[0] == 0 and row[-1] == 255
+    assert row == sorted(row) and len(set(row)) > 50  # a full smooth ramp
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+
+
+def test_rgba_is_composited_onto_white(zoo):
+    image = decode(zoo["rgba"])
+    assert image[:, :, :15].float().mean(dim=(1, 2)).tolist() == [0, 0, 255]
+    assert image[:, :, 15:].float().mean(dim=(1, 2)).tolist() == [255, 255, 255]
+
+
+def test_grayscale_and_palette_match_their_source_pixels(zoo):
+    gray = decode(zoo["gray"])
+    expected = torch.from_numpy(np.array(Image.open(zoo["gray"])))
+    assert all(torch.equal(gray[c], expected) for c in range(3))
+    palette = decode(zoo["palette"])
+    expected_rgb = torch.from_numpy(np.array(Image.open(zoo["palette"]).convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(palette, expected_rgb)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_short_side_is_capped_keeping_aspect(tmp_path, suffix):
+    photo = np.asarray(Image.fromarray(natural_photos(1)[0]).resize((640, 480)))
+    Image.fromarray(photo).save(tmp_path / f"big{suffix}")
+    image = ImageFolderSource(tmp_path, max_short_side=100)[0]
+    assert image.shape == (3, 100, 133)
+    small = ImageFolderSource(tmp_path, max_short_side=1000)[0]
+    assert small.shape == (3, 480, 640)  # never upscaled
+    # Downscaled, not cropped: the mean colour survives.
+    assert torch.allclose(image.float().mean(dim=(1, 2)), small.float().mean(dim=(1, 2)), atol=4)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    photo = Image.fromarray(natural_photos(1)[0])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    photo.save(tmp_path / "rotated.jpg", exif=exif)
+    image = ImageFolderSource(tmp_path)[0]
+    assert tuple(image.shape[1:]) == (photo.width, photo.height)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+
+
+def test_pad_collate_drops_none_and_pads_bottom_right():
+    tall = torch.full((3, 5, 2), 9, dtype=torch.uint8)
+    wide = torch.full((1, 2, 4), 4, dtype=torch.uint8)
+    batch, skipped = pad_collate([(tall, 3), (None, 1), (wide, 7)])
+    assert skipped == 1
+    assert batch.images.shape == (2, 3, 5, 4) and batch.images.dtype == torch.uint8
+    assert batch.sizes.dtype == torch.int64 and batch.sizes.tolist() == [[5, 2], [2, 4]]
+    assert batch.labels.tolist() == [3, 7]
+    assert torch.equal(batch.images[0, :, :, :2], tall) and batch.images[0, :, :, 2:].sum() == 0
+    assert (batch.images[1, :, :2, :] == 4).all() and batch.images[1, :, 2:, :].sum() == 0
+    unlabeled, _ = pad_collate([(tall, None)])
+    assert unlabeled.labels is None
+    empty, skipped = pad_collate([(None, None), (None, None)])
+    assert len(empty) == 0 and skipped == 2
+
+
+def test_in_memory_stream_visits_every_index_once_per_epoch():
+    source = IndexedTensorSource(50)
+    stream = BatchStream(source, batch_size=8, seed=3)
+    first_epoch = [next(stream) for _ in range(6)]  # 48 of 50: the 2-image tail is dropped
+    assert all(b.images.shape == (8, 1, 4, 4) and b.images.dtype == torch.uint8 for b in first_epoch)
+    assert all(b.labels is None and b.sizes.tolist() == [[4, 4]] * 8 for b in first_epoch)
+    seen = [i for batch in first_epoch for i in tensor_indices(batch)]
+    assert seen == epoch_order(50, 3, 0)[:48].tolist() and len(set(seen)) == 48
+    assert stream.state_dict() == {"epoch": 1, "position": 0, "skipped": 0}
+    assert tensor_indices(next(stream)) == epoch_order(50, 3, 1)[:8].tolist()
+
+
+def test_streams_with_different_seeds_differ():
+    source = IndexedTensorSource(64)
+    a, b = BatchStream(source, 16, seed=0), BatchStream(source, 16, seed=1)
+    assert tensor_indices(next(a)) != tensor_indices(next(b))
+
+
+@pytest.mark.parametrize("taken", [0, 4, 6])
+def test_in_memory_stream_resumes_exactly(taken):
+    source = IndexedTensorSource(50)
+    uninterrupted = BatchStream(source, batch_size=8, seed=1)
+    for _ in range(taken):
+        next(uninterrupted)
+    state = uninterrupted.state_dict()
+    resumed = BatchStream(source, batch_size=8, seed=1)
+    resumed.load_state_dict(state)
+    for _ in range(5):  # crosses an epoch boundary
+        assert tensor_indices(next(resumed)) == tensor_indices(next(uninterrupted))
+
+
+def test_file_stream_epoch_visits_each_index_once_with_true_sizes(tmp_path):
+    source = ImageFolderSource(index_folder(tmp_path, 24))
+    stream = BatchStream(source, batch_size=5, seed=0)
+    seen = []
+    for _ in range(4):  # 20 of 24
+        batch = next(stream)
+        assert batch.images.shape[:2] == (5, 3) and batch.images.dtype == torch.uint8 and batch.labels is None
+        indices = decoded_indices(batch)
+        assert batch.sizes.tolist() == [list(index_png_size(i)) for i in indices]
+        assert tuple(batch.images.shape[2:]) == tuple(batch.sizes.max(dim=0).values.tolist())
+        seen += indices
+    assert seen == epoch_order(24, 0, 0)[:20].tolist()
+    assert stream.state_dict() == {"epoch": 1, "position": 0, "skipped": 0}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_file_stream_resumes_exactly_mid_epoch(tmp_path, num_workers):
+    source = ImageFolderSource(index_folder(tmp_path, 23))
+    uninterrupted = BatchStream(source, batch_size=4, seed=5, num_workers=num_workers)
+    for _ in range(3):
+        next(uninterrupted)
+    state = uninterrupted.state_dict()
+    assert state == {"epoch": 0, "position": 12, "skipped": 0}
+    expected = [decoded_indices(next(uninterrupted)) for _ in range(6)]  # crosses into epoch 1
+    resumed = BatchStream(source, batch_size=4, seed=5, num_workers=num_workers)
+    resumed.load_state_dict(state)
+    assert [decoded_indices(next(resumed)) for _ in range(6)] == expected
+    # Restoring an earlier state on a running stream rewinds it, workers and all.
+    uninterrupted.load_state_dict(state)
+    assert decoded_indices(next(uninterrupted)) == expected[0]
+    uninterrupted.close()
+    resumed.close()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_file_stream_skips_and_counts_a_corrupt_file(tmp_path, num_workers):
+    source = ImageFolderSource(index_folder(tmp_path, 20, corrupt=(7,)))
+    stream = BatchStream(source, batch_size=5, seed=2, num_workers=num_workers)
+    batches = [next(stream) for _ in range(4)]
+    seen = sorted(i for batch in batches for i in decoded_indices(batch))
+    assert seen == [i for i in range(20) if i != 7]
+    assert sorted(len(batch) for batch in batches) == [4, 5, 5, 5]
+    assert stream.skipped == 1 and stream.state_dict()["skipped"] == 1
+    next(stream)
+    resumed = BatchStream(source, batch_size=5, seed=2)
+    resumed.load_state_dict(stream.state_dict())
+    assert resumed.skipped == stream.skipped
+    stream.close()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_file_stream_of_unreadable_files_raises(tmp_path, num_workers):
+    for i in range(4):
+        (tmp_path / f"{i}.jpg").write_bytes(b"\xff\xd8 garbage")
+    stream = BatchStream(ImageFolderSource(tmp_path), batch_size=2, seed=0, num_workers=num_workers)
+    with pytest.raises(AnnobootError, match="most files are unreadable"):
+        next(stream)
+    stream.close()
+
+
+def test_stream_needs_at_least_one_batch_of_images():
+    with pytest.raises(AnnobootError, match="fewer than one batch"):
+        BatchStream(IndexedTensorSource(3), batch_size=4, seed=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_streams_deliver_batches_on_cuda(tmp_path):
+    memory_batch = next(BatchStream(IndexedTensorSource(16), 8, seed=0, device="cuda"))
+    assert memory_batch.images.is_cuda and memory_batch.sizes.is_cuda
+    stream = BatchStream(ImageFolderSource(index_folder(tmp_path, 8)), 4, seed=0, device="cuda", num_workers=2)
+    file_batch = next(stream)
+    assert file_batch.images.is_cuda and file_batch.sizes.is_cuda
+    assert decoded_indices(file_batch) == epoch_order(8, 0, 0)[:4].tolist()
+    stream.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation pass
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_eval_batches_are_in_order_labelled_and_keep_the_tail(tmp_path, num_workers):
+    for i in range(11):
+        write_index_png(tmp_path / ("even" if i % 2 == 0 else "odd") / f"{i:02d}.png", i)
+    (tmp_path / "odd" / "05.png").write_text("corrupt")  # one undecodable file
+    source = ImageFolderSource(tmp_path, labels_from_subfolders=True)
+    batches = list(iter_eval_batches(source, batch_size=4, num_workers=num_workers))
+    kept_indices = [i for batch in batches for i in decoded_indices(batch)]
+    kept_labels = [label for batch in batches for label in batch.labels.tolist()]
+    assert kept_indices == [0, 2, 4, 6, 8, 10, 1, 3, 7, 9]  # source order: even/... then odd/...
+    assert kept_labels == [i % 2 for i in kept_indices]  # labels stay with their images
+    assert [len(batch) for batch in batches] == [4, 4, 2]  # 11 files in 4s; the bad one leaves 2 in the tail
+
+
+def test_eval_batches_of_an_in_memory_source_are_slices():
+    source = IndexedTensorSource(10)
+    source.labels = torch.arange(10) % 3
+    batches = list(iter_eval_batches(source, batch_size=4))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert [i for b in batches for i in tensor_indices(b)] == list(range(10))
+    assert torch.equal(torch.cat([b.labels for b in batches]), source.labels)
+    assert batches[-1].sizes.tolist() == [[4, 4], [4, 4]]
+
+
+def test_eval_of_an_unreadable_folder_raises(tmp_path):
+    (tmp_path / "a.png").write_text("x")
+    with pytest.raises(AnnobootError, match="no image could be decoded"):
+        list(iter_eval_batches(ImageFolderSource(tmp_path), batch_size=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# build_source
+
+
+def test_build_source_makes_an_image_folder(tmp_path):
+    index_folder(tmp_path, 3)
+    source = build_source(SourceConfig(kind="image_folder", root=str(tmp_path), limit=2, max_short_side=4))
+    assert isinstance(source, ImageFolderSource) and len(source) == 2
+    assert min(source[0].shape[1:]) == 4
+
+
+def test_build_source_image_folder_requires_a_root():
+    with pytest.raises(AnnobootError, match="root is required for image_folder"):
+        build_source(SourceConfig(kind="image_folder"))
+
+
+def test_build_source_rejects_an_unknown_kind():
+    with pytest.raises(AnnobootError, match="fashion_mnist, image_folder"):
+        build_source(SourceConfig(kind="cifar"))
+
+
+@needs_fashion_mnist
+def test_build_source_fashion_mnist_feeds_a_stream():
+    source = build_source(SourceConfig(kind="fashion_mnist", split="test", limit=100))
+    assert isinstance(source, FashionMNISTSource) and len(source) == 100
+    batch = next(BatchStream(source, batch_size=32, seed=0))
+    assert batch.images.shape == (32, 1, 28, 28) and batch.sizes.tolist() == [[28, 28]] * 32

@@ -1,0 +1,106 @@
+"""End-to-end training on real Fashion-MNIST images: learning, resume, signals."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from annoboot.data import build_source
+from annoboot.eval.features import extract_features
+from annoboot.eval.knn import knn_accuracy
+from annoboot.train import Trainer
+from annoboot.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+from annoboot.views import Normalize
+from conftest import TINY, needs_fmnist
+
+pytestmark = needs_fmnist
+
+
+def knn_of(encoder, cfg) -> float:
+    normalize = Normalize(cfg.views.mean, cfg.views.std)
+    train = extract_features(encoder, build_source(cfg.eval.train), cfg.views.img_size, normalize)
+    test = extract_features(encoder, build_source(cfg.eval.test), cfg.views.img_size, normalize)
+    return knn_accuracy(train.pooled, train.labels, test.pooled, test.labels, num_classes=10, k=20, temperature=0.07)
+
+
+def logged_losses(run_dir, key):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row[key] for row in rows]
+
+
+@pytest.mark.parametrize("method", ["simclr", "ab_simclr"])
+def test_short_run_learns(tiny_config, method):
+    cfg = tiny_config(f"method.name={method}", "train.steps=60", "train.log_every=10")
+    trainer = Trainer(cfg)
+    knn_before = knn_of(trainer.method.encoder, cfg)
+    last = trainer.fit()
+    losses = logged_losses(trainer.run_dir, "loss/total")
+    assert len(losses) == 6
+    assert losses[-1] < losses[0] - 0.3, losses
+    knn_after = knn_of(trainer.method.encoder, cfg)
+    assert knn_after > knn_before + 2.0, (knn_before, knn_after)
+    if method == "ab_simclr":
+        boot = logged_losses(trainer.run_dir, "loss/bootstrap")
+        assert boot[-1] < boot[0], boot
+        assert any(k.startswith("ab_agreement/iou_") for k in last)
+        assert last["schedule/ema_momentum"] > 0.996
+
+
+def _weights(state):
+    return {k: v for k, v in state["method"].items()}
+
+
+@pytest.mark.parametrize("method", ["simclr", "ab_simclr"])
+def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_config, tmp_path, method):
+    overrides = [f"method.name={method}", "train.steps=6", "train.ckpt_every=3", "train.keep_checkpoints=5", "train.log_every=3"]
+    straight = tiny_config(*overrides)
+    Trainer(straight).fit()
+    final = load_checkpoint(checkpoint_path(straight.train.out_dir, 6))
+
+    # A second run that was "killed" after step 3: only the step-3 checkpoint survives.
+    resumed_dir = tmp_path / "resumed"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint_path(straight.train.out_dir, 3), resumed_dir / "checkpoints")
+    resumed = tiny_config(*overrides, f"train.out_dir={resumed_dir}")
+    trainer = Trainer(resumed, resume=True)
+    assert trainer.step == 3
+    trainer.fit()
+    again = load_checkpoint(checkpoint_path(resumed_dir, 6))
+
+    for key, value in final["method"].items():
+        assert torch.equal(value, again["method"][key]), key
+    if method == "ab_simclr":
+        for key, value in final["target"].items():
+            assert torch.equal(value, again["target"][key]), key
+    assert final["streams"] == again["streams"]
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "annoboot.cli", "pretrain", *TINY, "method.name=simclr", "train.steps=100000",
+           "train.ckpt_every=100000", f"train.out_dir={run_dir}"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    metrics = run_dir / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)  # wait for the first logged interval (train.log_every=20 steps)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, output
+    saved = list_checkpoints(run_dir)
+    assert len(saved) == 1, output
+    step = load_checkpoint(saved[0])["step"]
+    assert step >= 20
+
+    # Resume with a reachable budget: it continues from the saved step, not from 0.
+    done = subprocess.run(cmd[:-3] + [f"train.steps={step + 2}", "train.ckpt_every=1000", f"train.out_dir={run_dir}", "--resume"],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(run_dir)["step"] == step + 2

@@ -1,0 +1,48 @@
+"""Schedules, the EMA update and checkpoints."""
+
+import pytest
+import torch
+
+from annoboot.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from annoboot.train.ema import ema_update, make_target
+from annoboot.train.schedules import cosine, warmup_cosine
+
+
+def test_cosine_endpoints_and_midpoint():
+    assert cosine(0, 100, 0.996, 1.0) == pytest.approx(0.996)
+    assert cosine(50, 100, 0.996, 1.0) == pytest.approx(0.998)
+    assert cosine(100, 100, 0.996, 1.0) == pytest.approx(1.0)
+    assert cosine(500, 100, 0.996, 1.0) == pytest.approx(1.0)
+    # Constant rate (ABCLIP): start == end.
+    assert cosine(37, 100, 0.996, 0.996) == pytest.approx(0.996)
+
+
+def test_warmup_then_cosine():
+    lrs = [warmup_cosine(s, 100, 1.0, 0.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] < 0.01
+
+
+def test_ema_update_moves_target_by_one_minus_momentum():
+    online = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    target = make_target(online)
+    assert all(not p.requires_grad for p in target.parameters())
+    with torch.no_grad():
+        before = target[0].weight.clone()
+        online[0].weight.add_(1.0)
+        online[1].running_mean.fill_(3.0)
+    ema_update(target, online, momentum=0.9)
+    assert torch.allclose(target[0].weight, before + 0.1)
+    assert torch.equal(target[1].running_mean, torch.full((2,), 3.0))  # buffers copied
+    ema_update(target, online, momentum=1.0)  # momentum 1: frozen
+    assert torch.allclose(target[0].weight, before + 0.1)
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"step": step}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
+    # A half-written file from a killed run is never taken as the latest.
+    (tmp_path / "checkpoints" / "ckpt-00000004.pt.tmp").write_bytes(b"garbage")
+    assert latest_checkpoint(tmp_path).name == "ckpt-00000003.pt"
