@@ -51,3 +51,10 @@ def test_missing_recipe_and_malformed_override(tmp_path):
         load_config(None, ["train.steps"])
     with pytest.raises(AnnobootError, match="gamma"):
         load_config(None, ["method.gamma=1.5"])
+
+
+def test_dict_override_replaces_the_recipe_dict(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  backbone_kwargs: {patch_size: 8, depth: 2}\n")
+    assert load_config(recipe, ["model.backbone=resnet18", "model.backbone_kwargs={}"]).model.backbone_kwargs == {}
+    assert load_config(recipe, ["model.backbone_kwargs={depth: 4}"]).model.backbone_kwargs == {"depth": 4}

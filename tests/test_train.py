@@ -104,3 +104,44 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
                           env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     assert load_checkpoint(run_dir)["step"] == step + 2
+
+
+def _write_photos(folder, count, size=(40, 36)):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(count):
+        pixels = torch.randint(0, 256, (size[1], size[0], 3), dtype=torch.uint8, generator=g)
+        Image.fromarray(pixels.numpy()).save(folder / f"{i:03d}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        ["method.gamma=0.5", "method.aggregate=mean"],
+        ["method.gamma=0.5", "method.aggregate=max", "method.drop_self_pairs=true"],
+        ["model.backbone=resnet18", "model.backbone_kwargs={}"],
+        ["views.bootstrap_views=2", "method.bootstrap_fraction=0.25"],
+    ],
+    ids=["gamma_mean", "gamma_max_no_self", "cnn_backbone", "two_views"],
+)
+def test_ab_simclr_variants_train(tiny_config, variant):
+    cfg = tiny_config("method.name=ab_simclr", "train.steps=3", "train.log_every=3", *variant)
+    last = Trainer(cfg).fit()
+    assert all(torch.isfinite(torch.tensor(v)) for v in last.values()), last
+    assert last["loss/bootstrap"] > 0
+
+
+def test_decoupled_bootstrap_batch_reads_its_own_source(tiny_config, tmp_path):
+    # Base loss on Fashion-MNIST, bootstrapping on a folder of other images (one corrupt).
+    folder = tmp_path / "scenes"
+    _write_photos(folder, 24)
+    cfg = tiny_config("method.name=ab_simclr", "train.steps=3", "train.log_every=3", "data.bootstrap.kind=image_folder",
+                      f"data.bootstrap.root={folder}", "data.bootstrap.num_workers=0")
+    trainer = Trainer(cfg)
+    assert trainer.streams["bootstrap"].source.name != trainer.streams["annotation"].source.name
+    last = trainer.fit()
+    assert last["data/skipped_images"] >= 1  # the corrupt file was met, counted and skipped
+    assert torch.isfinite(torch.tensor(last["loss/total"]))

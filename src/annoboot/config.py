@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from annoboot.errors import AnnobootError
@@ -173,7 +173,15 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
         if "=" not in item:
             raise AnnobootError(f"override '{item}' is not of the form key=value (e.g. train.steps=100)")
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
+        for item in overrides or []:
+            parsed = OmegaConf.from_dotlist([item])
+            key = item.split("=", 1)[0]
+            value = OmegaConf.select(parsed, key)
+            if isinstance(value, (DictConfig, ListConfig)):
+                # Set, not merge: `model.backbone_kwargs={}` must replace the recipe's dict.
+                OmegaConf.update(cfg, key, value, merge=False)
+            else:
+                cfg = OmegaConf.merge(cfg, parsed)
     except OmegaConfBaseException as exc:
         raise _explain(exc, "command-line overrides") from None
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
