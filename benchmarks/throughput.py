@@ -89,15 +89,14 @@ def method_step(cfg, device: torch.device, image_side: int):
 
     def step():
         with autocast_context(device, cfg.train.precision):
-            out = method.training_step(batches, target)
+            out = method.training_step(batches, target, 0)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
         if target is not None:
             ema_update(target, method, 0.996)
 
-    views = 2 * method.batch_sizes()["annotation"] + cfg.views.bootstrap_views * method.batch_sizes().get("bootstrap", 0)
-    return step, views
+    return step, method.views_per_step()
 
 
 def main() -> int:

@@ -59,7 +59,9 @@ def export_backbone(
         raise AnnobootError(f"export: backbone kwargs {kwargs} cannot be written as JSON: {exc}") from None
 
     # Private copies: contiguous, on CPU, and sharing no storage (safetensors refuses shared tensors).
-    state = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in encoder.backbone.state_dict().items()}
+    state = {
+        key: value.detach().to("cpu", copy=True).contiguous() for key, value in encoder.backbone.state_dict().items()
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={"backbone": name, "create_kwargs": kwargs_json})
     metadata = {
@@ -89,6 +91,6 @@ def load_snippet(path: str | Path, name: str, kwargs: Dict[str, Any]) -> str:
     lines = ["import timm", "", "# num_classes=0 is required: the file holds the backbone without a classifier."]
     lines.append("model = timm.create_model(")
     lines += [f"    {argument}," for argument in arguments]
-    lines.append(")")
+    lines.append(").eval()  # eval mode: BatchNorm uses its stored statistics")
     lines.append("features = model(images)  # (B, num_features) pooled features")
     return "\n".join(lines)

@@ -120,7 +120,7 @@ def extract_features(
                 pooled[filled:stop] = out.pooled.float().cpu()
                 if tokens is not None:
                     tokens[filled:stop] = out.tokens.to(torch.float16).cpu()
-                labels[filled:stop] = batch.labels  # type: ignore[assignment]
+                labels[filled:stop] = batch.labels  # type: ignore[assignment]  # CPU: only images went to the device
                 filled = stop
     finally:
         encoder.train(was_training)

@@ -48,11 +48,15 @@ def knn_predict(
             f"and {tuple(test_features.shape)}"
         )
     if train_labels.shape != (train_features.shape[0],):
-        raise ValueError(f"knn_predict: {train_features.shape[0]} train rows but labels of shape {tuple(train_labels.shape)}")
+        raise ValueError(
+            f"knn_predict: {train_features.shape[0]} train rows but labels of shape {tuple(train_labels.shape)}"
+        )
     if train_features.shape[0] == 0:
         raise ValueError("knn_predict: no train features")
     if k < 1 or temperature <= 0 or chunk_size < 1:
-        raise ValueError(f"knn_predict: k, temperature and chunk_size must be positive, got {k}, {temperature}, {chunk_size}")
+        raise ValueError(
+            f"knn_predict: k, temperature and chunk_size must be positive, got {k}, {temperature}, {chunk_size}"
+        )
     k = min(k, train_features.shape[0])
     train = F.normalize(train_features.float(), dim=1)
     train_labels = train_labels.long()

@@ -117,7 +117,10 @@ def select_by_validation(
     }
 
 
-def check_probe_inputs(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, lrs: Sequence[float]) -> None:
+def check_probe_inputs(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, lrs: Sequence[float]
+) -> None:
+    """ValueError unless rows and labels pair up, train and test rows agree in shape and lrs is not empty."""
     if train_x.shape[0] != train_y.shape[0] or test_x.shape[0] != test_y.shape[0]:
         raise ValueError(
             f"probe: {train_x.shape[0]} train rows with {train_y.shape[0]} labels, "
@@ -164,11 +167,11 @@ def linear_probe(
         weight_decay: AdamW weight decay.
 
     Returns:
-        {"test_acc": %, "val_acc": %, "best_lr": float, "val_acc_by_lr": {"1e-3": %, ...}}.
+        {"test_acc": %, "val_acc": %, "best_lr": float, "val_acc_by_lr": {"0.001": %, ...}}.
 
     Example:
-        >>> x = torch.randn(200, 8); y = (x[:, 0] > 0).long()
-        >>> linear_probe(x[:150], y[:150], x[150:], y[150:], 2, epochs=20)["test_acc"] > 90
+        >>> x = torch.randn(400, 8, generator=torch.Generator().manual_seed(0)); y = (x[:, 0] > 0).long()
+        >>> linear_probe(x[:300], y[:300], x[300:], y[300:], 2, epochs=20, batch_size=32)["test_acc"] > 90
         True
     """
     check_probe_inputs(train_x, train_y, test_x, test_y, lrs)

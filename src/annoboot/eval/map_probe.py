@@ -88,7 +88,8 @@ def map_probe(
     ``device`` and cast to float32 on the way, so device memory holds one batch of tokens.
     ``val_fraction`` of the train split (seeded) is held out to choose the learning rate; every
     head starts from the same seeded initialisation and sees the same batches (AdamW, cosine
-    decay). Evaluation is chunked. Deterministic for a seed on a given device.
+    decay). Evaluation is chunked. Deterministic for a seed on CPU; on CUDA the attention
+    kernels' backward may differ in the last bits between runs.
 
     Args:
         train_tokens: (N, T, D), any float dtype; train_y: (N,) int64 in [0, num_classes).
@@ -103,7 +104,7 @@ def map_probe(
         weight_decay: AdamW weight decay.
 
     Returns:
-        {"test_acc": %, "val_acc": %, "best_lr": float, "val_acc_by_lr": {"3e-4": %, ...}}.
+        {"test_acc": %, "val_acc": %, "best_lr": float, "val_acc_by_lr": {"0.0003": %, ...}}.
     """
     check_probe_inputs(train_tokens, train_y, test_tokens, test_y, lrs)
     if train_tokens.ndim != 3:

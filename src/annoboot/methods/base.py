@@ -23,7 +23,8 @@ class Method(nn.Module):
     """A method owns its modules and its loss; the trainer owns everything else.
 
     ``batch_sizes`` says how many images each named data stream must deliver per step
-    ('annotation', and 'bootstrap' for annotation bootstrapping). ``uses_target`` asks the
+    ('annotation', and 'bootstrap' for annotation bootstrapping). Buffers the method updates
+    itself (e.g. a centre) live in the online network; the EMA target copies buffers. ``uses_target`` asks the
     trainer for an EMA copy of the whole method, passed to ``training_step`` as ``target``;
     its momentum follows ``ema_momentum``/``ema_momentum_end`` of the method config.
     """
@@ -38,5 +39,13 @@ class Method(nn.Module):
     def batch_sizes(self) -> Dict[str, int]:
         raise NotImplementedError
 
-    def training_step(self, batches: Dict[str, ImageBatch], target: "Method | None") -> StepOutput:
+    def views_per_step(self) -> int:
+        """Rendered views per step (for throughput figures)."""
         raise NotImplementedError
+
+    def training_step(self, batches: Dict[str, ImageBatch], target: "Method | None", step: int) -> StepOutput:
+        """The loss of one step. ``step`` (0-based) drives method-specific schedules."""
+        raise NotImplementedError
+
+    def after_backward(self, step: int) -> None:
+        """Called between backward and the optimizer step (e.g. to freeze a layer's gradients)."""

@@ -27,6 +27,9 @@ class SimCLR(Method):
     def batch_sizes(self) -> Dict[str, int]:
         return {"annotation": self.cfg.train.batch_size}
 
+    def views_per_step(self) -> int:
+        return 2 * self.batch_sizes()["annotation"]
+
     def annotation_views(self, batch: ImageBatch) -> torch.Tensor:
         """Two SimCLR views per image, view-major: (2B, 3, S, S), rows [0, B) are view 1."""
         v = self.cfg.views
@@ -35,7 +38,7 @@ class SimCLR(Method):
         views = views.view(len(batch), 2, *views.shape[1:]).transpose(0, 1).flatten(0, 1)
         return self.normalize(self.augment(views))
 
-    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None = None) -> StepOutput:
+    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None = None, step: int = 0) -> StepOutput:
         views = self.annotation_views(batches["annotation"])
         z = self.projector(self.encoder(views).pooled)
         z1, z2 = z.chunk(2)

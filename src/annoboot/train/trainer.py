@@ -170,10 +170,6 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ loop
-    def views_per_step(self) -> int:
-        sizes = self.method.batch_sizes()
-        return 2 * sizes["annotation"] + self.cfg.views.bootstrap_views * sizes.get("bootstrap", 0)
-
     def _set_schedules(self, step: int) -> Dict[str, float]:
         t = self.cfg.train
         lr = warmup_cosine(step, t.steps, t.lr, t.min_lr, t.warmup_steps)
@@ -197,9 +193,10 @@ class Trainer:
         if self.target is not None:
             self.target.train()  # BatchNorm uses batch statistics, as in the online network
         with autocast_context(self.device, t.precision):
-            out = self.method.training_step(batches, self.target)
+            out = self.method.training_step(batches, self.target, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        self.method.after_backward(self.step)
         metrics = dict(out.metrics)
         if t.grad_clip:
             metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip)
@@ -232,7 +229,7 @@ class Trainer:
                         skipped = sum(s.skipped for s in self.streams.values())
                         scalars["data/skipped_images"] = float(skipped)
                         scalars.update(self.schedule_values)
-                        last = logger.log(self.step, scalars, images_per_step, self.views_per_step())
+                        last = logger.log(self.step, scalars, images_per_step, self.method.views_per_step())
                         if not math.isfinite(last["loss/total"]):
                             raise AnnobootError(
                                 f"loss is {last['loss/total']} at step {self.step}: training diverged; "

@@ -1,0 +1,92 @@
+"""The parts every annotation-bootstrapping method shares (method.md sections 2-3).
+
+A method ``AB<base>`` differs from another only in what an annotation is and what the reward
+is; the value function over moves, the bootstrap views and the TD loss with its health metrics
+live here:
+
+    Q(l | x, a) = softmax_l(t_AB * phi_AB(x, a) . psi_AB(l))
+
+with phi_AB the value decoder's output for move ``a`` from view ``x`` and psi_AB(l) the
+annotation keys the method supplies (a head over annotation views, a prototype matrix, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from annoboot.actions import action_tokens, box_iou, pairwise_relative_boxes, sample_crop_boxes
+from annoboot.config import Config
+from annoboot.data.base import ImageBatch
+from annoboot.models import LogitScale, ValueDecoder
+from annoboot.objectives import agreement_by_iou, bootstrap_loss
+from annoboot.views import Normalize, render_views
+
+# IoU buckets for the agreement health metric: no overlap, then growing overlap.
+IOU_EDGES = (0.0, 1e-6, 0.2, 0.5, 0.8, 1.0001)
+IOU_NAMES = ("0", "0-0.2", "0.2-0.5", "0.5-0.8", "0.8-1")
+
+
+class ValueFunction(nn.Module):
+    """Q(l | x, a) over all n x n moves between the views of each image, in one decoder call."""
+
+    def __init__(self, cfg: Config, token_width: int, annotation_dim: int):
+        super().__init__()
+        m, model = cfg.method, cfg.model
+        self.num_bins, self.value_range = m.action_bins, m.action_range
+        self.decoder = ValueDecoder(
+            token_width=token_width,
+            width=model.decoder_dim or token_width,
+            depth=model.decoder_depth,
+            num_heads=model.decoder_heads,
+            num_bins=m.action_bins,
+            out_dim=annotation_dim,
+            mlp_ratio=model.decoder_mlp_ratio,
+        )
+        self.scale = LogitScale(m.ab_init_scale)  # t_AB
+
+    def moves(self, boxes_xyxy: torch.Tensor) -> torch.Tensor:
+        """(N, V, 4) view boxes -> (N, V_source, V_target, 4) action token ids."""
+        return action_tokens(pairwise_relative_boxes(boxes_xyxy), self.num_bins, self.value_range)
+
+    def logits(self, source_tokens: torch.Tensor, moves: torch.Tensor, annotation_keys: torch.Tensor) -> torch.Tensor:
+        """source_tokens (N*V, T, D), moves (N, V, V, 4), annotation_keys psi_AB (L, d) -> (N, V, V, L)."""
+        n, v = moves.shape[:2]
+        phi = F.normalize(self.decoder(source_tokens, moves.flatten(0, 1)), dim=-1)  # (N*V, V, d)
+        psi = F.normalize(annotation_keys, dim=-1)
+        return (self.scale() * phi @ psi.T).view(n, v, v, -1)
+
+
+def bootstrap_views(batch: ImageBatch, cfg: Config, normalize: Normalize) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Plain crops (no flip, no colour; method.md section 3).
+
+    Returns views (N*V, 3, S, S) image-major and their boxes (N, V, 4).
+    """
+    v = cfg.views
+    boxes = sample_crop_boxes(batch.sizes, v.bootstrap_views, v.bootstrap_scale, v.crop_ratio)
+    return normalize(render_views(batch, boxes, v.img_size)), boxes
+
+
+def bootstrap_objective(
+    logits: torch.Tensor, targets: torch.Tensor, boxes: torch.Tensor, drop_self_pairs: bool
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The TD loss and its health metrics.
+
+    logits (N, V, V, L) predicted Q; targets (N, V, L) from the EMA model; boxes (N, V, 4).
+    Metrics: the loss, the targets' entropy and top-1 agreement bucketed by source/target IoU
+    (summed hits and counts; the logger turns them into rates).
+    """
+    loss = bootstrap_loss(logits, targets, drop_self_pairs)
+    metrics = {
+        "loss/bootstrap": loss.detach(),
+        "ab/target_entropy": -(targets * targets.clamp_min(1e-12).log()).sum(-1).mean(),
+    }
+    iou = box_iou(boxes[:, :, None], boxes[:, None, :])
+    hits, counts = agreement_by_iou(logits.detach(), targets, iou, IOU_EDGES)
+    for name, h, c in zip(IOU_NAMES, hits, counts):
+        metrics[f"ab_agreement_hits/iou_{name}"] = h
+        metrics[f"ab_agreement_count/iou_{name}"] = c
+    return loss, metrics
