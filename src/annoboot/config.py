@@ -47,10 +47,16 @@ class ModelConfig:
     backbone_kwargs: Dict[str, Any] = field(default_factory=lambda: {"patch_size": 4})
     proj_hidden_dim: int = 1024
     proj_dim: int = 128
+    # BatchNorm in the projectors (SyncBatchNorm under DDP on GPUs; per-process on CPU).
+    projector_bn: bool = True
     decoder_depth: int = 4
     decoder_dim: Optional[int] = None  # None: the encoder's width
     decoder_heads: int = 4
     decoder_mlp_ratio: float = 4.0
+    # DINO head (dino, ab_dino): MLP in -> hidden -> hidden -> bottleneck, then K prototypes.
+    dino_hidden_dim: int = 2048
+    dino_bottleneck_dim: int = 256  # also the width of ABDINO's own prototype embeddings psi_AB
+    dino_prototypes: int = 4096  # K; the paper's 65,536 is sized for ImageNet, see the recipes
 
 
 @dataclass
@@ -66,6 +72,11 @@ class ViewsConfig:
     # Bootstrap views: plain crops, no flip or colour (method.md section 3).
     bootstrap_views: int = 4
     bootstrap_scale: List[float] = field(default_factory=lambda: [0.05, 1.0])
+    # DINO multi-crop (dino, ab_dino): 2 global crops at img_size, local crops at local_size.
+    global_scale: List[float] = field(default_factory=lambda: [0.4, 1.0])
+    local_views: int = 6
+    local_scale: List[float] = field(default_factory=lambda: [0.05, 0.4])
+    local_size: int = 16  # DINO: 96 px locals for 224 px globals; keep the same ratio (~0.4-0.5)
     # Mean/std used to normalise rendered views (the same at evaluation).
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -73,7 +84,7 @@ class ViewsConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "ab_simclr"  # simclr | ab_simclr
+    name: str = "ab_simclr"  # simclr | ab_simclr | dino | ab_dino
     temperature: float = 0.1  # SimCLR softmax temperature (reward uses the same)
     # Annotation bootstrapping (ab_* methods).
     ab_weight: float = 1.0
@@ -88,6 +99,13 @@ class MethodConfig:
     ab_init_scale: float = 10.0  # initial t_AB
     ema_momentum: float = 0.996
     ema_momentum_end: float = 1.0  # cosine-annealed to this; set equal for a constant rate
+    # DINO (dino, ab_dino; ABDINO's reward uses the same teacher distribution).
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07  # reached after the warm-up, then held
+    teacher_temp_warmup: float = 0.04  # starting value: a sharper teacher early avoids collapse
+    teacher_temp_warmup_steps: int = 1000  # linear warm-up length
+    center_momentum: float = 0.9  # EMA of the teacher's batch-mean logits
+    freeze_last_layer_steps: int = 100  # DINO: the first epoch; prototypes get no update meanwhile
 
 
 @dataclass
@@ -144,7 +162,7 @@ class Config:
 _CHOICES = {
     "data.annotation.kind": ("fashion_mnist", "image_folder"),
     "data.bootstrap.kind": ("fashion_mnist", "image_folder"),
-    "method.name": ("simclr", "ab_simclr"),
+    "method.name": ("simclr", "ab_simclr", "dino", "ab_dino"),
     "method.aggregate": ("mean", "max"),
     "train.precision": ("auto", "bf16", "fp32"),
 }
@@ -207,10 +225,12 @@ def validate(cfg: Config) -> None:
         ("views.crop_scale", cfg.views.crop_scale),
         ("views.crop_ratio", cfg.views.crop_ratio),
         ("views.bootstrap_scale", cfg.views.bootstrap_scale),
+        ("views.global_scale", cfg.views.global_scale),
+        ("views.local_scale", cfg.views.local_scale),
     ]:
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise AnnobootError(f"bad config: key '{key}' must be [low, high] with 0 < low <= high, got {pair}")
-    if cfg.views.crop_scale[1] > 1 or cfg.views.bootstrap_scale[1] > 1:
+    if max(cfg.views.crop_scale[1], cfg.views.bootstrap_scale[1], cfg.views.global_scale[1], cfg.views.local_scale[1]) > 1:
         raise AnnobootError("bad config: crop scales are fractions of the image area and must be <= 1")
     if not 0 <= cfg.method.gamma < 1:
         raise AnnobootError(f"bad config: key 'method.gamma' must be in [0, 1), got {cfg.method.gamma}")

@@ -38,7 +38,7 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
     trainer = Trainer(cfg, resume=resume)
     last = trainer.fit()
     summary = {"run_dir": str(trainer.run_dir), "step": trainer.step, "train": last}
-    if cfg.eval.at_end and trainer.step >= cfg.train.steps:
+    if cfg.eval.at_end and trainer.step >= cfg.train.steps and trainer.dist.is_main:  # probes: rank 0 only
         results = evaluate_encoder(trainer.method.encoder, cfg, trainer.device)
         write_json(trainer.run_dir / "eval.json", results)
         print(format_results_table(results, f"{cfg.method.name} on {cfg.data.annotation.kind}, step {trainer.step}"))

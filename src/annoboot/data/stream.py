@@ -92,10 +92,11 @@ class _EndlessEpochBatches(Sampler[List[int]]):
     where the next ``iter()`` begins (a resume restarts the loader there).
     """
 
-    def __init__(self, num_images: int, batch_size: int, seed: int):
+    def __init__(self, num_images: int, batch_size: int, seed: int, rank_slice: slice = slice(None)):
         self.num_images = num_images
         self.batch_size = batch_size
         self.seed = seed
+        self.rank_slice = rank_slice  # this rank's share of every global batch
         self._start = (0, 0)
 
     def start_at(self, epoch: int, position: int) -> None:
@@ -109,7 +110,7 @@ class _EndlessEpochBatches(Sampler[List[int]]):
             full_batches = (self.num_images - position) // self.batch_size
             order = epoch_order(self.num_images, self.seed, epoch)
             batch_rows = order[position : position + full_batches * self.batch_size].view(full_batches, self.batch_size)
-            yield from batch_rows.tolist()
+            yield from batch_rows[:, self.rank_slice].tolist()
             epoch, position = epoch + 1, 0
 
 
@@ -125,6 +126,11 @@ class BatchStream:
     batches are gathered there by index. Other sources are decoded by a DataLoader with
     ``num_workers`` processes, pinned (default: when ``device`` is CUDA) and copied without
     blocking.
+
+    Distributed: ``batch_size`` is the *global* batch; every rank walks the same order and
+    keeps its contiguous share ``[rank * b, (rank + 1) * b)`` with ``b = batch_size //
+    world_size``. The state (epoch, position) is global, so a checkpoint resumes on any world
+    size with the same global batch.
     """
 
     def __init__(
@@ -135,10 +141,19 @@ class BatchStream:
         device: torch.device | str = "cpu",
         num_workers: int = 0,
         pin_memory: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         num_images = len(source)
         if batch_size <= 0:
             raise AnnobootError(f"batch size must be positive, got {batch_size}")
+        if batch_size % world_size:
+            raise AnnobootError(
+                f"batch size {batch_size} of {source.name} does not split evenly over {world_size} processes; "
+                "choose train.batch_size so every stream's batch is a multiple of the world size"
+            )
+        self.local_batch_size = batch_size // world_size
+        self._rank_slice = slice(rank * self.local_batch_size, (rank + 1) * self.local_batch_size)
         if num_images < batch_size:
             raise AnnobootError(
                 f"{source.name} has {num_images} images, fewer than one batch of {batch_size}: "
@@ -163,12 +178,12 @@ class BatchStream:
             self._images_on_device = all_images.to(self.device)
             height, width = all_images.shape[-2:]
             self._constant_sizes = torch.tensor([[height, width]], dtype=torch.int64, device=self.device).repeat(
-                batch_size, 1
+                self.local_batch_size, 1
             )
             self._order_epoch = -1
             self._order_on_device = torch.empty(0, dtype=torch.int64, device=self.device)
         else:
-            self._batch_sampler = _EndlessEpochBatches(num_images, batch_size, seed)
+            self._batch_sampler = _EndlessEpochBatches(num_images, batch_size, seed, self._rank_slice)
             self._loader = self._make_loader()
 
     def _make_loader(self) -> DataLoader:
@@ -198,7 +213,7 @@ class BatchStream:
         if self._order_epoch != self._epoch:
             self._order_on_device = epoch_order(self._num_images, self.seed, self._epoch).to(self.device)
             self._order_epoch = self._epoch
-        indices = self._order_on_device[self._position : self._position + self.batch_size]
+        indices = self._order_on_device[self._position : self._position + self.batch_size][self._rank_slice]
         images = self._images_on_device.index_select(0, indices)  # type: ignore[union-attr]
         self._advance()
         return ImageBatch(images, self._constant_sizes)
@@ -212,7 +227,7 @@ class BatchStream:
         self._advance()
         if images.shape[0] == 0:
             raise AnnobootError(
-                f"{self.source.describe()}: none of the {self.batch_size} images of a batch could be decoded; "
+                f"{self.source.describe()}: none of the {self.local_batch_size} images of a batch could be decoded; "
                 "most files are unreadable (corrupt, truncated or not images): check the folder"
             )
         return ImageBatch(images, sizes).to(self.device, non_blocking=self.pin_memory)

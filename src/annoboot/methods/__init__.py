@@ -2,11 +2,13 @@
 
 from annoboot.config import Config
 from annoboot.errors import AnnobootError
+from annoboot.methods.ab_dino import ABDINO
 from annoboot.methods.ab_simclr import ABSimCLR
 from annoboot.methods.base import Method, StepOutput
+from annoboot.methods.dino import DINO
 from annoboot.methods.simclr import SimCLR
 
-METHODS = {"simclr": SimCLR, "ab_simclr": ABSimCLR}
+METHODS = {"simclr": SimCLR, "ab_simclr": ABSimCLR, "dino": DINO, "ab_dino": ABDINO}
 
 
 def build_method(cfg: Config) -> Method:
@@ -17,4 +19,4 @@ def build_method(cfg: Config) -> Method:
     return cls(cfg)
 
 
-__all__ = ["ABSimCLR", "METHODS", "Method", "SimCLR", "StepOutput", "build_method"]
+__all__ = ["ABDINO", "ABSimCLR", "DINO", "METHODS", "Method", "SimCLR", "StepOutput", "build_method"]

@@ -15,6 +15,7 @@ from typing import Dict
 
 import torch
 
+from annoboot import distributed
 from annoboot.config import Config
 from annoboot.data.base import ImageBatch
 from annoboot.methods.base import Method, StepOutput
@@ -31,7 +32,7 @@ class ABSimCLR(SimCLR):
         super().__init__(cfg)
         model = cfg.model
         self.value_function = ValueFunction(cfg, self.encoder.width, model.proj_dim)
-        self.ab_annotation_head = Projector(self.encoder.width, model.proj_hidden_dim, model.proj_dim)  # psi_AB
+        self.ab_annotation_head = Projector(self.encoder.width, model.proj_hidden_dim, model.proj_dim, model.projector_bn)  # psi_AB
 
     def batch_sizes(self) -> Dict[str, int]:
         b, m = self.cfg.train.batch_size, self.cfg.method
@@ -55,11 +56,12 @@ class ABSimCLR(SimCLR):
 
         # Base loss: SimCLR on the annotation batch.
         z1, z2 = self.projector(ann_pooled).chunk(2)
-        base_loss = nt_xent(z1, z2, m.temperature)
+        base_loss = nt_xent(z1, z2, m.temperature, gather_distributed=True)
 
-        # Q(l | x_s, a_{s->t}) for all view pairs; l_i := view 1 of annotation image i.
+        # Q(l | x_s, a_{s->t}) for all view pairs; l_i := view 1 of annotation image i, over the
+        # annotation batches of all ranks.
         moves = self.value_function.moves(boxes)
-        keys = self.ab_annotation_head(ann_pooled[:num_annotations])
+        keys = distributed.gather_with_grad(self.ab_annotation_head(ann_pooled[:num_annotations]))
         logits = self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys)
         with torch.no_grad():
             targets = target.td_targets(ann_views[:num_annotations], boot_views, moves)
@@ -75,11 +77,12 @@ class ABSimCLR(SimCLR):
         num_annotations = annotation_views.shape[0]
         out = self.encoder(torch.cat([annotation_views, boot_views]))
         z = self.projector(out.pooled)  # one projector call: BatchNorm sees both, as online
-        reward = annotation_distribution(z[num_annotations:], z[:num_annotations], m.temperature)
-        reward = reward.view(moves.shape[0], moves.shape[1], num_annotations)
+        annotations = distributed.gather(z[:num_annotations])
+        reward = annotation_distribution(z[num_annotations:], annotations, m.temperature)
+        reward = reward.view(moves.shape[0], moves.shape[1], annotations.shape[0])
         next_values = None
         if m.gamma > 0:
-            keys = self.ab_annotation_head(out.pooled[:num_annotations])
+            keys = distributed.gather(self.ab_annotation_head(out.pooled[:num_annotations]))
             logits = self.value_function.logits(out.tokens[num_annotations:], moves, keys)
             next_values = torch.softmax(logits.float(), dim=-1)
         return td_target(reward, next_values, m.gamma, m.aggregate)

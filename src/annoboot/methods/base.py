@@ -49,3 +49,7 @@ class Method(nn.Module):
 
     def after_backward(self, step: int) -> None:
         """Called between backward and the optimizer step (e.g. to freeze a layer's gradients)."""
+
+    def forward(self, batches: Dict[str, ImageBatch], target: "Method | None", step: int) -> StepOutput:
+        # DistributedDataParallel synchronises gradients of what runs through forward().
+        return self.training_step(batches, target, step)

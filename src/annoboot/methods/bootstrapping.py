@@ -60,6 +60,15 @@ class ValueFunction(nn.Module):
         return (self.scale() * phi @ psi.T).view(n, v, v, -1)
 
 
+def ab_batch_sizes(cfg: Config) -> Dict[str, int]:
+    """Images per step in each stream: the published split of the base batch (method.md section 4)."""
+    base, m = cfg.train.batch_size, cfg.method
+    return {
+        "annotation": max(2, round(base * m.annotation_fraction)),
+        "bootstrap": max(1, round(base * m.bootstrap_fraction)),
+    }
+
+
 def bootstrap_views(batch: ImageBatch, cfg: Config, normalize: Normalize) -> Tuple[torch.Tensor, torch.Tensor]:
     """Plain crops (no flip, no colour; method.md section 3).
 

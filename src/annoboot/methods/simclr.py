@@ -20,7 +20,7 @@ class SimCLR(Method):
         super().__init__(cfg)
         v = cfg.views
         self.encoder = build_encoder(cfg.model.backbone, v.img_size, cfg.model.backbone_kwargs)
-        self.projector = Projector(self.encoder.width, cfg.model.proj_hidden_dim, cfg.model.proj_dim)
+        self.projector = Projector(self.encoder.width, cfg.model.proj_hidden_dim, cfg.model.proj_dim, cfg.model.projector_bn)
         self.augment = SimCLRAugment(v.flip_prob, v.jitter_prob, v.jitter_strength, v.grayscale_prob)
         self.normalize = Normalize(v.mean, v.std)
 
@@ -42,5 +42,5 @@ class SimCLR(Method):
         views = self.annotation_views(batches["annotation"])
         z = self.projector(self.encoder(views).pooled)
         z1, z2 = z.chunk(2)
-        loss = nt_xent(z1, z2, self.cfg.method.temperature)
+        loss = nt_xent(z1, z2, self.cfg.method.temperature, gather_distributed=True)
         return StepOutput(loss, {"loss/simclr": loss.detach()})

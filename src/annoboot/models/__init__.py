@@ -1,8 +1,10 @@
+from annoboot.models.dino_head import DINOHead
 from annoboot.models.encoder import Encoder, EncoderOutput, build_encoder, create_backbone
 from annoboot.models.heads import LogitScale, Projector
 from annoboot.models.value_decoder import ValueDecoder, block_diagonal_mask
 
 __all__ = [
+    "DINOHead",
     "Encoder",
     "EncoderOutput",
     "LogitScale",

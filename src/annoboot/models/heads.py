@@ -11,11 +11,11 @@ from torch import nn
 class Projector(nn.Module):
     """SimCLR-style MLP: Linear -> BatchNorm -> ReLU -> Linear. (B, in) -> (B, out)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = True):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden_dim),
-            nn.BatchNorm1d(hidden_dim),
+            nn.BatchNorm1d(hidden_dim) if batch_norm else nn.Identity(),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, out_dim),
         )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from annoboot import distributed
 
-def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
+
+def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, gather_distributed: bool = False) -> torch.Tensor:
     """Normalised-temperature cross-entropy (SimCLR, Chen et al. 2020).
 
     For 2N embeddings (two views of N images), each view's positive is the other view of its
@@ -16,7 +18,10 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.T
 
     with s the cosine similarity.
 
-    z_a, z_b: (N, D) embeddings of view 1 and view 2 (need not be normalised).
+    z_a, z_b: (n, D) embeddings of view 1 and view 2 of this rank's n images (need not be
+    normalised). gather_distributed: negatives come from every rank's images (N = world * n);
+    the loss is the mean over this rank's 2n rows and gradients reach the other ranks' rows,
+    so under DDP it equals the single-process loss on the global batch.
     Returns a scalar.
 
     Example::
@@ -24,10 +29,20 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.T
         loss = nt_xent(projector(encoder(v1)), projector(encoder(v2)), temperature=0.1)
     """
     n = z_a.shape[0]
-    z = F.normalize(torch.cat([z_a, z_b]), dim=-1)
-    logits = (z @ z.T).float() / temperature
-    logits.fill_diagonal_(float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    z_a, z_b = F.normalize(z_a, dim=-1), F.normalize(z_b, dim=-1)
+    offset, total = 0, n
+    if gather_distributed and distributed.world_size() > 1:
+        offset, total = distributed.rank() * n, distributed.world_size() * n
+        all_a, all_b = distributed.gather_with_grad(z_a), distributed.gather_with_grad(z_b)
+    else:
+        all_a, all_b = z_a, z_b
+    local = torch.cat([z_a, z_b])  # rows: this rank's 2n views
+    everyone = torch.cat([all_a, all_b])  # columns: all 2N views, view-1 block then view-2 block
+    logits = (local @ everyone.T).float() / temperature
+    rows = torch.arange(n, device=z_a.device)
+    own = torch.cat([offset + rows, total + offset + rows])  # each row's own column
+    positives = torch.cat([total + offset + rows, offset + rows])
+    logits[torch.arange(2 * n, device=z_a.device), own] = float("-inf")
     return F.cross_entropy(logits, positives)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -25,12 +25,18 @@ class MetricAccumulator:
             self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
         self.steps += 1
 
-    def pop(self) -> Dict[str, float]:
-        """Means over the interval; agreement hits/counts become bucketed accuracies."""
+    def pop(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Dict[str, float]:
+        """Means over the interval; agreement hits/counts become bucketed accuracies.
+
+        ``reduce`` (e.g. a mean over ranks) is applied to all sums at once: one collective.
+        """
         if not self.sums:
             return {}
         keys = list(self.sums)
-        values = torch.stack([self.sums[k] for k in keys]).cpu().tolist()
+        stacked = torch.stack([self.sums[k] for k in keys])
+        if reduce is not None:
+            stacked = reduce(stacked)
+        values = stacked.cpu().tolist()
         raw = dict(zip(keys, values))
         out: Dict[str, float] = {}
         for key, value in raw.items():

@@ -17,8 +17,9 @@ from typing import Dict, Optional
 
 import timm.optim
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from annoboot import __version__
+from annoboot import __version__, distributed
 from annoboot.config import Config, SourceConfig, from_dict, to_dict, to_yaml
 from annoboot.data import BatchStream, build_source
 from annoboot.data.base import ImageSource
@@ -77,15 +78,27 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False):
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
+        self.dist = distributed.init_from_env(self.device.type)
+        if self.device.type == "cuda" and self.dist.world_size > 1:
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
         self.run_dir = Path(cfg.train.out_dir)
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
 
         self.method: Method = build_method(cfg).to(self.device)
+        if self.dist.world_size > 1 and self.device.type == "cuda":
+            self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         self.target: Optional[Method] = make_target(self.method) if self.method.uses_target else None
         if cfg.train.compile:
             self.method.encoder.compile()
             if self.target is not None:
                 self.target.encoder.compile()
+        # What the step calls: DDP averages gradients across ranks during backward.
+        self.model: torch.nn.Module = self.method
+        if self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.method, device_ids=ids)
+        torch.manual_seed(cfg.train.seed + self.dist.rank)  # different crops and colours per rank
 
         self.streams = self._build_streams()
         self.optimizer = self._build_optimizer()
@@ -113,7 +126,13 @@ class Trainer:
                     "lower train.batch_size or use more images"
                 )
             streams[name] = BatchStream(
-                source, size, seed=cfg.train.seed + offset, device=self.device, num_workers=src_cfg.num_workers
+                source,
+                size,
+                seed=cfg.train.seed + offset,
+                device=self.device,
+                num_workers=src_cfg.num_workers,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
             )
         return streams
 
@@ -125,6 +144,7 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
+        """The full training state; collective under torch.distributed (every rank calls it)."""
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -136,7 +156,7 @@ class Trainer:
             "target": None if self.target is None else self.target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "streams": {name: s.state_dict() for name, s in self.streams.items()},
-            "rng": rng,
+            "rng": distributed.gather_objects(rng),  # one entry per rank
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -151,15 +171,24 @@ class Trainer:
             ) from None
         for name, stream in self.streams.items():
             stream.load_state_dict(state["streams"][name])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.step = int(state["step"])
+        rngs = state["rng"]
+        if len(rngs) == self.dist.world_size:
+            rng = rngs[self.dist.rank]
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        else:  # another world size: the model and data resume exactly, augmentations reseed
+            log.warning("checkpoint has RNG states of %d ranks, this run has %d: reseeding", len(rngs), self.dist.world_size)
+            torch.manual_seed(self.cfg.train.seed + self.dist.rank + 1_000_003 * self.step)
 
-    def save(self) -> Path:
-        path = save_checkpoint(self.run_dir, self.step, self.state_dict(), keep=self.cfg.train.keep_checkpoints)
-        log.info("saved checkpoint %s", path)
-        return path
+    def save(self) -> None:
+        """Every rank calls this; rank 0 writes the one checkpoint, loadable on any world size."""
+        state = self.state_dict()
+        if self.dist.is_main:
+            path = save_checkpoint(self.run_dir, self.step, state, keep=self.cfg.train.keep_checkpoints)
+            log.info("saved checkpoint %s", path)
+        distributed.barrier()
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
@@ -184,20 +213,25 @@ class Trainer:
         m = self.cfg.method
         return cosine(step, self.cfg.train.steps, m.ema_momentum, m.ema_momentum_end)
 
-    def train_step(self) -> Dict[str, torch.Tensor]:
-        """One optimisation step; returns its metrics as device tensors."""
-        t = self.cfg.train
-        scalars = self._set_schedules(self.step)
+    def compute_gradients(self) -> Dict[str, torch.Tensor]:
+        """Forward and backward on the next batches: gradients in ``.grad`` (averaged over
+        ranks under DDP), nothing updated yet. Returns the step's metrics as device tensors."""
         batches = {name: next(stream) for name, stream in self.streams.items()}
         self.method.train()
         if self.target is not None:
             self.target.train()  # BatchNorm uses batch statistics, as in the online network
-        with autocast_context(self.device, t.precision):
-            out = self.method.training_step(batches, self.target, self.step)
+        with autocast_context(self.device, self.cfg.train.precision):
+            out = self.model(batches, self.target, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.method.after_backward(self.step)
-        metrics = dict(out.metrics)
+        return {**out.metrics, "loss/total": out.loss.detach()}
+
+    def train_step(self) -> Dict[str, torch.Tensor]:
+        """One optimisation step; returns its metrics as device tensors."""
+        t = self.cfg.train
+        scalars = self._set_schedules(self.step)
+        metrics = self.compute_gradients()
         if t.grad_clip:
             metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip)
         self.optimizer.step()
@@ -206,42 +240,51 @@ class Trainer:
             ema_update(self.target, self.method, momentum)
             scalars["schedule/ema_momentum"] = momentum
         self.step += 1
-        metrics["loss/total"] = out.loss.detach()
         self.schedule_values = scalars  # host floats: logged as they are, never accumulated
         return metrics
 
     def fit(self) -> Dict[str, float]:
         """Train to ``train.steps``; returns the last logged scalars."""
         t = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
         images_per_step = sum(self.method.batch_sizes().values())
-        logger = RunLogger(self.run_dir, t.steps, self.step, t.progress)
+        logger = RunLogger(self.run_dir, t.steps, self.step, t.progress) if main else None
         accumulator = MetricAccumulator()
         last: Dict[str, float] = {}
         try:
             with _StopRequest() as stop:
                 while self.step < t.steps:
                     accumulator.add(self.train_step())
-                    logger.advance()
-                    if self.step % t.log_every == 0 or self.step == t.steps:
-                        scalars = accumulator.pop()
+                    if logger:
+                        logger.advance()
+                    at_log = self.step % t.log_every == 0 or self.step == t.steps
+                    if at_log:
                         skipped = sum(s.skipped for s in self.streams.values())
+                        scalars = accumulator.pop(reduce=distributed.all_reduce_mean)
                         scalars["data/skipped_images"] = float(skipped)
                         scalars.update(self.schedule_values)
-                        last = logger.log(self.step, scalars, images_per_step, self.method.views_per_step())
+                        if logger:
+                            last = logger.log(self.step, scalars, images_per_step, self.method.views_per_step())
+                        else:
+                            last = scalars
                         if not math.isfinite(last["loss/total"]):
                             raise AnnobootError(
                                 f"loss is {last['loss/total']} at step {self.step}: training diverged; "
                                 "lower train.lr or set train.grad_clip"
                             )
-                    if self.step % t.ckpt_every == 0 or self.step == t.steps or stop.requested:
+                    # Ranks must agree to stop; under torch.distributed they compare at log steps.
+                    stopping = stop.requested if self.dist.world_size == 1 else at_log and distributed.any_rank(stop.requested)
+                    if self.step % t.ckpt_every == 0 or self.step == t.steps or stopping:
                         self.save()
-                    if stop.requested:
+                    if stopping:
                         log.warning("stopped by signal at step %d; resume with --resume", self.step)
                         break
         finally:
-            logger.close()
+            if logger:
+                logger.close()
         return last
 
 

@@ -1,0 +1,86 @@
+"""ABDINO: annotation bootstrapping over DINO's prototypes (method.md sections 2-4).
+
+    L = L_DINO(annotation batch) + ab_weight * L_AB(bootstrap batch)
+
+- annotation l_k: DINO prototype k of K;
+- reward p(l | x'): the EMA teacher's centred, sharpened distribution on the reached view x';
+- psi_AB: a learned embedding per prototype (K, d), separate from the DINO head's last layer;
+- Q(l | x, a): softmax_l(t_AB * phi_AB(x, a) . psi_AB(l)), phi_AB from the value decoder;
+- target: (1 - gamma) p_ema(l | x') + gamma AGG_a' Q_ema(l | x', a'), no gradient.
+
+The bootstrap views are plain crops at the global size, separate from the multi-crop views, so
+the value decoder is always given their true relative boxes.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+from torch import nn
+
+from annoboot.config import Config
+from annoboot.data.base import ImageBatch
+from annoboot.methods.base import Method, StepOutput
+from annoboot.methods.bootstrapping import ValueFunction, ab_batch_sizes, bootstrap_objective, bootstrap_views
+from annoboot.methods.dino import DINO
+from annoboot.objectives import td_target, teacher_distribution
+
+
+class ABDINO(DINO):
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        model = cfg.model
+        self.value_function = ValueFunction(cfg, self.encoder.width, model.dino_bottleneck_dim)
+        self.ab_prototypes = nn.Parameter(torch.empty(model.dino_prototypes, model.dino_bottleneck_dim))  # psi_AB
+        nn.init.trunc_normal_(self.ab_prototypes, std=0.02)
+
+    def batch_sizes(self) -> Dict[str, int]:
+        return ab_batch_sizes(self.cfg)
+
+    def views_per_step(self) -> int:
+        sizes, v = self.batch_sizes(), self.cfg.views
+        return (2 + v.local_views) * sizes["annotation"] + v.bootstrap_views * sizes["bootstrap"]
+
+    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
+        assert isinstance(target, ABDINO), "ABDINO needs its EMA target network"
+        m = self.cfg.method
+        global_views, local_views = self.multicrop_views(batches["annotation"])
+        boot_views, boxes = bootstrap_views(batches["bootstrap"], self.cfg, self.normalize)  # (N*V, ...), (N, V, 4)
+        num_global = global_views.shape[0]
+        out = self.encoder(torch.cat([global_views, boot_views]))  # one call for every view at the global size
+        student_local = self.encoder(local_views).pooled
+        moves = self.value_function.moves(boxes)
+        teacher_temp = self.teacher_temperature(step)
+        with torch.no_grad():
+            teacher_logits, targets = target.teacher_outputs(global_views, boot_views, moves, teacher_temp)
+
+        base_loss, metrics = self.dino_objective(out.pooled[:num_global], student_local, teacher_logits, step)
+        logits = self.value_function.logits(out.tokens[num_global:], moves, self.ab_prototypes)  # (N, V, V, K)
+        ab_loss, ab_metrics = bootstrap_objective(logits, targets, boxes, m.drop_self_pairs)
+
+        metrics.update(ab_metrics)
+        metrics["ab/scale"] = self.value_function.scale().detach()
+        return StepOutput(base_loss + m.ab_weight * ab_loss, metrics)
+
+    def teacher_outputs(
+        self, global_views: torch.Tensor, boot_views: torch.Tensor, moves: torch.Tensor, teacher_temp: float
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Called on the EMA model, in one encoder call.
+
+        Returns the prototype logits of the global views (2A, K) for DINO, and the TD targets
+        (1 - gamma) p(l | x_t) + gamma AGG Q(l | x_t, .) of the bootstrap views as (N, V, K).
+        """
+        m = self.cfg.method
+        num_images, num_views = moves.shape[:2]
+        num_global = global_views.shape[0]
+        out = self.encoder(torch.cat([global_views, boot_views]))
+        logits = self.head(out.pooled)
+        # The centre is this EMA copy's, i.e. the online one before this step's update.
+        reward = teacher_distribution(logits[num_global:], self.center, teacher_temp)
+        next_values = None
+        if m.gamma > 0:
+            value_logits = self.value_function.logits(out.tokens[num_global:], moves, self.ab_prototypes)
+            next_values = torch.softmax(value_logits.float(), dim=-1)
+        targets = td_target(reward.view(num_images, num_views, -1), next_values, m.gamma, m.aggregate)
+        return logits[:num_global], targets

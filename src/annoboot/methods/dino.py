@@ -1,0 +1,139 @@
+"""DINO (Caron et al. 2021): self-distillation between a student and its EMA teacher.
+
+    L = mean_{t in globals, s in all views, s != t} H(P_teacher(x_t), P_student(x_s))
+
+- student: the online encoder + DINO head on 2 global and n local crops (multi-crop);
+- teacher: the EMA target of the whole method on the 2 global crops only; its distribution
+  over the K prototypes is centred and sharpened (``objectives.teacher_distribution``);
+- centre: a buffer of the online method updated every step from the teacher's logits, so the
+  trainer copies it into the target and checkpoints it;
+- schedules: the teacher temperature warms up here; EMA momentum, learning rate and weight
+  decay follow the trainer; the prototypes get no update for ``freeze_last_layer_steps``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from annoboot import distributed
+from annoboot.actions import sample_crop_boxes
+from annoboot.config import Config
+from annoboot.data.base import ImageBatch
+from annoboot.methods.base import Method, StepOutput
+from annoboot.models import DINOHead, Encoder, build_encoder
+from annoboot.objectives import dino_loss, entropy, kl_to_uniform, teacher_distribution, update_center
+from annoboot.views import Normalize, SimCLRAugment, render_views
+
+
+def build_multicrop_encoder(cfg: Config) -> Encoder:
+    """The encoder, able to take both the global and the local crop size.
+
+    A timm ViT's position embeddings fit one token grid; ``dynamic_img_size`` interpolates them
+    for the local crops' smaller grid. Models without that option (CNNs) take any size as is.
+    """
+    model, img_size = cfg.model, cfg.views.img_size
+    encoder = build_encoder(model.backbone, img_size, model.backbone_kwargs)
+    if hasattr(encoder.backbone, "dynamic_img_size") and not encoder.backbone.dynamic_img_size:
+        encoder = build_encoder(model.backbone, img_size, {**model.backbone_kwargs, "dynamic_img_size": True})
+    return encoder
+
+
+def teacher_temperature(step: int, start: float, end: float, warmup_steps: int) -> float:
+    """Linear from ``start`` at step 0 to ``end`` at ``warmup_steps``, then held at ``end``."""
+    if step >= warmup_steps:
+        return end
+    return start + (end - start) * step / warmup_steps
+
+
+class DINO(Method):
+    uses_target = True
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        v, model = cfg.views, cfg.model
+        self.encoder = build_multicrop_encoder(cfg)
+        self.head = DINOHead(
+            self.encoder.width, model.dino_hidden_dim, model.dino_bottleneck_dim, model.dino_prototypes
+        )
+        self.augment = SimCLRAugment(v.flip_prob, v.jitter_prob, v.jitter_strength, v.grayscale_prob)
+        self.normalize = Normalize(v.mean, v.std)
+        self.register_buffer("center", torch.zeros(model.dino_prototypes))
+
+    def batch_sizes(self) -> Dict[str, int]:
+        return {"annotation": self.cfg.train.batch_size}
+
+    def views_per_step(self) -> int:
+        return (2 + self.cfg.views.local_views) * self.batch_sizes()["annotation"]
+
+    def teacher_temperature(self, step: int) -> float:
+        m = self.cfg.method
+        return teacher_temperature(step, m.teacher_temp_warmup, m.teacher_temp, m.teacher_temp_warmup_steps)
+
+    def multicrop_views(self, batch: ImageBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """2 global views (2B, 3, S, S) and n local views (nB, 3, s, s), each view-major."""
+        v = self.cfg.views
+        global_boxes = sample_crop_boxes(batch.sizes, 2, v.global_scale, v.crop_ratio)
+        local_boxes = sample_crop_boxes(batch.sizes, v.local_views, v.local_scale, v.crop_ratio)
+        global_views = self._augmented_views(batch, global_boxes, v.img_size)
+        return global_views, self._augmented_views(batch, local_boxes, v.local_size)
+
+    def _augmented_views(self, batch: ImageBatch, boxes: torch.Tensor, size: int) -> torch.Tensor:
+        views = render_views(batch, boxes, size)  # image-major (B*V)
+        views = views.view(len(batch), boxes.shape[1], *views.shape[1:]).transpose(0, 1).flatten(0, 1)
+        return self.normalize(self.augment(views))
+
+    def teacher_logits(self, global_views: torch.Tensor) -> torch.Tensor:
+        """Called on the EMA model: prototype logits (2B, K) of the global views."""
+        return self.head(self.encoder(global_views).pooled)
+
+    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
+        assert isinstance(target, DINO), "DINO needs its EMA teacher"
+        global_views, local_views = self.multicrop_views(batches["annotation"])
+        student_global = self.encoder(global_views).pooled  # one call per crop size
+        student_local = self.encoder(local_views).pooled
+        with torch.no_grad():
+            teacher_logits = target.teacher_logits(global_views)
+        loss, metrics = self.dino_objective(student_global, student_local, teacher_logits, step)
+        return StepOutput(loss, metrics)
+
+    def dino_objective(
+        self, student_global: torch.Tensor, student_local: torch.Tensor, teacher_logits: torch.Tensor, step: int
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The DINO loss and its collapse monitors; moves the centre towards this batch.
+
+        student_global (2B, D), student_local (nB, D): pooled encoder features, view-major.
+        teacher_logits (2B, K): the EMA model's head on the same global views.
+        """
+        m = self.cfg.method
+        batch, num_prototypes = student_global.shape[0] // 2, teacher_logits.shape[-1]
+        student_logits = self.head(torch.cat([student_global, student_local]))
+        with torch.no_grad():
+            teacher_probs = teacher_distribution(teacher_logits, self.center, self.teacher_temperature(step))
+            # The update is linear and the centre equal on all ranks: averaging the updated
+            # centres over ranks gives the EMA of the global batch mean, as in DINO.
+            new_center = update_center(self.center, teacher_logits, m.center_momentum)
+            self.center.copy_(distributed.all_reduce_mean(new_center))
+        loss = dino_loss(
+            student_logits.view(-1, batch, num_prototypes), teacher_probs.view(2, batch, num_prototypes), m.student_temp
+        )
+        metrics = {
+            "loss/dino": loss.detach(),
+            # Collapse to uniform drives this to log K; to one-hot, to 0.
+            "dino/teacher_entropy": entropy(teacher_probs).mean(),
+            # Of the batch-mean distribution: log K when one prototype wins for every image.
+            "dino/teacher_kl_uniform": kl_to_uniform(teacher_probs.mean(0)),
+            # Across the batch, per dimension: 0 when every image maps to the same feature.
+            "dino/student_feature_std": F.normalize(student_global.detach().float(), dim=-1).std(0).mean(),
+            "dino/center_norm": self.center.norm(),
+        }
+        return loss, metrics
+
+    def after_backward(self, step: int) -> None:
+        # DINO keeps the prototypes still during the first epoch: moving them while the
+        # student is untrained makes training unstable. No gradient also means no weight decay.
+        if step < self.cfg.method.freeze_last_layer_steps:
+            for param in self.head.last_layer.parameters():
+                param.grad = None
