@@ -16,6 +16,8 @@ EPILOG = """examples:
   annoboot pretrain --config configs/fmnist_ab_simclr.yaml --resume
   annoboot eval runs/quickstart --out runs/quickstart/eval.json
   annoboot export runs/quickstart --out backbone.safetensors
+  annoboot data write-shards /data/photos shards/train-%06d.tar
+  annoboot data inspect /data/photos
 """
 
 
@@ -40,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON file for the results (default: <run>/eval.json for a directory)")
     p.add_argument("--weights", choices=["online", "ema"], default="online", help="which network's encoder")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. eval.test.limit=1000 train.device=cpu")
+
+    p = sub.add_parser("data", help="data helpers: write shards from a folder, inspect a source")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    d = data_sub.add_parser("write-shards", help="pack a folder's images (+ .txt captions) into webdataset tar shards")
+    d.add_argument("folder")
+    d.add_argument("pattern", help="output pattern with a shard-number field, e.g. shards/train-%%06d.tar")
+    d.add_argument("--max-count", type=int, default=10_000, help="samples per shard")
+    d = data_sub.add_parser("inspect", help="count images, their sizes and the undecodable ones (with reasons)")
+    d.add_argument("source", help="an image folder or a shard pattern such as shards/train-{000000..000009}.tar")
+    d.add_argument("--limit", type=int, help="look at the first N files only")
 
     p = sub.add_parser("export", help="write a run's backbone as timm-loadable safetensors")
     p.add_argument("run", help="run directory or checkpoint file")
@@ -75,6 +87,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             if out is None and Path(args.run).is_dir():
                 out = str(Path(args.run) / "eval.json")
             runs.evaluate_run(args.run, out, args.weights, args.overrides)
+        elif args.command == "data":
+            from annoboot.data import tools
+
+            if args.data_command == "write-shards":
+                print(tools.format_report(tools.folder_to_shards(args.folder, args.pattern, args.max_count)))
+            else:
+                print(tools.format_report(tools.inspect_source(args.source, args.limit)))
         elif args.command == "export":
             runs.export_run(args.run, args.out, args.weights)
     except AnnobootError as exc:

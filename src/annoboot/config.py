@@ -23,8 +23,10 @@ FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 class SourceConfig:
     """Where images come from. Sources are decode-only: crops happen later, on the device."""
 
-    kind: str = "fashion_mnist"  # fashion_mnist | image_folder
-    root: Optional[str] = None  # None: the source's default location
+    kind: str = "fashion_mnist"  # fashion_mnist | image_folder | webdataset
+    # None: the source's default location. webdataset: a shard pattern, e.g.
+    # /data/cc12m/{000000..001242}.tar (several joined with '::').
+    root: Optional[str] = None
     split: str = "train"  # fashion_mnist: train | test
     labels_from_subfolders: bool = False  # image_folder: class = first sub-folder (evaluation)
     limit: Optional[int] = None  # use only the first N images (smoke runs, tests)
@@ -160,8 +162,8 @@ class Config:
 
 
 _CHOICES = {
-    "data.annotation.kind": ("fashion_mnist", "image_folder"),
-    "data.bootstrap.kind": ("fashion_mnist", "image_folder"),
+    "data.annotation.kind": ("fashion_mnist", "image_folder", "webdataset"),
+    "data.bootstrap.kind": ("fashion_mnist", "image_folder", "webdataset"),
     "method.name": ("simclr", "ab_simclr", "dino", "ab_dino"),
     "method.aggregate": ("mean", "max"),
     "train.precision": ("auto", "bf16", "fp32"),

@@ -7,14 +7,17 @@
 
 from __future__ import annotations
 
+import torch
+
 from annoboot.config import SourceConfig
 from annoboot.data.base import ImageBatch, ImageSource
 from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.image_folder import ImageFolderSource
+from annoboot.data.shards import ShardStream
 from annoboot.data.stream import BatchStream, iter_eval_batches, pad_collate
 from annoboot.errors import AnnobootError
 
-SOURCE_KINDS = ("fashion_mnist", "image_folder")
+SOURCE_KINDS = ("fashion_mnist", "image_folder", "webdataset")
 
 
 def build_source(cfg: SourceConfig) -> ImageSource:
@@ -33,7 +36,32 @@ def build_source(cfg: SourceConfig) -> ImageSource:
             limit=cfg.limit,
             max_short_side=cfg.max_short_side,
         )
+    if cfg.kind == "webdataset":
+        raise AnnobootError("webdataset shards are streamed for training only; evaluate on an indexable source")
     raise AnnobootError(f"unknown data source kind '{cfg.kind}'; choose one of {', '.join(SOURCE_KINDS)}")
+
+
+def build_stream(
+    cfg: SourceConfig,
+    batch_size: int,
+    seed: int,
+    device: torch.device | str,
+    rank: int = 0,
+    world_size: int = 1,
+    source: ImageSource | None = None,
+) -> "BatchStream | ShardStream":
+    """The training stream for a source config: shards stream, everything else is indexed.
+
+    ``source`` reuses an already built indexable source (coupled training: one source feeds
+    the annotation and the bootstrap stream).
+    """
+    if cfg.kind == "webdataset":
+        if not cfg.root:
+            raise AnnobootError("webdataset needs a shard pattern: data.<stream>.root=/path/train-{000000..000099}.tar")
+        return ShardStream(cfg.root, batch_size, seed, device, cfg.num_workers, rank, world_size, cfg.max_short_side)
+    return BatchStream(
+        source or build_source(cfg), batch_size, seed, device=device, num_workers=cfg.num_workers, rank=rank, world_size=world_size
+    )
 
 
 __all__ = [
@@ -43,7 +71,9 @@ __all__ = [
     "ImageFolderSource",
     "ImageSource",
     "SOURCE_KINDS",
+    "ShardStream",
     "build_source",
+    "build_stream",
     "iter_eval_batches",
     "pad_collate",
 ]

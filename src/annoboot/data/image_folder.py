@@ -7,6 +7,7 @@ be decoded comes back as None, so one bad file in a scraped folder never stops a
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from pathlib import Path
@@ -119,7 +120,7 @@ def _exif_orientation(image: Image.Image) -> int:
         return 1
 
 
-def decode_image(path: str, max_short_side: int) -> torch.Tensor:
+def decode_image(path: "str | io.BytesIO", max_short_side: int) -> torch.Tensor:
     """Decode one file to (3, H, W) uint8, contiguous, with min(H, W) <= max_short_side.
 
     Raises whatever PIL raises on a bad file; :class:`ImageFolderSource` turns that into None.

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from annoboot import __version__, distributed
 from annoboot.config import Config, SourceConfig, from_dict, to_dict, to_yaml
-from annoboot.data import BatchStream, build_source
+from annoboot.data import BatchStream, ShardStream, build_source, build_stream
 from annoboot.data.base import ImageSource
 from annoboot.errors import AnnobootError
 from annoboot.methods import Method, build_method
@@ -108,7 +108,7 @@ class Trainer:
             self._resume()
 
     # ----------------------------------------------------------------- setup
-    def _build_streams(self) -> Dict[str, BatchStream]:
+    def _build_streams(self) -> Dict[str, "BatchStream | ShardStream"]:
         cfg = self.cfg
         source_cfgs: Dict[str, SourceConfig] = {"annotation": cfg.data.annotation}
         source_cfgs["bootstrap"] = cfg.data.bootstrap or cfg.data.annotation
@@ -116,23 +116,14 @@ class Trainer:
         streams = {}
         for offset, (name, size) in enumerate(self.method.batch_sizes().items()):
             src_cfg = source_cfgs[name]
-            key = repr(src_cfg)  # coupled training: one source object feeds both streams
-            if key not in built:
-                built[key] = build_source(src_cfg)
-            source = built[key]
-            if len(source) < size:
-                raise AnnobootError(
-                    f"data.{name}: {source.describe()} is smaller than one batch of {size}; "
-                    "lower train.batch_size or use more images"
-                )
-            streams[name] = BatchStream(
-                source,
-                size,
-                seed=cfg.train.seed + offset,
-                device=self.device,
-                num_workers=src_cfg.num_workers,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
+            source = None
+            if src_cfg.kind != "webdataset":
+                key = repr(src_cfg)  # coupled training: one source object feeds both streams
+                if key not in built:
+                    built[key] = build_source(src_cfg)
+                source = built[key]
+            streams[name] = build_stream(
+                src_cfg, size, cfg.train.seed + offset, self.device, self.dist.rank, self.dist.world_size, source
             )
         return streams
 
