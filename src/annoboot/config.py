@@ -23,7 +23,7 @@ FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 class SourceConfig:
     """Where images come from. Sources are decode-only: crops happen later, on the device."""
 
-    kind: str = "fashion_mnist"  # fashion_mnist | image_folder | webdataset
+    kind: str = "fashion_mnist"  # fashion_mnist | image_folder | webdataset | video_folder
     # None: the source's default location. webdataset: a shard pattern, e.g.
     # /data/cc12m/{000000..001242}.tar (several joined with '::').
     root: Optional[str] = None
@@ -31,6 +31,7 @@ class SourceConfig:
     labels_from_subfolders: bool = False  # image_folder: class = first sub-folder (evaluation)
     limit: Optional[int] = None  # use only the first N images (smoke runs, tests)
     max_short_side: int = 256  # decoded images are downscaled so their short side is at most this
+    frame_stride: int = 1  # video_folder: keep every n-th frame
     num_workers: int = 4  # CPU decode workers for file-backed sources
 
 
@@ -162,8 +163,8 @@ class Config:
 
 
 _CHOICES = {
-    "data.annotation.kind": ("fashion_mnist", "image_folder", "webdataset"),
-    "data.bootstrap.kind": ("fashion_mnist", "image_folder", "webdataset"),
+    "data.annotation.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder"),
+    "data.bootstrap.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder"),
     "method.name": ("simclr", "ab_simclr", "dino", "ab_dino"),
     "method.aggregate": ("mean", "max"),
     "train.precision": ("auto", "bf16", "fp32"),

@@ -17,7 +17,7 @@ from annoboot.data.shards import ShardStream
 from annoboot.data.stream import BatchStream, iter_eval_batches, pad_collate
 from annoboot.errors import AnnobootError
 
-SOURCE_KINDS = ("fashion_mnist", "image_folder", "webdataset")
+SOURCE_KINDS = ("fashion_mnist", "image_folder", "webdataset", "video_folder")
 
 
 def build_source(cfg: SourceConfig) -> ImageSource:
@@ -36,6 +36,12 @@ def build_source(cfg: SourceConfig) -> ImageSource:
             limit=cfg.limit,
             max_short_side=cfg.max_short_side,
         )
+    if cfg.kind == "video_folder":
+        if not cfg.root:
+            raise AnnobootError("video_folder needs data.<stream>.root=<folder of videos or one video file>")
+        from annoboot.data.video import VideoFramesSource  # PyAV is only needed for videos
+
+        return VideoFramesSource(cfg.root, stride=cfg.frame_stride, limit=cfg.limit, max_short_side=cfg.max_short_side)
     if cfg.kind == "webdataset":
         raise AnnobootError("webdataset shards are streamed for training only; evaluate on an indexable source")
     raise AnnobootError(f"unknown data source kind '{cfg.kind}'; choose one of {', '.join(SOURCE_KINDS)}")
