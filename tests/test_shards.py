@@ -1,6 +1,5 @@
 """WebDataset shards: writing from a folder, streaming with bad samples, training, inspecting."""
 
-import io
 import tarfile
 
 import numpy as np

@@ -190,6 +190,15 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
             raise _explain(exc, str(path)) from None
         except Exception as exc:  # YAML syntax errors
             raise AnnobootError(f"cannot parse config file {path}: {exc}") from None
+    return _finish(_apply_overrides(cfg, overrides))
+
+
+def config_from_saved(saved: Dict[str, Any], overrides: Optional[List[str]] = None) -> Config:
+    """The config stored in a checkpoint, with ``key=value`` overrides (e.g. for evaluation)."""
+    return _finish(_apply_overrides(OmegaConf.merge(OmegaConf.structured(Config), saved), overrides))
+
+
+def _apply_overrides(cfg: DictConfig, overrides: Optional[List[str]]) -> DictConfig:
     for item in overrides or []:
         if "=" not in item:
             raise AnnobootError(f"override '{item}' is not of the form key=value (e.g. train.steps=100)")
@@ -205,6 +214,10 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
                 cfg = OmegaConf.merge(cfg, parsed)
     except OmegaConfBaseException as exc:
         raise _explain(exc, "command-line overrides") from None
+    return cfg
+
+
+def _finish(cfg: DictConfig) -> Config:
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(config)
     return config
@@ -245,11 +258,6 @@ def validate(cfg: Config) -> None:
 
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def from_dict(data: Dict[str, Any]) -> Config:
-    """Rebuild a Config saved in a checkpoint."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))  # type: ignore[return-value]
 
 
 def to_dict(cfg: Config) -> Dict[str, Any]:

@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from annoboot.config import Config, validate
+from annoboot.config import Config, config_from_saved
 from annoboot.data import build_source
 from annoboot.errors import AnnobootError
 from annoboot.eval import evaluate, format_results_table
@@ -49,12 +47,7 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
 def load_run(path: str | Path, weights: str = "online", overrides: Optional[List[str]] = None) -> tuple[Config, Method, torch.device]:
     """A run directory or checkpoint file -> (its config with overrides, method with weights loaded)."""
     state = load_checkpoint(path)
-    base = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
-    try:
-        cfg: Config = OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides or []))))  # type: ignore[assignment]
-    except OmegaConfBaseException as exc:
-        raise AnnobootError(f"bad override: key '{getattr(exc, 'full_key', '?')}': {getattr(exc, 'msg', exc)}") from None
-    validate(cfg)
+    cfg = config_from_saved(state["config"], overrides)
     device = resolve_device(cfg.train.device)
     method = build_method(cfg)
     if weights == "online":

@@ -20,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from annoboot import __version__, distributed
-from annoboot.config import Config, SourceConfig, from_dict, to_dict, to_yaml
+from annoboot.config import Config, SourceConfig, to_dict, to_yaml
 from annoboot.data import BatchStream, ShardStream, build_source, build_stream
 from annoboot.data.base import ImageSource
 from annoboot.errors import AnnobootError
@@ -277,7 +277,3 @@ class Trainer:
             if logger:
                 logger.close()
         return last
-
-
-def config_from_checkpoint(state: dict) -> Config:
-    return from_dict(state["config"])
