@@ -92,11 +92,11 @@ def agreement_by_iou(
     Returns (hits, counts), each (len(edges) - 1,) float, summed over pairs; stays on device.
     """
     agree = (pred_logits.argmax(-1) == target_probs.argmax(-1).unsqueeze(1)).float().flatten()
-    edges_t = torch.as_tensor(edges, device=iou.device, dtype=iou.dtype)
-    bucket = torch.bucketize(iou.flatten().contiguous(), edges_t, right=True) - 1
+    iou = iou.flatten()
     n = len(edges) - 1
-    valid = (bucket >= 0) & (bucket < n)
-    bucket = bucket.clamp(0, n - 1)
+    # Comparisons with Python floats: no per-step host-to-device copy of the edges.
+    bucket = sum((iou >= edge).long() for edge in edges[1:-1])
+    valid = (iou >= edges[0]) & (iou < edges[-1])
     hits = torch.zeros(n, device=iou.device).index_add_(0, bucket, agree * valid)
     counts = torch.zeros(n, device=iou.device).index_add_(0, bucket, valid.float())
     return hits, counts
