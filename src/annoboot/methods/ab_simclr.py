@@ -19,7 +19,7 @@ from annoboot import distributed
 from annoboot.config import Config
 from annoboot.data.base import ImageBatch
 from annoboot.methods.base import Method, StepOutput
-from annoboot.methods.bootstrapping import ValueFunction, bootstrap_objective, bootstrap_views
+from annoboot.methods.bootstrapping import ValueFunction, ab_batch_sizes, bootstrap_objective, bootstrap_views
 from annoboot.methods.simclr import SimCLR
 from annoboot.models import Projector
 from annoboot.objectives import annotation_distribution, nt_xent, td_target
@@ -35,11 +35,7 @@ class ABSimCLR(SimCLR):
         self.ab_annotation_head = Projector(self.encoder.width, model.proj_hidden_dim, model.proj_dim, model.projector_bn)  # psi_AB
 
     def batch_sizes(self) -> Dict[str, int]:
-        b, m = self.cfg.train.batch_size, self.cfg.method
-        return {
-            "annotation": max(2, round(b * m.annotation_fraction)),
-            "bootstrap": max(1, round(b * m.bootstrap_fraction)),
-        }
+        return ab_batch_sizes(self.cfg)
 
     def views_per_step(self) -> int:
         sizes = self.batch_sizes()
