@@ -246,7 +246,8 @@ def validate(cfg: Config) -> None:
     ]:
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise AnnobootError(f"bad config: key '{key}' must be [low, high] with 0 < low <= high, got {pair}")
-    if max(cfg.views.crop_scale[1], cfg.views.bootstrap_scale[1], cfg.views.global_scale[1], cfg.views.local_scale[1]) > 1:
+    v = cfg.views
+    if max(v.crop_scale[1], v.bootstrap_scale[1], v.global_scale[1], v.local_scale[1]) > 1:
         raise AnnobootError("bad config: crop scales are fractions of the image area and must be <= 1")
     if not 0 <= cfg.method.gamma < 1:
         raise AnnobootError(f"bad config: key 'method.gamma' must be in [0, 1), got {cfg.method.gamma}")
@@ -254,6 +255,11 @@ def validate(cfg: Config) -> None:
         raise AnnobootError("bad config: 'train.steps' and 'train.batch_size' must be positive")
     if cfg.method.name.startswith("ab_") and cfg.views.bootstrap_views < 2:
         raise AnnobootError("bad config: 'views.bootstrap_views' must be >= 2 for annotation bootstrapping")
+    if cfg.method.name.endswith("dino") and not (v.local_views >= 1 and 0 < v.local_size <= v.img_size):
+        raise AnnobootError(
+            f"bad config: DINO needs 'views.local_views' >= 1 (got {v.local_views}) and "
+            f"0 < 'views.local_size' <= 'views.img_size' (got {v.local_size} and {v.img_size})"
+        )
 
 
 def to_yaml(cfg: Config) -> str:

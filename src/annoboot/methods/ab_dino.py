@@ -51,7 +51,7 @@ class ABDINO(DINO):
         out = self.encoder(torch.cat([global_views, boot_views]))  # one call for every view at the global size
         student_local = self.encoder(local_views).pooled
         moves = self.value_function.moves(boxes)
-        teacher_temp = self.teacher_temperature(step)
+        teacher_temp = self.current_teacher_temp(step)
         with torch.no_grad():
             teacher_logits, targets = target.teacher_outputs(global_views, boot_views, moves, teacher_temp)
 

@@ -68,7 +68,7 @@ class DINO(Method):
     def views_per_step(self) -> int:
         return (2 + self.cfg.views.local_views) * self.batch_sizes()["annotation"]
 
-    def teacher_temperature(self, step: int) -> float:
+    def current_teacher_temp(self, step: int) -> float:
         m = self.cfg.method
         return teacher_temperature(step, m.teacher_temp_warmup, m.teacher_temp, m.teacher_temp_warmup_steps)
 
@@ -111,7 +111,7 @@ class DINO(Method):
         batch, num_prototypes = student_global.shape[0] // 2, teacher_logits.shape[-1]
         student_logits = self.head(torch.cat([student_global, student_local]))
         with torch.no_grad():
-            teacher_probs = teacher_distribution(teacher_logits, self.center, self.teacher_temperature(step))
+            teacher_probs = teacher_distribution(teacher_logits, self.center, self.current_teacher_temp(step))
             # The update is linear and the centre equal on all ranks: averaging the updated
             # centres over ranks gives the EMA of the global batch mean, as in DINO.
             new_center = update_center(self.center, teacher_logits, m.center_momentum)
