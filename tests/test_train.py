@@ -55,10 +55,6 @@ def test_short_run_learns(tiny_config, method):
         assert last["schedule/ema_momentum"] > 0.996
 
 
-def _weights(state):
-    return {k: v for k, v in state["method"].items()}
-
-
 @pytest.mark.parametrize("method", ["simclr", "ab_simclr"])
 def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_config, tmp_path, method):
     overrides = [f"method.name={method}", "train.steps=6", "train.ckpt_every=3", "train.keep_checkpoints=5", "train.log_every=3"]
