@@ -20,11 +20,14 @@ class ImageBatch:
     images: (B, C, H, W) uint8, C in {1, 3}; image i occupies images[i, :, :h_i, :w_i].
     sizes:  (B, 2) int64, (h_i, w_i) of each image's valid region in pixels.
     labels: (B,) int64 when the source has labels (evaluation), else None.
+    captions: B strings when the source has captions (CLIP/ABCLIP), else None; a caption may
+        be "" for an image without text (sources that need text drop such images instead).
     """
 
     images: torch.Tensor
     sizes: torch.Tensor
     labels: Optional[torch.Tensor] = None
+    captions: Optional[List[str]] = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -34,6 +37,7 @@ class ImageBatch:
             self.images.to(device, non_blocking=non_blocking),
             self.sizes.to(device, non_blocking=non_blocking),
             None if self.labels is None else self.labels.to(device, non_blocking=non_blocking),
+            self.captions,
         )
 
 
@@ -48,6 +52,7 @@ class ImageSource(Dataset):
     name: str = "source"
     labels: Optional[torch.Tensor] = None  # (N,) int64, evaluation only
     class_names: Optional[List[str]] = None
+    captions: Optional[List[str]] = None  # (N,) weak text per image (captioned sets), else None
 
     def __len__(self) -> int:
         raise NotImplementedError

@@ -48,16 +48,28 @@ def expand_shard_pattern(pattern: str) -> List[str]:
     return [u for u in urls if u not in missing]
 
 
-def decode_sample(sample: Dict[str, Any], max_short_side: int) -> Tuple[Optional[torch.Tensor], None]:
-    """(image (3, H, W) uint8 or None, None): None for a sample without a decodable image."""
+def sample_caption(sample: Dict[str, Any]) -> Optional[str]:
+    """The sample's ``txt`` member (first line, stripped), or None when it has none or it is empty."""
+    raw = sample.get("txt")
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+    lines = text.strip().splitlines()
+    return lines[0].strip() or None if lines else None
+
+
+def decode_sample(sample: Dict[str, Any], max_short_side: int) -> Tuple[Optional[torch.Tensor], None, Optional[str]]:
+    """(image (3, H, W) uint8 or None, None, caption or None): image None for a sample without a
+    decodable image."""
+    caption = sample_caption(sample)
     for key in IMAGE_KEYS:
         if key in sample:
             try:
-                return decode_image(io.BytesIO(sample[key]), max_short_side), None
+                return decode_image(io.BytesIO(sample[key]), max_short_side), None, caption
             except Exception:  # corrupt bytes: counted by the collate, never fatal
                 log.debug("undecodable %s in sample %s", key, sample.get("__key__"))
-                return None, None
-    return None, None
+                return None, None, caption
+    return None, None, caption
 
 
 class ShardStream:
@@ -117,12 +129,12 @@ class ShardStream:
         if self._iterator is None:
             loader = DataLoader(self._pipeline(), batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
             self._iterator = iter(loader)
-        images, sizes, _, skipped = next(self._iterator)
+        images, sizes, _, captions, skipped = next(self._iterator)
         self._skipped += skipped
         self._batches += 1
         if images.shape[0] == 0:
             raise AnnobootError(f"{self.name}: no sample of a batch of {self.local_batch_size} could be decoded; check the shards")
-        return ImageBatch(images, sizes).to(self.device, non_blocking=self.pin_memory)
+        return ImageBatch(images, sizes, None, captions).to(self.device, non_blocking=self.pin_memory)
 
     def state_dict(self) -> Dict[str, int]:
         return {"generation": self._generation, "batches": self._batches, "skipped": self._skipped}

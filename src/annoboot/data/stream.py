@@ -30,48 +30,51 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_images, generator=generator)
 
 
-def pad_collate(items: Sequence[Tuple[Optional[torch.Tensor], Optional[int]]]) -> Tuple[ImageBatch, int]:
+def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
     """Stack decoded images of different sizes into one padded batch.
 
-    items: (image, label) pairs; image is (C, h, w) uint8 or None (undecodable), label an int or
-    None. None images are dropped with their labels. Images are zero-padded at the bottom and
-    right to the largest h and w; 1-channel images in a batch that also holds 3-channel ones
-    are repeated to 3 channels.
+    items: (image, label) or (image, label, caption) tuples; image is (C, h, w) uint8 or None
+    (undecodable), label an int or None, caption a string or None. None images are dropped with
+    their labels and captions. Images are zero-padded at the bottom and right to the largest h
+    and w; 1-channel images in a batch that also holds 3-channel ones are repeated to 3 channels.
 
     Returns (batch, skipped): batch.images (B, C, H, W) uint8, batch.sizes (B, 2) int64 (h, w),
-    batch.labels (B,) int64 or None when no item carries a label; skipped = number of None
-    images. With nothing decodable, batch is empty: images (0, 3, 0, 0).
+    batch.labels (B,) int64 or None when no item carries a label, batch.captions a list of B
+    strings or None when no item carries a caption (a missing one becomes ""); skipped = number
+    of None images. With nothing decodable, batch is empty: images (0, 3, 0, 0).
     """
-    kept = [(image, label) for image, label in items if image is not None]
+    kept = [item for item in items if item[0] is not None]
     skipped = len(items) - len(kept)
     if not kept:
         return ImageBatch(torch.zeros((0, 3, 0, 0), dtype=torch.uint8), torch.zeros((0, 2), dtype=torch.int64)), skipped
-    channels = max(image.shape[0] for image, _ in kept)
-    height = max(image.shape[1] for image, _ in kept)
-    width = max(image.shape[2] for image, _ in kept)
+    channels = max(item[0].shape[0] for item in kept)
+    height = max(item[0].shape[1] for item in kept)
+    width = max(item[0].shape[2] for item in kept)
     images = torch.zeros((len(kept), channels, height, width), dtype=torch.uint8)
     sizes = torch.empty((len(kept), 2), dtype=torch.int64)
-    for i, (image, _) in enumerate(kept):
-        _, h, w = image.shape
-        images[i, :, :h, :w] = image  # broadcasting repeats a 1-channel image over C
+    for i, item in enumerate(kept):
+        _, h, w = item[0].shape
+        images[i, :, :h, :w] = item[0]  # broadcasting repeats a 1-channel image over C
         sizes[i, 0], sizes[i, 1] = h, w
-    labels = [label for _, label in kept]
+    captions = [item[2] if len(item) > 2 else None for item in kept]
+    batch_captions = None if all(c is None for c in captions) else [c or "" for c in captions]
+    labels = [item[1] for item in kept]
     if all(label is None for label in labels):
-        return ImageBatch(images, sizes), skipped
+        return ImageBatch(images, sizes, None, batch_captions), skipped
     if any(label is None for label in labels):
         raise ValueError("pad_collate: either every item has a label or none has")
-    return ImageBatch(images, sizes, torch.tensor([int(label) for label in labels], dtype=torch.int64)), skipped
+    return ImageBatch(images, sizes, torch.tensor([int(label) for label in labels], dtype=torch.int64), batch_captions), skipped
 
 
-def _collate_to_tuple(items: Sequence[Tuple[Optional[torch.Tensor], Optional[int]]]) -> Tuple[Any, ...]:
-    """pad_collate as plain (images, sizes, labels, skipped): the DataLoader pins tensors inside
-    tuples but passes a dataclass through unpinned."""
+def _collate_to_tuple(items: Sequence[Tuple[Any, ...]]) -> Tuple[Any, ...]:
+    """pad_collate as plain (images, sizes, labels, captions, skipped): the DataLoader pins
+    tensors inside tuples but passes a dataclass through unpinned."""
     batch, skipped = pad_collate(items)
-    return batch.images, batch.sizes, batch.labels, skipped
+    return batch.images, batch.sizes, batch.labels, batch.captions, skipped
 
 
 class _ImagesWithLabels(Dataset):
-    """(image or None, label or None) pairs of a source: what pad_collate consumes."""
+    """(image or None, label or None, caption or None) of a source: what pad_collate consumes."""
 
     def __init__(self, source: ImageSource, with_labels: bool):
         self.source = source
@@ -80,9 +83,10 @@ class _ImagesWithLabels(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[int]]:
+    def __getitem__(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[int], Optional[str]]:
         label = int(self.source.labels[index]) if self.with_labels else None  # type: ignore[index]
-        return self.source[index], label
+        caption = None if self.source.captions is None else self.source.captions[index]
+        return self.source[index], label, caption
 
 
 class _EndlessEpochBatches(Sampler[List[int]]):
@@ -211,18 +215,23 @@ class BatchStream:
 
     def _next_in_memory(self) -> ImageBatch:
         if self._order_epoch != self._epoch:
-            self._order_on_device = epoch_order(self._num_images, self.seed, self._epoch).to(self.device)
+            self._order_host = epoch_order(self._num_images, self.seed, self._epoch)
+            self._order_on_device = self._order_host.to(self.device)
             self._order_epoch = self._epoch
         indices = self._order_on_device[self._position : self._position + self.batch_size][self._rank_slice]
         images = self._images_on_device.index_select(0, indices)  # type: ignore[union-attr]
+        captions = None
+        if self.source.captions is not None:
+            rows = self._order_host[self._position : self._position + self.batch_size][self._rank_slice].tolist()
+            captions = [self.source.captions[i] for i in rows]
         self._advance()
-        return ImageBatch(images, self._constant_sizes)
+        return ImageBatch(images, self._constant_sizes, None, captions)
 
     def _next_from_files(self) -> ImageBatch:
         if self._loader_batches is None:
             self._batch_sampler.start_at(self._epoch, self._position)
             self._loader_batches = iter(self._loader)  # type: ignore[arg-type]
-        images, sizes, _, skipped = next(self._loader_batches)
+        images, sizes, _, captions, skipped = next(self._loader_batches)
         self._skipped += skipped
         self._advance()
         if images.shape[0] == 0:
@@ -230,7 +239,7 @@ class BatchStream:
                 f"{self.source.describe()}: none of the {self.local_batch_size} images of a batch could be decoded; "
                 "most files are unreadable (corrupt, truncated or not images): check the folder"
             )
-        return ImageBatch(images, sizes).to(self.device, non_blocking=self.pin_memory)
+        return ImageBatch(images, sizes, None, captions).to(self.device, non_blocking=self.pin_memory)
 
     def _advance(self) -> None:
         self._position += self.batch_size
@@ -287,6 +296,7 @@ def iter_eval_batches(source: ImageSource, batch_size: int, num_workers: int = 0
                 all_images[start:stop],
                 image_size.repeat(stop - start, 1),
                 None if labels is None else labels[start:stop],
+                None if source.captions is None else list(source.captions[start:stop]),
             )
         return
 
@@ -299,10 +309,10 @@ def iter_eval_batches(source: ImageSource, batch_size: int, num_workers: int = 0
         collate_fn=_collate_to_tuple,
     )
     skipped = 0
-    for images, sizes, batch_labels, batch_skipped in loader:
+    for images, sizes, batch_labels, batch_captions, batch_skipped in loader:
         skipped += batch_skipped
         if images.shape[0]:
-            yield ImageBatch(images, sizes, batch_labels)
+            yield ImageBatch(images, sizes, batch_labels, batch_captions)
     if skipped == len(source):
         raise AnnobootError(
             f"{source.describe()}: no image could be decoded; the files are unreadable "
