@@ -8,9 +8,16 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+# Real images that install offline: Fashion-MNIST (the default job), and two captioned sets
+# (Open Clip Art, Tux Paint stamps) for CLIP/ABCLIP and their tests.
+missing=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+[ -d /usr/share/openclipart/png ] || missing+=(openclipart-png)
+[ -d /usr/share/openclipart/svg ] || missing+=(openclipart-svg)
+[ -d /usr/share/tuxpaint/stamps ] || missing+=(tuxpaint-stamps-default)
+if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends dataset-fashion-mnist
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 # torch/torchvision first, pinned to the builds that work on CPU here (they install from disk);

@@ -30,6 +30,19 @@ TINY = [
 ]
 
 
+TUXPAINT_ROOT = Path("/usr/share/tuxpaint/stamps")
+needs_tuxpaint = pytest.mark.skipif(
+    not TUXPAINT_ROOT.is_dir(), reason="Tux Paint stamps not installed (apt-get install --no-install-recommends tuxpaint-stamps-default)"
+)
+needs_openclipart = pytest.mark.skipif(
+    not Path("/usr/share/openclipart/svg").is_dir(),
+    reason="Open Clip Art not installed (apt-get install --no-install-recommends openclipart-png openclipart-svg)",
+)
+
+# A text tower small enough for CPU tests (clip, ab_clip).
+TINY_TEXT = ["model.text_width=64", "model.text_depth=2", "model.text_heads=2", "model.embed_dim=64", "model.context_length=24"]
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     def make(*overrides: str):

@@ -58,3 +58,12 @@ def test_dict_override_replaces_the_recipe_dict(tmp_path):
     recipe.write_text("model:\n  backbone_kwargs: {patch_size: 8, depth: 2}\n")
     assert load_config(recipe, ["model.backbone=resnet18", "model.backbone_kwargs={}"]).model.backbone_kwargs == {}
     assert load_config(recipe, ["model.backbone_kwargs={depth: 4}"]).model.backbone_kwargs == {"depth": 4}
+
+
+def test_a_dict_override_fills_an_optional_source_and_replaces_a_plain_dict():
+    cfg = load_config(None, ["eval.retrieval={kind: tuxpaint, split: test}", "model.backbone_kwargs={depth: 2}"])
+    assert cfg.eval.retrieval.kind == "tuxpaint" and cfg.eval.retrieval.split == "test"
+    assert cfg.eval.retrieval.max_short_side == 256  # the dataclass default fills the rest
+    assert cfg.model.backbone_kwargs == {"depth": 2}  # replaced, not merged with patch_size
+    with pytest.raises(AnnobootError, match="eval.retrieval"):
+        load_config(None, ["eval.retrieval={kind: tuxpaint, colour: red}"])

@@ -384,12 +384,29 @@ def test_pad_collate_drops_none_and_pads_bottom_right():
     assert batch.images.shape == (2, 3, 5, 4) and batch.images.dtype == torch.uint8
     assert batch.sizes.dtype == torch.int64 and batch.sizes.tolist() == [[5, 2], [2, 4]]
     assert batch.labels.tolist() == [3, 7]
-    assert torch.equal(batch.images[0, :, :, :2], tall) and batch.images[0, :, :, 2:].sum() == 0
-    assert (batch.images[1, :, :2, :] == 4).all() and batch.images[1, :, 2:, :].sum() == 0
+    assert torch.equal(batch.images[0, :, :, :2], tall) and batch.images[0, :, :, 3:].sum() == 0
+    assert (batch.images[0, :, :, 2] == 9).all()  # one column repeating the edge, then zeros
+    assert (batch.images[1, :, :2, :] == 4).all() and (batch.images[1, :, 2, :] == 4).all()
+    assert batch.images[1, :, 3:, :].sum() == 0
     unlabeled, _ = pad_collate([(tall, None)])
     assert unlabeled.labels is None
     empty, skipped = pad_collate([(None, None), (None, None)])
     assert len(empty) == 0 and skipped == 2
+
+
+def test_padding_does_not_change_rendered_views():
+    from annoboot.data.base import ImageBatch
+    from annoboot.views import render_views
+
+    small = torch.randint(0, 255, (3, 4, 5), dtype=torch.uint8)
+    large = torch.randint(0, 255, (3, 9, 7), dtype=torch.uint8)
+    alone, _ = pad_collate([(small, None)])
+    padded, _ = pad_collate([(small, None), (large, None)])
+    boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.3, 0.2, 1.0, 1.0]]])
+    for out_size in (3, 7, 11):  # shrinking and enlarging
+        a = render_views(alone, boxes, out_size)
+        b = render_views(ImageBatch(padded.images[:1], padded.sizes[:1]), boxes, out_size)
+        assert torch.allclose(a, b, atol=1e-6), out_size
 
 
 def test_in_memory_stream_visits_every_index_once_per_epoch():

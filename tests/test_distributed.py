@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, needs_fmnist
+from conftest import TINY, TINY_TEXT, needs_fmnist, needs_tuxpaint
 
 pytestmark = needs_fmnist
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -28,9 +28,14 @@ DETERMINISTIC = [
 ]
 
 
+# CLIP family: captioned real images (Tux Paint), whole-image views, a tiny text tower.
+CAPTIONED = TINY_TEXT + ["data.annotation.kind=tuxpaint", "data.annotation.num_workers=0", "views.clip_scale=[1.0,1.0]"]
+
+
 def run_worker(tmp_path, method, nproc):
     out = tmp_path / f"{method}_{nproc}.pt"
-    overrides = TINY + DETERMINISTIC + [f"train.out_dir={tmp_path / f'run{nproc}'}"]
+    extra = CAPTIONED if method.endswith("clip") else []
+    overrides = TINY + DETERMINISTIC + extra + [f"train.out_dir={tmp_path / f'run{nproc}'}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(29600 + nproc),
            str(WORKER), str(out), method, *overrides]
@@ -39,7 +44,9 @@ def run_worker(tmp_path, method, nproc):
     return torch.load(out)
 
 
-@pytest.mark.parametrize("method", ["simclr", "ab_simclr"])
+@pytest.mark.parametrize(
+    "method", ["simclr", "ab_simclr", pytest.param("clip", marks=needs_tuxpaint), pytest.param("ab_clip", marks=needs_tuxpaint)]
+)
 def test_two_processes_match_one_on_the_same_global_batch(tmp_path, method):
     one = run_worker(tmp_path, method, 1)
     two = run_worker(tmp_path, method, 2)

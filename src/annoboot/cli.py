@@ -17,6 +17,7 @@ EPILOG = """examples:
   annoboot eval runs/quickstart --out runs/quickstart/eval.json
   annoboot export runs/quickstart --out backbone.safetensors
   annoboot data write-shards /data/photos shards/train-%06d.tar
+  annoboot data write-shards /usr/share/openclipart shards/clipart-%06d.tar --captions openclipart
   annoboot data inspect /data/photos
 """
 
@@ -49,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("folder")
     d.add_argument("pattern", help="output pattern with a shard-number field, e.g. shards/train-%%06d.tar")
     d.add_argument("--max-count", type=int, default=10_000, help="samples per shard")
+    d.add_argument(
+        "--captions",
+        choices=["txt", "openclipart", "tuxpaint"],
+        default="txt",
+        help="where captions come from: <image>.txt twins (default), or the set's own metadata "
+        "(openclipart: FOLDER is /usr/share/openclipart; tuxpaint: /usr/share/tuxpaint/stamps)",
+    )
     d = data_sub.add_parser("inspect", help="count images, their sizes and the undecodable ones (with reasons)")
     d.add_argument("source", help="an image folder or a shard pattern such as shards/train-{000000..000009}.tar")
     d.add_argument("--limit", type=int, help="look at the first N files only")
@@ -91,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from annoboot.data import tools
 
             if args.data_command == "write-shards":
-                print(tools.format_report(tools.folder_to_shards(args.folder, args.pattern, args.max_count)))
+                print(tools.format_report(tools.folder_to_shards(args.folder, args.pattern, args.max_count, args.captions)))
             else:
                 print(tools.format_report(tools.inspect_source(args.source, args.limit)))
         elif args.command == "export":

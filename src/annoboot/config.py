@@ -7,7 +7,7 @@ rejected with an :class:`AnnobootError` naming the key, the value and where it c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -23,11 +23,15 @@ FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 class SourceConfig:
     """Where images come from. Sources are decode-only: crops happen later, on the device."""
 
-    kind: str = "fashion_mnist"  # fashion_mnist | image_folder | webdataset | video_folder
+    # fashion_mnist | image_folder | webdataset | video_folder; captioned (image + text):
+    # captioned_folder (<image>.txt twins) | openclipart | tuxpaint (Debian packages)
+    kind: str = "fashion_mnist"
     # None: the source's default location. webdataset: a shard pattern, e.g.
     # /data/cc12m/{000000..001242}.tar (several joined with '::').
     root: Optional[str] = None
-    split: str = "train"  # fashion_mnist: train | test
+    # fashion_mnist: train | test. Captioned folders: train | test | all, a fixed 90/10 split by
+    # a hash of each file's relative path (stable when files are added).
+    split: str = "train"
     labels_from_subfolders: bool = False  # image_folder: class = first sub-folder (evaluation)
     limit: Optional[int] = None  # use only the first N images (smoke runs, tests)
     max_short_side: int = 256  # decoded images are downscaled so their short side is at most this
@@ -56,6 +60,12 @@ class ModelConfig:
     decoder_dim: Optional[int] = None  # None: the encoder's width
     decoder_heads: int = 4
     decoder_mlp_ratio: float = 4.0
+    # Text encoder (clip, ab_clip): a causal transformer over CLIP BPE tokens (paper: size "S").
+    text_width: int = 512
+    text_depth: int = 6
+    text_heads: int = 8
+    context_length: int = 32  # tokens per caption, start/end included; longer ones are cut
+    embed_dim: int = 512  # joint image-text embedding (CLIP) and the AB text head's output
     # DINO head (dino, ab_dino): MLP in -> hidden -> hidden -> bottleneck, then K prototypes.
     dino_hidden_dim: int = 2048
     dino_bottleneck_dim: int = 256  # also the width of ABDINO's own prototype embeddings psi_AB
@@ -80,6 +90,8 @@ class ViewsConfig:
     local_views: int = 6
     local_scale: List[float] = field(default_factory=lambda: [0.05, 0.4])
     local_size: int = 16  # DINO: 96 px locals for 224 px globals; keep the same ratio (~0.4-0.5)
+    # CLIP views: one crop per image from this scale range, no colour (open_clip's default).
+    clip_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
     # Mean/std used to normalise rendered views (the same at evaluation).
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -87,7 +99,7 @@ class ViewsConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "ab_simclr"  # simclr | ab_simclr | dino | ab_dino
+    name: str = "ab_simclr"  # simclr | ab_simclr | dino | ab_dino | clip | ab_clip
     temperature: float = 0.1  # SimCLR softmax temperature (reward uses the same)
     # Annotation bootstrapping (ab_* methods).
     ab_weight: float = 1.0
@@ -109,6 +121,8 @@ class MethodConfig:
     teacher_temp_warmup_steps: int = 1000  # linear warm-up length
     center_momentum: float = 0.9  # EMA of the teacher's batch-mean logits
     freeze_last_layer_steps: int = 100  # DINO: the first epoch; prototypes get no update meanwhile
+    # CLIP (clip, ab_clip): learned logit scale (inverse temperature), capped at 100.
+    clip_init_temperature: float = 0.07
 
 
 @dataclass
@@ -148,6 +162,12 @@ class EvalConfig:
     map_lrs: List[float] = field(default_factory=lambda: [3e-4, 1e-3])
     val_fraction: float = 0.1  # held out of the probe's train split to choose the learning rate
     probes: List[str] = field(default_factory=lambda: ["knn", "linear", "map"])
+    # Image-text evaluation of clip/ab_clip runs: zero-shot classification of eval.test from its
+    # class names in these prompts, and image<->text retrieval on a captioned source.
+    zero_shot_templates: List[str] = field(
+        default_factory=lambda: ["a photo of a {}.", "a picture of a {}.", "an image of the {}.", "a {}."]
+    )
+    retrieval: Optional[SourceConfig] = None  # e.g. kind=openclipart split=test limit=1000
     at_end: bool = True  # run the probes when pre-training finishes
     seed: int = 0
 
@@ -163,9 +183,9 @@ class Config:
 
 
 _CHOICES = {
-    "data.annotation.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder"),
-    "data.bootstrap.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder"),
-    "method.name": ("simclr", "ab_simclr", "dino", "ab_dino"),
+    "data.annotation.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder", "captioned_folder", "openclipart", "tuxpaint"),
+    "data.bootstrap.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder", "captioned_folder", "openclipart", "tuxpaint"),
+    "method.name": ("simclr", "ab_simclr", "dino", "ab_dino", "clip", "ab_clip"),
     "method.aggregate": ("mean", "max"),
     "train.precision": ("auto", "bf16", "fp32"),
 }
@@ -207,7 +227,7 @@ def _apply_overrides(cfg: DictConfig, overrides: Optional[List[str]]) -> DictCon
             parsed = OmegaConf.from_dotlist([item])
             key = item.split("=", 1)[0]
             value = OmegaConf.select(parsed, key)
-            if isinstance(value, (DictConfig, ListConfig)):
+            if isinstance(value, ListConfig) or (isinstance(value, DictConfig) and not _is_structured(cfg, key)):
                 # Set, not merge: `model.backbone_kwargs={}` must replace the recipe's dict.
                 OmegaConf.update(cfg, key, value, merge=False)
             else:
@@ -215,6 +235,16 @@ def _apply_overrides(cfg: DictConfig, overrides: Optional[List[str]]) -> DictCon
     except OmegaConfBaseException as exc:
         raise _explain(exc, "command-line overrides") from None
     return cfg
+
+
+def _is_structured(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` is a dataclass field (e.g. ``eval.retrieval``), which a dict merges into."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if not isinstance(parent, DictConfig) or leaf not in parent:
+        return False
+    node = parent._get_node(leaf)
+    return is_dataclass(node._metadata.ref_type) or is_dataclass(OmegaConf.get_type(node))
 
 
 def _finish(cfg: DictConfig) -> Config:
@@ -243,6 +273,7 @@ def validate(cfg: Config) -> None:
         ("views.bootstrap_scale", cfg.views.bootstrap_scale),
         ("views.global_scale", cfg.views.global_scale),
         ("views.local_scale", cfg.views.local_scale),
+        ("views.clip_scale", cfg.views.clip_scale),
     ]:
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise AnnobootError(f"bad config: key '{key}' must be [low, high] with 0 < low <= high, got {pair}")

@@ -13,6 +13,7 @@ from annoboot.config import Config, config_from_saved
 from annoboot.data import build_source
 from annoboot.errors import AnnobootError
 from annoboot.eval import evaluate, format_results_table
+from annoboot.eval.image_text import evaluate_image_text, has_text_tower
 from annoboot.export import export_backbone, load_snippet
 from annoboot.methods import Method, build_method
 from annoboot.models.encoder import Encoder
@@ -31,13 +32,27 @@ def evaluate_encoder(encoder: Encoder, cfg: Config, device: torch.device) -> dic
     return evaluate(encoder, train_source, test_source, cfg.eval, cfg.views.img_size, normalize, device)
 
 
+def evaluate_method(method: Method, cfg: Config, device: torch.device) -> dict:
+    """The probes on the method's encoder; for image-text methods also zero-shot and retrieval."""
+    results = evaluate_encoder(method.encoder, cfg, device)
+    if has_text_tower(method):
+        retrieval = None if cfg.eval.retrieval is None else build_source(cfg.eval.retrieval)
+        normalize = Normalize(cfg.views.mean, cfg.views.std)
+        results.update(
+            evaluate_image_text(
+                method, build_source(cfg.eval.test), retrieval, cfg.eval.zero_shot_templates, cfg.views.img_size, normalize, device, cfg.eval.batch_size
+            )
+        )
+    return results
+
+
 def pretrain(cfg: Config, resume: bool = False) -> dict:
     """Pre-train, then (if ``eval.at_end``) probe the encoder; returns the run's summary."""
     trainer = Trainer(cfg, resume=resume)
     last = trainer.fit()
     summary = {"run_dir": str(trainer.run_dir), "step": trainer.step, "train": last}
     if cfg.eval.at_end and trainer.step >= cfg.train.steps and trainer.dist.is_main:  # probes: rank 0 only
-        results = evaluate_encoder(trainer.method.encoder, cfg, trainer.device)
+        results = evaluate_method(trainer.method, cfg, trainer.device)
         write_json(trainer.run_dir / "eval.json", results)
         print(format_results_table(results, f"{cfg.method.name} on {cfg.data.annotation.kind}, step {trainer.step}"))
         summary["eval"] = results
@@ -63,7 +78,7 @@ def load_run(path: str | Path, weights: str = "online", overrides: Optional[List
 
 def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "online", overrides: Optional[List[str]] = None) -> dict:
     cfg, method, device = load_run(path, weights, overrides)
-    results = evaluate_encoder(method.encoder, cfg, device)
+    results = evaluate_method(method, cfg, device)
     results["checkpoint"] = str(path)
     results["weights"] = weights
     if out is not None:
@@ -87,4 +102,4 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-__all__ = ["evaluate_encoder", "evaluate_run", "export_run", "load_run", "pretrain"]
+__all__ = ["evaluate_encoder", "evaluate_method", "evaluate_run", "export_run", "load_run", "pretrain"]

@@ -11,13 +11,14 @@ import torch
 
 from annoboot.config import SourceConfig
 from annoboot.data.base import ImageBatch, ImageSource
+from annoboot.data.captioned import CAPTIONED_SOURCES, CaptionedImagesSource
 from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.image_folder import ImageFolderSource
 from annoboot.data.shards import ShardStream
 from annoboot.data.stream import BatchStream, iter_eval_batches, pad_collate
 from annoboot.errors import AnnobootError
 
-SOURCE_KINDS = ("fashion_mnist", "image_folder", "webdataset", "video_folder")
+SOURCE_KINDS = ("fashion_mnist", "image_folder", "webdataset", "video_folder", *CAPTIONED_SOURCES)
 
 
 def build_source(cfg: SourceConfig) -> ImageSource:
@@ -42,6 +43,8 @@ def build_source(cfg: SourceConfig) -> ImageSource:
         from annoboot.data.video import VideoFramesSource  # PyAV is only needed for videos
 
         return VideoFramesSource(cfg.root, stride=cfg.frame_stride, limit=cfg.limit, max_short_side=cfg.max_short_side)
+    if cfg.kind in CAPTIONED_SOURCES:
+        return CAPTIONED_SOURCES[cfg.kind](cfg.root, split=cfg.split, limit=cfg.limit, max_short_side=cfg.max_short_side)
     if cfg.kind == "webdataset":
         raise AnnobootError("webdataset shards are streamed for training only; evaluate on an indexable source")
     raise AnnobootError(f"unknown data source kind '{cfg.kind}'; choose one of {', '.join(SOURCE_KINDS)}")
@@ -55,23 +58,33 @@ def build_stream(
     rank: int = 0,
     world_size: int = 1,
     source: ImageSource | None = None,
+    require_captions: bool = False,
 ) -> "BatchStream | ShardStream":
     """The training stream for a source config: shards stream, everything else is indexed.
 
     ``source`` reuses an already built indexable source (coupled training: one source feeds
-    the annotation and the bootstrap stream).
+    the annotation and the bootstrap stream). ``require_captions``: the method reads the
+    batches' captions; shard samples without one are skipped and counted, and an indexed
+    source without captions is an error.
     """
     if cfg.kind == "webdataset":
         if not cfg.root:
             raise AnnobootError("webdataset needs a shard pattern: data.<stream>.root=/path/train-{000000..000099}.tar")
-        return ShardStream(cfg.root, batch_size, seed, device, cfg.num_workers, rank, world_size, cfg.max_short_side)
-    return BatchStream(
-        source or build_source(cfg), batch_size, seed, device=device, num_workers=cfg.num_workers, rank=rank, world_size=world_size
-    )
+        return ShardStream(
+            cfg.root, batch_size, seed, device, cfg.num_workers, rank, world_size, cfg.max_short_side, require_captions=require_captions
+        )
+    source = source or build_source(cfg)
+    if require_captions and source.captions is None:
+        raise AnnobootError(
+            f"this method trains on captions but {source.name} (kind={cfg.kind}) has none: use a captioned source "
+            "(captioned_folder, openclipart, tuxpaint, fmnist_scenes) or webdataset shards with .txt members"
+        )
+    return BatchStream(source, batch_size, seed, device=device, num_workers=cfg.num_workers, rank=rank, world_size=world_size)
 
 
 __all__ = [
     "BatchStream",
+    "CaptionedImagesSource",
     "FashionMNISTSource",
     "ImageBatch",
     "ImageFolderSource",

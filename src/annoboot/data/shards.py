@@ -58,10 +58,15 @@ def sample_caption(sample: Dict[str, Any]) -> Optional[str]:
     return lines[0].strip() or None if lines else None
 
 
-def decode_sample(sample: Dict[str, Any], max_short_side: int) -> Tuple[Optional[torch.Tensor], None, Optional[str]]:
+def decode_sample(
+    sample: Dict[str, Any], max_short_side: int, require_caption: bool = False
+) -> Tuple[Optional[torch.Tensor], None, Optional[str]]:
     """(image (3, H, W) uint8 or None, None, caption or None): image None for a sample without a
-    decodable image."""
+    decodable image, or without a caption when ``require_caption`` (image-text training)."""
     caption = sample_caption(sample)
+    if require_caption and caption is None:
+        log.debug("no caption in sample %s", sample.get("__key__"))
+        return None, None, None
     for key in IMAGE_KEYS:
         if key in sample:
             try:
@@ -90,6 +95,7 @@ class ShardStream:
         world_size: int = 1,
         max_short_side: int = 256,
         shuffle_buffer: int = 2000,
+        require_captions: bool = False,
     ):
         if batch_size % world_size:
             raise AnnobootError(f"batch size {batch_size} does not split evenly over {world_size} processes")
@@ -101,6 +107,7 @@ class ShardStream:
         self.num_workers = num_workers
         self.max_short_side = max_short_side
         self.shuffle_buffer = shuffle_buffer
+        self.require_captions = require_captions  # samples without text are skipped and counted
         self.pin_memory = self.device.type == "cuda"
         self._generation = 0
         self._batches = 0
@@ -114,7 +121,7 @@ class ShardStream:
             wds.ResampledShards(self.urls, seed=seed, deterministic=True),
             wds.tarfile_to_samples(handler=wds.warn_and_continue),
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=seed),
-            wds.map(functools.partial(decode_sample, max_short_side=self.max_short_side)),
+            wds.map(functools.partial(decode_sample, max_short_side=self.max_short_side, require_caption=self.require_captions)),
             wds.batched(self.local_batch_size, collation_fn=_collate_to_tuple, partial=False),
         )
 

@@ -35,8 +35,9 @@ def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
 
     items: (image, label) or (image, label, caption) tuples; image is (C, h, w) uint8 or None
     (undecodable), label an int or None, caption a string or None. None images are dropped with
-    their labels and captions. Images are zero-padded at the bottom and right to the largest h
-    and w; 1-channel images in a batch that also holds 3-channel ones are repeated to 3 channels.
+    their labels and captions. Images are padded at the bottom and right to the largest h and w:
+    one row/column repeating the edge (what bilinear rendering at the border reads), then zeros;
+    1-channel images in a batch that also holds 3-channel ones are repeated to 3 channels.
 
     Returns (batch, skipped): batch.images (B, C, H, W) uint8, batch.sizes (B, 2) int64 (h, w),
     batch.labels (B,) int64 or None when no item carries a label, batch.captions a list of B
@@ -55,6 +56,12 @@ def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
     for i, item in enumerate(kept):
         _, h, w = item[0].shape
         images[i, :, :h, :w] = item[0]  # broadcasting repeats a 1-channel image over C
+        # Bilinear sampling at the image's last row/column reads one pixel beyond it: repeat the
+        # edge there, so a view's border does not depend on what else is in the batch.
+        if h < height:
+            images[i, :, h, :w] = images[i, :, h - 1, :w]
+        if w < width:
+            images[i, :, : min(h + 1, height), w] = images[i, :, : min(h + 1, height), w - 1]
         sizes[i, 0], sizes[i, 1] = h, w
     captions = [item[2] if len(item) > 2 else None for item in kept]
     batch_captions = None if all(c is None for c in captions) else [c or "" for c in captions]

@@ -21,17 +21,27 @@ def caption_beside(image_path: str) -> Optional[str]:
     return lines[0].strip() if lines else None
 
 
-def folder_to_shards(folder: str, pattern: str, max_count: int = 10_000) -> Dict[str, object]:
-    """Pack the images of ``folder`` (and captions from ``.txt`` twins) into tar shards."""
+def folder_to_shards(folder: str, pattern: str, max_count: int = 10_000, captions: str = "txt") -> Dict[str, object]:
+    """Pack the images of ``folder`` into tar shards, with captions from ``.txt`` twins
+    (``captions="txt"``) or from a captioned set's own metadata (``"openclipart"``: the SVG
+    twins' titles under ``folder``/svg; ``"tuxpaint"``), images without one left out then."""
+    from annoboot.data.captioned import CAPTIONED_SOURCES
+
     root = Path(folder)
     if not root.is_dir():
         raise AnnobootError(f"image folder not found: {folder}")
     if "%" not in pattern:
         raise AnnobootError(f"shard pattern '{pattern}' needs a %d-style field for the shard number, e.g. out/train-%06d.tar")
-    files = find_image_files(root)
-    if not files:
-        raise AnnobootError(f"no images under {folder}")
-    pairs = [(path, caption_beside(path)) for path in files]
+    if captions in ("openclipart", "tuxpaint"):
+        source = CAPTIONED_SOURCES[captions](folder, split="all")
+        pairs = list(zip(source.paths, source.captions))
+    elif captions == "txt":
+        files = find_image_files(root)
+        if not files:
+            raise AnnobootError(f"no images under {folder}")
+        pairs = [(path, caption_beside(path)) for path in files]
+    else:
+        raise AnnobootError(f"--captions must be txt, openclipart or tuxpaint, got '{captions}'")
     count, shards = write_shards(pairs, pattern, max_count)
     return {"samples": count, "with_caption": sum(c is not None for _, c in pairs), "shards": shards}
 

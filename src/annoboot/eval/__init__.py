@@ -153,10 +153,22 @@ def format_results_table(results: Dict[str, Any], title: str) -> str:
     rows = [(probe, f"{results[probe]:.2f}", _describe(probe, details[probe]) if probe in details else "")
             for probe in PROBES if probe in results]
     header = ("probe", "top-1 %", "settings")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(2)]
+    extra = [("zero-shot", "")] if "zero_shot" in results else []
+    widths = [max(len(row[i]) for row in [header, *rows, *extra]) for i in range(2)]
     lines = [title, f"{header[0]:<{widths[0]}}  {header[1]:>{widths[1]}}  {header[2]}"]
     lines += [f"{probe:<{widths[0]}}  {acc:>{widths[1]}}  {note}".rstrip() for probe, acc, note in rows]
-    if not rows:
+    if "zero_shot" in results:
+        chance = results.get("zero_shot_chance")
+        note = f"class-name prompts (chance {chance:.2f})" if chance else "class-name prompts"
+        lines.append(f"{'zero-shot':<{widths[0]}}  {results['zero_shot']:>{widths[1]}.2f}  {note}")
+    if "retrieval" in results:
+        r = results["retrieval"]
+        lines.append(
+            f"retrieval R@1/R@5 image->text {r['image_to_text_r1']:.1f}/{r['image_to_text_r5']:.1f}, "
+            f"text->image {r['text_to_image_r1']:.1f}/{r['text_to_image_r5']:.1f} over {r['num_pairs']} pairs "
+            f"(chance R@1 {r['chance_r1']:.2f})"
+        )
+    if not rows and "zero_shot" not in results:
         lines.append("(no probe was run)")
     footer = []
     if "num_train" in results and "num_test" in results:

@@ -2,13 +2,15 @@
 
 from annoboot.config import Config
 from annoboot.errors import AnnobootError
+from annoboot.methods.ab_clip import ABCLIP
 from annoboot.methods.ab_dino import ABDINO
 from annoboot.methods.ab_simclr import ABSimCLR
 from annoboot.methods.base import Method, StepOutput
+from annoboot.methods.clip import CLIP
 from annoboot.methods.dino import DINO
 from annoboot.methods.simclr import SimCLR
 
-METHODS = {"simclr": SimCLR, "ab_simclr": ABSimCLR, "dino": DINO, "ab_dino": ABDINO}
+METHODS = {"simclr": SimCLR, "ab_simclr": ABSimCLR, "dino": DINO, "ab_dino": ABDINO, "clip": CLIP, "ab_clip": ABCLIP}
 
 
 def build_method(cfg: Config) -> Method:
@@ -19,4 +21,4 @@ def build_method(cfg: Config) -> Method:
     return cls(cfg)
 
 
-__all__ = ["ABDINO", "ABSimCLR", "DINO", "METHODS", "Method", "SimCLR", "StepOutput", "build_method"]
+__all__ = ["ABCLIP", "ABDINO", "ABSimCLR", "CLIP", "DINO", "METHODS", "Method", "SimCLR", "StepOutput", "build_method"]

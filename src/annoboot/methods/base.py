@@ -39,6 +39,10 @@ class Method(nn.Module):
     def batch_sizes(self) -> Dict[str, int]:
         raise NotImplementedError
 
+    def needs_captions(self, stream: str) -> bool:
+        """Whether the batches of ``stream`` must carry captions (image-text methods)."""
+        return False
+
     def views_per_step(self) -> int:
         """Rendered views per step (for throughput figures)."""
         raise NotImplementedError

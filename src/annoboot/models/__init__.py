@@ -1,14 +1,17 @@
 from annoboot.models.dino_head import DINOHead
 from annoboot.models.encoder import Encoder, EncoderOutput, build_encoder, create_backbone
 from annoboot.models.heads import LogitScale, Projector
+from annoboot.models.text_encoder import CaptionTokenizer, TextEncoder
 from annoboot.models.value_decoder import ValueDecoder, block_diagonal_mask
 
 __all__ = [
+    "CaptionTokenizer",
     "DINOHead",
     "Encoder",
     "EncoderOutput",
     "LogitScale",
     "Projector",
+    "TextEncoder",
     "ValueDecoder",
     "block_diagonal_mask",
     "build_encoder",

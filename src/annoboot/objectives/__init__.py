@@ -7,6 +7,7 @@ from annoboot.objectives.bootstrap import (
     soft_cross_entropy,
     td_target,
 )
+from annoboot.objectives.clip import caption_distribution, clip_loss
 from annoboot.objectives.dino import dino_loss, entropy, kl_to_uniform, teacher_distribution, update_center
 from annoboot.objectives.simclr import annotation_distribution, nt_xent
 
@@ -15,6 +16,8 @@ __all__ = [
     "agreement_by_iou",
     "annotation_distribution",
     "bootstrap_loss",
+    "caption_distribution",
+    "clip_loss",
     "dino_loss",
     "entropy",
     "kl_to_uniform",

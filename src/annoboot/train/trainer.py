@@ -123,7 +123,14 @@ class Trainer:
                     built[key] = build_source(src_cfg)
                 source = built[key]
             streams[name] = build_stream(
-                src_cfg, size, cfg.train.seed + offset, self.device, self.dist.rank, self.dist.world_size, source
+                src_cfg,
+                size,
+                cfg.train.seed + offset,
+                self.device,
+                self.dist.rank,
+                self.dist.world_size,
+                source,
+                require_captions=self.method.needs_captions(name),
             )
         return streams
 

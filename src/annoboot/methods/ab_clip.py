@@ -1,0 +1,87 @@
+"""ABCLIP: annotation bootstrapping over captions (method.md sections 4-6).
+
+    L = L_CLIP(annotation batch) + ab_weight * L_AB(bootstrap batch)
+
+- annotation l: a caption of the annotation batch (over all ranks), not paired with the
+  bootstrap images, which may come from another, uncaptioned source (decoupled training);
+- reward p(l | x'): the EMA model's CLIP image-to-caption softmax on the reached view x';
+- psi_AB: a separate AB text head on the same text encoder;
+- Q(l | x, a): softmax_l(t_AB * phi_AB(x, a) . psi_AB(l)), phi_AB from the value decoder;
+- target: (1 - gamma) p_ema(l | x') + gamma AGG_a' Q_ema(l | x', a'), no gradient.
+The published EMA rate is a constant 0.004 (method.ema_momentum = ema_momentum_end = 0.996).
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from annoboot import distributed
+from annoboot.config import Config
+from annoboot.data.base import ImageBatch
+from annoboot.methods.base import Method, StepOutput
+from annoboot.methods.bootstrapping import ValueFunction, ab_batch_sizes, bootstrap_objective, bootstrap_views
+from annoboot.methods.clip import CLIP
+from annoboot.models import Projector
+from annoboot.objectives import caption_distribution, clip_loss, td_target
+
+
+class ABCLIP(CLIP):
+    uses_target = True
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        model = cfg.model
+        self.value_function = ValueFunction(cfg, self.encoder.width, model.embed_dim)
+        self.ab_text_head = Projector(model.text_width, model.text_width, model.embed_dim, batch_norm=False)  # psi_AB
+
+    def batch_sizes(self) -> Dict[str, int]:
+        return ab_batch_sizes(self.cfg)
+
+    def views_per_step(self) -> int:
+        sizes = self.batch_sizes()
+        return sizes["annotation"] + self.cfg.views.bootstrap_views * sizes["bootstrap"]
+
+    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
+        assert isinstance(target, ABCLIP), "ABCLIP needs its EMA target network"
+        m = self.cfg.method
+        tokens = self.caption_tokens(batches["annotation"])
+        num_annotations = tokens.shape[0]
+        clip_views = self.image_views(batches["annotation"])
+        boot_views, boxes = bootstrap_views(batches["bootstrap"], self.cfg, self.normalize)  # (N*V, ...), (N, V, 4)
+        out = self.encoder(torch.cat([clip_views, boot_views]))  # one encoder call for both batches
+        text_features = self.text_encoder(tokens)  # one text call for CLIP and psi_AB
+
+        # Base loss: CLIP on the captioned annotation batch.
+        scale = self.logit_scale()
+        base_loss = clip_loss(
+            self.embed_images(out.pooled[:num_annotations]), self.text_projection(text_features), scale, gather_distributed=True
+        )
+
+        # Q(l | x_s, a_{s->t}) for all view pairs; l ranges over every rank's captions.
+        moves = self.value_function.moves(boxes)
+        keys = distributed.gather_with_grad(self.ab_text_head(text_features))
+        logits = self.value_function.logits(out.tokens[num_annotations:], moves, keys)
+        with torch.no_grad():
+            targets = target.td_targets(tokens, boot_views, moves)
+        ab_loss, metrics = bootstrap_objective(logits, targets, boxes, m.drop_self_pairs)
+
+        metrics.update(
+            {"loss/clip": base_loss.detach(), "clip/logit_scale": scale.detach(), "ab/scale": self.value_function.scale().detach()}
+        )
+        return StepOutput(base_loss + m.ab_weight * ab_loss, metrics)
+
+    def td_targets(self, tokens: torch.Tensor, boot_views: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
+        """Called on the EMA model: (1 - gamma) p(l | x_t) + gamma AGG Q(l | x_t, .) as (N, V, L)."""
+        m = self.cfg.method
+        out = self.encoder(boot_views)
+        text_features = self.text_encoder(tokens)
+        captions = distributed.gather(self.text_projection(text_features))
+        reward = caption_distribution(self.embed_images(out.pooled), captions, self.logit_scale())
+        reward = reward.view(moves.shape[0], moves.shape[1], captions.shape[0])
+        next_values = None
+        if m.gamma > 0:
+            keys = distributed.gather(self.ab_text_head(text_features))
+            next_values = torch.softmax(self.value_function.logits(out.tokens, moves, keys).float(), dim=-1)
+        return td_target(reward, next_values, m.gamma, m.aggregate)

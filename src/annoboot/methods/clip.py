@@ -1,0 +1,73 @@
+"""CLIP (Radford et al. 2021): images and their captions embedded together, symmetric InfoNCE."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import nn
+
+from annoboot.actions import sample_crop_boxes
+from annoboot.config import Config
+from annoboot.data.base import ImageBatch
+from annoboot.errors import AnnobootError
+from annoboot.methods.base import Method, StepOutput
+from annoboot.models import CaptionTokenizer, LogitScale, TextEncoder, build_encoder
+from annoboot.objectives import clip_loss
+from annoboot.views import Normalize, render_views
+
+
+class CLIP(Method):
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        model, v = cfg.model, cfg.views
+        self.encoder = build_encoder(model.backbone, v.img_size, model.backbone_kwargs)
+        self.image_projection = nn.Linear(self.encoder.width, model.embed_dim, bias=False)
+        self.tokenizer = CaptionTokenizer(model.context_length)
+        self.text_encoder = TextEncoder(
+            self.tokenizer.vocab_size, model.context_length, model.text_width, model.text_depth, model.text_heads, self.tokenizer.end_id
+        )
+        self.text_projection = nn.Linear(model.text_width, model.embed_dim, bias=False)
+        self.logit_scale = LogitScale(1.0 / cfg.method.clip_init_temperature)
+        self.normalize = Normalize(v.mean, v.std)
+
+    def batch_sizes(self) -> Dict[str, int]:
+        return {"annotation": self.cfg.train.batch_size}
+
+    def views_per_step(self) -> int:
+        return self.batch_sizes()["annotation"]
+
+    def needs_captions(self, stream: str) -> bool:
+        return stream == "annotation"  # ABCLIP's bootstrap images may be uncaptioned
+
+    def caption_tokens(self, batch: ImageBatch) -> torch.Tensor:
+        """(B, context_length) token ids of the batch's captions, on the batch's device."""
+        if batch.captions is None:
+            raise AnnobootError(
+                f"method.name={self.cfg.method.name} needs captions, but data.annotation.kind="
+                f"{self.cfg.data.annotation.kind} has none: use captioned_folder, openclipart, tuxpaint, "
+                "fmnist_scenes or webdataset shards with .txt members"
+            )
+        return self.tokenizer(batch.captions).to(batch.images.device, non_blocking=True)
+
+    def image_views(self, batch: ImageBatch) -> torch.Tensor:
+        """One CLIP view per image (a large crop, no colour change): (B, 3, S, S) normalised."""
+        v = self.cfg.views
+        boxes = sample_crop_boxes(batch.sizes, 1, v.clip_scale, v.crop_ratio)
+        return self.normalize(render_views(batch, boxes, v.img_size))
+
+    def embed_images(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Encoder pooled features (B, width) -> joint embeddings (B, embed_dim), not normalised."""
+        return self.image_projection(pooled)
+
+    def embed_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) -> joint embeddings (B, embed_dim), not normalised."""
+        return self.text_projection(self.text_encoder(tokens))
+
+    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None = None, step: int = 0) -> StepOutput:
+        batch = batches["annotation"]
+        tokens = self.caption_tokens(batch)
+        image_emb = self.embed_images(self.encoder(self.image_views(batch)).pooled)
+        scale = self.logit_scale()
+        loss = clip_loss(image_emb, self.embed_texts(tokens), scale, gather_distributed=True)
+        return StepOutput(loss, {"loss/clip": loss.detach(), "clip/logit_scale": scale.detach()})
