@@ -61,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("source", help="an image folder or a shard pattern such as shards/train-{000000..000009}.tar")
     d.add_argument("--limit", type=int, help="look at the first N files only")
 
+    p = sub.add_parser("viz", help="draw a run's training curves, IoU agreement and (ab_* runs) a value map as PNGs")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--out", required=True, help="folder for curves.png, agreement.png, value_map.png/.npy/.json")
+    p.add_argument("--image-index", type=int, default=0, help="value map: image of the run's eval.test source")
+    p.add_argument("--annotation", type=int, help="value map: annotation index (default: the image's own class or caption, else the likeliest)")
+    p.add_argument("--grid", type=int, default=8, help="value map: G x G target boxes")
+    p.add_argument("--box-scale", type=float, help="value map: box side / image side (default 1/G, at least the smallest bootstrap crop)")
+    p.add_argument("--weights", choices=["online", "ema"], default="online")
+    p.add_argument("--curves-only", action="store_true", help="skip the value map (runs without a value function)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.device=cpu eval.test.root=...")
+
     p = sub.add_parser("export", help="write a run's backbone as timm-loadable safetensors")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--out", required=True, help="output .safetensors path")
@@ -104,6 +115,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(tools.format_report(tools.inspect_source(args.source, args.limit)))
         elif args.command == "export":
             runs.export_run(args.run, args.out, args.weights)
+        elif args.command == "viz":
+            from annoboot.viz import visualize_run
+
+            for path in visualize_run(args.run, args.out, args.image_index, args.annotation, args.grid, args.box_scale,
+                                      args.weights, args.overrides, args.curves_only):
+                print(f"wrote {path}")
     except AnnobootError as exc:
         print(f"annoboot: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,362 @@
+"""Value maps: where in an image the value function expects to find an annotation.
+
+For an image x (the whole image as the source view), an annotation l and a grid of target
+boxes b, the map is Q(l | x, a = move(x -> b)), the softmax over the annotation set computed
+exactly as in training: the move is the target box in the source crop's frame
+(:func:`annoboot.actions.relative_box`), quantised into action tokens
+(:func:`annoboot.actions.action_tokens`), read by the value decoder against the source view's
+encoder tokens, and scored against the annotation keys psi_AB with the learned scale t_AB.
+
+What an annotation is depends on the method; :func:`annotation_keys` looks the method up in a
+small registry (:data:`ANNOTATION_KEYS`). A new method adds one function decorated with
+:func:`register_annotation_keys`.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from annoboot.actions import action_tokens, relative_box
+from annoboot.data.base import ImageBatch, ImageSource
+from annoboot.errors import AnnobootError
+from annoboot.methods import Method
+from annoboot.views import full_image_boxes, render_full_images, render_views
+
+# Boxes per decoder call: the block-diagonal mask makes the outputs independent of the grouping,
+# so chunking only bounds memory (the attention mask grows with (4 * boxes)^2).
+_BOXES_PER_CALL = 256
+# Annotation images (ab_simclr) drawn from a source without labels.
+_UNLABELLED_ANNOTATIONS = 10
+# Captions (ab_clip) drawn from a captioned source.
+_MAX_CAPTIONS = 16
+
+
+@dataclass
+class AnnotationSet:
+    """The annotations a value map is scored against.
+
+    keys: (L, d) psi_AB, the annotation keys of the value function (not normalised).
+    names: L short labels, for titles and the JSON output.
+    images: (L, H, W, 3) float in [0, 1] to draw beside the map (annotations that are images), or None.
+    texts: L strings to draw beside the map (captions, prototype descriptions), or None.
+    default: the annotation shown when none is asked for; None means the one with the highest
+        mean probability over the grid.
+    """
+
+    keys: torch.Tensor
+    names: List[str]
+    images: Optional[np.ndarray] = None
+    texts: Optional[List[str]] = None
+    default: Optional[int] = None
+
+    def __len__(self) -> int:
+        return self.keys.shape[0]
+
+
+@dataclass
+class ViewedImage:
+    """The image a value map is drawn for: one decoded image from a source, and what is known of it."""
+
+    batch: ImageBatch  # one image, on the method's device
+    index: int
+    label: Optional[int] = None
+    label_name: Optional[str] = None
+    caption: Optional[str] = None
+
+
+AnnotationKeysFn = Callable[[Method, ImageSource, ViewedImage], AnnotationSet]
+ANNOTATION_KEYS: Dict[str, AnnotationKeysFn] = {}
+
+
+def register_annotation_keys(method_name: str) -> Callable[[AnnotationKeysFn], AnnotationKeysFn]:
+    """Decorator: ``fn(method, source, image) -> AnnotationSet`` serves value maps of ``method.name``."""
+
+    def register(fn: AnnotationKeysFn) -> AnnotationKeysFn:
+        ANNOTATION_KEYS[method_name] = fn
+        return fn
+
+    return register
+
+
+def require_value_function(method: Method) -> None:
+    """AnnobootError unless ``method`` has a value function and registered annotation keys."""
+    name = method.cfg.method.name
+    if getattr(method, "value_function", None) is None:
+        raise AnnobootError(
+            f"value maps need an ab_* run (a method with a value function: {', '.join(sorted(ANNOTATION_KEYS))}); "
+            f"this run's method.name is '{name}' (pass --curves-only to draw only its training curves)"
+        )
+    if name not in ANNOTATION_KEYS:
+        raise AnnobootError(
+            f"no annotation keys for method.name '{name}': add a function with "
+            "@register_annotation_keys in annoboot/viz/value_map.py"
+        )
+
+
+@torch.no_grad()
+def annotation_keys(method: Method, source: ImageSource, image: ViewedImage) -> AnnotationSet:
+    """The annotation set of ``method`` for a value map of ``image`` (taken from ``source``)."""
+    require_value_function(method)
+    return ANNOTATION_KEYS[method.cfg.method.name](method, source, image)
+
+
+def load_image(source: ImageSource, index: int, device: torch.device | str = "cpu") -> ViewedImage:
+    """Image ``index`` of ``source`` as a one-image batch, with its label and caption if the source has them."""
+    if not 0 <= index < len(source):
+        raise AnnobootError(f"--image-index {index} is out of range: {source.name} has {len(source)} images")
+    pixels = source[index]
+    if pixels is None:
+        raise AnnobootError(f"--image-index {index}: image {index} of {source.name} cannot be decoded; pick another")
+    batch = ImageBatch(pixels[None], torch.tensor([pixels.shape[1:]], dtype=torch.int64)).to(device)
+    label = None if source.labels is None else int(source.labels[index])
+    label_name = None
+    if label is not None:
+        label_name = source.class_names[label] if source.class_names else f"class {label}"
+    caption = None if source.captions is None else source.captions[index]
+    return ViewedImage(batch, index, label, label_name, caption)
+
+
+def grid_boxes(grid: int, box_scale: float) -> torch.Tensor:
+    """(G, G, 4) target boxes: squares of side ``box_scale`` (fraction of the image side) sliding evenly.
+
+    Row i moves down, column j right; the first and last boxes touch the image's borders. With
+    ``box_scale = 1 / grid`` the boxes are exactly the cells of a G x G grid.
+    """
+    if grid < 1:
+        raise AnnobootError(f"--grid must be at least 1, got {grid}")
+    if not 0 < box_scale <= 1:
+        raise AnnobootError(f"--box-scale must be in (0, 1] (a fraction of the image side), got {box_scale}")
+    starts = torch.linspace(0, 1 - box_scale, grid) if grid > 1 else torch.tensor([(1 - box_scale) / 2])
+    y0, x0 = torch.meshgrid(starts, starts, indexing="ij")
+    return torch.stack([x0, y0, x0 + box_scale, y0 + box_scale], dim=-1)
+
+
+def default_box_scale(method: Method, grid: int) -> float:
+    """A grid cell (1 / G), but no smaller than the smallest bootstrap crop the decoder was trained to reach."""
+    smallest_area = method.cfg.views.bootstrap_scale[0]
+    return min(1.0, max(1.0 / grid, math.sqrt(smallest_area)))
+
+
+@torch.no_grad()
+def value_probabilities(method: Method, image: ImageBatch, keys: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Q(. | x, a) for the moves from the whole image x to each of ``boxes``.
+
+    image: a one-image batch on the method's device; keys: (L, d) annotation keys;
+    boxes: (..., 4) target boxes in the image's normalised frame.
+    Returns (..., L) float32 probabilities: each row sums to 1 over the annotation set.
+    """
+    vf = method.value_function
+    device = keys.device
+    views = render_full_images(image, method.cfg.views.img_size, method.normalize)
+    tokens = method.encoder(views).tokens  # (1, T, D): the source view's tokens, as in training
+    source_box = full_image_boxes(1, 1, device)[0, 0]
+    flat = boxes.reshape(-1, 4).to(device)
+    moves = action_tokens(relative_box(source_box, flat), vf.num_bins, vf.value_range)  # (K, 4)
+    phi = torch.cat([vf.decoder(tokens, chunk[None])[0] for chunk in moves.split(_BOXES_PER_CALL)])  # (K, d)
+    # The same scoring as ValueFunction.logits, for a source with an arbitrary number of targets.
+    logits = vf.scale() * F.normalize(phi, dim=-1) @ F.normalize(keys, dim=-1).T
+    return torch.softmax(logits.float(), dim=-1).view(*boxes.shape[:-1], keys.shape[0]).cpu()
+
+
+def plot_value_map(
+    image: np.ndarray,
+    probs: np.ndarray,
+    boxes: np.ndarray,
+    annotation: AnnotationSet,
+    index: int,
+    out: str | Path,
+    title: str = "",
+) -> Path:
+    """Draw one annotation's value map over the image, with the annotation beside it.
+
+    image: (H, W, 3) float in [0, 1]; probs: (G, G) Q(l | x, a) per grid box; boxes: (G, G, 4)
+    the grid's boxes (normalised xyxy). Each cell of the heat map is centred on its box's centre;
+    the box with the highest value is outlined.
+    """
+    height, width = image.shape[:2]
+    fig = Figure(figsize=(9.0, 4.2), layout="constrained")
+    ax_map, ax_ann = fig.subplots(1, 2, width_ratios=[1.25, 1])
+
+    ax_map.imshow(image, extent=(0, width, height, 0), interpolation="nearest")
+    # Each box's value fills the part of the image nearest to its centre (cells meet halfway
+    # between centres; the outer ones reach the border), so the map covers the whole image.
+    edges_x = _cell_edges((boxes[0, :, 0] + boxes[0, :, 2]) / 2) * width
+    edges_y = _cell_edges((boxes[:, 0, 1] + boxes[:, 0, 3]) / 2) * height
+    # Colours span the map's own range (the colour bar gives the values): small differences
+    # between boxes stay visible even where the whole map is close to 1 / L.
+    heat = ax_map.pcolormesh(edges_x, edges_y, probs, cmap="inferno", alpha=0.6, shading="flat",
+                             vmin=float(probs.min()), vmax=max(float(probs.max()), float(probs.min()) + 1e-9))
+    ax_map.set_xlim(0, width)
+    ax_map.set_ylim(height, 0)
+    i, j = np.unravel_index(int(np.argmax(probs)), probs.shape)
+    x0, y0, x1, y1 = boxes[i, j] * np.array([width, height, width, height])
+    ax_map.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", linewidth=1.5))
+    fig.colorbar(heat, ax=ax_map, shrink=0.85, label="Q(l | x, move to box)")
+    ax_map.set_title(title or "value map", fontsize="medium")
+    ax_map.set_xticks([])
+    ax_map.set_yticks([])
+
+    ax_ann.set_title(f"annotation l = {annotation.names[index]}", fontsize="medium")
+    ax_ann.set_xticks([])
+    ax_ann.set_yticks([])
+    if annotation.images is not None:
+        ax_ann.imshow(annotation.images[index], interpolation="nearest")
+    else:
+        text = annotation.texts[index] if annotation.texts is not None else annotation.names[index]
+        ax_ann.axis("off")
+        ax_ann.text(0.5, 0.5, textwrap.fill(text, 32), ha="center", va="center", wrap=True, fontsize="large")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)  # a bare Figure renders with Agg
+    return out
+
+
+def _cell_edges(centres: np.ndarray) -> np.ndarray:
+    """Edges (in [0, 1]) of the cells around sorted box centres: halfway between neighbours, 0 and 1 outside."""
+    return np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [1.0]])
+
+
+def display_image(batch: ImageBatch) -> np.ndarray:
+    """The first image of a batch as (H, W, 3) float in [0, 1], its valid region only."""
+    h, w = (int(s) for s in batch.sizes[0])
+    pixels = batch.images[0, :, :h, :w].float().div(255).cpu()
+    if pixels.shape[0] == 1:
+        pixels = pixels.expand(3, -1, -1)
+    return pixels.permute(1, 2, 0).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-method annotation sets.
+
+
+@register_annotation_keys("ab_simclr")
+def _ab_simclr_keys(method: Method, source: ImageSource, image: ViewedImage) -> AnnotationSet:
+    """Annotation images: the first image of each class of the source (other than the viewed one).
+
+    Keys are psi_AB of their whole-image views, ``ab_annotation_head(encoder(views).pooled)``;
+    the softmax runs over this set, as training's runs over the annotation batch. Without labels,
+    the first few other images of the source. The default annotation is the viewed image's class.
+    """
+    others = (i for i in range(len(source)) if i != image.index)
+    if source.labels is not None:
+        num_classes = len(torch.unique(source.labels))
+        first: Dict[int, int] = {}
+        for i in others:
+            first.setdefault(int(source.labels[i]), i)
+            if len(first) == num_classes:
+                break
+        chosen = [first[c] for c in sorted(first)]
+        names = [source.class_names[c] if source.class_names else f"class {c}" for c in sorted(first)]
+        default = sorted(first).index(image.label) if image.label in first else None
+    else:
+        chosen = [i for i, _ in zip(others, range(_UNLABELLED_ANNOTATIONS))]
+        names = [f"image {i}" for i in chosen]
+        default = None
+    if not chosen:
+        raise AnnobootError(f"{source.name} has no other image to use as an annotation (eval.test)")
+    device = image.batch.images.device
+    img_size = method.cfg.views.img_size
+    views = []
+    for i in chosen:
+        pixels = source[i]
+        if pixels is None:
+            raise AnnobootError(f"annotation image {i} of {source.name} cannot be decoded (eval.test)")
+        one = ImageBatch(pixels[None], torch.tensor([pixels.shape[1:]], dtype=torch.int64)).to(device)
+        views.append(render_views(one, full_image_boxes(1, 1, device), img_size))
+    views = torch.cat(views)  # (L, 3, S, S) in [0, 1]
+    pooled = torch.cat([method.encoder(method.normalize(chunk)).pooled for chunk in views.split(64)])
+    keys = method.ab_annotation_head(pooled)
+    return AnnotationSet(keys, names, images=views.permute(0, 2, 3, 1).cpu().numpy(), default=default)
+
+
+@register_annotation_keys("ab_dino")
+def _ab_dino_keys(method: Method, source: ImageSource, image: ViewedImage) -> AnnotationSet:
+    """Annotations are DINO prototypes; keys are ABDINO's own prototype embeddings (psi_AB, (K, d))."""
+    keys = method.ab_prototypes.detach()
+    count = keys.shape[0]
+    names = [f"prototype {k}" for k in range(count)]
+    texts = [f"DINO prototype {k} of {count}" for k in range(count)]
+    return AnnotationSet(keys, names, texts=texts)
+
+
+@register_annotation_keys("ab_clip")
+def _ab_clip_keys(method: Method, source: ImageSource, image: ViewedImage) -> AnnotationSet:
+    """Annotations are captions; keys are ``ab_text_head(text_encoder(tokens))``.
+
+    The set: the viewed image's own caption (the default) and those of the next images of a
+    captioned source; otherwise one prompt per class name (eval.zero_shot_templates[0]), the
+    viewed image's class being the default.
+    """
+    if source.captions is not None:
+        texts: List[str] = []
+        default = None
+        if image.caption:
+            texts.append(image.caption)
+            default = 0
+        for i in range(len(source)):
+            if len(texts) >= _MAX_CAPTIONS:
+                break
+            caption = source.captions[i]
+            if i != image.index and caption and caption not in texts:
+                texts.append(caption)
+    elif source.class_names:
+        template = method.cfg.eval.zero_shot_templates[0]
+        texts = [template.format(name) for name in source.class_names]
+        default = image.label
+    else:
+        raise AnnobootError(f"ab_clip value maps need captions or class names, and eval.test ({source.name}) has neither")
+    if not texts:
+        raise AnnobootError(f"ab_clip value maps need captions, and every caption of eval.test ({source.name}) is empty")
+    tokens = method.tokenizer(texts).to(image.batch.images.device)
+    keys = method.ab_text_head(method.text_encoder(tokens))
+    names = [textwrap.shorten(t, 40) for t in texts]
+    return AnnotationSet(keys, names, texts=texts, default=default)
+
+
+@dataclass
+class ValueMap:
+    """A computed value map: probabilities over the whole annotation set for every grid box."""
+
+    probs: torch.Tensor  # (G, G, L), sums to 1 over L
+    boxes: torch.Tensor  # (G, G, 4) normalised xyxy
+    annotations: AnnotationSet
+    chosen: int  # the annotation drawn
+
+    @property
+    def grid(self) -> np.ndarray:
+        """(G, G) probability of the chosen annotation per box."""
+        return self.probs[..., self.chosen].numpy()
+
+
+def compute_value_map(
+    method: Method,
+    source: ImageSource,
+    image: ViewedImage,
+    annotation: Optional[int] = None,
+    grid: int = 8,
+    box_scale: Optional[float] = None,
+) -> ValueMap:
+    """The value map of ``image`` for ``annotation`` (an index into the method's annotation set)."""
+    annotations = annotation_keys(method, source, image)
+    boxes = grid_boxes(grid, default_box_scale(method, grid) if box_scale is None else box_scale)
+    probs = value_probabilities(method, image.batch, annotations.keys, boxes)
+    if annotation is None:
+        annotation = annotations.default
+    if annotation is None:
+        annotation = int(probs.mean(dim=(0, 1)).argmax())
+    if not 0 <= annotation < len(annotations):
+        raise AnnobootError(
+            f"--annotation {annotation} is out of range: this {method.cfg.method.name} run's annotation set has "
+            f"{len(annotations)} entries (0..{len(annotations) - 1})"
+        )
+    return ValueMap(probs, boxes, annotations, annotation)
