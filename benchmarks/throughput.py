@@ -9,11 +9,15 @@ Measured in one process on the same device, in this order, each after warm-up st
              (annotation B/2 x 2 views + bootstrap B/8 x 4 views = 1.5 B views), including
              the EMA target forward, the value decoder over all 4x4 moves and the EMA update.
 Reported: views/s of each, ab/bound (target >= 0.75) and ab/simclr step cost per view
-(target <= 1.3).
+(target <= 1.3). With --dino, also DINO's multi-crop step (2 global + n local crops rendered
+on the device, student + EMA teacher, head, centring, EMA update) against its own bound: the
+encoder-only step on the same crops (globals and locals in two calls, as DINO runs them);
+target dino/bound >= 0.7.
 
   python benchmarks/throughput.py                    # ViT-S/16 at 224 px on CUDA (bf16)
   python benchmarks/throughput.py --compile          # with torch.compile on the encoder
   python benchmarks/throughput.py --quick            # tiny CPU smoke version of the same code
+  python benchmarks/throughput.py --dino             # + DINO multi-crop (2 x 224 + 8 x 96 px)
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from annoboot.config import load_config
 from annoboot.data.base import ImageBatch
 from annoboot.methods import build_method
+from annoboot.methods.dino import build_multicrop_encoder
 from annoboot.models import build_encoder
 from annoboot.train.ema import ema_update, make_target
 from annoboot.train.trainer import autocast_context
@@ -72,6 +77,27 @@ def encoder_only_step(cfg, views: int, device: torch.device):
     return step
 
 
+def multicrop_bound_step(cfg, num_images: int, device: torch.device):
+    """The encoder-only step on DINO's crops: 2 global views per image at img_size, local_views
+    at local_size, each size in one call."""
+    v = cfg.views
+    encoder = build_multicrop_encoder(cfg).to(device)  # the same encoder DINO builds
+    if cfg.train.compile:
+        encoder.compile()
+    opt = torch.optim.AdamW(encoder.parameters(), lr=1e-4, fused=device.type == "cuda")
+    globals_ = torch.randn(2 * num_images, 3, v.img_size, v.img_size, device=device)
+    locals_ = torch.randn(v.local_views * num_images, 3, v.local_size, v.local_size, device=device)
+
+    def step():
+        with autocast_context(device, cfg.train.precision):
+            loss = encoder(globals_).pooled.float().pow(2).mean() + encoder(locals_).pooled.float().pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, (2 + v.local_views) * num_images
+
+
 def method_step(cfg, device: torch.device, image_side: int):
     method = build_method(cfg).to(device)
     target = make_target(method) if method.uses_target else None
@@ -110,6 +136,10 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a CPU smoke run")
+    parser.add_argument("--dino", action="store_true", help="also time DINO multi-crop against its encoder-only bound")
+    parser.add_argument("--dino-batch", type=int, default=128, help="DINO images per step")
+    parser.add_argument("--local-views", type=int, default=8)
+    parser.add_argument("--local-size", type=int, default=96)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -117,6 +147,7 @@ def main() -> int:
     if args.quick:
         args.backbone, args.img_size, args.image_side, args.simclr_batch = "vit_tiny_patch16_224", 32, 40, 32
         args.warmup, args.iters, kwargs = 2, 5, "{patch_size: 8, depth: 2}"
+        args.dino_batch, args.local_views, args.local_size = 16, 4, 16
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     views = 2 * args.simclr_batch
@@ -138,6 +169,19 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
+    if args.dino:
+        # DINO's head is sized for the benchmark (paper: 65,536 prototypes for ImageNet).
+        dino_cfg = load_config(None, common + ["method.name=dino", f"train.batch_size={args.dino_batch}",
+                                               f"views.local_views={args.local_views}", f"views.local_size={args.local_size}"])
+        step, n_views = multicrop_bound_step(dino_cfg, args.dino_batch, device)
+        t = time_steps(step, device, args.warmup, args.iters)
+        results["bound_multicrop"] = {"views": n_views, "step_s": t, "views_per_s": n_views / t}
+        del step
+        step, n_views = method_step(dino_cfg, device, args.image_side)
+        t = time_steps(step, device, args.warmup, args.iters)
+        results["dino"] = {"views": n_views, "step_s": t, "views_per_s": n_views / t}
+        del step
+
     ab, simclr, bound = results["ab_simclr"], results["simclr"], results["bound"]
     summary = {
         "ab_over_bound": ab["views_per_s"] / bound["views_per_s"],
@@ -146,12 +190,17 @@ def main() -> int:
     }
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"throughput  {args.backbone} @ {args.img_size}px  compile={args.compile}  device={device_name}  date={date.today()}")
-    print(f"{'step':<12}{'views':>8}{'ms/step':>10}{'views/s':>12}")
-    for name in ("bound", "simclr", "ab_simclr"):
+    print(f"{'step':<16}{'views':>8}{'ms/step':>10}{'views/s':>12}")
+    for name in ("bound", "simclr", "ab_simclr", "bound_multicrop", "dino"):
+        if name not in results:
+            continue
         r = results[name]
-        print(f"{name:<12}{r['views']:>8}{1000 * r['step_s']:>10.1f}{r['views_per_s']:>12.1f}")
+        print(f"{name:<16}{r['views']:>8}{1000 * r['step_s']:>10.1f}{r['views_per_s']:>12.1f}")
     print(f"ab_simclr / bound (views/s): {summary['ab_over_bound']:.2f}   (target >= 0.75)")
     print(f"ab_simclr / simclr cost per view: {summary['ab_cost_per_view_over_simclr']:.2f}   (target <= 1.3)")
+    if "dino" in results:
+        summary["dino_over_multicrop_bound"] = results["dino"]["views_per_s"] / results["bound_multicrop"]["views_per_s"]
+        print(f"dino / multi-crop bound (views/s): {summary['dino_over_multicrop_bound']:.2f}   (target >= 0.7)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "device": device_name, "results": results, "summary": summary}, f, indent=2)

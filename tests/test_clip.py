@@ -232,3 +232,77 @@ def test_retrieval_and_zero_shot_metrics_on_constructed_embeddings():
     assert r["image_to_text_r2"] == 100.0  # the swapped pairs rank second
     classifier = torch.eye(3)
     assert zero_shot_accuracy(torch.eye(3)[[0, 1, 2, 2]], torch.tensor([0, 1, 2, 0]), classifier) == 75.0
+
+
+RECIPE_TINY = TINY_TEXT + [
+    "model.backbone_kwargs={patch_size: 8, depth: 2}",
+    "model.decoder_depth=1",
+    "views.img_size=32",
+    "train.device=cpu",
+    "train.progress=false",
+    "train.steps=3",
+    "train.batch_size=32",
+    "train.warmup_steps=1",
+    "data.annotation.num_workers=0",
+    "data.annotation.limit=256",
+    "eval.train.num_workers=0",
+    "eval.test.num_workers=0",
+    "eval.train.limit=128",
+    "eval.test.limit=64",
+    "eval.retrieval.limit=40",
+    "eval.probes=[knn]",
+]
+
+
+def test_the_clip_and_abclip_recipes_differ_only_in_the_method():
+    clip, ab = (load_config(f"configs/openclipart_{name}.yaml") for name in ("clip", "ab_clip"))
+    assert (clip.method.name, ab.method.name) == ("clip", "ab_clip")
+    for section in ("data", "model", "train", "eval"):
+        a, b = getattr(clip, section), getattr(ab, section)
+        differing = [k for k in vars(a) if getattr(a, k) != getattr(b, k) and not k.startswith("decoder") and k != "out_dir"]
+        assert not differing, (section, differing)
+
+
+@needs_openclipart
+def test_openclipart_ab_clip_recipe_runs_end_to_end_from_the_cli(tmp_path, capsys):
+    import json
+
+    from annoboot.cli import main
+
+    method = "ab_clip"  # the CLIP recipe is the same but for the method (tested above)
+    run_dir = tmp_path / method
+    code = main(["pretrain", "--config", f"configs/openclipart_{method}.yaml", *RECIPE_TINY, f"train.out_dir={run_dir}"])
+    assert code == 0
+    results = json.loads((run_dir / "eval.json").read_text())
+    assert 0 <= results["zero_shot"] <= 100 and results["zero_shot_chance"] == pytest.approx(100 / 22)
+    assert results["retrieval"]["num_pairs"] == 40
+    assert "zero-shot" in capsys.readouterr().out
+
+
+@needs_tuxpaint
+@needs_fmnist
+def test_abclip_trains_on_caption_shards_with_an_uncaptioned_bootstrap_source(tmp_path):
+    from annoboot.cli import main
+    from annoboot.train.trainer import Trainer
+
+    assert main(["data", "write-shards", str(TUXPAINT_ROOT), str(tmp_path / "tux-%03d.tar"), "--captions", "tuxpaint",
+                 "--max-count", "400"]) == 0
+    cfg = load_config(
+        None,
+        TINY + TINY_TEXT + [
+            "method.name=ab_clip",
+            "data.annotation.kind=webdataset",
+            f"data.annotation.root={tmp_path}/tux-{{000..001}}.tar",
+            "data.annotation.num_workers=1",
+            "data.bootstrap={kind: fashion_mnist, limit: 1000}",  # decoupled: uncaptioned images
+            "train.batch_size=32",
+            "train.steps=4",
+            f"train.out_dir={tmp_path / 'run'}",
+        ],
+    )
+    trainer = Trainer(cfg)
+    metrics = trainer.train_step()
+    assert torch.isfinite(metrics["loss/total"]) and "loss/bootstrap" in metrics
+    batch = next(trainer.streams["annotation"])
+    assert batch.captions is not None and all(batch.captions)
+    assert next(trainer.streams["bootstrap"]).captions is None

@@ -479,9 +479,10 @@ def test_file_stream_skips_and_counts_a_corrupt_file(tmp_path, num_workers):
     source = ImageFolderSource(index_folder(tmp_path, 20, corrupt=(7,)))
     stream = BatchStream(source, batch_size=5, seed=2, num_workers=num_workers)
     batches = [next(stream) for _ in range(4)]
-    seen = sorted(i for batch in batches for i in decoded_indices(batch))
-    assert seen == [i for i in range(20) if i != 7]
-    assert sorted(len(batch) for batch in batches) == [4, 5, 5, 5]
+    seen = [i for batch in batches for i in decoded_indices(batch)]
+    assert sorted(set(seen)) == [i for i in range(20) if i != 7]
+    assert all(len(batch) == 5 for batch in batches)  # the short batch is filled back to 5
+    assert len(seen) == 20 and len(set(seen)) == 19  # with one repeat of an image of its own batch
     assert stream.skipped == 1 and stream.state_dict()["skipped"] == 1
     next(stream)
     resumed = BatchStream(source, batch_size=5, seed=2)
@@ -577,3 +578,45 @@ def test_build_source_fashion_mnist_feeds_a_stream():
     assert isinstance(source, FashionMNISTSource) and len(source) == 100
     batch = next(BatchStream(source, batch_size=32, seed=0))
     assert batch.images.shape == (32, 1, 28, 28) and batch.sizes.tolist() == [[28, 28]] * 32
+
+
+# ---------------------------------------------------------------------------------------------
+# Mostly bad sources
+
+
+def test_a_mostly_bad_folder_stops_with_a_clear_message(tmp_path):
+    source = ImageFolderSource(index_folder(tmp_path, 300, corrupt=tuple(i for i in range(300) if i % 5)))
+    stream = BatchStream(source, batch_size=32, seed=0)
+    with pytest.raises(AnnobootError) as error:
+        for _ in range(9):
+            next(stream)
+    message = str(error.value)
+    assert str(tmp_path) in message and "of 256 images tried" in message and "max_bad_fraction=0.5" in message
+    assert f"annoboot data inspect {tmp_path}" in message and "not an image" in message
+    bad = stream.skipped
+    assert 0.7 < bad / 256 < 0.9 and f"{bad} of 256" in message and f"({bad / 256:.0%})" in message
+
+
+def test_a_folder_with_a_few_bad_files_trains_on_and_counts_them(tmp_path, caplog):
+    index_folder(tmp_path, 50, corrupt=(13,))
+    (tmp_path / "0050.png").write_bytes(b"")  # and one empty file
+    source = ImageFolderSource(tmp_path)
+    stream = BatchStream(source, batch_size=17, seed=0)
+    with caplog.at_level("WARNING", logger="annoboot.data.stream"):
+        batches = [next(stream) for _ in range(3 * 18)]  # 18 epochs of 3 batches of 17 (all 51 files)
+    assert all(len(b) == 17 for b in batches)  # batches that lost a file are filled back to 17
+    assert stream.skipped == 36 and stream.skipped_by_reason == {"not an image": 18, "empty file": 18}
+    assert stream.state_dict()["skipped"] == 36
+    assert "skipped" in caplog.text and "empty file" in caplog.text  # per-reason counts in the log
+
+
+def test_a_batch_that_lost_images_is_filled_back_to_its_size():
+    from annoboot.data.base import ImageBatch
+
+    images = torch.arange(3, dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 1, 2, 2).contiguous()
+    batch = ImageBatch(images, torch.tensor([[2, 2], [1, 2], [2, 1]]), torch.tensor([5, 6, 7]), ["a", "b", "c"])
+    full = batch.filled_to(5)
+    assert len(full) == 5 and full.images[:, 0, 0, 0].tolist() == [0, 1, 2, 0, 1]
+    assert full.sizes.tolist() == [[2, 2], [1, 2], [2, 1], [2, 2], [1, 2]]
+    assert full.labels.tolist() == [5, 6, 7, 5, 6] and full.captions == ["a", "b", "c", "a", "b"]
+    assert batch.filled_to(3) is batch

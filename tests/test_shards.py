@@ -1,5 +1,6 @@
 """WebDataset shards: writing from a folder, streaming with bad samples, training, inspecting."""
 
+import io
 import tarfile
 
 import numpy as np
@@ -54,7 +55,7 @@ def test_shard_stream_batches_and_counts_bad_samples(folder, tmp_path):
     assert all(b.images.dtype == torch.uint8 and b.images.shape[1] == 3 for b in batches)
     assert all(int(b.sizes.min()) <= 32 for b in batches)  # short side capped at decode time
     assert stream.skipped > 0  # the corrupt and the empty file were met, skipped and counted
-    assert sum(len(b) for b in batches) + stream.skipped == 12 * 8
+    assert all(len(b) == 8 for b in batches)  # batches that lost samples are filled back to 8
     state = stream.state_dict()
     resumed = ShardStream(str(tmp_path / "s-{000000..000003}.tar"), batch_size=8, seed=0, num_workers=0)
     resumed.load_state_dict(state)
@@ -94,3 +95,138 @@ def test_inspect_reports_bad_files_by_reason(folder, capsys):
     assert main(["data", "inspect", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "bad:" in out and "broken.jpg" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Weighted mixing of several shard sets
+
+
+def write_tar(path, samples):
+    """Write (key, {ext: bytes}) samples into one webdataset tar at ``path``."""
+    import webdataset as wds
+
+    with wds.TarWriter(str(path)) as sink:
+        for key, members in samples:
+            sink.write({"__key__": key, **members})
+
+
+def png_bytes(rgb, size=(12, 10)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_mixed_shard_sets_follow_their_weights(tmp_path):
+    for name, rgb, shards in [("red", (255, 0, 0), 2), ("blue", (0, 0, 255), 1)]:
+        for s in range(shards):
+            samples = [(f"{name}{s}_{i:03d}", {"png": png_bytes(rgb)}) for i in range(30)]
+            write_tar(tmp_path / f"{name}-{s}.tar", samples)
+    pattern = f"{tmp_path / 'red-{0..1}.tar'}::{tmp_path / 'blue-0.tar'}"
+
+    def red_fraction(weights, seed=0):
+        stream = ShardStream(pattern, batch_size=50, seed=seed, num_workers=0, mix_weights=weights, shuffle_buffer=100)
+        images = torch.cat([next(stream).images for _ in range(8)])
+        return (images[:, 0, 0, 0] == 255).float().mean().item()
+
+    assert abs(red_fraction([0.8, 0.2]) - 0.8) < 0.06  # 400 samples: 3 standard deviations
+    assert abs(red_fraction([1, 3], seed=1) - 0.25) < 0.07  # weights need not sum to 1
+    assert red_fraction([1, 0]) == 1.0
+    assert red_fraction([0.8, 0.2]) == red_fraction([0.8, 0.2])  # seeded: the same draws again
+    pooled = ShardStream(pattern, batch_size=50, seed=0, num_workers=0, shuffle_buffer=100)
+    assert len(pooled.urls) == 3
+
+
+@pytest.mark.parametrize("weights, problem", [([1.0], "1 weight"), ([1.0, -0.5], ">= 0"), ([0.0, 0.0], "positive sum")])
+def test_mix_weights_are_checked_against_the_patterns(tmp_path, weights, problem):
+    from annoboot.config import load_config
+
+    overrides = ["data.bootstrap.kind=webdataset", f"data.bootstrap.root={tmp_path / 'a.tar'}::{tmp_path / 'b.tar'}",
+                 f"data.bootstrap.mix_weights=[{', '.join(map(str, weights))}]"]
+    with pytest.raises(AnnobootError, match=f"data.bootstrap.mix_weights.*{problem}"):
+        load_config(None, overrides)
+    with pytest.raises(AnnobootError, match="webdataset only"):
+        load_config(None, ["data.annotation.kind=image_folder", "data.annotation.root=x",
+                           "data.annotation.mix_weights=[1]"])
+
+
+def test_a_mostly_bad_shard_set_stops_with_a_clear_message(tmp_path):
+    good = png_bytes((10, 200, 30))
+    members = [{"jpg": good if i % 5 == 0 else b"\xff\xd8\xff broken"} for i in range(100)]  # 80% bad
+    write_tar(tmp_path / "bad-0.tar", [(f"{i:04d}", m) for i, m in enumerate(members)])
+    pattern = str(tmp_path / "bad-0.tar")
+    stream = ShardStream(pattern, batch_size=32, seed=0, num_workers=0, shuffle_buffer=50)
+    with pytest.raises(AnnobootError) as error:
+        for _ in range(20):
+            next(stream)
+    message = str(error.value)
+    assert pattern in message and "of 256 images" in message and "max_bad_fraction=0.5" in message
+    assert f"annoboot data inspect '{pattern}'" in message and "not an image" in message
+    assert 0.7 < stream.skipped / 256 < 0.9
+    lenient = ShardStream(pattern, batch_size=32, seed=0, num_workers=0, shuffle_buffer=50, max_bad_fraction=1.0)
+    assert all(len(next(lenient)) for _ in range(10))
+
+
+def test_inspect_decodes_shards_and_reports_bad_samples(tmp_path, capsys):
+    samples = [("a", {"png": png_bytes((1, 2, 3))}), ("b", {"jpg": b""}), ("c", {"jpg": b"\xff\xd8 no"})]
+    write_tar(tmp_path / "s-0.tar", samples)
+    assert main(["data", "inspect", str(tmp_path / "s-0.tar")]) == 0
+    out = capsys.readouterr().out
+    assert "samples: 3" in out and "decodable: 1" in out and "bad: 2" in out
+    assert "empty file" in out and "s-0.tar:c.jpg" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding JPEGs on the device
+
+
+@pytest.fixture(scope="module")
+def jpeg_shards(tmp_path_factory):
+    """Two shards of real photos as JPEG (scikit-image's), plus one PNG, one grayscale, one CMYK
+    and one EXIF-rotated JPEG, a truncated JPEG and a text file posing as one."""
+    skdata = pytest.importorskip("skimage.data")
+    root = tmp_path_factory.mktemp("jpeg_shards")
+
+    def jpeg(image: Image.Image, **kwargs) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90, **kwargs)
+        return buffer.getvalue()
+
+    photos = [Image.fromarray(p) for p in (skdata.astronaut(), skdata.chelsea(), skdata.coffee())]
+    members = [{"jpg": jpeg(p)} for p in photos]
+    members += [{"jpg": jpeg(p.crop((0, 0, 200 + 30 * i, 150 + 20 * i)))} for i, p in enumerate(photos)]
+    members.append({"png": png_bytes((40, 90, 200), size=(150, 120))})
+    members.append({"jpg": jpeg(photos[1].convert("L"))})
+    members.append({"jpg": jpeg(photos[2].convert("CMYK"))})
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the device decoder would ignore the tag, the worker applies it
+    members.append({"jpg": jpeg(photos[1], exif=exif)})
+    members.append({"jpg": members[0]["jpg"][: len(members[0]["jpg"]) // 2]})  # truncated
+    members.append({"jpg": b"this is not a JPEG"})
+    write_tar(root / "p-0.tar", [(f"{i:03d}", m) for i, m in enumerate(members[:6])])
+    write_tar(root / "p-1.tar", [(f"{i:03d}", m) for i, m in enumerate(members[6:], 6)])
+    return str(root / "p-{0..1}.tar")
+
+
+def compare_device_and_cpu_decoding(pattern: str, device: str) -> None:
+    common = {"batch_size": 12, "seed": 3, "num_workers": 0, "max_short_side": 160, "shuffle_buffer": 12}
+    common["max_bad_fraction"] = 1.0  # 2 of 11 samples are bad: fine here
+    on_cpu = ShardStream(pattern, decode_on="cpu", **common)
+    on_device = ShardStream(pattern, device=device, decode_on="device", **common)
+    for _ in range(3):
+        a, b = next(on_cpu), next(on_device)
+        assert b.images.device.type == torch.device(device).type
+        assert torch.equal(a.sizes, b.sizes.cpu())  # the same samples, the same capped sizes
+        for i, (h, w) in enumerate(a.sizes.tolist()):
+            difference = (a.images[i, :, :h, :w].float() - b.images[i, :, :h, :w].cpu().float()).abs().mean()
+            assert difference < 4, (i, h, w, float(difference))
+    assert on_device.skipped == on_cpu.skipped > 0  # the truncated and the fake JPEG
+    assert set(on_device.skipped_by_reason) == {"truncated", "not an image"}
+
+
+def test_device_jpeg_decoding_matches_the_cpu_decoder(jpeg_shards):
+    compare_device_and_cpu_decoding(jpeg_shards, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_jpeg_decoding_matches_the_cpu_decoder(jpeg_shards):
+    compare_device_and_cpu_decoding(jpeg_shards, "cuda")

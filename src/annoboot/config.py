@@ -20,11 +20,32 @@ FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
 @dataclass
+class ScenesConfig:
+    """fmnist_scenes: canvases of several Fashion-MNIST items with weak captions (data/scenes.py).
+
+    A scene of split s (``SourceConfig.split``) draws its items and clutter from the Fashion-MNIST
+    split s only. Scene i depends only on (seed, split, i): a limit keeps a prefix of the same set.
+    """
+
+    num_scenes: int = 20000
+    canvas: int = 96  # side of the square canvas in pixels
+    items: List[int] = field(default_factory=lambda: [2, 5])  # items per scene, inclusive range
+    item_size: List[int] = field(default_factory=lambda: [20, 56])  # side of a pasted item in px
+    max_overlap: float = 0.2  # largest share of the smaller of two item boxes they may share
+    clutter: int = 6  # background patches of other items per scene: uniform in [0, clutter]
+    clutter_contrast: float = 0.3  # their brightness relative to a pasted item
+    single_fraction: float = 0.0  # share of canvases holding one whole item (a mixed source)
+    seed: int = 0
+    pool_limit: Optional[int] = None  # use only the first N Fashion-MNIST images of the split
+
+
+@dataclass
 class SourceConfig:
     """Where images come from. Sources are decode-only: crops happen later, on the device."""
 
     # fashion_mnist | image_folder | webdataset | video_folder; captioned (image + text):
     # captioned_folder (<image>.txt twins) | openclipart | tuxpaint (Debian packages)
+    # | fmnist_scenes (generated, see ``scenes``)
     kind: str = "fashion_mnist"
     # None: the source's default location. webdataset: a shard pattern, e.g.
     # /data/cc12m/{000000..001242}.tar (several joined with '::').
@@ -37,6 +58,16 @@ class SourceConfig:
     max_short_side: int = 256  # decoded images are downscaled so their short side is at most this
     frame_stride: int = 1  # video_folder: keep every n-th frame
     num_workers: int = 4  # CPU decode workers for file-backed sources
+    scenes: ScenesConfig = field(default_factory=ScenesConfig)  # fmnist_scenes only
+    # webdataset: one weight per '::'-joined pattern; each pattern is then its own source and a
+    # sample comes from pattern i with probability w_i / sum(w). None: all shards pooled.
+    mix_weights: Optional[List[float]] = None
+    # Stop with an error when more than this fraction of the images tried (checked from 256 on)
+    # cannot be used; 1.0 never stops.
+    max_bad_fraction: float = 0.5
+    # webdataset: cpu (workers decode) | device (workers read bytes; JPEGs are decoded in a
+    # batch on the training device with torchvision/nvjpeg; other formats in the workers).
+    decode_on: str = "cpu"
 
 
 @dataclass
@@ -111,6 +142,9 @@ class MethodConfig:
     bootstrap_fraction: float = 0.125
     action_bins: int = 128
     action_range: float = 6.0  # R: relative coordinates are clipped to [-R, R] before binning
+    # false (ablation): the value decoder sees one constant move, so it can only predict the
+    # average over moves (invariance); the paper's "no action tokens" row.
+    action_tokens: bool = True
     ab_init_scale: float = 10.0  # initial t_AB
     ema_momentum: float = 0.996
     ema_momentum_end: float = 1.0  # cosine-annealed to this; set equal for a constant rate
@@ -183,8 +217,8 @@ class Config:
 
 
 _CHOICES = {
-    "data.annotation.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder", "captioned_folder", "openclipart", "tuxpaint"),
-    "data.bootstrap.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder", "captioned_folder", "openclipart", "tuxpaint"),
+    "data.annotation.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder", "captioned_folder", "openclipart", "tuxpaint", "fmnist_scenes"),
+    "data.bootstrap.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder", "captioned_folder", "openclipart", "tuxpaint", "fmnist_scenes"),
     "method.name": ("simclr", "ab_simclr", "dino", "ab_dino", "clip", "ab_clip"),
     "method.aggregate": ("mean", "max"),
     "train.precision": ("auto", "bf16", "fp32"),
@@ -267,6 +301,11 @@ def validate(cfg: Config) -> None:
         allowed = _CHOICES[key]
         if value not in allowed:
             raise AnnobootError(f"bad config: key '{key}' is '{value}'; choose one of {', '.join(allowed)}")
+    scene_sources = {"data.annotation": cfg.data.annotation, "data.bootstrap": cfg.data.bootstrap,
+                     "eval.train": cfg.eval.train, "eval.test": cfg.eval.test, "eval.retrieval": cfg.eval.retrieval}
+    for key, source in scene_sources.items():
+        if source is not None and source.kind == "fmnist_scenes":
+            check_scenes(source.scenes, f"{key}.scenes")
     for key, pair in [
         ("views.crop_scale", cfg.views.crop_scale),
         ("views.crop_ratio", cfg.views.crop_ratio),
@@ -277,6 +316,9 @@ def validate(cfg: Config) -> None:
     ]:
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise AnnobootError(f"bad config: key '{key}' must be [low, high] with 0 < low <= high, got {pair}")
+    for stream, src in [("annotation", cfg.data.annotation), ("bootstrap", cfg.data.bootstrap)]:
+        if src is not None:
+            _validate_stream_source(f"data.{stream}", src)
     v = cfg.views
     if max(v.crop_scale[1], v.bootstrap_scale[1], v.global_scale[1], v.local_scale[1]) > 1:
         raise AnnobootError("bad config: crop scales are fractions of the image area and must be <= 1")
@@ -291,6 +333,56 @@ def validate(cfg: Config) -> None:
             f"bad config: DINO needs 'views.local_views' >= 1 (got {v.local_views}) and "
             f"0 < 'views.local_size' <= 'views.img_size' (got {v.local_size} and {v.img_size})"
         )
+
+
+def check_mix_weights(key: str, root: Optional[str], weights: List[float]) -> None:
+    """AnnobootError naming ``key`` unless ``weights`` fit the '::'-joined patterns of ``root``."""
+    patterns = (root or "").split("::")
+    if len(weights) != len(patterns):
+        raise AnnobootError(
+            f"bad config: key '{key}' has {len(weights)} weight(s) but the root joins {len(patterns)} "
+            "shard pattern(s) with '::'; give one weight per pattern"
+        )
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise AnnobootError(f"bad config: key '{key}' must be >= 0 with a positive sum, got {list(weights)}")
+
+
+def _validate_stream_source(key: str, src: SourceConfig) -> None:
+    if src.decode_on not in ("cpu", "device"):
+        raise AnnobootError(f"bad config: key '{key}.decode_on' is '{src.decode_on}'; choose one of cpu, device")
+    if src.kind != "webdataset" and (src.decode_on != "cpu" or src.mix_weights is not None):
+        raise AnnobootError(
+            f"bad config: '{key}.decode_on' and '{key}.mix_weights' apply to kind=webdataset only, not {src.kind}"
+        )
+    if src.mix_weights is not None:
+        check_mix_weights(f"{key}.mix_weights", src.root, src.mix_weights)
+    if not 0 < src.max_bad_fraction <= 1:
+        raise AnnobootError(f"bad config: key '{key}.max_bad_fraction' must be in (0, 1], got {src.max_bad_fraction}")
+
+
+def check_scenes(scenes: ScenesConfig, key: str = "scenes") -> None:
+    """AnnobootError naming ``key``.<option> when a scene setting cannot work."""
+    bad = None
+    if scenes.num_scenes < 1:
+        bad = f"'{key}.num_scenes' must be >= 1, got {scenes.num_scenes}"
+    elif scenes.canvas < 8:
+        bad = f"'{key}.canvas' must be >= 8 pixels, got {scenes.canvas}"
+    elif len(scenes.items) != 2 or not 1 <= scenes.items[0] <= scenes.items[1]:
+        bad = f"'{key}.items' must be [low, high] with 1 <= low <= high, got {scenes.items}"
+    elif len(scenes.item_size) != 2 or not 4 <= scenes.item_size[0] <= scenes.item_size[1] <= scenes.canvas:
+        bad = f"'{key}.item_size' must be [low, high] with 4 <= low <= high <= canvas ({scenes.canvas}), got {scenes.item_size}"
+    elif not 0 <= scenes.max_overlap <= 1:
+        bad = f"'{key}.max_overlap' must be in [0, 1], got {scenes.max_overlap}"
+    elif scenes.clutter < 0 or not 0 <= scenes.clutter_contrast <= 1:
+        bad = f"'{key}.clutter' must be >= 0 and '{key}.clutter_contrast' in [0, 1], got {scenes.clutter} and {scenes.clutter_contrast}"
+    elif scenes.clutter and scenes.canvas < 16:
+        bad = f"'{key}.clutter' needs '{key}.canvas' >= 16 (clutter patches are up to 16 px), got {scenes.canvas}"
+    elif not 0 <= scenes.single_fraction <= 1:
+        bad = f"'{key}.single_fraction' must be in [0, 1], got {scenes.single_fraction}"
+    elif scenes.pool_limit is not None and scenes.pool_limit < 1:
+        bad = f"'{key}.pool_limit' must be a positive number of images, got {scenes.pool_limit}"
+    if bad:
+        raise AnnobootError(f"bad config: key {bad}")
 
 
 def to_yaml(cfg: Config) -> str:

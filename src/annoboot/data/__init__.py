@@ -14,17 +14,20 @@ from annoboot.data.base import ImageBatch, ImageSource
 from annoboot.data.captioned import CAPTIONED_SOURCES, CaptionedImagesSource
 from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.image_folder import ImageFolderSource
+from annoboot.data.scenes import SceneSource
 from annoboot.data.shards import ShardStream
 from annoboot.data.stream import BatchStream, iter_eval_batches, pad_collate
 from annoboot.errors import AnnobootError
 
-SOURCE_KINDS = ("fashion_mnist", "image_folder", "webdataset", "video_folder", *CAPTIONED_SOURCES)
+SOURCE_KINDS = ("fashion_mnist", "image_folder", "webdataset", "video_folder", "fmnist_scenes", *CAPTIONED_SOURCES)
 
 
 def build_source(cfg: SourceConfig) -> ImageSource:
     """The source ``cfg`` describes; AnnobootError for an unknown kind or a missing root."""
     if cfg.kind == "fashion_mnist":
         return FashionMNISTSource(root=cfg.root, split=cfg.split, limit=cfg.limit)
+    if cfg.kind == "fmnist_scenes":
+        return SceneSource(cfg.scenes, split=cfg.split, root=cfg.root, limit=cfg.limit)
     if cfg.kind == "image_folder":
         if not cfg.root:
             raise AnnobootError(
@@ -71,7 +74,9 @@ def build_stream(
         if not cfg.root:
             raise AnnobootError("webdataset needs a shard pattern: data.<stream>.root=/path/train-{000000..000099}.tar")
         return ShardStream(
-            cfg.root, batch_size, seed, device, cfg.num_workers, rank, world_size, cfg.max_short_side, require_captions=require_captions
+            cfg.root, batch_size, seed, device, cfg.num_workers, rank, world_size, cfg.max_short_side,
+            require_captions=require_captions, mix_weights=cfg.mix_weights, max_bad_fraction=cfg.max_bad_fraction,
+            decode_on=cfg.decode_on,
         )
     source = source or build_source(cfg)
     if require_captions and source.captions is None:
@@ -79,7 +84,12 @@ def build_stream(
             f"this method trains on captions but {source.name} (kind={cfg.kind}) has none: use a captioned source "
             "(captioned_folder, openclipart, tuxpaint, fmnist_scenes) or webdataset shards with .txt members"
         )
-    return BatchStream(source, batch_size, seed, device=device, num_workers=cfg.num_workers, rank=rank, world_size=world_size)
+    if cfg.decode_on != "cpu" or cfg.mix_weights is not None:
+        raise AnnobootError(f"decode_on and mix_weights apply to webdataset shards only, not to kind={cfg.kind}")
+    return BatchStream(
+        source, batch_size, seed, device=device, num_workers=cfg.num_workers, rank=rank, world_size=world_size,
+        max_bad_fraction=cfg.max_bad_fraction,
+    )
 
 
 __all__ = [
@@ -90,6 +100,7 @@ __all__ = [
     "ImageFolderSource",
     "ImageSource",
     "SOURCE_KINDS",
+    "SceneSource",
     "ShardStream",
     "build_source",
     "build_stream",

@@ -7,7 +7,7 @@ sampled boxes (see ``annoboot.views``), so that the actions are known exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch.utils.data import Dataset
@@ -31,6 +31,22 @@ class ImageBatch:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def filled_to(self, size: int) -> "ImageBatch":
+        """This batch with its first images repeated until it holds ``size`` (unchanged if it
+        already does). Training streams fill batches that lost undecodable files, so every rank
+        gathers equally many embeddings and step shapes stay fixed."""
+        count = len(self)
+        if count >= size or count == 0:
+            return self
+        rows = torch.arange(size) % count
+        pick = rows.to(self.images.device)
+        return ImageBatch(
+            self.images[pick],
+            self.sizes[rows.to(self.sizes.device)],
+            None if self.labels is None else self.labels[rows.to(self.labels.device)],
+            None if self.captions is None else [self.captions[i] for i in rows.tolist()],
+        )
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> "ImageBatch":
         return ImageBatch(
@@ -59,6 +75,12 @@ class ImageSource(Dataset):
 
     def __getitem__(self, index: int) -> Optional[torch.Tensor]:
         raise NotImplementedError
+
+    def load(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
+        """(image, None), or (None, why it could not be decoded) for the per-reason skip counts.
+        Sources that know why a file failed override this; the default only says that it did."""
+        image = self[index]
+        return image, None if image is not None else "undecodable"
 
     def in_memory(self) -> Optional[torch.Tensor]:
         """(N, C, H, W) uint8 of the whole source when it is small and uniform, else None."""

@@ -12,6 +12,7 @@ to the root (10% test), so it does not change when files are added or a limit is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -45,9 +46,16 @@ _MAX_SVG_BYTES_READ = 1 << 16  # the metadata block sits near the top of the fil
 _MAX_PNG_BYTES = 4 << 20  # a few Open Clip Art PNGs are huge renders; skip them
 
 
+def _relative(root: Path, path: str) -> str:
+    """``path`` relative to ``root`` with '/' separators (string slicing: pathlib is slow for 10k files)."""
+    prefix = os.path.join(str(root), "")
+    relative = path[len(prefix):] if path.startswith(prefix) else Path(path).relative_to(root).as_posix()
+    return relative.replace(os.sep, "/")
+
+
 def category_of(root: Path, path: str) -> str:
     """The first-level sub-folder of ``path`` under ``root``; '.' for a file in the root itself."""
-    parts = Path(path).relative_to(root).parts
+    parts = _relative(root, path).split("/")
     return parts[0] if len(parts) > 1 else "."
 
 
@@ -97,7 +105,13 @@ def _stem_words(path: str) -> Optional[str]:
 
 def openclipart_captions(paths: List[str], png_root: Path, svg_root: Path) -> List[Optional[str]]:
     """One caption per PNG: its title (or, for collection titles, its file name's words),
-    followed by up to :data:`MAX_KEYWORDS` keywords not already in it; None without either."""
+    followed by up to :data:`MAX_KEYWORDS` keywords not already in it; None without either.
+    Cached per process: a run builds the set up to four times (train, probes, retrieval)."""
+    return list(_openclipart_captions(tuple(paths), png_root, svg_root))
+
+
+@functools.lru_cache(maxsize=4)
+def _openclipart_captions(paths: Tuple[str, ...], png_root: Path, svg_root: Path) -> Tuple[Optional[str], ...]:
     metadata = [openclipart_metadata(path, png_root, svg_root) for path in paths]
     title_counts = Counter(title for title, _ in metadata if title)
     captions: List[Optional[str]] = []
@@ -109,7 +123,7 @@ def openclipart_captions(paths: List[str], png_root: Path, svg_root: Path) -> Li
             captions.append(None)
         else:
             captions.append(", ".join(([title] if title else []) + extra))
-    return captions
+    return tuple(captions)
 
 
 class CaptionedImagesSource(ImageSource):
@@ -171,7 +185,7 @@ def _collect(
     items = [
         (path, caption)
         for path, caption in zip(paths, captions)
-        if split == "all" or split_of(Path(path).relative_to(root).as_posix()) == split
+        if split == "all" or split_of(_relative(root, path)) == split
     ]
     uncaptioned = sum(caption is None for _, caption in items)
     categories = sorted({category_of(root, path) for path in paths})

@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from annoboot.data.base import ImageSource
 from annoboot.errors import AnnobootError
@@ -47,7 +47,8 @@ def find_image_files(root: Path) -> List[str]:
             if os.path.islink(path):
                 continue
             found.append(path)
-    found.sort(key=lambda path: Path(path).relative_to(root).parts)
+    prefix = os.path.join(str(root), "")
+    found.sort(key=lambda path: path[len(prefix):].split(os.sep))  # relative path parts, without pathlib's cost
     return found
 
 
@@ -118,6 +119,20 @@ def _exif_orientation(image: Image.Image) -> int:
         return int(image.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # a mangled EXIF block should not cost us the pixels
         return 1
+
+
+def failure_reason(exc: BaseException, num_bytes: int) -> str:
+    """A short, path-free name for why a file did not decode (few distinct values, so counts
+    per reason stay readable in the logs). ``num_bytes``: the file's size (0: empty)."""
+    if num_bytes == 0:
+        return "empty file"
+    if isinstance(exc, Image.DecompressionBombError):
+        return "decompression bomb"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image"
+    if isinstance(exc, OSError) and "truncated" in str(exc):
+        return "truncated"
+    return type(exc).__name__
 
 
 def decode_image(path: "str | io.BytesIO", max_short_side: int) -> torch.Tensor:
@@ -208,9 +223,13 @@ class ImageFolderSource(ImageSource):
 
     def __getitem__(self, index: int) -> Optional[torch.Tensor]:
         """(3, H, W) uint8 RGB, or None when the file cannot be decoded."""
+        return self.load(index)[0]
+
+    def load(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
+        """(image, None), or (None, :func:`failure_reason`) when the file cannot be decoded."""
         path = self.paths[index]
         try:
-            return decode_image(path, self.max_short_side)
+            return decode_image(path, self.max_short_side), None
         except Exception as exc:  # PIL plugins raise OSError, ValueError, SyntaxError, struct.error, ...
             logger.debug("skipping undecodable image %s: %s: %s", path, type(exc).__name__, exc)
-            return None
+            return None, failure_reason(exc, os.path.getsize(path) if os.path.exists(path) else -1)

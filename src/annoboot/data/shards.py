@@ -5,6 +5,16 @@ A shard holds samples ``<key>.jpg`` / ``.png`` / ``.webp`` (plus optional ``.txt
 buffer, decodes in CPU workers (decode only, short side capped) and batches there; crops happen
 later on the device. Each rank and worker draws its own shard sequence from a seed.
 
+Several sources: ``a/{000..099}.tar::b/{000..009}.tar`` pools the shards of both; with
+``mix_weights`` each pattern is its own resampled stream and every sample comes from pattern i
+with probability w_i / sum(w) (:class:`WeightedMix`), whatever the patterns' sizes.
+
+Decoding on the device (``decode_on="device"``): workers read bytes and parse image headers
+only. Plain JPEGs (RGB or grayscale, no EXIF rotation) travel as bytes and are decoded in one
+batched ``torchvision.io.decode_jpeg`` call on the training device (nvjpeg on CUDA), then their
+short side is capped there; every other image (PNG, WebP, CMYK or rotated JPEG) is decoded in
+the worker as usual, and a JPEG the device decoder rejects is retried with the CPU decoder.
+
 Resume: an endless resampled stream has no position to return to. The stream records how many
 batches it served and a *generation*; a resumed run starts the next generation, a fresh
 resample from a seed derived from (seed, generation). Over many steps the data distribution is
@@ -16,17 +26,22 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import random
 import tarfile
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 import webdataset as wds
-from torch.utils.data import DataLoader
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
 
+from annoboot.config import check_mix_weights
 from annoboot.data.base import ImageBatch
-from annoboot.data.image_folder import decode_image
-from annoboot.data.stream import _collate_to_tuple
+from annoboot.data.image_folder import _exif_orientation, _target_size, decode_image, failure_reason
+from annoboot.data.stream import SkipCounter, _collate_to_tuple, pad_collate, skip_reasons
 from annoboot.errors import AnnobootError
 
 log = logging.getLogger(__name__)
@@ -60,28 +75,139 @@ def sample_caption(sample: Dict[str, Any]) -> Optional[str]:
 
 def decode_sample(
     sample: Dict[str, Any], max_short_side: int, require_caption: bool = False
-) -> Tuple[Optional[torch.Tensor], None, Optional[str]]:
-    """(image (3, H, W) uint8 or None, None, caption or None): image None for a sample without a
-    decodable image, or without a caption when ``require_caption`` (image-text training)."""
+) -> Tuple[Optional[torch.Tensor], None, Optional[str], Optional[str]]:
+    """(image (3, H, W) uint8 or None, None, caption or None, skip reason or None): image None
+    for a sample without a decodable image, or without a caption when ``require_caption``
+    (image-text training); the reason then says which."""
     caption = sample_caption(sample)
     if require_caption and caption is None:
         log.debug("no caption in sample %s", sample.get("__key__"))
-        return None, None, None
+        return None, None, None, "no caption"
     for key in IMAGE_KEYS:
         if key in sample:
             try:
-                return decode_image(io.BytesIO(sample[key]), max_short_side), None, caption
-            except Exception:  # corrupt bytes: counted by the collate, never fatal
+                return decode_image(io.BytesIO(sample[key]), max_short_side), None, caption, None
+            except Exception as exc:  # corrupt bytes: counted by the collate, never fatal
                 log.debug("undecodable %s in sample %s", key, sample.get("__key__"))
-                return None, None, caption
-    return None, None, caption
+                return None, None, caption, failure_reason(exc, len(sample[key]))
+    return None, None, caption, "no image member"
+
+
+def read_sample(
+    sample: Dict[str, Any], max_short_side: int, require_caption: bool = False
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[str], Optional[str]]:
+    """Worker side of device decoding: (pixels, jpeg, caption, skip reason).
+
+    A plain JPEG (RGB or grayscale, no EXIF rotation) comes back as ``jpeg``, its bytes as a
+    (n,) uint8 tensor, for the batched device decoder; any other image is decoded here as
+    ``pixels`` (3, H, W) uint8, short side capped. Both None: skipped, for ``reason``.
+    Only the header is parsed for a JPEG (format, mode, EXIF; and the decompression-bomb check).
+    """
+    caption = sample_caption(sample)
+    if require_caption and caption is None:
+        return None, None, None, "no caption"
+    key = next((key for key in IMAGE_KEYS if key in sample), None)
+    if key is None:
+        return None, None, caption, "no image member"
+    data = sample[key]
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            plain_jpeg = header.format == "JPEG" and header.mode in ("RGB", "L") and _exif_orientation(header) == 1
+        if plain_jpeg:
+            return None, torch.frombuffer(bytearray(data), dtype=torch.uint8), caption, None
+        return decode_image(io.BytesIO(data), max_short_side), None, caption, None
+    except Exception as exc:  # unreadable header or pixels: counted, never fatal
+        log.debug("undecodable %s in sample %s", key, sample.get("__key__"))
+        return None, None, caption, failure_reason(exc, len(data))
+
+
+def _collate_encoded(
+    items: Sequence[Tuple[Any, ...]],
+) -> Tuple[List[Any], List[Any], List[Optional[str]], Dict[str, int]]:
+    """read_sample outputs -> (pixels list, jpeg list, captions, {reason: count} of the samples
+    that are neither), in sample order; the lists hold None where a sample has no such entry."""
+    skipped = [(None, None, None, reason) for pixels, jpeg, _, reason in items if pixels is None and jpeg is None]
+    return [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], skip_reasons(skipped)
+
+
+def cap_short_side(image: torch.Tensor, max_short_side: int) -> torch.Tensor:
+    """(C, H, W) uint8 -> the same with min(H, W) <= max_short_side, on its own device: an
+    antialiased bilinear downscale to the size :func:`decode_image` gives (never upscaled)."""
+    height, width = image.shape[-2:]
+    new_width, new_height = _target_size(width, height, max_short_side)
+    if (new_height, new_width) == (height, width):
+        return image
+    resized = F.interpolate(
+        image[None].float(), size=(new_height, new_width), mode="bilinear", antialias=True, align_corners=False
+    )
+    return resized[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _torchvision_decode_jpeg(data: "torch.Tensor | List[torch.Tensor]", device: torch.device):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def decode_jpegs(
+    jpegs: List[torch.Tensor], device: torch.device, max_short_side: int
+) -> List[Tuple[Optional[torch.Tensor], Optional[str]]]:
+    """Encoded JPEGs (CPU uint8 tensors) -> [(image (3, H, W) uint8 on ``device``, short side
+    capped, or None, skip reason or None)]. One batched decode; when it fails (one bad file
+    fails the whole call) each JPEG is retried alone, then with the CPU decoder of
+    :func:`decode_image`; what neither decodes is skipped with its reason."""
+    if not jpegs:
+        return []
+    try:
+        decoded = _torchvision_decode_jpeg(jpegs, device)
+        return [(cap_short_side(image, max_short_side), None) for image in decoded]
+    except RuntimeError:
+        pass
+    results: List[Tuple[Optional[torch.Tensor], Optional[str]]] = []
+    for jpeg in jpegs:
+        try:
+            results.append((cap_short_side(_torchvision_decode_jpeg(jpeg, device), max_short_side), None))
+            continue
+        except RuntimeError:
+            pass
+        data = jpeg.numpy().tobytes()
+        try:
+            results.append((decode_image(io.BytesIO(data), max_short_side).to(device), None))
+        except Exception as exc:
+            log.debug("undecodable JPEG of %d bytes", len(data))
+            results.append((None, failure_reason(exc, len(data))))
+    return results
+
+
+class WeightedMix(IterableDataset):
+    """Endless samples from several endless sample streams: each sample comes from stream i with
+    probability ``weights[i] / sum(weights)``. The draws are seeded by ``seed`` and the worker's
+    rank and id (``wds.utils.pytorch_worker_seed``), so they repeat run to run; ``wds.RandomMix``
+    would draw from the unseeded global ``random``."""
+
+    def __init__(self, streams: List[IterableDataset], weights: Sequence[float], seed: int):
+        self.streams = streams
+        self.weights = [float(w) for w in weights]
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        rng = random.Random(wds.utils.make_seed(wds.utils.pytorch_worker_seed(), self.seed))
+        iterators = [iter(stream) for stream in self.streams]  # lazy: an unused stream reads nothing
+        choices = range(len(iterators))
+        while True:
+            yield next(iterators[rng.choices(choices, weights=self.weights)[0]])
 
 
 class ShardStream:
     """Endless training batches from shards; the same interface as :class:`BatchStream`.
 
     ``batch_size`` is global; each of ``world_size`` ranks yields ``batch_size // world_size``
-    images per batch (fewer when samples fail to decode; they are counted in ``skipped``).
+    images per batch (samples that fail to decode are replaced by repeats of decoded ones of the
+    same batch; they are counted in ``skipped``, per reason in the logs, and more than ``max_bad_fraction`` of them stops the run).
+    ``mix_weights``: one weight per '::'-joined pattern, mixing them as separate sources.
+    ``decode_on``: "cpu" (workers decode) or "device" (JPEGs decoded on ``device``, see above).
     """
 
     def __init__(
@@ -96,10 +222,22 @@ class ShardStream:
         max_short_side: int = 256,
         shuffle_buffer: int = 2000,
         require_captions: bool = False,
+        mix_weights: Optional[Sequence[float]] = None,
+        max_bad_fraction: float = 0.5,
+        decode_on: str = "cpu",
     ):
         if batch_size % world_size:
             raise AnnobootError(f"batch size {batch_size} does not split evenly over {world_size} processes")
-        self.urls = expand_shard_pattern(pattern)
+        if decode_on not in ("cpu", "device"):
+            raise AnnobootError(f"decode_on must be cpu or device, got '{decode_on}' (data.<stream>.decode_on)")
+        if mix_weights is not None:
+            check_mix_weights("data.<stream>.mix_weights", pattern, list(mix_weights))
+            self.source_urls = [expand_shard_pattern(part) for part in pattern.split("::")]
+            self.urls = [url for urls in self.source_urls for url in urls]
+        else:
+            self.urls = expand_shard_pattern(pattern)
+        self.mix_weights = None if mix_weights is None else [float(w) for w in mix_weights]
+        self.decode_on = decode_on
         self.name = f"shards:{pattern}"
         self.local_batch_size = batch_size // world_size
         self.seed, self.rank = seed, rank
@@ -108,26 +246,52 @@ class ShardStream:
         self.max_short_side = max_short_side
         self.shuffle_buffer = shuffle_buffer
         self.require_captions = require_captions  # samples without text are skipped and counted
-        self.pin_memory = self.device.type == "cuda"
+        # Device decoding reads bytes into pageable memory: decode_jpeg wants CPU tensors anyway.
+        self.pin_memory = self.device.type == "cuda" and decode_on == "cpu"
         self._generation = 0
         self._batches = 0
-        self._skipped = 0
+        self._skips = SkipCounter(self.name, f"'{pattern}'", max_bad_fraction)
         self._iterator: Optional[Iterator] = None
 
     def _pipeline(self) -> wds.DataPipeline:
         seed = (self.seed * _SEED_STRIDE + self._generation) * 7919 + self.rank
-        return wds.DataPipeline(
+        if self.mix_weights is None:
             # deterministic: the seed mixes in rank and worker id, not the clock
-            wds.ResampledShards(self.urls, seed=seed, deterministic=True),
-            wds.tarfile_to_samples(handler=wds.warn_and_continue),
+            samples = [
+                wds.ResampledShards(self.urls, seed=seed, deterministic=True),
+                wds.tarfile_to_samples(handler=wds.warn_and_continue),
+            ]
+        else:
+            streams = [
+                wds.DataPipeline(
+                    wds.ResampledShards(urls, seed=wds.utils.make_seed(seed, i), deterministic=True),
+                    wds.tarfile_to_samples(handler=wds.warn_and_continue),
+                )
+                for i, urls in enumerate(self.source_urls)
+            ]
+            samples = [WeightedMix(streams, self.mix_weights, seed)]
+        if self.decode_on == "device":
+            per_sample, collate = read_sample, _collate_encoded
+        else:
+            per_sample, collate = decode_sample, _collate_to_tuple
+        return wds.DataPipeline(
+            *samples,
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=seed),
-            wds.map(functools.partial(decode_sample, max_short_side=self.max_short_side, require_caption=self.require_captions)),
-            wds.batched(self.local_batch_size, collation_fn=_collate_to_tuple, partial=False),
+            wds.map(
+                functools.partial(per_sample, max_short_side=self.max_short_side, require_caption=self.require_captions)
+            ),
+            wds.batched(self.local_batch_size, collation_fn=collate, partial=False),
         )
 
     @property
     def skipped(self) -> int:
-        return self._skipped
+        """Unusable samples met so far (including before a resume)."""
+        return self._skips.total
+
+    @property
+    def skipped_by_reason(self) -> Dict[str, int]:
+        """{reason: count} of the unusable samples met by this process."""
+        return dict(self._skips.by_reason)
 
     def __iter__(self) -> "ShardStream":
         return self
@@ -136,20 +300,45 @@ class ShardStream:
         if self._iterator is None:
             loader = DataLoader(self._pipeline(), batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
             self._iterator = iter(loader)
-        images, sizes, _, captions, skipped = next(self._iterator)
-        self._skipped += skipped
-        self._batches += 1
-        if images.shape[0] == 0:
-            raise AnnobootError(f"{self.name}: no sample of a batch of {self.local_batch_size} could be decoded; check the shards")
-        return ImageBatch(images, sizes, None, captions).to(self.device, non_blocking=self.pin_memory)
+        while True:
+            if self.decode_on == "device":
+                batch, reasons = self._decode_on_device(*next(self._iterator))
+            else:
+                images, sizes, _, captions, reasons = next(self._iterator)
+                batch = ImageBatch(images, sizes, None, captions)
+            self._batches += 1
+            self._skips.add(self.local_batch_size, reasons)
+            if len(batch):
+                return batch.filled_to(self.local_batch_size).to(self.device, non_blocking=self.pin_memory)
+            if self._skips.bad == self._skips.tried:  # nothing has decoded yet: not worth going on
+                raise AnnobootError(
+                    f"{self.name}: none of the {self._skips.tried} samples tried could be used "
+                    f"({self._skips.describe_reasons()}); "
+                    f"check the shards with `annoboot data inspect {self._skips.inspect}`"
+                )
+
+    def _decode_on_device(
+        self, pixels: List[Any], jpegs: List[Any], captions: List[Optional[str]], reasons: Dict[str, int]
+    ) -> Tuple[ImageBatch, Dict[str, int]]:
+        """A worker's encoded batch -> (padded ImageBatch on the device, all skip reasons)."""
+        jpeg_rows = [i for i, jpeg in enumerate(jpegs) if jpeg is not None]
+        images: List[Optional[torch.Tensor]] = [None if p is None else p.to(self.device) for p in pixels]
+        reasons = dict(reasons)
+        decoded = decode_jpegs([jpegs[i] for i in jpeg_rows], self.device, self.max_short_side)
+        for row, (image, reason) in zip(jpeg_rows, decoded):
+            images[row] = image
+            if reason is not None:
+                reasons[reason] = reasons.get(reason, 0) + 1
+        batch, _ = pad_collate([(image, None, caption) for image, caption in zip(images, captions)])
+        return batch, reasons
 
     def state_dict(self) -> Dict[str, int]:
-        return {"generation": self._generation, "batches": self._batches, "skipped": self._skipped}
+        return {"generation": self._generation, "batches": self._batches, "skipped": self._skips.total}
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         """Continue with the next generation: a fresh resample, seeded from the recorded one."""
         self._generation = int(state["generation"]) + 1
-        self._batches, self._skipped = int(state["batches"]), int(state["skipped"])
+        self._batches, self._skips.total = int(state["batches"]), int(state["skipped"])
         self._iterator = None
 
 

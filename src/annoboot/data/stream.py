@@ -10,6 +10,7 @@ a resumed run sees exactly the batches an uninterrupted one would have.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -42,16 +43,18 @@ def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
     Returns (batch, skipped): batch.images (B, C, H, W) uint8, batch.sizes (B, 2) int64 (h, w),
     batch.labels (B,) int64 or None when no item carries a label, batch.captions a list of B
     strings or None when no item carries a caption (a missing one becomes ""); skipped = number
-    of None images. With nothing decodable, batch is empty: images (0, 3, 0, 0).
+    of None images. With nothing decodable, batch is empty: images (0, 3, 0, 0). The batch is
+    built on the device of the first image (all images must be on one device).
     """
     kept = [item for item in items if item[0] is not None]
     skipped = len(items) - len(kept)
     if not kept:
         return ImageBatch(torch.zeros((0, 3, 0, 0), dtype=torch.uint8), torch.zeros((0, 2), dtype=torch.int64)), skipped
+    device = kept[0][0].device
     channels = max(item[0].shape[0] for item in kept)
     height = max(item[0].shape[1] for item in kept)
     width = max(item[0].shape[2] for item in kept)
-    images = torch.zeros((len(kept), channels, height, width), dtype=torch.uint8)
+    images = torch.zeros((len(kept), channels, height, width), dtype=torch.uint8, device=device)
     sizes = torch.empty((len(kept), 2), dtype=torch.int64)
     for i, item in enumerate(kept):
         _, h, w = item[0].shape
@@ -63,6 +66,7 @@ def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
         if w < width:
             images[i, :, : min(h + 1, height), w] = images[i, :, : min(h + 1, height), w - 1]
         sizes[i, 0], sizes[i, 1] = h, w
+    sizes = sizes.to(device)
     captions = [item[2] if len(item) > 2 else None for item in kept]
     batch_captions = None if all(c is None for c in captions) else [c or "" for c in captions]
     labels = [item[1] for item in kept]
@@ -73,15 +77,72 @@ def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
     return ImageBatch(images, sizes, torch.tensor([int(label) for label in labels], dtype=torch.int64), batch_captions), skipped
 
 
+def skip_reasons(items: Sequence[Tuple[Any, ...]]) -> Dict[str, int]:
+    """{reason: count} of the items whose image is None; an item's 4th field, when it has one,
+    says why (see :func:`annoboot.data.image_folder.failure_reason`)."""
+    reasons = Counter(item[3] if len(item) > 3 and item[3] else "undecodable" for item in items if item[0] is None)
+    return dict(reasons)
+
+
 def _collate_to_tuple(items: Sequence[Tuple[Any, ...]]) -> Tuple[Any, ...]:
-    """pad_collate as plain (images, sizes, labels, captions, skipped): the DataLoader pins
-    tensors inside tuples but passes a dataclass through unpinned."""
-    batch, skipped = pad_collate(items)
-    return batch.images, batch.sizes, batch.labels, batch.captions, skipped
+    """pad_collate as plain (images, sizes, labels, captions, {skip reason: count}): the
+    DataLoader pins tensors inside tuples but passes a dataclass through unpinned."""
+    batch, _ = pad_collate(items)
+    return batch.images, batch.sizes, batch.labels, batch.captions, skip_reasons(items)
+
+
+class SkipCounter:
+    """Images a training stream could not use: the running total (kept in checkpoints), counts
+    per reason (logged each time the total since start doubles), and the stop rule for a source
+    that is mostly bad: more than ``max_bad_fraction`` of the images tried since this process
+    started, once at least :attr:`MIN_TRIED` were tried (1.0 never stops).
+
+    ``source``: what to name in messages (a folder, a shard pattern); ``inspect``: the argument
+    of the ``annoboot data inspect`` command that explains the failures.
+    """
+
+    MIN_TRIED = 256
+
+    def __init__(self, source: str, inspect: str, max_bad_fraction: float = 0.5):
+        if not 0 < max_bad_fraction <= 1:
+            raise AnnobootError(
+                f"max_bad_fraction must be in (0, 1], got {max_bad_fraction} (data.<stream>.max_bad_fraction)"
+            )
+        self.source, self.inspect, self.max_bad_fraction = source, inspect, max_bad_fraction
+        self.total = 0
+        self.by_reason: Counter = Counter()
+        self.tried = 0  # since this process started: a resumed run judges its own data
+        self.bad = 0
+        self._log_at = 1
+
+    def add(self, tried: int, reasons: Dict[str, int]) -> None:
+        """Count one batch: ``tried`` images attempted, ``reasons`` of those that failed."""
+        bad = sum(reasons.values())
+        self.tried += tried
+        self.bad += bad
+        self.total += bad
+        self.by_reason.update(reasons)
+        if bad and self.bad >= self._log_at:
+            logger.warning(
+                "%s: skipped %d of %d images so far (%s)", self.source, self.bad, self.tried, self.describe_reasons()
+            )
+            self._log_at = 2 * self.bad
+        if self.tried >= self.MIN_TRIED and self.bad > self.max_bad_fraction * self.tried:
+            raise AnnobootError(
+                f"{self.source}: {self.bad} of {self.tried} images tried could not be used "
+                f"({self.bad / self.tried:.0%}), "
+                f"more than max_bad_fraction={self.max_bad_fraction:g} ({self.describe_reasons()}); "
+                f"see which files and why with `annoboot data inspect {self.inspect}`, "
+                "or raise data.<stream>.max_bad_fraction (1.0 never stops)"
+            )
+
+    def describe_reasons(self) -> str:
+        return ", ".join(f"{reason}: {count}" for reason, count in self.by_reason.most_common())
 
 
 class _ImagesWithLabels(Dataset):
-    """(image or None, label or None, caption or None) of a source: what pad_collate consumes."""
+    """(image or None, label or None, caption or None, skip reason or None) of a source: what
+    pad_collate and skip_reasons consume."""
 
     def __init__(self, source: ImageSource, with_labels: bool):
         self.source = source
@@ -90,10 +151,11 @@ class _ImagesWithLabels(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[int], Optional[str]]:
+    def __getitem__(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[int], Optional[str], Optional[str]]:
         label = int(self.source.labels[index]) if self.with_labels else None  # type: ignore[index]
         caption = None if self.source.captions is None else self.source.captions[index]
-        return self.source[index], label, caption
+        image, reason = self.source.load(index)
+        return image, label, caption, reason
 
 
 class _EndlessEpochBatches(Sampler[List[int]]):
@@ -131,7 +193,10 @@ class BatchStream:
     Each ``next(stream)`` is an :class:`ImageBatch` on ``device`` with labels None: images
     (B, C, H, W) uint8, sizes (B, 2) int64. Every batch covers ``batch_size`` consecutive
     indices of the epoch's order (see :func:`epoch_order`); images that fail to decode are
-    dropped, so a file-backed batch may hold fewer than ``batch_size`` images.
+    dropped and the batch is filled back to its size by repeating decoded images of the same
+    batch (:meth:`ImageBatch.filled_to`: equal batches on every rank). They are counted
+    per reason, and more than ``max_bad_fraction`` of them stops the run (see
+    :class:`SkipCounter`). A batch in which nothing decoded is passed over.
 
     In-memory sources (``source.in_memory()`` not None) are moved to ``device`` once and
     batches are gathered there by index. Other sources are decoded by a DataLoader with
@@ -154,6 +219,7 @@ class BatchStream:
         pin_memory: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
+        max_bad_fraction: float = 0.5,
     ):
         num_images = len(source)
         if batch_size <= 0:
@@ -179,7 +245,9 @@ class BatchStream:
         self._num_images = num_images
         self._epoch = 0
         self._position = 0
-        self._skipped = 0
+        where = getattr(source, "root", None)
+        label = f"{source.name} ({where})" if where else source.name
+        self._skips = SkipCounter(label, where or source.name, max_bad_fraction)
 
         all_images = source.in_memory()
         self._images_on_device: Optional[torch.Tensor] = None
@@ -210,7 +278,12 @@ class BatchStream:
     @property
     def skipped(self) -> int:
         """Undecodable images met so far (over all epochs, including before a resume)."""
-        return self._skipped
+        return self._skips.total
+
+    @property
+    def skipped_by_reason(self) -> Dict[str, int]:
+        """{reason: count} of the undecodable images met by this process."""
+        return dict(self._skips.by_reason)
 
     def __iter__(self) -> "BatchStream":
         return self
@@ -238,15 +311,20 @@ class BatchStream:
         if self._loader_batches is None:
             self._batch_sampler.start_at(self._epoch, self._position)
             self._loader_batches = iter(self._loader)  # type: ignore[arg-type]
-        images, sizes, _, captions, skipped = next(self._loader_batches)
-        self._skipped += skipped
-        self._advance()
-        if images.shape[0] == 0:
-            raise AnnobootError(
-                f"{self.source.describe()}: none of the {self.local_batch_size} images of a batch could be decoded; "
-                "most files are unreadable (corrupt, truncated or not images): check the folder"
-            )
-        return ImageBatch(images, sizes, None, captions).to(self.device, non_blocking=self.pin_memory)
+        while True:
+            images, sizes, _, captions, reasons = next(self._loader_batches)
+            self._advance()
+            self._skips.add(self.local_batch_size, reasons)
+            if images.shape[0]:
+                break
+            if self._skips.bad == self._skips.tried:  # nothing has decoded yet: not worth going on
+                raise AnnobootError(
+                    f"{self.source.describe()}: none of the {self._skips.tried} images tried could be decoded "
+                    f"({self._skips.describe_reasons()}); most files are unreadable (corrupt, truncated or not images): "
+                    f"check them with `annoboot data inspect {self._skips.inspect}`"
+                )
+        batch = ImageBatch(images, sizes, None, captions).filled_to(self.local_batch_size)
+        return batch.to(self.device, non_blocking=self.pin_memory)
 
     def _advance(self) -> None:
         self._position += self.batch_size
@@ -256,7 +334,7 @@ class BatchStream:
 
     def state_dict(self) -> Dict[str, int]:
         """{"epoch", "position" (samples of the epoch consumed), "skipped" (undecodable so far)}."""
-        return {"epoch": self._epoch, "position": self._position, "skipped": self._skipped}
+        return {"epoch": self._epoch, "position": self._position, "skipped": self._skips.total}
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         """Continue from ``state``: the next batch is the one that followed it when it was saved."""
@@ -271,7 +349,7 @@ class BatchStream:
                 f"batch stream state epoch={epoch} position={position} does not fit {self.source.describe()}; "
                 "was the checkpoint written with another data source or limit?"
             )
-        self._epoch, self._position, self._skipped = epoch, position, int(state["skipped"])
+        self._epoch, self._position, self._skips.total = epoch, position, int(state["skipped"])
         if self._position + self.batch_size > self._num_images:
             self._epoch, self._position = self._epoch + 1, 0
         self._loader_batches = None  # restart decoding from the restored point
@@ -316,8 +394,8 @@ def iter_eval_batches(source: ImageSource, batch_size: int, num_workers: int = 0
         collate_fn=_collate_to_tuple,
     )
     skipped = 0
-    for images, sizes, batch_labels, batch_captions, batch_skipped in loader:
-        skipped += batch_skipped
+    for images, sizes, batch_labels, batch_captions, reasons in loader:
+        skipped += sum(reasons.values())
         if images.shape[0]:
             yield ImageBatch(images, sizes, batch_labels, batch_captions)
     if skipped == len(source):

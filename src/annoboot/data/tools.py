@@ -60,11 +60,55 @@ def inspect_folder(folder: str, limit: Optional[int] = None, max_short_side: int
             image = decode_image(path, max_short_side)
             sides.append((image.shape[1], image.shape[2]))
         except Exception as exc:  # the report names what went wrong, per reason
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else type(exc).__name__
-            reason = "empty file" if Path(path).stat().st_size == 0 else reason
+            reason = _reason(exc, Path(path).stat().st_size)
             reasons[reason] += 1
             examples.setdefault(reason, path)
-    report: Dict[str, object] = {"files": len(files), "decodable": len(sides), "bad": sum(reasons.values())}
+    report: Dict[str, object] = {"files": len(files)}
+    report.update(_summary(sides, reasons, examples))
+    return report
+
+
+def inspect_shards(pattern: str, limit: Optional[int] = None, max_short_side: int = 1 << 30) -> Dict[str, object]:
+    """Shard counts, then every sample's image decoded once (the first ``limit`` samples):
+    the same report as :func:`inspect_folder`, examples named ``<shard>:<key>.<ext>``."""
+    import io
+
+    import webdataset as wds
+
+    from annoboot.data.shards import IMAGE_KEYS
+
+    urls = expand_shard_pattern(pattern)
+    report: Dict[str, object] = dict(count_shard_samples(urls))
+    reasons: Counter = Counter()
+    examples: Dict[str, str] = {}
+    sides: List[Tuple[int, int]] = []
+    samples = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    for index, sample in enumerate(samples):
+        if limit is not None and index >= limit:
+            break
+        key = next((k for k in IMAGE_KEYS if k in sample), None)
+        name = f"{sample.get('__url__')}:{sample.get('__key__')}.{key}"
+        try:
+            if key is None:
+                raise ValueError("no image member")
+            image = decode_image(io.BytesIO(sample[key]), max_short_side)
+            sides.append((image.shape[1], image.shape[2]))
+        except Exception as exc:  # the report names what went wrong, per reason
+            reason = _reason(exc, len(sample[key]) if key else -1)
+            reasons[reason] += 1
+            examples.setdefault(reason, name)
+    report.update(_summary(sides, reasons, examples))
+    return report
+
+
+def _reason(exc: BaseException, num_bytes: int) -> str:
+    if num_bytes == 0:
+        return "empty file"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else type(exc).__name__
+
+
+def _summary(sides: List[Tuple[int, int]], reasons: Counter, examples: Dict[str, str]) -> Dict[str, object]:
+    report: Dict[str, object] = {"decodable": len(sides), "bad": sum(reasons.values())}
     if sides:
         shorts = [min(s) for s in sides]
         report["short_side"] = {"min": min(shorts), "median": statistics.median(shorts), "max": max(shorts)}
@@ -75,7 +119,7 @@ def inspect_folder(folder: str, limit: Optional[int] = None, max_short_side: int
 def inspect_source(spec: str, limit: Optional[int] = None) -> Dict[str, object]:
     """A folder path or a shard pattern (anything with '.tar')."""
     if ".tar" in spec:
-        return count_shard_samples(expand_shard_pattern(spec))
+        return inspect_shards(spec, limit)
     return inspect_folder(spec, limit)
 
 

@@ -10,7 +10,7 @@ accuracy is reported, so the test split never influences a choice.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,12 +48,14 @@ def train_head_grid(
     seed: int,
     device: torch.device,
     weight_decay: float,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
 ) -> None:
     """Train ``heads[i]`` with learning rate ``lrs[i]``, all on the same mini-batches.
 
     inputs: (N, ...) rows any head takes (cast to float32 on ``device`` per batch, so float16
-    tokens kept on CPU are fine); targets: (N,) int64; fit_index: (n,) rows to train on.
-    AdamW, cosine decay of every learning rate to 0 over ``epochs``; batch order seeded.
+    tokens kept on CPU are fine); targets: (N,) int64 for the default cross-entropy, or what
+    ``loss_fn(logits, targets[rows])`` takes (e.g. (N, C) floats for BCE); fit_index: (n,) rows
+    to train on. AdamW, cosine decay of every learning rate to 0 over ``epochs``; batch order seeded.
     """
     optimizer = torch.optim.AdamW(
         [{"params": head.parameters(), "lr": lr} for head, lr in zip(heads, lrs)], weight_decay=weight_decay
@@ -72,7 +74,7 @@ def train_head_grid(
             for group, lr in zip(optimizer.param_groups, lrs):
                 group["lr"] = lr * cosine_factor(step, total_steps)
             # Heads share no parameters, so the summed loss gives each head its own gradient.
-            loss = sum(F.cross_entropy(head(batch), labels) for head in heads)
+            loss = sum(loss_fn(head(batch), labels) for head in heads)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
             optimizer.step()

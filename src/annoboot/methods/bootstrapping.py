@@ -37,6 +37,7 @@ class ValueFunction(nn.Module):
         super().__init__()
         m, model = cfg.method, cfg.model
         self.num_bins, self.value_range = m.action_bins, m.action_range
+        self.use_moves = m.action_tokens
         self.decoder = ValueDecoder(
             token_width=token_width,
             width=model.decoder_dim or token_width,
@@ -50,7 +51,10 @@ class ValueFunction(nn.Module):
 
     def moves(self, boxes_xyxy: torch.Tensor) -> torch.Tensor:
         """(N, V, 4) view boxes -> (N, V_source, V_target, 4) action token ids."""
-        return action_tokens(pairwise_relative_boxes(boxes_xyxy), self.num_bins, self.value_range)
+        tokens = action_tokens(pairwise_relative_boxes(boxes_xyxy), self.num_bins, self.value_range)
+        if not self.use_moves:  # ablation: one constant move, so Q predicts the average over moves
+            return torch.zeros_like(tokens)
+        return tokens
 
     def logits(self, source_tokens: torch.Tensor, moves: torch.Tensor, annotation_keys: torch.Tensor) -> torch.Tensor:
         """source_tokens (N*V, T, D), moves (N, V, V, 4), annotation_keys psi_AB (L, d) -> (N, V, V, L)."""
