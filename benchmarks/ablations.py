@@ -21,7 +21,7 @@ ablation minus the full recipe (ab_simclr).
 
   python benchmarks/ablations.py --seeds 0 1                       # GPU: 16 runs, expected ~90 min on one H100
   python benchmarks/ablations.py --seeds 0 1 --only ab_simclr no_ema no_actions
-  python benchmarks/ablations.py --quick --seeds 0                 # CPU smoke run: ~1 h on 2 cores
+  python benchmarks/ablations.py --quick --seeds 0                 # CPU smoke run: ~6 h on 2 busy cores
 
 Expected H100 runtime: an estimate (about 5-6 min per run, probes included), not yet measured.
 """

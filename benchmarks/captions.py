@@ -11,7 +11,7 @@ eval.zero_shot_templates with the captions' class words: "t-shirt", "pair of tro
 and image<->text retrieval on the test scenes' captions (in --json).
 
   python benchmarks/captions.py --seeds 0 1           # GPU: 4 runs, expected ~25 min on one H100
-  python benchmarks/captions.py --quick --seeds 0     # CPU smoke run, ~15 min on 2 cores
+  python benchmarks/captions.py --quick --seeds 0     # CPU smoke run, ~1.5 h on 2 busy cores
 
 Expected H100 runtime: an estimate (about 5-6 min per run, probes included), not yet measured.
 """

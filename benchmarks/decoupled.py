@@ -16,7 +16,7 @@ of a test scene (macro mAP), each by kNN / linear / MAP, mean ± half the range 
 
   python benchmarks/decoupled.py --seeds 0 1                    # GPU: 4 runs, expected ~25 min on one H100
   python benchmarks/decoupled.py --seeds 0 1 --single-sources   # 10 runs, ~60 min
-  python benchmarks/decoupled.py --quick --seeds 0              # CPU smoke run, ~15 min on 2 cores
+  python benchmarks/decoupled.py --quick --seeds 0              # CPU smoke run, ~1.5 h on 2 busy cores
 
 Expected H100 runtime: an estimate (about 5-6 min per run, probes included), not yet measured.
 """

@@ -11,7 +11,7 @@ benchmarks/_protocol.py. The table prints the mean ± half the range over seeds 
 
   python benchmarks/scenes.py --seeds 0 1            # GPU: 4 runs; expected ~25 min on one H100
   python benchmarks/scenes.py --seeds 0 1 --dino     # also DINO and ABDINO (8 runs, ~55 min)
-  python benchmarks/scenes.py --quick --seeds 0      # CPU smoke run: ~15 min on 2 shared cores
+  python benchmarks/scenes.py --quick --seeds 0      # CPU smoke run: 86 min on 2 busy cores (results.md)
 
 Expected H100 runtime (an estimate, not yet measured: no GPU was lent when this was written):
 about 4-6 min per run of 3000 steps (64 tokens per view, ~1000 views per step) plus about 1 min
