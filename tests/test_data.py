@@ -19,11 +19,11 @@ from annoboot.data import (
     FashionMNISTSource,
     ImageBatch,
     ImageFolderSource,
-    ImageSource,
     build_source,
     iter_eval_batches,
     pad_collate,
 )
+from annoboot.data.base import InMemoryImageSource
 from annoboot.data.stream import epoch_order
 from annoboot.errors import AnnobootError
 
@@ -88,7 +88,7 @@ def index_folder(root: Path, count: int, corrupt: tuple = ()) -> Path:
     return root
 
 
-class IndexedTensorSource(ImageSource):
+class IndexedTensorSource(InMemoryImageSource):
     """In-memory source of (N, 1, 4, 4) uint8 images, image i holding i in pixels (0,0), (0,1)."""
 
     def __init__(self, count: int):
@@ -98,14 +98,6 @@ class IndexedTensorSource(ImageSource):
         self._images[:, 0, 0, 0] = (index % 256).to(torch.uint8)
         self._images[:, 0, 0, 1] = (index // 256).to(torch.uint8)
 
-    def __len__(self) -> int:
-        return self._images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self._images[index].clone()
-
-    def in_memory(self) -> torch.Tensor:
-        return self._images
 
 
 def tensor_indices(batch: ImageBatch) -> List[int]:

@@ -88,3 +88,20 @@ class ImageSource(Dataset):
 
     def describe(self) -> str:
         return f"{self.name}: {len(self)} images"
+
+
+class InMemoryImageSource(ImageSource):
+    """A source whose images are one (N, C, H, W) uint8 tensor, ``self._images``, set by the
+    subclass: the whole set can live on the training device (see :class:`BatchStream`)."""
+
+    _images: torch.Tensor
+
+    def __len__(self) -> int:
+        return self._images.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """(C, H, W) uint8; a copy, so that callers cannot alter the set."""
+        return self._images[index].clone()
+
+    def in_memory(self) -> torch.Tensor:
+        return self._images

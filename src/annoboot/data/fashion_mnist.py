@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from annoboot.config import FASHION_MNIST_ROOT
-from annoboot.data.base import ImageSource
+from annoboot.data.base import InMemoryImageSource
 from annoboot.errors import AnnobootError
 
 FASHION_MNIST_CLASSES: List[str] = [
@@ -81,7 +81,7 @@ def _read_idx(path: Path, magic: int, limit: Optional[int]) -> Tuple[Tuple[int, 
     return dims, data
 
 
-class FashionMNISTSource(ImageSource):
+class FashionMNISTSource(InMemoryImageSource):
     """Fashion-MNIST, one split, as one in-memory uint8 tensor.
 
     images (via :meth:`in_memory`): (N, 1, 28, 28) uint8; ``source[i]``: (1, 28, 28) uint8.
@@ -126,13 +126,3 @@ class FashionMNISTSource(ImageSource):
         self._images = torch.from_numpy(images.copy()).unsqueeze(1)
         self.labels = torch.from_numpy(labels.astype(np.int64))
 
-    def __len__(self) -> int:
-        return self._images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        """(1, 28, 28) uint8; a copy, so that callers cannot alter the set."""
-        return self._images[index].clone()
-
-    def in_memory(self) -> torch.Tensor:
-        """(N, 1, 28, 28) uint8, the whole split."""
-        return self._images

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from annoboot.config import ScenesConfig, check_scenes
-from annoboot.data.base import ImageSource
+from annoboot.data.base import InMemoryImageSource
 from annoboot.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNISTSource
 from annoboot.errors import AnnobootError
 
@@ -339,7 +339,7 @@ def classes_in_caption(caption: str) -> List[int]:
 # ------------------------------------------------------------------------------- source
 
 
-class SceneSource(ImageSource):
+class SceneSource(InMemoryImageSource):
     """Fashion-MNIST scenes of one split as an in-memory source.
 
     images (via :meth:`in_memory`): (N, 1, canvas, canvas) uint8; ``source[i]``: (1, H, W).
@@ -389,14 +389,6 @@ class SceneSource(ImageSource):
         self.item_indices = list(scenes.item_indices.split(counts))
         self.labels = torch.stack([_largest_item_label(b, l) for b, l in zip(self.item_boxes, self.item_labels)])
 
-    def __len__(self) -> int:
-        return self._images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self._images[index].clone()
-
-    def in_memory(self) -> torch.Tensor:
-        return self._images
 
     def multi_hot(self) -> torch.Tensor:
         """(N, 10) float32: 1 where the scene holds an item of that class."""

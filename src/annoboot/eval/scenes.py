@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from annoboot.config import EvalConfig
-from annoboot.data.base import ImageBatch, ImageSource
+from annoboot.data.base import ImageBatch, ImageSource, InMemoryImageSource
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 from annoboot.eval import PROBES, evaluate
@@ -35,7 +35,7 @@ from annoboot.models.encoder import Encoder
 from annoboot.views import Normalize, render_views
 
 
-class BoxCropSource(ImageSource):
+class BoxCropSource(InMemoryImageSource):
     """Every item box of some scenes, cropped and resized, labelled with the item's class.
 
     images (via :meth:`in_memory`): (M, C, side, side) uint8, C the scenes' channels, items in
@@ -63,14 +63,6 @@ class BoxCropSource(ImageSource):
         self.class_names = scenes.class_names
         self.name = f"{scenes.name}/boxes"
 
-    def __len__(self) -> int:
-        return self._images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self._images[index].clone()
-
-    def in_memory(self) -> torch.Tensor:
-        return self._images
 
 
 def box_probe(
