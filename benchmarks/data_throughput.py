@@ -52,7 +52,8 @@ from torch.utils.data import DataLoader
 from annoboot.config import load_config
 from annoboot.methods import build_method
 from annoboot.objectives import nt_xent
-from annoboot.train.trainer import Trainer, autocast_context
+from annoboot.train.runtime import autocast_context
+from annoboot.train.trainer import Trainer
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field")
 

@@ -37,7 +37,7 @@ from annoboot.methods import build_method
 from annoboot.methods.dino import build_multicrop_encoder
 from annoboot.models import build_encoder
 from annoboot.train.ema import ema_update, make_target
-from annoboot.train.trainer import autocast_context
+from annoboot.train.runtime import autocast_context
 
 
 def synchronize(device: torch.device) -> None:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from annoboot.errors import AnnobootError
-from annoboot.models import ValueDecoder, block_diagonal_mask, build_encoder
+from annoboot.models import ValueDecoder, build_encoder
+from annoboot.train.runtime import set_fused_attention
 
 
 @pytest.mark.parametrize(
@@ -23,9 +24,21 @@ def test_unknown_backbone_is_named():
         build_encoder("vit_tinny_patch16", 32, {})
 
 
-def test_block_diagonal_mask():
-    mask = block_diagonal_mask(2, 2)
-    assert mask.tolist() == [[False, False, True, True], [False, False, True, True], [True, True, False, False], [True, True, False, False]]
+@pytest.mark.parametrize("module", ["decoder", "vit"])
+def test_explicit_attention_computes_what_the_fused_kernel_does(module):
+    torch.manual_seed(0)
+    if module == "decoder":
+        net = ValueDecoder(token_width=24, width=32, depth=2, num_heads=4, num_bins=16, out_dim=8)
+        inputs = (torch.randn(3, 5, 24), torch.randint(0, 16, (3, 4, 4)))
+        run = lambda: net(*inputs)  # noqa: E731
+    else:
+        net = build_encoder("vit_tiny_patch16_224", 32, {"patch_size": 8, "depth": 2})
+        images = torch.randn(2, 3, 32, 32)
+        run = lambda: net(images).pooled  # noqa: E731
+    assert set_fused_attention(net, True) >= 2
+    fused = run()
+    set_fused_attention(net, False)
+    assert torch.allclose(run(), fused, atol=1e-5)
 
 
 def test_changing_one_box_leaves_the_other_boxes_outputs_unchanged():
@@ -52,3 +65,17 @@ def test_value_decoder_reads_the_source_tokens():
     a = decoder(torch.randn(2, 5, 24), moves)
     b = decoder(torch.randn(2, 5, 24), moves)
     assert (a - b).abs().max() > 1e-3
+
+
+def test_cpu_bf16_autocast_reaches_vits_but_not_cnns():
+    # oneDNN's bf16 weight gradient of a strided 3x3 convolution over a 1x1 channels-last map is
+    # wrong by orders of magnitude (torch 2.14.1): CNN encoders stay in float32 on the CPU.
+    images = torch.randn(2, 3, 32, 32)
+    for name, kwargs, layer, dtype in [("vit_tiny_patch16_224", {"patch_size": 8, "depth": 1}, torch.nn.Linear, torch.bfloat16),
+                                       ("resnet18", {}, torch.nn.Conv2d, torch.float32)]:
+        encoder = build_encoder(name, 32, kwargs)
+        seen = []
+        next(m for m in encoder.modules() if isinstance(m, layer)).register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            encoder(images)
+        assert seen == [dtype], name

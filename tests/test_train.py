@@ -14,10 +14,12 @@ import torch
 from annoboot.data import build_source
 from annoboot.eval.features import extract_features
 from annoboot.eval.knn import knn_accuracy
+from annoboot.methods import build_method
 from annoboot.train import Trainer
 from annoboot.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+from annoboot.train.ema import make_target
 from annoboot.views import Normalize
-from conftest import TINY, needs_fmnist
+from conftest import TINY, TINY_TEXT, needs_fmnist
 
 pytestmark = needs_fmnist
 
@@ -144,3 +146,36 @@ def test_decoupled_bootstrap_batch_reads_its_own_source(tiny_config, tmp_path):
     last = trainer.fit()
     assert last["data/skipped_images"] >= 1  # the corrupt file was met, counted and skipped
     assert torch.isfinite(torch.tensor(last["loss/total"]))
+
+
+@pytest.mark.parametrize("base,extra", [("simclr", []), ("dino", ["views.local_views=2", "model.dino_prototypes=64"]),
+                                        ("clip", TINY_TEXT)])
+def test_an_ab_step_renders_as_many_views_as_its_base_step(tiny_config, base, extra):
+    views = {name: build_method(tiny_config(f"method.name={name}", *extra)).views_per_step() for name in (base, f"ab_{base}")}
+    assert views[base] == views[f"ab_{base}"], views
+    # The published 1/8 split is still there to be asked for (ABSimCLR: 25% fewer views).
+    if base == "simclr":
+        published = build_method(tiny_config("method.name=ab_simclr", "method.bootstrap_fraction=0.125"))
+        assert published.views_per_step() == 0.75 * views["simclr"]
+
+
+def test_the_ema_reward_of_a_view_does_not_depend_on_the_other_bootstrap_views(tiny_config):
+    torch.manual_seed(0)
+    method = build_method(tiny_config("method.name=ab_simclr", "model.projector_bn=true"))
+    target = make_target(method)
+    annotations, views, moves = torch.randn(6, 3, 32, 32), torch.randn(8, 3, 32, 32), torch.zeros(2, 4, 4, 4, dtype=torch.long)
+    others = views.clone()
+    others[4:] = torch.randn(4, 3, 32, 32)  # image 1's views change, image 0's do not
+
+    def rewards(batch_statistics: bool) -> tuple:
+        target.train(batch_statistics)
+        with torch.no_grad():
+            return target.td_targets(annotations, views, moves)[0], target.td_targets(annotations, others, moves)[0]
+
+    target.train(method.target_batch_statistics)  # what the trainer does each step
+    assert not method.target_batch_statistics
+    same, changed = rewards(method.target_batch_statistics)
+    assert torch.allclose(same, changed, atol=1e-6)
+    # With the batch's own statistics the reward of image 0 would move with image 1's views.
+    same, changed = rewards(True)
+    assert (same - changed).abs().max() > 1e-3

@@ -52,3 +52,17 @@ def test_simclr_augment_changes_views_but_keeps_range():
     assert 0.5 < changed.float().mean() <= 1.0
     # With every probability at zero it is the identity.
     assert torch.equal(SimCLRAugment(0, 0, 0.5, 0)(views.clone()), views)
+
+
+def test_grayscale_views_take_the_one_channel_path_and_come_out_rgb():
+    torch.manual_seed(0)
+    gray = torch.rand(64, 1, 8, 8)
+    augment = SimCLRAugment(flip_prob=0.5, jitter_prob=1.0, jitter_strength=0.5, grayscale_prob=0.2)
+    out = augment(gray.clone())
+    assert out.shape == (64, 3, 8, 8)
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0], out[:, 2])
+    assert ((out[:, :1] - gray).abs().flatten(1).amax(1) > 1e-3).float().mean() > 0.9
+    # Why the shortcut is exact: the full colour path keeps a gray image gray (saturation,
+    # hue and grayscale do nothing to it), so only flip, brightness and contrast remain.
+    colour = augment(gray.expand(-1, 3, -1, -1).clone())
+    assert (colour[:, 0] - colour[:, 1]).abs().max() < 1e-5 and (colour[:, 0] - colour[:, 2]).abs().max() < 1e-5

@@ -134,20 +134,30 @@ class MethodConfig:
     temperature: float = 0.1  # SimCLR softmax temperature (reward uses the same)
     # Annotation bootstrapping (ab_* methods).
     ab_weight: float = 1.0
+    ab_weight_warmup: float = 0.0  # linear ramp of ab_weight from 0 over this fraction of train.steps
     gamma: float = 0.0  # 0: the published recipe (reward only); > 0 bootstraps through Q_ema
     aggregate: str = "mean"  # mean | max (max renormalised over annotations)
     drop_self_pairs: bool = False
-    # Published split of the base batch: annotation images = B/2, bootstrap images = B/8.
+    # Split of the base batch B: annotation images = B * annotation_fraction (published: 1/2);
+    # bootstrap images = B * bootstrap_fraction, or with None as many as make an AB step render as
+    # many views as its base method's step (ABSimCLR: B/4 x 4 views; the published B/8 gives 25%
+    # fewer views than SimCLR at the same B; ABDINO: B x 4; ABCLIP: B/8 x 4, as published).
     annotation_fraction: float = 0.5
-    bootstrap_fraction: float = 0.125
+    bootstrap_fraction: Optional[float] = None
     action_bins: int = 128
     action_range: float = 6.0  # R: relative coordinates are clipped to [-R, R] before binning
     # false (ablation): the value decoder sees one constant move, so it can only predict the
     # average over moves (invariance); the paper's "no action tokens" row.
     action_tokens: bool = True
     ab_init_scale: float = 10.0  # initial t_AB
+    # EMA target: momentum m per step (time constant 1/(1 - m) steps), cosine-annealed from
+    # ema_momentum to ema_momentum_end (set them equal for a constant rate). Published: 0.996
+    # (250 steps, 0.25% of a 100k-step run), annealed to 1 (ABSimCLR, ABDINO) or constant (ABCLIP).
     ema_momentum: float = 0.996
-    ema_momentum_end: float = 1.0  # cosine-annealed to this; set equal for a constant rate
+    ema_momentum_end: float = 1.0
+    # Cap on the starting time constant as a fraction of train.steps, so that short runs bootstrap
+    # from a target that follows the online network (method.md section 4); None: the rate as given.
+    ema_horizon: Optional[float] = 0.02
     # DINO (dino, ab_dino; ABDINO's reward uses the same teacher distribution).
     student_temp: float = 0.1
     teacher_temp: float = 0.07  # reached after the warm-up, then held

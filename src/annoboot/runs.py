@@ -18,7 +18,8 @@ from annoboot.export import export_backbone, load_snippet
 from annoboot.methods import Method, build_method
 from annoboot.models.encoder import Encoder
 from annoboot.train.checkpoint import load_checkpoint
-from annoboot.train.trainer import Trainer, resolve_device
+from annoboot.train.runtime import resolve_device
+from annoboot.train.trainer import Trainer
 from annoboot.views import Normalize
 
 log = logging.getLogger(__name__)

@@ -17,13 +17,14 @@ from torchvision.ops import roi_align
 from annoboot.data.base import ImageBatch
 
 
-def render_views(batch: ImageBatch, boxes_xyxy_norm: torch.Tensor, out_size: int) -> torch.Tensor:
+def render_views(batch: ImageBatch, boxes_xyxy_norm: torch.Tensor, out_size: int, rgb: bool = True) -> torch.Tensor:
     """Crop and resize every box of every image.
 
     batch: uint8 images (B, C, H, W) with per-image valid sizes (B, 2).
     boxes_xyxy_norm: (B, V, 4) boxes in each image's own normalised frame.
-    Returns (B * V, 3, out_size, out_size) float32 in [0, 1], image-major (image 0's V views
-    first). Grayscale images are repeated to 3 channels after rendering (cheaper than before).
+    Returns (B * V, C', out_size, out_size) float32 in [0, 1], image-major (image 0's V views
+    first). Grayscale images are repeated to 3 channels after rendering (cheaper than before);
+    with ``rgb=False`` they stay 1-channel (for :class:`SimCLRAugment`, which expands them).
     """
     images = batch.images.float().div_(255)
     num_images, num_views = boxes_xyxy_norm.shape[:2]
@@ -36,7 +37,7 @@ def render_views(batch: ImageBatch, boxes_xyxy_norm: torch.Tensor, out_size: int
     index = torch.arange(num_images, device=images.device, dtype=images.dtype)
     rois = torch.cat([index.view(-1, 1, 1).expand(-1, num_views, 1), pixel_boxes], dim=-1)
     views = roi_align(images, rois.view(-1, 5), output_size=out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-    if views.shape[1] == 1:
+    if views.shape[1] == 1 and rgb:
         views = views.expand(-1, 3, -1, -1)
     return views
 
@@ -68,21 +69,32 @@ class SimCLRAugment(nn.Module):
     """SimCLR's photometric augmentations, applied per view on the device.
 
     Flip (p=flip_prob), colour jitter with strength s (brightness/contrast/saturation 0.8s,
-    hue 0.2s; p=jitter_prob) and grayscale (p=grayscale_prob). Input and output: (N, 3, S, S)
-    in [0, 1]. Geometry (the crop) is not done here: it comes from the sampled boxes.
+    hue 0.2s; p=jitter_prob) and grayscale (p=grayscale_prob). Input: (N, C, S, S) in [0, 1]
+    with C = 3, or C = 1 for grayscale views; output (N, 3, S, S). Geometry (the crop) is not
+    done here: it comes from the sampled boxes.
+
+    Grayscale views take a 1-channel path: saturation, hue and grayscale leave a gray image
+    unchanged, so flip + brightness/contrast on one channel, repeated to three afterwards, is
+    the same augmentation at about a twentieth of the cost (kornia's hue goes through HSV).
     """
 
     def __init__(self, flip_prob: float, jitter_prob: float, jitter_strength: float, grayscale_prob: float):
         super().__init__()
         s = jitter_strength
         ops: list[nn.Module] = []
+        gray_ops: list[nn.Module] = []
         if flip_prob > 0:
             ops.append(K.RandomHorizontalFlip(p=flip_prob))
+            gray_ops.append(K.RandomHorizontalFlip(p=flip_prob))
         if jitter_prob > 0 and s > 0:
             ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=jitter_prob))
+            gray_ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.0, 0.0, p=jitter_prob))
         if grayscale_prob > 0:
             ops.append(K.RandomGrayscale(p=grayscale_prob))
         self.ops = nn.Sequential(*ops)
+        self.gray_ops = nn.Sequential(*gray_ops)
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
+        if views.shape[1] == 1:
+            return self.gray_ops(views).clamp_(0, 1).expand(-1, 3, -1, -1)
         return self.ops(views).clamp_(0, 1)

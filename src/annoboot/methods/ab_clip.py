@@ -21,7 +21,13 @@ from annoboot import distributed
 from annoboot.config import Config
 from annoboot.data.base import ImageBatch
 from annoboot.methods.base import Method, StepOutput
-from annoboot.methods.bootstrapping import ValueFunction, ab_batch_sizes, bootstrap_objective, bootstrap_views
+from annoboot.methods.bootstrapping import (
+    ValueFunction,
+    ab_batch_sizes,
+    ab_loss_weight,
+    bootstrap_objective,
+    bootstrap_views,
+)
 from annoboot.methods.clip import CLIP
 from annoboot.models import Projector
 from annoboot.objectives import caption_distribution, clip_loss, td_target
@@ -37,11 +43,7 @@ class ABCLIP(CLIP):
         self.ab_text_head = Projector(model.text_width, model.text_width, model.embed_dim, batch_norm=False)  # psi_AB
 
     def batch_sizes(self) -> Dict[str, int]:
-        return ab_batch_sizes(self.cfg)
-
-    def views_per_step(self) -> int:
-        sizes = self.batch_sizes()
-        return sizes["annotation"] + self.cfg.views.bootstrap_views * sizes["bootstrap"]
+        return ab_batch_sizes(self.cfg, self.views_per_image())
 
     def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
         assert isinstance(target, ABCLIP), "ABCLIP needs its EMA target network"
@@ -70,7 +72,7 @@ class ABCLIP(CLIP):
         metrics.update(
             {"loss/clip": base_loss.detach(), "clip/logit_scale": scale.detach(), "ab/scale": self.value_function.scale().detach()}
         )
-        return StepOutput(base_loss + m.ab_weight * ab_loss, metrics)
+        return StepOutput(base_loss + ab_loss_weight(self.cfg, step) * ab_loss, metrics)
 
     def td_targets(self, tokens: torch.Tensor, boot_views: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
         """Called on the EMA model: (1 - gamma) p(l | x_t) + gamma AGG Q(l | x_t, .) as (N, V, L)."""

@@ -22,7 +22,13 @@ from torch import nn
 from annoboot.config import Config
 from annoboot.data.base import ImageBatch
 from annoboot.methods.base import Method, StepOutput
-from annoboot.methods.bootstrapping import ValueFunction, ab_batch_sizes, bootstrap_objective, bootstrap_views
+from annoboot.methods.bootstrapping import (
+    ValueFunction,
+    ab_batch_sizes,
+    ab_loss_weight,
+    bootstrap_objective,
+    bootstrap_views,
+)
 from annoboot.methods.dino import DINO
 from annoboot.objectives import td_target, teacher_distribution
 
@@ -36,11 +42,7 @@ class ABDINO(DINO):
         nn.init.trunc_normal_(self.ab_prototypes, std=0.02)
 
     def batch_sizes(self) -> Dict[str, int]:
-        return ab_batch_sizes(self.cfg)
-
-    def views_per_step(self) -> int:
-        sizes, v = self.batch_sizes(), self.cfg.views
-        return (2 + v.local_views) * sizes["annotation"] + v.bootstrap_views * sizes["bootstrap"]
+        return ab_batch_sizes(self.cfg, self.views_per_image())
 
     def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
         assert isinstance(target, ABDINO), "ABDINO needs its EMA target network"
@@ -61,7 +63,7 @@ class ABDINO(DINO):
 
         metrics.update(ab_metrics)
         metrics["ab/scale"] = self.value_function.scale().detach()
-        return StepOutput(base_loss + m.ab_weight * ab_loss, metrics)
+        return StepOutput(base_loss + ab_loss_weight(self.cfg, step) * ab_loss, metrics)
 
     def teacher_outputs(
         self, global_views: torch.Tensor, boot_views: torch.Tensor, moves: torch.Tensor, teacher_temp: float

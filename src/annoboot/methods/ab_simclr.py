@@ -19,7 +19,13 @@ from annoboot import distributed
 from annoboot.config import Config
 from annoboot.data.base import ImageBatch
 from annoboot.methods.base import Method, StepOutput
-from annoboot.methods.bootstrapping import ValueFunction, ab_batch_sizes, bootstrap_objective, bootstrap_views
+from annoboot.methods.bootstrapping import (
+    ValueFunction,
+    ab_batch_sizes,
+    ab_loss_weight,
+    bootstrap_objective,
+    bootstrap_views,
+)
 from annoboot.methods.simclr import SimCLR
 from annoboot.models import Projector
 from annoboot.objectives import annotation_distribution, nt_xent, td_target
@@ -27,6 +33,10 @@ from annoboot.objectives import annotation_distribution, nt_xent, td_target
 
 class ABSimCLR(SimCLR):
     uses_target = True
+    # The reward's BatchNorm uses the running statistics of the online projector, which
+    # normalises annotation views only: a view's reward then depends on that view alone, not on
+    # which bootstrap views share its batch (a batch of both would shift every reward).
+    target_batch_statistics = False
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)
@@ -35,11 +45,7 @@ class ABSimCLR(SimCLR):
         self.ab_annotation_head = Projector(self.encoder.width, model.proj_hidden_dim, model.proj_dim, model.projector_bn)  # psi_AB
 
     def batch_sizes(self) -> Dict[str, int]:
-        return ab_batch_sizes(self.cfg)
-
-    def views_per_step(self) -> int:
-        sizes = self.batch_sizes()
-        return 2 * sizes["annotation"] + self.cfg.views.bootstrap_views * sizes["bootstrap"]
+        return ab_batch_sizes(self.cfg, self.views_per_image())
 
     def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
         assert isinstance(target, ABSimCLR), "ABSimCLR needs its EMA target network"
@@ -63,7 +69,7 @@ class ABSimCLR(SimCLR):
             targets = target.td_targets(ann_views[:num_annotations], boot_views, moves)
         ab_loss, metrics = bootstrap_objective(logits, targets, boxes, m.drop_self_pairs)
 
-        loss = base_loss + m.ab_weight * ab_loss
+        loss = base_loss + ab_loss_weight(self.cfg, step) * ab_loss
         metrics.update({"loss/simclr": base_loss.detach(), "ab/scale": self.value_function.scale().detach()})
         return StepOutput(loss, metrics)
 
@@ -72,7 +78,7 @@ class ABSimCLR(SimCLR):
         m = self.cfg.method
         num_annotations = annotation_views.shape[0]
         out = self.encoder(torch.cat([annotation_views, boot_views]))
-        z = self.projector(out.pooled)  # one projector call: BatchNorm sees both, as online
+        z = self.projector(out.pooled)  # BatchNorm in eval mode: running statistics (see above)
         annotations = distributed.gather(z[:num_annotations])
         reward = annotation_distribution(z[num_annotations:], annotations, m.temperature)
         reward = reward.view(moves.shape[0], moves.shape[1], annotations.shape[0])

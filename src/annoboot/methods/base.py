@@ -30,22 +30,30 @@ class Method(nn.Module):
     """
 
     uses_target: bool = False
+    # Whether the EMA target's BatchNorm layers normalise with the statistics of the batch it is
+    # given (DINO's teacher), or with the running statistics it copies from the online network.
+    target_batch_statistics: bool = True
     encoder: Encoder
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
 
-    def batch_sizes(self) -> Dict[str, int]:
+    def views_per_image(self) -> int:
+        """Views the base method renders of each annotation image (SimCLR 2, DINO 2 + locals, CLIP 1)."""
         raise NotImplementedError
+
+    def batch_sizes(self) -> Dict[str, int]:
+        return {"annotation": self.cfg.train.batch_size}
 
     def needs_captions(self, stream: str) -> bool:
         """Whether the batches of ``stream`` must carry captions (image-text methods)."""
         return False
 
     def views_per_step(self) -> int:
-        """Rendered views per step (for throughput figures)."""
-        raise NotImplementedError
+        """Rendered views per step: what throughput figures and fair comparisons count."""
+        sizes = self.batch_sizes()
+        return self.views_per_image() * sizes["annotation"] + self.cfg.views.bootstrap_views * sizes.get("bootstrap", 0)
 
     def training_step(self, batches: Dict[str, ImageBatch], target: "Method | None", step: int) -> StepOutput:
         """The loss of one step. ``step`` (0-based) drives method-specific schedules."""

@@ -23,6 +23,7 @@ from annoboot.config import Config
 from annoboot.data.base import ImageBatch
 from annoboot.models import LogitScale, ValueDecoder
 from annoboot.objectives import agreement_by_iou, bootstrap_loss
+from annoboot.objectives.precision import float32_matmul
 from annoboot.views import Normalize, render_views
 
 # IoU buckets for the agreement health metric: no overlap, then growing overlap.
@@ -59,18 +60,32 @@ class ValueFunction(nn.Module):
     def logits(self, source_tokens: torch.Tensor, moves: torch.Tensor, annotation_keys: torch.Tensor) -> torch.Tensor:
         """source_tokens (N*V, T, D), moves (N, V, V, 4), annotation_keys psi_AB (L, d) -> (N, V, V, L)."""
         n, v = moves.shape[:2]
-        phi = F.normalize(self.decoder(source_tokens, moves.flatten(0, 1)), dim=-1)  # (N*V, V, d)
-        psi = F.normalize(annotation_keys, dim=-1)
-        return (self.scale() * phi @ psi.T).view(n, v, v, -1)
+        phi = F.normalize(self.decoder(source_tokens, moves.flatten(0, 1)).float(), dim=-1)  # (N*V, V, d)
+        psi = F.normalize(annotation_keys.float(), dim=-1)
+        return (self.scale() * float32_matmul(phi, psi.T)).view(n, v, v, -1)
 
 
-def ab_batch_sizes(cfg: Config) -> Dict[str, int]:
-    """Images per step in each stream: the published split of the base batch (method.md section 4)."""
-    base, m = cfg.train.batch_size, cfg.method
-    return {
-        "annotation": max(2, round(base * m.annotation_fraction)),
-        "bootstrap": max(1, round(base * m.bootstrap_fraction)),
-    }
+def ab_batch_sizes(cfg: Config, base_views_per_image: int) -> Dict[str, int]:
+    """Images per step in each stream, split from the base batch B (method.md section 4).
+
+    Annotation images: B * annotation_fraction. Bootstrap images: B * bootstrap_fraction, or by
+    default as many as make the step render the base method's B * base_views_per_image views:
+    the annotation images' views plus ``views.bootstrap_views`` plain crops per bootstrap image.
+    """
+    base, m, v = cfg.train.batch_size, cfg.method, cfg.views
+    annotation = max(2, round(base * m.annotation_fraction))
+    if m.bootstrap_fraction is not None:
+        bootstrap = round(base * m.bootstrap_fraction)
+    else:
+        bootstrap = round((base - annotation) * base_views_per_image / v.bootstrap_views)
+    return {"annotation": annotation, "bootstrap": max(1, bootstrap)}
+
+
+def ab_loss_weight(cfg: Config, step: int) -> float:
+    """The bootstrap loss weight at ``step``: ab_weight, ramped up over ab_weight_warmup of the run."""
+    m = cfg.method
+    ramp_steps = m.ab_weight_warmup * cfg.train.steps
+    return m.ab_weight * (min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0)
 
 
 def bootstrap_views(batch: ImageBatch, cfg: Config, normalize: Normalize) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -31,11 +31,8 @@ class CLIP(Method):
         self.logit_scale = LogitScale(1.0 / cfg.method.clip_init_temperature)
         self.normalize = Normalize(v.mean, v.std)
 
-    def batch_sizes(self) -> Dict[str, int]:
-        return {"annotation": self.cfg.train.batch_size}
-
-    def views_per_step(self) -> int:
-        return self.batch_sizes()["annotation"]
+    def views_per_image(self) -> int:
+        return 1
 
     def needs_captions(self, stream: str) -> bool:
         return stream == "annotation"  # ABCLIP's bootstrap images may be uncaptioned

@@ -62,11 +62,8 @@ class DINO(Method):
         self.normalize = Normalize(v.mean, v.std)
         self.register_buffer("center", torch.zeros(model.dino_prototypes))
 
-    def batch_sizes(self) -> Dict[str, int]:
-        return {"annotation": self.cfg.train.batch_size}
-
-    def views_per_step(self) -> int:
-        return (2 + self.cfg.views.local_views) * self.batch_sizes()["annotation"]
+    def views_per_image(self) -> int:
+        return 2 + self.cfg.views.local_views
 
     def current_teacher_temp(self, step: int) -> float:
         m = self.cfg.method
@@ -81,7 +78,7 @@ class DINO(Method):
         return global_views, self._augmented_views(batch, local_boxes, v.local_size)
 
     def _augmented_views(self, batch: ImageBatch, boxes: torch.Tensor, size: int) -> torch.Tensor:
-        views = render_views(batch, boxes, size)  # image-major (B*V)
+        views = render_views(batch, boxes, size, rgb=False)  # image-major (B*V)
         views = views.view(len(batch), boxes.shape[1], *views.shape[1:]).transpose(0, 1).flatten(0, 1)
         return self.normalize(self.augment(views))
 

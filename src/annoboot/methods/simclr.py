@@ -24,17 +24,14 @@ class SimCLR(Method):
         self.augment = SimCLRAugment(v.flip_prob, v.jitter_prob, v.jitter_strength, v.grayscale_prob)
         self.normalize = Normalize(v.mean, v.std)
 
-    def batch_sizes(self) -> Dict[str, int]:
-        return {"annotation": self.cfg.train.batch_size}
-
-    def views_per_step(self) -> int:
-        return 2 * self.batch_sizes()["annotation"]
+    def views_per_image(self) -> int:
+        return 2
 
     def annotation_views(self, batch: ImageBatch) -> torch.Tensor:
         """Two SimCLR views per image, view-major: (2B, 3, S, S), rows [0, B) are view 1."""
         v = self.cfg.views
         boxes = sample_crop_boxes(batch.sizes, 2, v.crop_scale, v.crop_ratio)
-        views = render_views(batch, boxes, v.img_size)  # image-major (B*2)
+        views = render_views(batch, boxes, v.img_size, rgb=False)  # image-major (B*2)
         views = views.view(len(batch), 2, *views.shape[1:]).transpose(0, 1).flatten(0, 1)
         return self.normalize(self.augment(views))
 

@@ -2,7 +2,7 @@ from annoboot.models.dino_head import DINOHead
 from annoboot.models.encoder import Encoder, EncoderOutput, build_encoder, create_backbone
 from annoboot.models.heads import LogitScale, Projector
 from annoboot.models.text_encoder import CaptionTokenizer, TextEncoder
-from annoboot.models.value_decoder import ValueDecoder, block_diagonal_mask
+from annoboot.models.value_decoder import ValueDecoder
 
 __all__ = [
     "CaptionTokenizer",
@@ -13,7 +13,6 @@ __all__ = [
     "Projector",
     "TextEncoder",
     "ValueDecoder",
-    "block_diagonal_mask",
     "build_encoder",
     "create_backbone",
 ]

@@ -38,8 +38,11 @@ class DINOHead(nn.Module):
         magnitude.requires_grad_(False)
 
     def bottleneck(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, in_dim) -> (B, bottleneck_dim), L2-normalised."""
-        return F.normalize(self.mlp(features), dim=-1)
+        """(B, in_dim) -> (B, bottleneck_dim) float32, L2-normalised."""
+        return F.normalize(self.mlp(features).float(), dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(self.bottleneck(features))
+        # float32 even under autocast: the logits are divided by temperatures as low as 0.04.
+        bottleneck = self.bottleneck(features)
+        with torch.autocast(bottleneck.device.type, enabled=False):
+            return self.last_layer(bottleneck)

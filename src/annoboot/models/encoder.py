@@ -62,8 +62,19 @@ class Encoder(nn.Module):
         self.create_kwargs = dict(create_kwargs or {})
         self.width: int = backbone.num_features
         self.num_prefix_tokens: int = getattr(backbone, "num_prefix_tokens", 0)
+        # CPU bf16 autocast is kept to encoders with at most one convolution (a ViT's patch
+        # embedding): oneDNN's bf16 weight gradient of a strided 3x3 convolution over a 1x1
+        # channels-last map comes out about 1e5 times too large (torch 2.14.1), which sent DINO
+        # on a ResNet to inf in its second step. CNNs run in float32 on the CPU.
+        self.bf16_on_cpu = sum(isinstance(m, nn.Conv2d) for m in backbone.modules()) <= 1
 
     def forward(self, images: torch.Tensor) -> EncoderOutput:
+        if images.device.type == "cpu" and not self.bf16_on_cpu and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return self._forward(images.float())
+        return self._forward(images)
+
+    def _forward(self, images: torch.Tensor) -> EncoderOutput:
         features = self.backbone.forward_features(images)
         pooled = self.backbone.forward_head(features, pre_logits=True)
         if features.ndim == 4:  # CNN feature map (B, C, h, w)

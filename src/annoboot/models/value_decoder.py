@@ -1,22 +1,71 @@
 """The value decoder: Q(x, a, .) from a source view's tokens and a batch of moves.
 
 Each move (a relative box, see ``annoboot.actions``) becomes 4 query tokens: a bin embedding
-of each quantised coordinate plus a coordinate-index embedding. Queries cross-attend to the
-source view's encoder tokens; among themselves they attend only within their own box
-(block-diagonal mask), so K boxes share one decoder call yet get the same outputs as K
-separate calls. Each box's 4 outputs are averaged into one vector, projected to ``out_dim``.
+of each quantised coordinate plus a coordinate-index embedding. In every layer a box's 4 tokens
+attend to each other (never to another box's), then cross-attend to the source view's encoder
+tokens, then pass an MLP (pre-norm residual blocks). Because boxes never see each other, K boxes
+share one decoder call yet get the same outputs as K separate calls; self-attention runs on
+groups of 4 tokens, so no (4K x 4K) mask is built. Each box's 4 outputs are averaged into one
+vector, projected to ``out_dim``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from timm.layers import Attention, Mlp
 from torch import nn
 
 
-def block_diagonal_mask(num_boxes: int, tokens_per_box: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(K*4, K*4) bool attention mask, True where attention is *blocked* (torch's convention)."""
-    box_of_token = torch.arange(num_boxes, device=device).repeat_interleave(tokens_per_box)
-    return box_of_token[:, None] != box_of_token[None, :]
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries (B, Lq, W) over a memory (B, Lk, W) -> (B, Lq, W).
+
+    ``fused_attn`` chooses PyTorch's fused kernel or the explicit softmax(q k^T / sqrt(d)) v,
+    the same switch timm's attention modules have (see ``annoboot.train.runtime``).
+    """
+
+    fused_attn: bool = True
+
+    def __init__(self, width: int, num_heads: int):
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"decoder width {width} is not divisible by decoder_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, width // num_heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        batch, num_queries, width = queries.shape
+        q = self.q(queries).view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(memory).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            weights = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+            out = weights.float().softmax(-1).to(v.dtype) @ v
+        return self.proj(out.transpose(1, 2).reshape(batch, num_queries, width))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm: attention within each box, cross-attention to the memory, MLP; all residual."""
+
+    def __init__(self, width: int, num_heads: int, tokens_per_box: int, mlp_ratio: float):
+        super().__init__()
+        self.tokens_per_box = tokens_per_box
+        self.norm_self = nn.LayerNorm(width)
+        self.self_attn = Attention(width, num_heads, qkv_bias=True)
+        self.norm_cross = nn.LayerNorm(width)
+        self.cross_attn = CrossAttention(width, num_heads)
+        self.norm_mlp = nn.LayerNorm(width)
+        self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        sources, length, width = queries.shape
+        boxes = self.norm_self(queries).view(-1, self.tokens_per_box, width)  # one row per box
+        queries = queries + self.self_attn(boxes).view(sources, length, width)
+        queries = queries + self.cross_attn(self.norm_cross(queries), memory)
+        return queries + self.mlp(self.norm_mlp(queries))
 
 
 class ValueDecoder(nn.Module):
@@ -42,24 +91,16 @@ class ValueDecoder(nn.Module):
         nn.init.trunc_normal_(self.coord_embed, std=0.02)
         nn.init.trunc_normal_(self.bin_embed.weight, std=0.02)
         self.memory_proj = nn.Sequential(nn.LayerNorm(token_width), nn.Linear(token_width, width))
-        layer = nn.TransformerDecoderLayer(
-            d_model=width,
-            nhead=num_heads,
-            dim_feedforward=int(width * mlp_ratio),
-            dropout=0.0,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.blocks = nn.TransformerDecoder(layer, num_layers=depth, norm=nn.LayerNorm(width))
+        self.blocks = nn.ModuleList(DecoderBlock(width, num_heads, self.tokens_per_box, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, out_dim)
 
     def forward(self, source_tokens: torch.Tensor, move_tokens: torch.Tensor) -> torch.Tensor:
         num_sources, num_boxes, _ = move_tokens.shape
         queries = self.bin_embed(move_tokens) + self.coord_embed  # (S, K, 4, W)
         queries = queries.flatten(1, 2)  # (S, K*4, W)
-        mask = block_diagonal_mask(num_boxes, self.tokens_per_box, queries.device)
         memory = self.memory_proj(source_tokens)
-        out = self.blocks(queries, memory, tgt_mask=mask)
-        out = out.view(num_sources, num_boxes, self.tokens_per_box, -1).mean(2)
+        for block in self.blocks:
+            queries = block(queries, memory)
+        out = self.norm(queries).view(num_sources, num_boxes, self.tokens_per_box, -1).mean(2)
         return self.head(out)

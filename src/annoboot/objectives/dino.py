@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from annoboot.objectives.precision import float32_einsum
+
 
 def teacher_distribution(teacher_logits: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
     """P_t = softmax((g_t(x) - c) / T_t), the teacher's centred, sharpened distribution.
@@ -44,7 +46,7 @@ def dino_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, student
     num_student = student_logits.shape[0]
     log_student = F.log_softmax(student_logits.float() / student_temp, dim=-1)
     # (Vt, Vs): cross-entropy of every teacher/student view pair, summed over the batch.
-    cross = -torch.einsum("tbk,sbk->ts", teacher_probs.detach().float(), log_student) / batch
+    cross = -float32_einsum("tbk,sbk->ts", teacher_probs.detach(), log_student) / batch
     same_view = torch.eye(num_teacher, num_student, dtype=torch.bool, device=cross.device)
     # masked sum, not boolean indexing: indexing would sync the device to count the pairs
     return cross.masked_fill(same_view, 0).sum() / (num_teacher * num_student - num_teacher)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from annoboot import distributed
+from annoboot.objectives.precision import float32_matmul
 
 
 def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, gather_distributed: bool = False) -> torch.Tensor:
@@ -29,7 +30,7 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, gather_dis
         loss = nt_xent(projector(encoder(v1)), projector(encoder(v2)), temperature=0.1)
     """
     n = z_a.shape[0]
-    z_a, z_b = F.normalize(z_a, dim=-1), F.normalize(z_b, dim=-1)
+    z_a, z_b = F.normalize(z_a.float(), dim=-1), F.normalize(z_b.float(), dim=-1)
     offset, total = 0, n
     if gather_distributed and distributed.world_size() > 1:
         offset, total = distributed.rank() * n, distributed.world_size() * n
@@ -38,7 +39,7 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, gather_dis
         all_a, all_b = z_a, z_b
     local = torch.cat([z_a, z_b])  # rows: this rank's 2n views
     everyone = torch.cat([all_a, all_b])  # columns: all 2N views, view-1 block then view-2 block
-    logits = (local @ everyone.T).float() / temperature
+    logits = float32_matmul(local, everyone.T) / temperature
     rows = torch.arange(n, device=z_a.device)
     own = torch.cat([offset + rows, total + offset + rows])  # each row's own column
     positives = torch.cat([total + offset + rows, offset + rows])
@@ -52,5 +53,5 @@ def annotation_distribution(z_views: torch.Tensor, z_annotations: torch.Tensor, 
     z_views: (M, D), z_annotations: (L, D); both L2-normalised inside. Returns (M, L) rows
     summing to 1. This is ABSimCLR's reward when computed with the EMA model.
     """
-    sims = F.normalize(z_views, dim=-1) @ F.normalize(z_annotations, dim=-1).T
-    return torch.softmax(sims.float() / temperature, dim=-1)
+    sims = float32_matmul(F.normalize(z_views.float(), dim=-1), F.normalize(z_annotations.float(), dim=-1).T)
+    return torch.softmax(sims / temperature, dim=-1)

@@ -1,3 +1,4 @@
-from annoboot.train.trainer import Trainer, resolve_device
+from annoboot.train.runtime import resolve_device
+from annoboot.train.trainer import Trainer
 
 __all__ = ["Trainer", "resolve_device"]

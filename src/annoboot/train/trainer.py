@@ -7,7 +7,6 @@ schedule, checkpoints and exact resume, metrics and progress. Methods only compu
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import signal
@@ -28,25 +27,10 @@ from annoboot.methods import Method, build_method
 from annoboot.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from annoboot.train.ema import ema_update, make_target
 from annoboot.train.metrics import MetricAccumulator, RunLogger
-from annoboot.train.schedules import cosine, warmup_cosine
+from annoboot.train.runtime import autocast_context, prepare_for_device, resolve_device
+from annoboot.train.schedules import cosine, ema_momentum, warmup_cosine
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AnnobootError(f"train.device={name} but CUDA is not available on this machine; use train.device=cpu")
-    return device
-
-
-def autocast_context(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class _StopRequest:
@@ -88,6 +72,7 @@ class Trainer:
         self.method: Method = build_method(cfg).to(self.device)
         if self.dist.world_size > 1 and self.device.type == "cuda":
             self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        prepare_for_device(self.method, self.device)
         self.target: Optional[Method] = make_target(self.method) if self.method.uses_target else None
         if cfg.train.compile:
             self.method.encoder.compile()
@@ -209,7 +194,7 @@ class Trainer:
 
     def ema_momentum(self, step: int) -> float:
         m = self.cfg.method
-        return cosine(step, self.cfg.train.steps, m.ema_momentum, m.ema_momentum_end)
+        return ema_momentum(step, self.cfg.train.steps, m.ema_momentum, m.ema_momentum_end, m.ema_horizon)
 
     def compute_gradients(self) -> Dict[str, torch.Tensor]:
         """Forward and backward on the next batches: gradients in ``.grad`` (averaged over
@@ -217,7 +202,7 @@ class Trainer:
         batches = {name: next(stream) for name, stream in self.streams.items()}
         self.method.train()
         if self.target is not None:
-            self.target.train()  # BatchNorm uses batch statistics, as in the online network
+            self.target.train(self.method.target_batch_statistics)
         with autocast_context(self.device, self.cfg.train.precision):
             out = self.model(batches, self.target, self.step)
         self.optimizer.zero_grad(set_to_none=True)
