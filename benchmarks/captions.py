@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _protocol import GPU_SCENES, QUICK_SCENES, Variant, add_arguments, run_protocol, scene_source
+from _protocol import Variant, add_arguments, budget_of, run_protocol, scene_source
 
 from annoboot.methods import METHODS
 
@@ -41,8 +41,8 @@ def main() -> int:
     missing = [name for name in ("clip", "ab_clip") if name not in METHODS]
     if missing:
         raise SystemExit(f"method(s) {', '.join(missing)} are not registered in annoboot.methods yet")
-    scenes = QUICK_SCENES if args.quick else GPU_SCENES
-    data = scene_source("data.annotation", scenes) + EVAL + (QUICK_TEXT if args.quick else [])
+    scenes = budget_of(args).scenes
+    data = scene_source("data.annotation", scenes) + EVAL + (QUICK_TEXT if args.budget != "gpu" else [])
     variants = [Variant(name, f"openclipart_{name}", data) for name in ("clip", "ab_clip")]
     title = "Weak captions (protocol 3): CLIP vs ABCLIP pre-trained on captioned Fashion-MNIST scenes"
     return run_protocol(args, title, variants, scenes, [("clip", "ab_clip")], image_text=True)

@@ -11,8 +11,11 @@ needs_fmnist = pytest.mark.skipif(
     not HAVE_FMNIST, reason=f"Fashion-MNIST not installed at {FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist)"
 )
 
-# A ViT small enough for CPU tests: 16 tokens of width 192, 2 blocks.
+# A ViT small enough for CPU tests: 16 tokens of width 192, 2 blocks. float32: bf16 on this
+# CPU costs each new set of shapes about 2 s of kernel set-up, which short runs never earn back;
+# the tests that train for many steps run at the default precision (bf16 where native).
 TINY = [
+    "train.precision=fp32",
     "model.backbone=vit_tiny_patch16_224",
     "model.backbone_kwargs={patch_size: 8, depth: 2}",
     "model.decoder_depth=1",

@@ -23,6 +23,7 @@ def test_help_lists_the_commands():
         assert command in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,culprit",
     [
@@ -43,6 +44,7 @@ def test_bad_input_ends_in_one_clear_line(args, culprit):
     assert len(lines) == 1 and culprit in lines[0], out.stderr
 
 
+@pytest.mark.slow
 def test_missing_fashion_mnist_says_how_to_install():
     out = run_cli("pretrain", "data.annotation.root=/nowhere/fmnist", "train.steps=1")
     assert "apt-get install dataset-fashion-mnist" in out.stderr

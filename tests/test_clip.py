@@ -190,6 +190,7 @@ def test_abclip_values_range_over_the_annotation_captions(tiny_config, monkeypat
     assert all(p.grad is None for p in target.parameters())
 
 
+@pytest.mark.slow
 @needs_tuxpaint
 def test_clip_on_tuxpaint_learns_retrieval_above_chance(tmp_path):
     cfg = load_config(

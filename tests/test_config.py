@@ -1,9 +1,13 @@
 """Configs: recipes, overrides and the errors they give."""
 
+from pathlib import Path
+
 import pytest
 
 from annoboot.config import Config, load_config
 from annoboot.errors import AnnobootError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -67,3 +71,11 @@ def test_a_dict_override_fills_an_optional_source_and_replaces_a_plain_dict():
     assert cfg.model.backbone_kwargs == {"depth": 2}  # replaced, not merged with patch_size
     with pytest.raises(AnnobootError, match="eval.retrieval"):
         load_config(None, ["eval.retrieval={kind: tuxpaint, colour: red}"])
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("configs/**/*.yaml")))
+def test_every_recipe_loads_and_names_its_command_and_result(recipe):
+    load_config(ROOT / recipe)
+    header = (ROOT / recipe).read_text().split("\n\n")[0]
+    for field in ("Command:", "Hardware:", "Runtime:", "Expected:"):
+        assert field in header, f"{recipe} header lacks '{field}'"

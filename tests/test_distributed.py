@@ -10,7 +10,7 @@ import torch
 
 from conftest import TINY, TINY_TEXT, needs_fmnist, needs_tuxpaint
 
-pytestmark = needs_fmnist
+pytestmark = [needs_fmnist, pytest.mark.slow]
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 # Views that do not depend on the random stream (full-image crops, no photometric change), so

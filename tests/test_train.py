@@ -36,12 +36,13 @@ def logged_losses(run_dir, key):
     return [row[key] for row in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "ab_simclr"])
 def test_short_run_learns(tiny_config, method):
     # ABSimCLR keeps the full base batch for its SimCLR loss here (the published split halves
     # it), so that 60 CPU steps move the encoder as far as SimCLR's do.
     extra = ["method.annotation_fraction=1.0"] if method == "ab_simclr" else []
-    cfg = tiny_config(f"method.name={method}", "train.steps=60", "train.log_every=10", *extra)
+    cfg = tiny_config(f"method.name={method}", "train.steps=60", "train.log_every=10", "train.precision=auto", *extra)
     trainer = Trainer(cfg)
     knn_before = knn_of(trainer.method.encoder, cfg)
     last = trainer.fit()
@@ -82,6 +83,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_config, tmp_path, 
     assert final["streams"] == again["streams"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "annoboot.cli", "pretrain", *TINY, "method.name=simclr", "train.steps=100000",

@@ -25,17 +25,17 @@ from annoboot.views import Normalize
 log = logging.getLogger(__name__)
 
 
-def evaluate_encoder(encoder: Encoder, cfg: Config, device: torch.device) -> dict:
-    """Run the probes of ``cfg.eval`` on a frozen encoder."""
+def evaluate_encoder(encoder: Encoder, cfg: Config, device: torch.device, progress: bool = False) -> dict:
+    """Run the probes of ``cfg.eval`` on a frozen encoder (``progress``: bars while they run)."""
     train_source = build_source(cfg.eval.train)
     test_source = build_source(cfg.eval.test)
     normalize = Normalize(cfg.views.mean, cfg.views.std).to(device)
-    return evaluate(encoder, train_source, test_source, cfg.eval, cfg.views.img_size, normalize, device)
+    return evaluate(encoder, train_source, test_source, cfg.eval, cfg.views.img_size, normalize, device, progress)
 
 
-def evaluate_method(method: Method, cfg: Config, device: torch.device) -> dict:
+def evaluate_method(method: Method, cfg: Config, device: torch.device, progress: bool = False) -> dict:
     """The probes on the method's encoder; for image-text methods also zero-shot and retrieval."""
-    results = evaluate_encoder(method.encoder, cfg, device)
+    results = evaluate_encoder(method.encoder, cfg, device, progress)
     if has_text_tower(method):
         retrieval = None if cfg.eval.retrieval is None else build_source(cfg.eval.retrieval)
         normalize = Normalize(cfg.views.mean, cfg.views.std)
@@ -53,7 +53,8 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
     last = trainer.fit()
     summary = {"run_dir": str(trainer.run_dir), "step": trainer.step, "train": last}
     if cfg.eval.at_end and trainer.step >= cfg.train.steps and trainer.dist.is_main:  # probes: rank 0 only
-        results = evaluate_method(trainer.method, cfg, trainer.device)
+        log.info("probing the encoder: %s", ", ".join(cfg.eval.probes))
+        results = evaluate_method(trainer.method, cfg, trainer.device, progress=cfg.train.progress)
         write_json(trainer.run_dir / "eval.json", results)
         print(format_results_table(results, f"{cfg.method.name} on {cfg.data.annotation.kind}, step {trainer.step}"))
         summary["eval"] = results
@@ -79,7 +80,7 @@ def load_run(path: str | Path, weights: str = "online", overrides: Optional[List
 
 def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "online", overrides: Optional[List[str]] = None) -> dict:
     cfg, method, device = load_run(path, weights, overrides)
-    results = evaluate_method(method, cfg, device)
+    results = evaluate_method(method, cfg, device, progress=True)
     results["checkpoint"] = str(path)
     results["weights"] = weights
     if out is not None:

@@ -86,8 +86,9 @@ def build_stream(
         )
     if cfg.decode_on != "cpu" or cfg.mix_weights is not None:
         raise AnnobootError(f"decode_on and mix_weights apply to webdataset shards only, not to kind={cfg.kind}")
+    workers = cfg.num_workers if source.needs_decode_workers else 0
     return BatchStream(
-        source, batch_size, seed, device=device, num_workers=cfg.num_workers, rank=rank, world_size=world_size,
+        source, batch_size, seed, device=device, num_workers=workers, rank=rank, world_size=world_size,
         max_bad_fraction=cfg.max_bad_fraction,
     )
 

@@ -69,6 +69,7 @@ class ImageSource(Dataset):
     labels: Optional[torch.Tensor] = None  # (N,) int64, evaluation only
     class_names: Optional[List[str]] = None
     captions: Optional[List[str]] = None  # (N,) weak text per image (captioned sets), else None
+    needs_decode_workers: bool = True  # False when reading an image costs no decoding (in memory)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -95,6 +96,7 @@ class InMemoryImageSource(ImageSource):
     subclass: the whole set can live on the training device (see :class:`BatchStream`)."""
 
     _images: torch.Tensor
+    needs_decode_workers = False
 
     def __len__(self) -> int:
         return self._images.shape[0]

@@ -106,6 +106,7 @@ def evaluate(
             val_fraction=cfg.val_fraction,
             seed=cfg.seed,
             device=device,
+            progress=progress,
         )
         results["linear"] = linear["test_acc"]
         details["linear"] = {"epochs": cfg.linear_epochs, **linear}
@@ -122,6 +123,7 @@ def evaluate(
             val_fraction=cfg.val_fraction,
             seed=cfg.seed,
             device=device,
+            progress=progress,
         )
         results["map"] = attention["test_acc"]
         details["map"] = {"epochs": cfg.map_epochs, "num_tokens": train.tokens.shape[1], **attention}

@@ -7,7 +7,6 @@ stays bounded by one batch. Tokens, the largest part by far, are stored as float
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Optional
@@ -19,6 +18,7 @@ from annoboot.data.base import ImageSource
 from annoboot.data.stream import iter_eval_batches
 from annoboot.errors import AnnobootError
 from annoboot.models.encoder import Encoder
+from annoboot.train.runtime import autocast_context
 from annoboot.views import Normalize, render_full_images
 
 
@@ -66,7 +66,8 @@ def extract_features(
         img_size: side S the whole images are resized to, (3, S, S).
         normalize: the normalisation used in pre-training (copied to ``device`` if elsewhere).
         batch_size: images per forward pass.
-        device: where the encoder runs. On CUDA the forward runs under bf16 autocast.
+        device: where the encoder runs. The forward runs under bf16 autocast on CUDA and on CPUs
+            with native BF16 (``annoboot.train.runtime.resolve_precision``, 'auto').
         keep_tokens: also return the tokens (N, T, D) as float16 (memory: N * T * D * 2 bytes).
         num_workers: decode workers for file-backed sources.
         progress: show a tqdm progress bar.
@@ -91,10 +92,8 @@ def extract_features(
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, total=-(-len(source) // batch_size), desc=f"features {source.name}", unit="batch")
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
+        batches = tqdm(batches, total=-(-len(source) // batch_size), desc=f"features {source.name}", unit="batch",
+                       leave=False)
 
     # Filled in place, sized for every image; trimmed at the end if some did not decode.
     capacity = len(source)
@@ -108,7 +107,7 @@ def extract_features(
         with torch.inference_mode():
             for batch in batches:
                 images = render_full_images(batch.to(device), img_size, normalize)
-                with autocast:
+                with autocast_context(device, "auto"):
                     out = encoder(images)
                 stop = filled + len(batch)
                 if pooled is None:

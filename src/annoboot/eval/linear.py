@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 
 def holdout_split(num_samples: int, val_fraction: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +50,7 @@ def train_head_grid(
     device: torch.device,
     weight_decay: float,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    progress: str | None = None,
 ) -> None:
     """Train ``heads[i]`` with learning rate ``lrs[i]``, all on the same mini-batches.
 
@@ -56,6 +58,7 @@ def train_head_grid(
     tokens kept on CPU are fine); targets: (N,) int64 for the default cross-entropy, or what
     ``loss_fn(logits, targets[rows])`` takes (e.g. (N, C) floats for BCE); fit_index: (n,) rows
     to train on. AdamW, cosine decay of every learning rate to 0 over ``epochs``; batch order seeded.
+    ``progress``: a label to show a progress bar under (None: no bar).
     """
     optimizer = torch.optim.AdamW(
         [{"params": head.parameters(), "lr": lr} for head, lr in zip(heads, lrs)], weight_decay=weight_decay
@@ -65,6 +68,7 @@ def train_head_grid(
     total_steps = epochs * steps_per_epoch
     heads.train()
     step = 0
+    bar = tqdm(total=total_steps, desc=progress, unit="step", leave=False, disable=progress is None)
     for _ in range(epochs):
         order = fit_index[torch.randperm(fit_index.numel(), generator=generator)]
         for rows in order.split(batch_size):
@@ -79,6 +83,8 @@ def train_head_grid(
             loss.backward()  # type: ignore[union-attr]
             optimizer.step()
             step += 1
+            bar.update()
+    bar.close()
     heads.eval()
 
 
@@ -149,6 +155,7 @@ def linear_probe(
     seed: int = 0,
     device: torch.device | str = "cpu",
     weight_decay: float = 0.0,
+    progress: bool = False,
 ) -> Dict[str, object]:
     """Train one linear classifier per learning rate on frozen features; report the best.
 
@@ -167,6 +174,7 @@ def linear_probe(
         seed: fixes the split and the batch order.
         device: where training runs (features are copied there once).
         weight_decay: AdamW weight decay.
+        progress: show a progress bar while the heads train.
 
     Returns:
         {"test_acc": %, "val_acc": %, "best_lr": float, "val_acc_by_lr": {"0.001": %, ...}}.
@@ -192,7 +200,8 @@ def linear_probe(
     for head in heads:  # zero start: the problem is convex, and no random init to seed
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
-    train_head_grid(heads, lrs, train_x, train_y, fit_index, epochs, batch_size, seed, device, weight_decay)
+    train_head_grid(heads, lrs, train_x, train_y, fit_index, epochs, batch_size, seed, device, weight_decay,
+                    progress="linear probe" if progress else None)
     val_index = val_index.to(device)
     return select_by_validation(
         heads, lrs, train_x[val_index], train_y[val_index], test_x, test_y, device, chunk_size=max(batch_size, 4096)

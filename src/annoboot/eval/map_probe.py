@@ -81,6 +81,7 @@ def map_probe(
     device: torch.device | str = "cpu",
     num_heads: Optional[int] = None,
     weight_decay: float = 0.0,
+    progress: bool = False,
 ) -> Dict[str, object]:
     """Train one :class:`MAPHead` per learning rate on frozen tokens; report the best.
 
@@ -102,6 +103,7 @@ def map_probe(
         device: where the heads train.
         num_heads: attention heads; default the largest of 8, 6, 4, 3, 2, 1 dividing D.
         weight_decay: AdamW weight decay.
+        progress: show a progress bar while the heads train.
 
     Returns:
         {"test_acc": %, "val_acc": %, "best_lr": float, "val_acc_by_lr": {"0.0003": %, ...}}.
@@ -119,7 +121,8 @@ def map_probe(
     heads.to(device)
 
     fit_index, val_index = holdout_split(train_tokens.shape[0], val_fraction, seed)
-    train_head_grid(heads, lrs, train_tokens, train_y, fit_index, epochs, batch_size, seed, device, weight_decay)
+    train_head_grid(heads, lrs, train_tokens, train_y, fit_index, epochs, batch_size, seed, device, weight_decay,
+                    progress="MAP probe" if progress else None)
     val_index = val_index.to(train_tokens.device)
     return select_by_validation(
         heads,

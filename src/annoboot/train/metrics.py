@@ -59,7 +59,9 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self.bar = tqdm(total=total_steps, initial=start_step, disable=not show_progress, unit="step", dynamic_ncols=True)
+        # A slow moving average of step times (about the last 50 steps) keeps the ETA steady.
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not show_progress, unit="step", dynamic_ncols=True,
+                        smoothing=0.02)
         self.last_time = time.perf_counter()
         self.last_step = start_step
 
@@ -76,7 +78,8 @@ class RunLogger:
         self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
         self.jsonl.flush()
         loss = scalars.get("loss/total")
-        self.bar.set_postfix(loss=f"{loss:.3f}" if loss is not None else "-", img_s=f"{scalars['speed/images_per_s']:.0f}")
+        rate = f"{scalars['speed/images_per_s']:.0f} img/s over the last {steps} steps"
+        self.bar.set_postfix_str(rate if loss is None else f"loss {loss:.3f}, {rate}")
         return scalars
 
     def advance(self, n: int = 1) -> None:

@@ -22,6 +22,7 @@ from annoboot import __version__, distributed
 from annoboot.config import Config, SourceConfig, to_dict, to_yaml
 from annoboot.data import BatchStream, ShardStream, build_source, build_stream
 from annoboot.data.base import ImageSource
+from annoboot.data.cache import cache_decoded
 from annoboot.errors import AnnobootError
 from annoboot.methods import Method, build_method
 from annoboot.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -105,7 +106,8 @@ class Trainer:
             if src_cfg.kind != "webdataset":
                 key = repr(src_cfg)  # coupled training: one source object feeds both streams
                 if key not in built:
-                    built[key] = build_source(src_cfg)
+                    progress = cfg.train.progress and self.dist.is_main
+                    built[key] = cache_decoded(build_source(src_cfg), src_cfg.cache_mb, src_cfg.num_workers, progress)
                 source = built[key]
             streams[name] = build_stream(
                 src_cfg,
