@@ -12,8 +12,10 @@ half the range over seeds, followed by two floors probed the same way: the untra
 Budgets (``--budget``): ``cpu`` (default) the recipes of configs/cpu on 64-px scenes, about 20
 minutes of pre-training per run on the 2-core CPU; ``gpu`` the GPU recipes of configs/ on 96-px
 scenes; ``quick`` a 300-step smoke run of the code. A finished run whose saved config equals
-the one asked for is probed again instead of retrained, so protocols that share a variant
-(SimCLR on scenes in scenes.py and decoupled.py) train it once when given the same --out-dir.
+the one asked for is probed again instead of retrained: run directories are named by a hash
+of the training settings, so protocols that share a run (SimCLR on scenes in scenes.py and
+decoupled.py; SimCLR on items in fmnist_probes.py and decoupled.py) train it once when given
+the same --out-dir.
 
 The data do not change with the seed: scenes come from scene seed 0 (train scenes from
 Fashion-MNIST train items, test scenes from test items); ``--seeds`` seeds the training and the
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import hashlib
 import json
 import statistics
 import time
@@ -177,25 +180,37 @@ class ProbeData:
         )
 
 
+def training_key(cfg: Config) -> str:
+    """A short hash of everything that shapes training (not eval, logging or where it is written):
+    two protocols asking for the same training get the same run directory, and train it once."""
+    settings = to_dict(cfg)
+    settings.pop("eval")
+    for key in ("out_dir", "progress", "log_every", "ckpt_every", "keep_checkpoints"):
+        settings["train"].pop(key)
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def run_config(recipe: Path, overrides: Sequence[str], seed: int, out_dir: str) -> Config:
+    """``recipe`` with ``overrides`` and ``seed``, written to <out_dir>/<method>-<training key>_s<seed>."""
+    settings = list(overrides) + [f"train.seed={seed}", f"eval.seed={seed}", "train.progress=false", "eval.at_end=false"]
+    cfg = load_config(recipe, settings)
+    cfg.train.out_dir = f"{out_dir}/{cfg.method.name}-{training_key(cfg)}_s{seed}"
+    return cfg
+
+
 def variant_config(variant: Variant, seed: int, budget: Budget, user: Sequence[str], out_dir: str) -> Config:
-    return load_config(
-        recipe_path(budget, variant.recipe),
-        list(budget.common) + variant.overrides + list(user) + [
-            f"train.seed={seed}", f"eval.seed={seed}", f"train.out_dir={out_dir}/{variant.name.replace('/', '_')}_s{seed}",
-            "train.progress=false", "eval.at_end=false",
-        ],
-    )
+    return run_config(recipe_path(budget, variant.recipe), list(budget.common) + variant.overrides + list(user), seed, out_dir)
 
 
 def pretrained(cfg: Config):
     """(method, device, pre-training seconds): trained now, or loaded from a finished run of the
-    same config under train.out_dir (its seconds as recorded when it was trained)."""
+    same training under train.out_dir (with its seconds as recorded when it was trained)."""
     run_dir = Path(cfg.train.out_dir)
     record = run_dir / "protocol_run.json"
     found = latest_checkpoint(run_dir)
     if found is not None and record.is_file():
         state = load_checkpoint(found)
-        if state["step"] == cfg.train.steps and state["config"] == to_dict(cfg):
+        if state["step"] == cfg.train.steps:
             device = resolve_device(cfg.train.device)
             method = build_method(cfg)
             method.load_state_dict(state["method"])

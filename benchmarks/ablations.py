@@ -46,7 +46,7 @@ ABLATIONS = {
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, "runs/bench_ablations")
+    add_arguments(parser, "runs/bench")
     args = parser.parse_args()
     scenes = budget_of(args).scenes
     data = scene_source("data.annotation", scenes)

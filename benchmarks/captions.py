@@ -36,7 +36,7 @@ EVAL = [
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, "runs/bench_captions")
+    add_arguments(parser, "runs/bench")
     args = parser.parse_args()
     missing = [name for name in ("clip", "ab_clip") if name not in METHODS]
     if missing:

@@ -33,7 +33,7 @@ FASHION_MNIST_TRAIN = 60000
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, "runs/bench_decoupled")
+    add_arguments(parser, "runs/bench")
     parser.add_argument("--base", choices=["simclr", "dino"], default="simclr")
     parser.add_argument("--single-sources", action="store_true", help="also train on items only and on scenes only")
     parser.add_argument("--mix-fraction", type=float, help="share of single items in the mixture (default: the union)")

@@ -22,12 +22,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from datetime import date
 from pathlib import Path
 from typing import Dict, List
 
 import torch
+from _protocol import pretrained, run_config
 
 from annoboot.config import Config, load_config
 from annoboot.data import build_source
@@ -35,7 +35,7 @@ from annoboot.eval import evaluate
 from annoboot.eval.knn import knn_accuracy
 from annoboot.eval.linear import linear_probe
 from annoboot.methods import build_method
-from annoboot.runs import pretrain
+from annoboot.runs import evaluate_method
 from annoboot.train.runtime import describe, resolve_device
 from annoboot.views import Normalize
 
@@ -88,7 +88,7 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=["simclr", "ab_simclr"], help="method or label:method[:key=value...]")
     parser.add_argument("--steps", type=int, help="override train.steps for every variant")
     parser.add_argument("--no-floors", action="store_true", help="skip the random-init and raw-pixel rows")
-    parser.add_argument("--out-dir", default="runs/bench_fmnist")
+    parser.add_argument("--out-dir", default="runs/bench", help="runs are reused from here when their training matches")
     parser.add_argument("--json", help="write all figures to this file")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
     args = parser.parse_args()
@@ -101,17 +101,12 @@ def main() -> int:
     for variant in map(parse_variant, args.variants):
         for seed in args.seeds:
             recipe = ROOT / RECIPES[args.recipe].format(method=variant["method"])
-            cfg = load_config(recipe, extra + variant["overrides"] + [
-                f"train.seed={seed}", f"eval.seed={seed}", f"train.out_dir={args.out_dir}/{variant['label']}_s{seed}",
-                "train.progress=false"])
-            start = time.perf_counter()
-            summary = pretrain(cfg)
-            total = time.perf_counter() - start
-            views = build_method(cfg).views_per_step()
-            ev = summary["eval"]
+            cfg = run_config(recipe, extra + variant["overrides"], seed, args.out_dir)
+            method, device, train_seconds = pretrained(cfg)
+            ev = evaluate_method(method, cfg, device)
             runs.append({"variant": variant["label"], "method": cfg.method.name, "seed": seed, "steps": cfg.train.steps,
-                         "views_seen": views * cfg.train.steps, "train_seconds": total - ev["seconds"],
-                         "probe_seconds": ev["seconds"], **{p: ev.get(p) for p in PROBES}})
+                         "views_seen": method.views_per_step() * cfg.train.steps, "train_seconds": train_seconds,
+                         "probe_seconds": ev["seconds"], "run_dir": cfg.train.out_dir, **{p: ev.get(p) for p in PROBES}})
             print(json.dumps(runs[-1]), flush=True)
     assert cfg is not None
     floors: Dict[str, Dict] = {}

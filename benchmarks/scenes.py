@@ -28,7 +28,7 @@ from _protocol import Variant, add_arguments, budget_of, run_protocol, scene_sou
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, "runs/bench_scenes")
+    add_arguments(parser, "runs/bench")
     parser.add_argument("--dino", action="store_true", help="also run DINO vs ABDINO")
     args = parser.parse_args()
     scenes = budget_of(args).scenes

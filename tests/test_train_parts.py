@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from annoboot.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
-from annoboot.train.ema import ema_update, make_target
+from annoboot.train.ema import ema_update, make_target, relative_distance
 from annoboot.train.schedules import cosine, ema_momentum, warmup_cosine
 
 
@@ -51,6 +51,16 @@ def test_ema_update_moves_target_by_one_minus_momentum():
     assert torch.equal(target[1].running_mean, torch.full((2,), 3.0))  # buffers copied
     ema_update(target, online, momentum=1.0)  # momentum 1: frozen
     assert torch.allclose(target[0].weight, before + 0.1)
+
+
+def test_target_online_distance_is_relative_to_the_online_weights():
+    online = torch.nn.Linear(3, 3)
+    target = make_target(online)
+    assert relative_distance(target, online) == 0.0
+    with torch.no_grad():
+        for p in online.parameters():
+            p.mul_(2)
+    assert relative_distance(target, online) == pytest.approx(0.5)
 
 
 def test_checkpoints_are_atomic_and_pruned(tmp_path):

@@ -28,3 +28,15 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
         torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
     for t_buf, o_buf in zip(target.buffers(), online.buffers()):
         t_buf.copy_(o_buf)
+
+
+@torch.no_grad()
+def relative_distance(target: nn.Module, online: nn.Module) -> float:
+    """||theta_target - theta_online|| / ||theta_online|| over all parameters: how far the EMA
+    target lags the online network (0 for a copy; near 1 or more while it is still mostly its
+    initialisation and the online network has moved away from it)."""
+    target_params, online_params = list(target.parameters()), list(online.parameters())
+    gaps = torch._foreach_sub(target_params, online_params)
+    gap = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gaps)))
+    size = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(online_params)))
+    return float(gap / size.clamp_min(1e-12))

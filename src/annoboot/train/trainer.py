@@ -26,7 +26,7 @@ from annoboot.data.cache import cache_decoded
 from annoboot.errors import AnnobootError
 from annoboot.methods import Method, build_method
 from annoboot.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from annoboot.train.ema import ema_update, make_target
+from annoboot.train.ema import ema_update, make_target, relative_distance
 from annoboot.train.metrics import MetricAccumulator, RunLogger
 from annoboot.train.runtime import autocast_context, prepare_for_device, resolve_device
 from annoboot.train.schedules import cosine, ema_momentum, warmup_cosine
@@ -250,6 +250,8 @@ class Trainer:
                         skipped = sum(s.skipped for s in self.streams.values())
                         scalars = accumulator.pop(reduce=distributed.all_reduce_mean)
                         scalars["data/skipped_images"] = float(skipped)
+                        if self.target is not None:  # at log steps only: one pass over the weights
+                            scalars["ema/target_online_distance"] = relative_distance(self.target, self.method)
                         scalars.update(self.schedule_values)
                         if logger:
                             last = logger.log(self.step, scalars, images_per_step, self.method.views_per_step())
