@@ -23,6 +23,7 @@ def main() -> None:
         grads = {name: p.grad.clone() for name, p in trainer.method.named_parameters() if p.grad is not None}
         torch.save({"loss": loss, "grads": grads, "world_size": distributed.world_size()}, out)
     distributed.barrier()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -51,6 +51,13 @@ def init_from_env(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def shutdown() -> None:
+    """Leave the process group. Without this, gloo's threads are still running when the
+    interpreter exits and a rank can abort ("terminate called without an active exception")."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if is_initialized():
         dist.barrier()

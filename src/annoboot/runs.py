@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import torch
 
+from annoboot import distributed
 from annoboot.config import Config, config_from_saved
 from annoboot.data import build_source
 from annoboot.errors import AnnobootError
@@ -50,7 +51,10 @@ def evaluate_method(method: Method, cfg: Config, device: torch.device, progress:
 def pretrain(cfg: Config, resume: bool = False) -> dict:
     """Pre-train, then (if ``eval.at_end``) probe the encoder; returns the run's summary."""
     trainer = Trainer(cfg, resume=resume)
-    last = trainer.fit()
+    try:
+        last = trainer.fit()
+    finally:
+        distributed.shutdown()  # probes below are rank 0's alone and use no collectives
     summary = {"run_dir": str(trainer.run_dir), "step": trainer.step, "train": last}
     if cfg.eval.at_end and trainer.step >= cfg.train.steps and trainer.dist.is_main:  # probes: rank 0 only
         log.info("probing the encoder: %s", ", ".join(cfg.eval.probes))
