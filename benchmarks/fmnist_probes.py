@@ -7,9 +7,9 @@ seeds. The same run adds the floors, probed with the same code and split: a rand
 initialised encoder of the recipe's shape (per seed) and raw pixels (kNN and linear on the
 784 pixel values). Figures go to docs/results.md by hand, with the printed header.
 
-  python benchmarks/fmnist_probes.py --recipe cpu --seeds 0 1     # configs/cpu, 2-core CPU (~2 h)
+  python benchmarks/fmnist_probes.py --recipe cpu --seeds 0 1     # configs/cpu, 2-core CPU (~1.5 h)
   python benchmarks/fmnist_probes.py --recipe gpu --seeds 0 1     # configs/fmnist_*.yaml on a GPU
-  python benchmarks/fmnist_probes.py --recipe cpu --variants simclr ab_simclr ab_simclr_wall:ab_simclr:train.steps=3000
+  python benchmarks/fmnist_probes.py --recipe cpu --variants simclr ab_simclr ab_simclr_equal_views:ab_simclr:train.steps=5000
   python benchmarks/fmnist_probes.py --recipe quick               # 300-step smoke run of the code
 
 A variant is ``method`` or ``label:method[:key=value[:key=value...]]`` (overrides for that

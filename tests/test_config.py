@@ -1,5 +1,6 @@
 """Configs: recipes, overrides and the errors they give."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,5 @@ def test_every_recipe_loads_and_names_its_command_and_result(recipe):
     header = (ROOT / recipe).read_text().split("\n\n")[0]
     for field in ("Command:", "Hardware:", "Runtime:", "Expected:"):
         assert field in header, f"{recipe} header lacks '{field}'"
+    placeholders = re.findall(r"\b[A-Z]+_[A-Z_]+\b", header)  # e.g. MEASURED_RESULT left by a draft
+    assert not placeholders, f"{recipe} header still holds {placeholders}"
