@@ -83,6 +83,19 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_config, tmp_path, 
     assert final["streams"] == again["streams"]
 
 
+def test_resume_restores_rng_states_as_cpu_tensors_on_any_device(tiny_config):
+    # On a GPU, loading the checkpoint onto the device handed torch.set_rng_state a CUDA tensor
+    # (TypeError). The meta device stands in for any device that is not the CPU.
+    cfg = tiny_config("method.name=simclr", "train.steps=2", "train.ckpt_every=2", "train.log_every=2")
+    Trainer(cfg).fit()
+    saved = load_checkpoint(checkpoint_path(cfg.train.out_dir, 2))["rng"][0]["torch"]
+    trainer = Trainer(cfg)
+    trainer.device = torch.device("meta")
+    trainer._resume()
+    assert trainer.step == 2
+    assert torch.equal(torch.get_rng_state(), saved)
+
+
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     run_dir = tmp_path / "run"

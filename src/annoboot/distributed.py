@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from timm.layers import convert_sync_batchnorm
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,16 @@ def init_from_env(device_type: str) -> DistInfo:
     if not is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """BatchNorm layers -> SyncBatchNorm, keeping what timm fuses into its norm layers.
+
+    torch's ``convert_sync_batchnorm`` turns timm's ``BatchNormAct2d`` into a plain
+    SyncBatchNorm and drops the activation and drop-path it carries (EfficientNet, RegNet:
+    a different network); timm's converter keeps them.
+    """
+    return convert_sync_batchnorm(module)
 
 
 def shutdown() -> None:

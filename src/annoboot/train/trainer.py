@@ -72,7 +72,7 @@ class Trainer:
 
         self.method: Method = build_method(cfg).to(self.device)
         if self.dist.world_size > 1 and self.device.type == "cuda":
-            self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+            self.method = distributed.sync_batchnorm(self.method)
         prepare_for_device(self.method, self.device)
         self.target: Optional[Method] = make_target(self.method) if self.method.uses_target else None
         if cfg.train.compile:
@@ -160,9 +160,9 @@ class Trainer:
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:
             rng = rngs[self.dist.rank]
-            torch.set_rng_state(rng["torch"])
+            torch.set_rng_state(rng["torch"].cpu())  # RNG states must be CPU ByteTensors
             if "cuda" in rng and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"], self.device)
+                torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         else:  # another world size: the model and data resume exactly, augmentations reseed
             log.warning("checkpoint has RNG states of %d ranks, this run has %d: reseeding", len(rngs), self.dist.world_size)
             torch.manual_seed(self.cfg.train.seed + self.dist.rank + 1_000_003 * self.step)
@@ -180,7 +180,10 @@ class Trainer:
         if path is None:
             log.warning("--resume: no checkpoint under %s, starting from step 0", self.run_dir)
             return
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        # Loaded to the CPU: load_state_dict copies weights and optimizer state to their
+        # parameters' device, and the RNG states must stay CPU ByteTensors (on a GPU,
+        # map_location=device would hand torch.set_rng_state a CUDA tensor: TypeError).
+        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
         log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ loop
