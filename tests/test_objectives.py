@@ -10,9 +10,11 @@ from annoboot.objectives import (
     agreement_by_iou,
     annotation_distribution,
     bootstrap_loss,
+    clip_loss,
     nt_xent,
     td_target,
 )
+from annoboot.objectives.dino import dino_loss, teacher_distribution
 
 
 def test_nt_xent_matches_hand_computed_orthogonal_case():
@@ -134,24 +136,22 @@ def test_losses_under_cpu_bf16_autocast_equal_their_float32_values():
     # Autocast runs matmul/einsum in bf16 even on float32 inputs; the similarity products of the
     # losses must stay float32 (objectives/precision.py), or a cosine near 1 rounds in steps of
     # 0.004, a tenth of a logit at temperature 0.04.
-    from annoboot.objectives import clip_loss
-    from annoboot.objectives.dino import dino_loss, teacher_distribution
-
     g = torch.Generator().manual_seed(0)
     z_a, z_b = torch.randn(32, 64, generator=g), torch.randn(32, 64, generator=g)
     student = torch.randn(4, 8, 256, generator=g)  # (views, batch, prototypes)
     teacher = teacher_distribution(torch.randn(2, 8, 256, generator=g), torch.zeros(256), 0.04)
 
     def losses():
-        return torch.stack([
-            nt_xent(z_a, z_b, temperature=0.1),
-            clip_loss(z_a, z_b, logit_scale=100.0),
-            dino_loss(student, teacher, student_temp=0.1),
-            annotation_distribution(z_a, z_b, temperature=0.1).sum(0).max(),
-        ])
+        return {
+            "nt_xent": nt_xent(z_a, z_b, temperature=0.1),
+            "clip": clip_loss(z_a, z_b, logit_scale=100.0),
+            "dino": dino_loss(student, teacher, student_temp=0.1),
+            "reward": annotation_distribution(z_a, z_b, temperature=0.1),  # the whole (32, 32) distribution
+        }
 
     reference = losses()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = losses()
-    assert under_autocast.dtype == torch.float32
-    torch.testing.assert_close(under_autocast, reference, rtol=1e-5, atol=1e-5)
+    for name, value in under_autocast.items():
+        assert value.dtype == torch.float32, name
+        torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5, msg=name)

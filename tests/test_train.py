@@ -16,6 +16,7 @@ from annoboot.eval.features import extract_features
 from annoboot.eval.knn import knn_accuracy
 from annoboot.methods import build_method
 from annoboot.train import Trainer
+from annoboot.train import trainer as trainer_module
 from annoboot.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from annoboot.train.ema import make_target
 from annoboot.views import Normalize
@@ -83,12 +84,21 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_config, tmp_path, 
     assert final["streams"] == again["streams"]
 
 
-def test_resume_restores_rng_states_as_cpu_tensors_on_any_device(tiny_config):
+def test_resume_restores_rng_states_as_cpu_tensors_on_any_device(tiny_config, monkeypatch):
     # On a GPU, loading the checkpoint onto the device handed torch.set_rng_state a CUDA tensor
-    # (TypeError). The meta device stands in for any device that is not the CPU.
+    # (TypeError). The meta device stands in for the GPU: the RNG states land wherever the
+    # trainer asks the checkpoint to be loaded; the weights stay on the CPU, as a GPU model
+    # would copy them across devices (meta weights cannot be copied at all).
     cfg = tiny_config("method.name=simclr", "train.steps=2", "train.ckpt_every=2", "train.log_every=2")
     Trainer(cfg).fit()
     saved = load_checkpoint(checkpoint_path(cfg.train.out_dir, 2))["rng"][0]["torch"]
+
+    def load_rng_states_onto_map_location(path, map_location="cpu"):
+        state = load_checkpoint(path)
+        state["rng"] = [{name: s.to(map_location) for name, s in rng.items()} for rng in state["rng"]]
+        return state
+
+    monkeypatch.setattr(trainer_module, "load_checkpoint", load_rng_states_onto_map_location)
     trainer = Trainer(cfg)
     trainer.device = torch.device("meta")
     trainer._resume()

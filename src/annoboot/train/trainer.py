@@ -160,9 +160,9 @@ class Trainer:
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:
             rng = rngs[self.dist.rank]
-            torch.set_rng_state(rng["torch"].cpu())  # RNG states must be CPU ByteTensors
+            torch.set_rng_state(rng["torch"])
             if "cuda" in rng and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
         else:  # another world size: the model and data resume exactly, augmentations reseed
             log.warning("checkpoint has RNG states of %d ranks, this run has %d: reseeding", len(rngs), self.dist.world_size)
             torch.manual_seed(self.cfg.train.seed + self.dist.rank + 1_000_003 * self.step)
