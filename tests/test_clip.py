@@ -2,6 +2,7 @@
 
 import io
 import math
+import os
 import tarfile
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import torch
 
 from conftest import TINY, TINY_TEXT, TUXPAINT_ROOT, needs_fmnist, needs_openclipart, needs_tuxpaint
 from annoboot.config import SourceConfig, load_config
-from annoboot.data import build_source, build_stream
-from annoboot.data.base import ImageBatch
+from annoboot.data import BatchStream, build_source, build_stream
+from annoboot.data.base import ImageBatch, InMemoryImageSource
 from annoboot.data.captioned import captioned_folder, openclipart, split_of, tuxpaint
 from annoboot.data.shards import ShardStream
 from annoboot.errors import AnnobootError
@@ -150,6 +151,85 @@ def test_shard_samples_without_caption_or_image_are_skipped_and_counted(tmp_path
     assert stream.skipped > 0  # 3 of every 15 resampled samples are unusable: counted, never fatal
     captionless = ShardStream(str(tmp_path / "s-0.tar"), batch_size=4, seed=0, num_workers=0, shuffle_buffer=1)
     assert any("" in next(captionless).captions for _ in range(12))  # kept, with an empty caption
+
+
+class _TokenizerCountingMainProcessCalls:
+    """The CLIP tokenizer, counting the calls made in the process that built it (the training
+    process); each loader worker runs its own copy, whose count stays in the worker."""
+
+    def __init__(self, context_length: int = 16):
+        self.tokenizer = CaptionTokenizer(context_length)
+        self.main_pid = os.getpid()
+        self.main_process_calls = 0
+
+    def __call__(self, captions):
+        self.main_process_calls += os.getpid() == self.main_pid
+        return self.tokenizer(captions)
+
+
+class _CaptionedImagesInMemory(InMemoryImageSource):
+    def __init__(self, captions):
+        self._images = torch.zeros(len(captions), 3, 8, 8, dtype=torch.uint8)
+        self.captions = captions
+
+
+@pytest.mark.parametrize("served_from", ["workers", "files_without_workers", "memory"])
+def test_batch_streams_tokenise_captions_off_the_training_thread(tmp_path, served_from):
+    # Tokenising took the training thread ~60 ms per 512 captions every step. Decode workers
+    # tokenise now; a stream without workers tokenises the source's captions once, up front.
+    captions = [f"a red square number {i}" for i in range(12)]
+    if served_from == "memory":
+        source = _CaptionedImagesInMemory(captions)
+    else:
+        for i, caption in enumerate(captions):
+            (tmp_path / f"{i}.png").write_bytes(_png_bytes((i * 10, 0, 0), size=(12 + i, 10)))
+            (tmp_path / f"{i}.txt").write_text(caption)
+        source = captioned_folder(str(tmp_path))
+    tokenize = _TokenizerCountingMainProcessCalls()
+    workers = 1 if served_from == "workers" else 0
+    stream = BatchStream(source, batch_size=4, seed=0, num_workers=workers, tokenize=tokenize)
+    calls_up_front = tokenize.main_process_calls
+    batches = [next(stream) for _ in range(7)]  # over two epochs
+    assert tokenize.main_process_calls == calls_up_front == (0 if served_from == "workers" else 1)
+    for batch in batches:
+        assert torch.equal(batch.caption_tokens, tokenize.tokenizer(batch.captions))
+
+
+@pytest.mark.parametrize("decode_on", ["cpu", "device"])
+def test_shard_streams_tokenise_captions_in_their_workers(tmp_path, decode_on):
+    from PIL import Image
+
+    def jpeg_bytes(color):
+        buffer = io.BytesIO()
+        Image.new("RGB", (12, 10), color).save(buffer, format="JPEG")
+        return buffer.getvalue()
+
+    # JPEGs (decoded by the device path after the workers), PNGs, and a broken file whose
+    # caption and tokens must leave the batch together.
+    samples = [(f"g{i}", {"jpg" if i % 2 else "png": (jpeg_bytes if i % 2 else _png_bytes)((i * 20, 50, 0)),
+                          "txt": f"a shape number {i}".encode()}) for i in range(10)]
+    samples.append(("broken", {"jpg": b"\xff\xd8 not really", "txt": b"a broken file"}))
+    _write_shard(tmp_path / "s-0.tar", samples)
+    tokenize = _TokenizerCountingMainProcessCalls()
+    stream = ShardStream(str(tmp_path / "s-0.tar"), batch_size=4, seed=0, num_workers=1, shuffle_buffer=1,
+                         require_captions=True, decode_on=decode_on, tokenize=tokenize)
+    batches = [next(stream) for _ in range(6)]
+    assert tokenize.main_process_calls == 0
+    assert stream.skipped > 0
+    for batch in batches:
+        assert "a broken file" not in batch.captions
+        assert torch.equal(batch.caption_tokens, tokenize.tokenizer(batch.captions))
+
+
+def test_clip_reads_the_tokens_its_stream_made():
+    method = build_method(load_config(None, TINY + TINY_TEXT + ["method.name=ab_clip"]))
+    assert method.caption_tokenizer("annotation") is method.tokenizer
+    assert method.caption_tokenizer("bootstrap") is None  # bootstrap images may be uncaptioned
+    tokens = method.tokenizer(["a cat", "a dog"])
+    images, sizes = torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.full((2, 2), 8)
+    batch = ImageBatch(images, sizes, None, ["a cat", "a dog"], tokens)
+    assert method.caption_tokens(batch) is tokens
+    assert torch.equal(method.caption_tokens(ImageBatch(batch.images, batch.sizes, None, batch.captions)), tokens)
 
 
 @needs_fmnist
@@ -306,4 +386,5 @@ def test_abclip_trains_on_caption_shards_with_an_uncaptioned_bootstrap_source(tm
     assert torch.isfinite(metrics["loss/total"]) and "loss/bootstrap" in metrics
     batch = next(trainer.streams["annotation"])
     assert batch.captions is not None and all(batch.captions)
+    assert torch.equal(batch.caption_tokens, trainer.method.tokenizer(batch.captions))  # made by the workers
     assert next(trainer.streams["bootstrap"]).captions is None

@@ -155,3 +155,33 @@ def test_losses_under_cpu_bf16_autocast_equal_their_float32_values():
     for name, value in under_autocast.items():
         assert value.dtype == torch.float32, name
         torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_dino_head_logits_and_value_scoring_stay_float32_under_cpu_bf16_autocast():
+    # The networks before them may run in bf16; the products that the 0.04 teacher temperature
+    # and the AB logit scale then amplify must not: each equals its float32 computation from
+    # the same (autocast) inputs.
+    import torch.nn.functional as F
+
+    from annoboot.config import load_config
+    from annoboot.methods.bootstrapping import ValueFunction
+    from annoboot.models import DINOHead
+    from annoboot.objectives import caption_distribution
+
+    torch.manual_seed(0)
+    head = DINOHead(in_dim=64, hidden_dim=64, bottleneck_dim=32, num_prototypes=256)
+    values = ValueFunction(load_config(None, ["model.decoder_depth=1"]), token_width=64, annotation_dim=32)
+    features, tokens = torch.randn(8, 64), torch.randn(2, 5, 64)
+    moves, keys = torch.randint(0, values.num_bins, (1, 2, 2, 4)), torch.randn(16, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        head_logits, bottleneck = head(features), head.bottleneck(features)
+        value_logits, phi = values.logits(tokens, moves, keys), values.decoder(tokens, moves.flatten(0, 1))
+        captions = caption_distribution(features[:, :32], keys, 100.0)
+    with torch.no_grad():
+        expected_head = head.last_layer(bottleneck)
+        expected_values = values.scale() * F.normalize(phi.float(), dim=-1) @ F.normalize(keys, dim=-1).T
+        expected_captions = caption_distribution(features[:, :32], keys, 100.0)
+    for got, expected in [(head_logits, expected_head), (value_logits.flatten(0, 2), expected_values.flatten(0, 1)),
+                          (captions, expected_captions)]:
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -173,6 +173,17 @@ def test_decoupled_bootstrap_batch_reads_its_own_source(tiny_config, tmp_path):
     assert torch.isfinite(torch.tensor(last["loss/total"]))
 
 
+def test_only_streams_that_decode_share_the_cores_as_workers(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    folder = tmp_path / "photos"
+    _write_photos(folder, 24)
+    bootstrap = f"data.bootstrap={{kind: image_folder, root: {folder}, cache_mb: 0}}"  # decoded from files
+    trainer = Trainer(tiny_config("method.name=ab_simclr", bootstrap))
+    assert trainer.streams["annotation"].num_workers == 0  # Fashion-MNIST, in memory
+    assert trainer.streams["bootstrap"].num_workers == 7  # the one decoding stream: all cores but the loop's
+
+
 @pytest.mark.parametrize("base,extra", [("simclr", []), ("dino", ["views.local_views=2", "model.dino_prototypes=64"]),
                                         ("clip", TINY_TEXT)])
 def test_an_ab_step_renders_as_many_views_as_its_base_step(tiny_config, base, extra):

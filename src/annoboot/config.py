@@ -57,7 +57,9 @@ class SourceConfig:
     limit: Optional[int] = None  # use only the first N images (smoke runs, tests)
     max_short_side: int = 256  # decoded images are downscaled so their short side is at most this
     frame_stride: int = 1  # video_folder: keep every n-th frame
-    num_workers: int = 4  # CPU decode workers for file-backed sources
+    # CPU decode workers for file-backed sources; None: this process's share of the cores,
+    # split over its streams (data/workers.py)
+    num_workers: Optional[int] = None
     # Training: a file-backed indexable source (image folder, captioned set, video frames) whose
     # decoded images fit in this many MB is decoded once and kept in memory, one copy per process
     # (data/cache.py); 0 decodes every epoch.

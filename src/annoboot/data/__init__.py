@@ -16,7 +16,8 @@ from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.image_folder import ImageFolderSource
 from annoboot.data.scenes import SceneSource
 from annoboot.data.shards import ShardStream
-from annoboot.data.stream import BatchStream, iter_eval_batches, pad_collate
+from annoboot.data.stream import BatchStream, Tokenize, iter_eval_batches, pad_collate
+from annoboot.data.workers import decode_workers
 from annoboot.errors import AnnobootError
 
 SOURCE_KINDS = ("fashion_mnist", "image_folder", "webdataset", "video_folder", "fmnist_scenes", *CAPTIONED_SOURCES)
@@ -62,21 +63,27 @@ def build_stream(
     world_size: int = 1,
     source: ImageSource | None = None,
     require_captions: bool = False,
+    tokenize: Tokenize | None = None,
+    decoding_streams: int = 1,
 ) -> "BatchStream | ShardStream":
     """The training stream for a source config: shards stream, everything else is indexed.
 
     ``source`` reuses an already built indexable source (coupled training: one source feeds
     the annotation and the bootstrap stream). ``require_captions``: the method reads the
     batches' captions; shard samples without one are skipped and counted, and an indexed
-    source without captions is an error.
+    source without captions is an error. ``tokenize``: the method's caption tokenizer, run
+    where the stream decodes (its loader workers), so batches arrive with ``caption_tokens``.
+    ``decoding_streams``: how many of this process's streams decode in workers; they share its
+    cores when ``cfg.num_workers`` is None (:func:`decode_workers`).
     """
     if cfg.kind == "webdataset":
         if not cfg.root:
             raise AnnobootError("webdataset needs a shard pattern: data.<stream>.root=/path/train-{000000..000099}.tar")
+        workers = decode_workers(cfg.num_workers, decoding_streams)
         return ShardStream(
-            cfg.root, batch_size, seed, device, cfg.num_workers, rank, world_size, cfg.max_short_side,
+            cfg.root, batch_size, seed, device, workers, rank, world_size, cfg.max_short_side,
             require_captions=require_captions, mix_weights=cfg.mix_weights, max_bad_fraction=cfg.max_bad_fraction,
-            decode_on=cfg.decode_on,
+            decode_on=cfg.decode_on, tokenize=tokenize,
         )
     source = source or build_source(cfg)
     if require_captions and source.captions is None:
@@ -86,10 +93,10 @@ def build_stream(
         )
     if cfg.decode_on != "cpu" or cfg.mix_weights is not None:
         raise AnnobootError(f"decode_on and mix_weights apply to webdataset shards only, not to kind={cfg.kind}")
-    workers = cfg.num_workers if source.needs_decode_workers else 0
+    workers = decode_workers(cfg.num_workers, decoding_streams) if source.needs_decode_workers else 0
     return BatchStream(
         source, batch_size, seed, device=device, num_workers=workers, rank=rank, world_size=world_size,
-        max_bad_fraction=cfg.max_bad_fraction,
+        max_bad_fraction=cfg.max_bad_fraction, tokenize=tokenize,
     )
 
 
@@ -105,6 +112,7 @@ __all__ = [
     "ShardStream",
     "build_source",
     "build_stream",
+    "decode_workers",
     "iter_eval_batches",
     "pad_collate",
 ]

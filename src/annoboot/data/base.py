@@ -22,12 +22,15 @@ class ImageBatch:
     labels: (B,) int64 when the source has labels (evaluation), else None.
     captions: B strings when the source has captions (CLIP/ABCLIP), else None; a caption may
         be "" for an image without text (sources that need text drop such images instead).
+    caption_tokens: (B, L) int64 token ids of ``captions`` when the stream was given the
+        method's tokenizer (tokenised in its loader workers, or once up front), else None.
     """
 
     images: torch.Tensor
     sizes: torch.Tensor
     labels: Optional[torch.Tensor] = None
     captions: Optional[List[str]] = None
+    caption_tokens: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -46,6 +49,7 @@ class ImageBatch:
             self.sizes[rows.to(self.sizes.device)],
             None if self.labels is None else self.labels[rows.to(self.labels.device)],
             None if self.captions is None else [self.captions[i] for i in rows.tolist()],
+            None if self.caption_tokens is None else self.caption_tokens[rows.to(self.caption_tokens.device)],
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> "ImageBatch":
@@ -54,6 +58,7 @@ class ImageBatch:
             self.sizes.to(device, non_blocking=non_blocking),
             None if self.labels is None else self.labels.to(device, non_blocking=non_blocking),
             self.captions,
+            None if self.caption_tokens is None else self.caption_tokens.to(device, non_blocking=non_blocking),
         )
 
 

@@ -41,7 +41,14 @@ from torch.utils.data import DataLoader, IterableDataset
 from annoboot.config import check_mix_weights
 from annoboot.data.base import ImageBatch
 from annoboot.data.image_folder import _exif_orientation, _target_size, decode_image, failure_reason
-from annoboot.data.stream import SkipCounter, _collate_to_tuple, pad_collate, skip_reasons
+from annoboot.data.stream import (
+    SkipCounter,
+    Tokenize,
+    _collate_to_tuple,
+    pad_collate,
+    skip_reasons,
+    with_caption_tokens,
+)
 from annoboot.errors import AnnobootError
 
 log = logging.getLogger(__name__)
@@ -123,11 +130,14 @@ def read_sample(
 
 def _collate_encoded(
     items: Sequence[Tuple[Any, ...]],
-) -> Tuple[List[Any], List[Any], List[Optional[str]], Dict[str, int]]:
-    """read_sample outputs -> (pixels list, jpeg list, captions, {reason: count} of the samples
-    that are neither), in sample order; the lists hold None where a sample has no such entry."""
-    skipped = [(None, None, None, reason) for pixels, jpeg, _, reason in items if pixels is None and jpeg is None]
-    return [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], skip_reasons(skipped)
+) -> Tuple[List[Any], List[Any], List[Optional[str]], Optional[torch.Tensor], Dict[str, int]]:
+    """read_sample outputs -> (pixels list, jpeg list, captions, caption tokens (B, L) or None,
+    {reason: count} of the samples that are neither), in sample order; the lists hold None where
+    a sample has no such entry. Tokens are one tensor: each tensor in a list would travel from
+    the worker as its own shared-memory file."""
+    skipped = [(None, None, None, reason) for pixels, jpeg, _, reason, *_ in items if pixels is None and jpeg is None]
+    tokens = torch.stack([i[4] for i in items]) if items and len(items[0]) > 4 else None
+    return [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], tokens, skip_reasons(skipped)
 
 
 def cap_short_side(image: torch.Tensor, max_short_side: int) -> torch.Tensor:
@@ -208,6 +218,7 @@ class ShardStream:
     same batch; they are counted in ``skipped``, per reason in the logs, and more than ``max_bad_fraction`` of them stops the run).
     ``mix_weights``: one weight per '::'-joined pattern, mixing them as separate sources.
     ``decode_on``: "cpu" (workers decode) or "device" (JPEGs decoded on ``device``, see above).
+    ``tokenize``: the workers tokenise each sample's caption; batches carry ``caption_tokens``.
     """
 
     def __init__(
@@ -225,6 +236,7 @@ class ShardStream:
         mix_weights: Optional[Sequence[float]] = None,
         max_bad_fraction: float = 0.5,
         decode_on: str = "cpu",
+        tokenize: Optional[Tokenize] = None,
     ):
         if batch_size % world_size:
             raise AnnobootError(f"batch size {batch_size} does not split evenly over {world_size} processes")
@@ -246,6 +258,7 @@ class ShardStream:
         self.max_short_side = max_short_side
         self.shuffle_buffer = shuffle_buffer
         self.require_captions = require_captions  # samples without text are skipped and counted
+        self.tokenize = tokenize
         # Device decoding reads bytes into pageable memory: decode_jpeg wants CPU tensors anyway.
         self.pin_memory = self.device.type == "cuda" and decode_on == "cpu"
         self._generation = 0
@@ -274,14 +287,16 @@ class ShardStream:
             per_sample, collate = read_sample, _collate_encoded
         else:
             per_sample, collate = decode_sample, _collate_to_tuple
-        return wds.DataPipeline(
-            *samples,
+        stages = [
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=seed),
             wds.map(
                 functools.partial(per_sample, max_short_side=self.max_short_side, require_caption=self.require_captions)
             ),
-            wds.batched(self.local_batch_size, collation_fn=collate, partial=False),
-        )
+        ]
+        if self.tokenize is not None:  # in the workers, not on the training thread
+            stages.append(wds.map(functools.partial(with_caption_tokens, tokenize=self.tokenize)))
+        stages.append(wds.batched(self.local_batch_size, collation_fn=collate, partial=False))
+        return wds.DataPipeline(*samples, *stages)
 
     @property
     def skipped(self) -> int:
@@ -304,8 +319,8 @@ class ShardStream:
             if self.decode_on == "device":
                 batch, reasons = self._decode_on_device(*next(self._iterator))
             else:
-                images, sizes, _, captions, reasons = next(self._iterator)
-                batch = ImageBatch(images, sizes, None, captions)
+                images, sizes, _, captions, tokens, reasons = next(self._iterator)
+                batch = ImageBatch(images, sizes, None, captions, tokens)
             self._batches += 1
             self._skips.add(self.local_batch_size, reasons)
             if len(batch):
@@ -318,7 +333,12 @@ class ShardStream:
                 )
 
     def _decode_on_device(
-        self, pixels: List[Any], jpegs: List[Any], captions: List[Optional[str]], reasons: Dict[str, int]
+        self,
+        pixels: List[Any],
+        jpegs: List[Any],
+        captions: List[Optional[str]],
+        tokens: Optional[torch.Tensor],
+        reasons: Dict[str, int],
     ) -> Tuple[ImageBatch, Dict[str, int]]:
         """A worker's encoded batch -> (padded ImageBatch on the device, all skip reasons)."""
         jpeg_rows = [i for i, jpeg in enumerate(jpegs) if jpeg is not None]
@@ -329,7 +349,9 @@ class ShardStream:
             images[row] = image
             if reason is not None:
                 reasons[reason] = reasons.get(reason, 0) + 1
-        batch, _ = pad_collate([(image, None, caption) for image, caption in zip(images, captions)])
+        token_rows = [None] * len(images) if tokens is None else list(tokens)
+        items = [(image, None, caption, None, row) for image, caption, row in zip(images, captions, token_rows)]
+        batch, _ = pad_collate(items)
         return batch, reasons
 
     def state_dict(self) -> Dict[str, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 # Spreads nearby (seed, epoch) pairs apart so that seed s, epoch 1 is not seed s + 1, epoch 0.
 _SEED_STRIDE = 1_000_003
 
+# Captions -> (B, L) int64 token ids: the method's tokenizer, which streams run where they decode.
+Tokenize = Callable[[List[str]], torch.Tensor]
+
 
 def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
     """(N,) int64 permutation of the source's indices visited in ``epoch``."""
@@ -35,16 +38,19 @@ def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
     """Stack decoded images of different sizes into one padded batch.
 
     items: (image, label) or (image, label, caption) tuples; image is (C, h, w) uint8 or None
-    (undecodable), label an int or None, caption a string or None. None images are dropped with
-    their labels and captions. Images are padded at the bottom and right to the largest h and w:
-    one row/column repeating the edge (what bilinear rendering at the border reads), then zeros;
-    1-channel images in a batch that also holds 3-channel ones are repeated to 3 channels.
+    (undecodable), label an int or None, caption a string or None; a 4th field (the skip reason)
+    is ignored here, a 5th holds the caption's (L,) token ids or None. None images are dropped
+    with their labels, captions and tokens. Images are padded at the bottom and right to the
+    largest h and w: one row/column repeating the edge (what bilinear rendering at the border
+    reads), then zeros; 1-channel images in a batch that also holds 3-channel ones are repeated
+    to 3 channels.
 
     Returns (batch, skipped): batch.images (B, C, H, W) uint8, batch.sizes (B, 2) int64 (h, w),
     batch.labels (B,) int64 or None when no item carries a label, batch.captions a list of B
-    strings or None when no item carries a caption (a missing one becomes ""); skipped = number
-    of None images. With nothing decodable, batch is empty: images (0, 3, 0, 0). The batch is
-    built on the device of the first image (all images must be on one device).
+    strings or None when no item carries a caption (a missing one becomes ""),
+    batch.caption_tokens (B, L) int64 when every kept item carries tokens, else None; skipped =
+    number of None images. With nothing decodable, batch is empty: images (0, 3, 0, 0). The
+    batch is built on the device of the first image (all images must be on one device).
     """
     kept = [item for item in items if item[0] is not None]
     skipped = len(items) - len(kept)
@@ -69,12 +75,21 @@ def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
     sizes = sizes.to(device)
     captions = [item[2] if len(item) > 2 else None for item in kept]
     batch_captions = None if all(c is None for c in captions) else [c or "" for c in captions]
+    token_rows = [item[4] if len(item) > 4 else None for item in kept]
+    tokens = None if any(row is None for row in token_rows) else torch.stack(token_rows).to(device)
     labels = [item[1] for item in kept]
     if all(label is None for label in labels):
-        return ImageBatch(images, sizes, None, batch_captions), skipped
+        return ImageBatch(images, sizes, None, batch_captions, tokens), skipped
     if any(label is None for label in labels):
         raise ValueError("pad_collate: either every item has a label or none has")
-    return ImageBatch(images, sizes, torch.tensor([int(label) for label in labels], dtype=torch.int64), batch_captions), skipped
+    batch_labels = torch.tensor([int(label) for label in labels], dtype=torch.int64)
+    return ImageBatch(images, sizes, batch_labels, batch_captions, tokens), skipped
+
+
+def with_caption_tokens(item: Tuple[Any, ...], tokenize: Tokenize) -> Tuple[Any, ...]:
+    """A loader item (image, label, caption, skip reason) with its caption's (L,) token ids
+    appended (of "" when it has none); runs in the loader workers, off the training thread."""
+    return (*item, tokenize([item[2] or ""])[0])
 
 
 def skip_reasons(items: Sequence[Tuple[Any, ...]]) -> Dict[str, int]:
@@ -85,10 +100,10 @@ def skip_reasons(items: Sequence[Tuple[Any, ...]]) -> Dict[str, int]:
 
 
 def _collate_to_tuple(items: Sequence[Tuple[Any, ...]]) -> Tuple[Any, ...]:
-    """pad_collate as plain (images, sizes, labels, captions, {skip reason: count}): the
-    DataLoader pins tensors inside tuples but passes a dataclass through unpinned."""
+    """pad_collate as plain (images, sizes, labels, captions, caption tokens, {skip reason:
+    count}): the DataLoader pins tensors inside tuples but passes a dataclass through unpinned."""
     batch, _ = pad_collate(items)
-    return batch.images, batch.sizes, batch.labels, batch.captions, skip_reasons(items)
+    return batch.images, batch.sizes, batch.labels, batch.captions, batch.caption_tokens, skip_reasons(items)
 
 
 class SkipCounter:
@@ -142,11 +157,20 @@ class SkipCounter:
 
 class _ImagesWithLabels(Dataset):
     """(image or None, label or None, caption or None, skip reason or None) of a source: what
-    pad_collate and skip_reasons consume."""
+    pad_collate and skip_reasons consume; then the caption's token ids, when given
+    ``caption_tokens`` (the source's, tokenised up front) or ``tokenize`` (run per item here,
+    in the loader workers)."""
 
-    def __init__(self, source: ImageSource, with_labels: bool):
+    def __init__(
+        self,
+        source: ImageSource,
+        with_labels: bool,
+        caption_tokens: Optional[torch.Tensor] = None,
+        tokenize: Optional[Tokenize] = None,
+    ):
         self.source = source
         self.with_labels = with_labels and source.labels is not None
+        self.caption_tokens, self.tokenize = caption_tokens, tokenize
 
     def __len__(self) -> int:
         return len(self.source)
@@ -155,7 +179,12 @@ class _ImagesWithLabels(Dataset):
         label = int(self.source.labels[index]) if self.with_labels else None  # type: ignore[index]
         caption = None if self.source.captions is None else self.source.captions[index]
         image, reason = self.source.load(index)
-        return image, label, caption, reason
+        item = (image, label, caption, reason)
+        if self.caption_tokens is not None:
+            return (*item, self.caption_tokens[index])
+        if self.tokenize is not None:
+            return with_caption_tokens(item, self.tokenize)
+        return item
 
 
 class _EndlessEpochBatches(Sampler[List[int]]):
@@ -203,6 +232,10 @@ class BatchStream:
     ``num_workers`` processes, pinned (default: when ``device`` is CUDA) and copied without
     blocking.
 
+    ``tokenize`` (image-text methods): batches carry ``caption_tokens``. The decode workers
+    tokenise each image's caption; a stream without workers (in-memory or cached images)
+    tokenises the source's captions once, here, so that no step tokenises on the training thread.
+
     Distributed: ``batch_size`` is the *global* batch; every rank walks the same order and
     keeps its contiguous share ``[rank * b, (rank + 1) * b)`` with ``b = batch_size //
     world_size``. The state (epoch, position) is global, so a checkpoint resumes on any world
@@ -220,6 +253,7 @@ class BatchStream:
         rank: int = 0,
         world_size: int = 1,
         max_bad_fraction: float = 0.5,
+        tokenize: Optional[Tokenize] = None,
     ):
         num_images = len(source)
         if batch_size <= 0:
@@ -250,6 +284,9 @@ class BatchStream:
         self._skips = SkipCounter(label, where or source.name, max_bad_fraction)
 
         all_images = source.in_memory()
+        self._tokenize = tokenize if source.captions is not None else None
+        tokenize_up_front = self._tokenize is not None and (all_images is not None or num_workers == 0)
+        self._caption_tokens = self._tokenize(source.captions) if tokenize_up_front else None
         self._images_on_device: Optional[torch.Tensor] = None
         self._loader: Optional[DataLoader] = None
         self._loader_batches: Optional[Iterator[Tuple[Any, ...]]] = None
@@ -261,13 +298,16 @@ class BatchStream:
             )
             self._order_epoch = -1
             self._order_on_device = torch.empty(0, dtype=torch.int64, device=self.device)
+            if self._caption_tokens is not None:
+                self._caption_tokens = self._caption_tokens.to(self.device)
         else:
             self._batch_sampler = _EndlessEpochBatches(num_images, batch_size, seed, self._rank_slice)
             self._loader = self._make_loader()
 
     def _make_loader(self) -> DataLoader:
+        per_item_tokenize = self._tokenize if self._caption_tokens is None else None
         return DataLoader(
-            _ImagesWithLabels(self.source, with_labels=False),
+            _ImagesWithLabels(self.source, False, self._caption_tokens, per_item_tokenize),
             batch_sampler=self._batch_sampler,
             num_workers=self.num_workers,
             collate_fn=_collate_to_tuple,
@@ -304,15 +344,16 @@ class BatchStream:
         if self.source.captions is not None:
             rows = self._order_host[self._position : self._position + self.batch_size][self._rank_slice].tolist()
             captions = [self.source.captions[i] for i in rows]
+        tokens = None if self._caption_tokens is None else self._caption_tokens.index_select(0, indices)
         self._advance()
-        return ImageBatch(images, self._constant_sizes, None, captions)
+        return ImageBatch(images, self._constant_sizes, None, captions, tokens)
 
     def _next_from_files(self) -> ImageBatch:
         if self._loader_batches is None:
             self._batch_sampler.start_at(self._epoch, self._position)
             self._loader_batches = iter(self._loader)  # type: ignore[arg-type]
         while True:
-            images, sizes, _, captions, reasons = next(self._loader_batches)
+            images, sizes, _, captions, tokens, reasons = next(self._loader_batches)
             self._advance()
             self._skips.add(self.local_batch_size, reasons)
             if images.shape[0]:
@@ -323,7 +364,7 @@ class BatchStream:
                     f"({self._skips.describe_reasons()}); most files are unreadable (corrupt, truncated or not images): "
                     f"check them with `annoboot data inspect {self._skips.inspect}`"
                 )
-        batch = ImageBatch(images, sizes, None, captions).filled_to(self.local_batch_size)
+        batch = ImageBatch(images, sizes, None, captions, tokens).filled_to(self.local_batch_size)
         return batch.to(self.device, non_blocking=self.pin_memory)
 
     def _advance(self) -> None:
@@ -394,7 +435,7 @@ def iter_eval_batches(source: ImageSource, batch_size: int, num_workers: int = 0
         collate_fn=_collate_to_tuple,
     )
     skipped = 0
-    for images, sizes, batch_labels, batch_captions, reasons in loader:
+    for images, sizes, batch_labels, batch_captions, _, reasons in loader:
         skipped += sum(reasons.values())
         if images.shape[0]:
             yield ImageBatch(images, sizes, batch_labels, batch_captions)

@@ -15,6 +15,7 @@ import torch
 
 from annoboot.config import EvalConfig
 from annoboot.data.base import ImageSource
+from annoboot.data.workers import decode_workers
 from annoboot.errors import AnnobootError
 from annoboot.eval.features import Features, extract_features
 from annoboot.eval.knn import knn_accuracy, knn_predict
@@ -73,11 +74,12 @@ def evaluate(
     _check_sources(train_source, test_source)
     device = torch.device(device)
     keep_tokens = "map" in cfg.probes
+    train_workers, test_workers = decode_workers(cfg.train.num_workers), decode_workers(cfg.test.num_workers)
     train = extract_features(
-        encoder, train_source, img_size, normalize, cfg.batch_size, device, keep_tokens, cfg.train.num_workers, progress
+        encoder, train_source, img_size, normalize, cfg.batch_size, device, keep_tokens, train_workers, progress
     )
     test = extract_features(
-        encoder, test_source, img_size, normalize, cfg.batch_size, device, keep_tokens, cfg.test.num_workers, progress
+        encoder, test_source, img_size, normalize, cfg.batch_size, device, keep_tokens, test_workers, progress
     )
     num_classes = _num_classes(train_source, train, test)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -49,6 +49,11 @@ class Method(nn.Module):
     def needs_captions(self, stream: str) -> bool:
         """Whether the batches of ``stream`` must carry captions (image-text methods)."""
         return False
+
+    def caption_tokenizer(self, stream: str) -> Optional[Callable[[List[str]], torch.Tensor]]:
+        """Captions -> token ids for the batches of ``stream``, or None: the stream runs it in
+        its loader workers, so that the training thread does not tokenise every step."""
+        return None
 
     def views_per_step(self) -> int:
         """Rendered views per step: what throughput figures and fair comparisons count."""

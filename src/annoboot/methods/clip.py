@@ -37,8 +37,14 @@ class CLIP(Method):
     def needs_captions(self, stream: str) -> bool:
         return stream == "annotation"  # ABCLIP's bootstrap images may be uncaptioned
 
+    def caption_tokenizer(self, stream: str) -> CaptionTokenizer | None:
+        return self.tokenizer if self.needs_captions(stream) else None
+
     def caption_tokens(self, batch: ImageBatch) -> torch.Tensor:
-        """(B, context_length) token ids of the batch's captions, on the batch's device."""
+        """(B, context_length) token ids of the batch's captions, on the batch's device: as the
+        stream's workers tokenised them, or tokenised here when the batch came without."""
+        if batch.caption_tokens is not None:
+            return batch.caption_tokens
         if batch.captions is None:
             raise AnnobootError(
                 f"method.name={self.cfg.method.name} needs captions, but data.annotation.kind="

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from annoboot import __version__, distributed
 from annoboot.config import Config, SourceConfig, to_dict, to_yaml
-from annoboot.data import BatchStream, ShardStream, build_source, build_stream
+from annoboot.data import BatchStream, ShardStream, build_source, build_stream, decode_workers
 from annoboot.data.base import ImageSource
 from annoboot.data.cache import cache_decoded
 from annoboot.errors import AnnobootError
@@ -99,27 +99,37 @@ class Trainer:
         source_cfgs: Dict[str, SourceConfig] = {"annotation": cfg.data.annotation}
         source_cfgs["bootstrap"] = cfg.data.bootstrap or cfg.data.annotation
         built: Dict[str, ImageSource] = {}
+        sources = {name: self._training_source(source_cfgs[name], built) for name in self.method.batch_sizes()}
+        # Streams served from memory need no workers; the others share this process's cores.
+        decoding = sum(source is None or source.needs_decode_workers for source in sources.values())
         streams = {}
         for offset, (name, size) in enumerate(self.method.batch_sizes().items()):
-            src_cfg = source_cfgs[name]
-            source = None
-            if src_cfg.kind != "webdataset":
-                key = repr(src_cfg)  # coupled training: one source object feeds both streams
-                if key not in built:
-                    progress = cfg.train.progress and self.dist.is_main
-                    built[key] = cache_decoded(build_source(src_cfg), src_cfg.cache_mb, src_cfg.num_workers, progress)
-                source = built[key]
             streams[name] = build_stream(
-                src_cfg,
+                source_cfgs[name],
                 size,
                 cfg.train.seed + offset,
                 self.device,
                 self.dist.rank,
                 self.dist.world_size,
-                source,
+                sources[name],
                 require_captions=self.method.needs_captions(name),
+                tokenize=self.method.caption_tokenizer(name),
+                decoding_streams=decoding,
             )
         return streams
+
+    def _training_source(self, src_cfg: SourceConfig, built: Dict[str, ImageSource]) -> Optional[ImageSource]:
+        """The indexable source of ``src_cfg``, decoded into memory when it fits; None for shards,
+        which stream. ``built`` holds one source per config: in coupled training one source
+        object feeds both streams."""
+        if src_cfg.kind == "webdataset":
+            return None
+        key = repr(src_cfg)
+        if key not in built:
+            progress = self.cfg.train.progress and self.dist.is_main
+            workers = decode_workers(src_cfg.num_workers)  # decoded before training starts: the whole share
+            built[key] = cache_decoded(build_source(src_cfg), src_cfg.cache_mb, workers, progress)
+        return built[key]
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train
