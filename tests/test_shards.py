@@ -1,5 +1,6 @@
 """WebDataset shards: writing from a folder, streaming with bad samples, training, inspecting."""
 
+import contextlib
 import io
 import tarfile
 
@@ -10,6 +11,7 @@ from PIL import Image
 
 from annoboot.cli import main
 from annoboot.data import ShardStream
+from annoboot.data import shards as shard_module
 from annoboot.data.shards import count_shard_samples, expand_shard_pattern
 from annoboot.data.tools import folder_to_shards, inspect_folder
 from annoboot.errors import AnnobootError
@@ -230,3 +232,118 @@ def test_device_jpeg_decoding_matches_the_cpu_decoder(jpeg_shards):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_jpeg_decoding_matches_the_cpu_decoder(jpeg_shards):
     compare_device_and_cpu_decoding(jpeg_shards, "cuda")
+
+
+def jpeg_bytes(seed: int, size=(48, 40)) -> bytes:
+    buffer = io.BytesIO()
+    photo(seed, size).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_a_batch_of_jpegs_leaves_the_worker_as_one_tensor():
+    samples = [{"jpg": jpeg_bytes(0)}, {"png": png_bytes((1, 2, 3))}, {"jpg": jpeg_bytes(1, (30, 60))},
+               {"jpg": b"\xff\xd8\xff broken"}, {"jpg": jpeg_bytes(2)}]
+    pixels, data, lengths, captions, tokens, reasons = shard_module._collate_encoded(
+        [shard_module.read_sample(sample, max_short_side=32) for sample in samples]
+    )
+    sent = [pixels, data, lengths, captions, tokens, reasons]
+    tensors = [x for x in sent if isinstance(x, torch.Tensor)] + [p for p in pixels if p is not None]
+    assert len(tensors) == 3  # the JPEGs' bytes, their lengths and the PNG decoded in the worker
+    assert data.dtype == torch.uint8 and data.dim() == 1 and lengths.dtype == torch.int64
+    assert lengths.tolist() == [len(samples[0]["jpg"]), 0, len(samples[2]["jpg"]), 0, len(samples[4]["jpg"])]
+    jpegs = shard_module.split_jpegs(data, lengths)
+    for i in (0, 2, 4):
+        assert jpegs[i].numpy().tobytes() == samples[i]["jpg"]  # each JPEG's bytes, exactly
+        assert jpegs[i].untyped_storage().data_ptr() == data.untyped_storage().data_ptr()  # a view, not a copy
+    assert jpegs[1] is None and jpegs[3] is None
+    assert pixels[1].shape[0] == 3 and [p is None for p in pixels] == [True, False, True, True, True]
+    assert reasons == {"not an image": 1} and captions == [None] * 5 and tokens is None
+
+
+def test_a_bad_jpeg_leaves_the_others_decoding_in_batches(monkeypatch):
+    jpegs = [torch.frombuffer(bytearray(jpeg_bytes(i)), dtype=torch.uint8) for i in range(8)]
+    jpegs.insert(3, torch.frombuffer(bytearray(b"this is not a JPEG"), dtype=torch.uint8))
+    call_sizes = []
+    decode = shard_module._torchvision_decode_jpeg
+
+    def counting_decode(data, device):
+        call_sizes.append(len(data))
+        return decode(data, device)
+
+    monkeypatch.setattr(shard_module, "_torchvision_decode_jpeg", counting_decode)
+    results = shard_module.decode_jpegs(jpegs, torch.device("cpu"), max_short_side=32)
+    # halves of the failed calls, not 9 single-image calls after the failed batch
+    assert call_sizes == [9, 4, 2, 2, 1, 1, 5]
+    assert results[3] == (None, "not an image")
+    for jpeg, (image, reason) in zip(jpegs[:3] + jpegs[4:], results[:3] + results[4:]):
+        assert reason is None and torch.equal(image, shard_module.cap_short_side(decode(jpeg, torch.device("cpu")), 32))
+
+
+class FakeStream:
+    """Stands in for a torch.cuda.Stream; writes what is done with it to ``log``."""
+
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+
+    def synchronize(self):
+        self.log.append(f"host waits for {self.name}")
+
+    def wait_stream(self, other: "FakeStream"):
+        self.log.append(f"{self.name} waits for {other.name}")
+
+
+def test_device_decoder_orders_the_decode_between_the_streams(monkeypatch):
+    """The CUDA stream calls of DeviceDecoder, recorded with fake streams on a CPU."""
+    log, recorded = [], []
+    current = [FakeStream("consumer", log)]
+    created = []
+
+    def new_stream(device=None):
+        created.append(FakeStream("decode", log))
+        return created[-1]
+
+    @contextlib.contextmanager
+    def use_stream(stream):
+        log.append(f"enter {stream.name}")
+        current.append(stream)
+        yield
+        current.pop()
+        log.append(f"exit {stream.name}")
+
+    def fake_decode(data, device):
+        log.append(f"decode {len(data)} JPEGs on {current[-1].name}")
+        return [torch.full((3, 40 + 10 * i, 48), i, dtype=torch.uint8) for i in range(len(data))]
+
+    def record_stream(tensor, stream):
+        log.append(f"record_stream {stream.name}")
+        recorded.append(tensor)
+
+    monkeypatch.setattr(torch.cuda, "Stream", new_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
+    monkeypatch.setattr(torch.cuda, "stream", use_stream)
+    monkeypatch.setattr(torch.Tensor, "record_stream", record_stream)
+    monkeypatch.setattr(shard_module, "_torchvision_decode_jpeg", fake_decode)
+    jpegs = [torch.zeros(10, dtype=torch.uint8)] * 3
+
+    on_cpu = shard_module.DeviceDecoder("cpu").decode(jpegs, max_short_side=45)
+    assert log == ["decode 3 JPEGs on consumer"] and not created and not recorded  # no streams on a CPU
+    log.clear()
+
+    decoder = shard_module.DeviceDecoder("cuda")
+    for _ in range(2):
+        results = decoder.decode(jpegs, max_short_side=45)
+        assert log == [
+            "host waits for decode",  # its earlier work done: no queued kernel uses its free blocks
+            "decode waits for consumer",
+            "enter decode",
+            "decode 3 JPEGs on decode",
+            "exit decode",
+            "consumer waits for decode",
+            *["record_stream consumer"] * 3,
+        ]
+        assert len(recorded) == 3 and all(r is image for r, (image, _) in zip(recorded, results))
+        assert [min(image.shape[1:]) for image, _ in results] == [40, 45, 45]  # the capped images are recorded
+        log.clear()
+        recorded.clear()
+    assert len(created) == 1  # one decode stream, made at first use
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(on_cpu, results))

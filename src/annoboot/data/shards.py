@@ -13,7 +13,12 @@ Decoding on the device (``decode_on="device"``): workers read bytes and parse im
 only. Plain JPEGs (RGB or grayscale, no EXIF rotation) travel as bytes and are decoded in one
 batched ``torchvision.io.decode_jpeg`` call on the training device (nvjpeg on CUDA), then their
 short side is capped there; every other image (PNG, WebP, CMYK or rotated JPEG) is decoded in
-the worker as usual, and a JPEG the device decoder rejects is retried with the CPU decoder.
+the worker as usual. A batch's JPEGs travel from the worker as one byte tensor plus their lengths
+(a tensor per file would cost a shared-memory file descriptor each). A batched decode that fails
+is retried in halves, and a JPEG the device decoder rejects alone goes to the CPU decoder. On CUDA
+the decode runs on a stream of its own (:class:`DeviceDecoder`): the host waits for that stream's
+earlier work, the stream waits for the training stream, and the training stream waits for the
+decode and records its use of every decoded image, so no memory still in use is handed out.
 
 Resume: an endless resampled stream has no position to return to. The stream records how many
 batches it served and a *generation*; a resumed run starts the next generation, a fresh
@@ -130,14 +135,27 @@ def read_sample(
 
 def _collate_encoded(
     items: Sequence[Tuple[Any, ...]],
-) -> Tuple[List[Any], List[Any], List[Optional[str]], Optional[torch.Tensor], Dict[str, int]]:
-    """read_sample outputs -> (pixels list, jpeg list, captions, caption tokens (B, L) or None,
-    {reason: count} of the samples that are neither), in sample order; the lists hold None where
-    a sample has no such entry. Tokens are one tensor: each tensor in a list would travel from
-    the worker as its own shared-memory file."""
+) -> Tuple[List[Any], torch.Tensor, torch.Tensor, List[Optional[str]], Optional[torch.Tensor], Dict[str, int]]:
+    """read_sample outputs -> (pixels list, JPEG bytes (N,) uint8, JPEG lengths (B,) int64,
+    captions, caption tokens (B, L) or None, {reason: count} of the samples that are neither), in
+    sample order; the pixels list holds None where a sample has none, a length is 0 where a
+    sample has no JPEG (a JPEG is never empty). The batch's JPEGs are concatenated and its tokens
+    stacked because each tensor in a list travels from the worker as its own shared-memory file:
+    one per JPEG runs out of file descriptors at batches of a few hundred. :func:`split_jpegs`
+    takes them apart again."""
     skipped = [(None, None, None, reason) for pixels, jpeg, _, reason, *_ in items if pixels is None and jpeg is None]
     tokens = torch.stack([i[4] for i in items]) if items and len(items[0]) > 4 else None
-    return [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], tokens, skip_reasons(skipped)
+    jpegs = [i[1] for i in items if i[1] is not None]
+    jpeg_bytes = torch.cat(jpegs) if jpegs else torch.empty(0, dtype=torch.uint8)
+    jpeg_lengths = torch.tensor([0 if i[1] is None else len(i[1]) for i in items], dtype=torch.int64)
+    return [i[0] for i in items], jpeg_bytes, jpeg_lengths, [i[2] for i in items], tokens, skip_reasons(skipped)
+
+
+def split_jpegs(jpeg_bytes: torch.Tensor, jpeg_lengths: torch.Tensor) -> List[Optional[torch.Tensor]]:
+    """(N,) concatenated JPEG bytes and (B,) lengths (from :func:`_collate_encoded`) -> each
+    sample's JPEG as a view of ``jpeg_bytes`` (no copy), None where its length is 0."""
+    parts = torch.split(jpeg_bytes, jpeg_lengths.tolist())
+    return [part if len(part) else None for part in parts]
 
 
 def cap_short_side(image: torch.Tensor, max_short_side: int) -> torch.Tensor:
@@ -161,27 +179,37 @@ def _torchvision_decode_jpeg(data: "torch.Tensor | List[torch.Tensor]", device: 
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
+def _decode_in_batches(jpegs: List[torch.Tensor], device: torch.device) -> List[Optional[torch.Tensor]]:
+    """torchvision's batched decode of ``jpegs`` -> their images (uncapped), None for a JPEG it
+    rejects. One bad file fails the whole call, so a failed call is retried as two halves: the
+    good JPEGs still decode in batches, and a bad one costs about 2 log2(n) calls, not n."""
+    try:
+        return list(_torchvision_decode_jpeg(jpegs, device))
+    except RuntimeError:
+        if len(jpegs) == 1:
+            return [None]
+    half = len(jpegs) // 2
+    return _decode_in_batches(jpegs[:half], device) + _decode_in_batches(jpegs[half:], device)
+
+
 def decode_jpegs(
     jpegs: List[torch.Tensor], device: torch.device, max_short_side: int
 ) -> List[Tuple[Optional[torch.Tensor], Optional[str]]]:
     """Encoded JPEGs (CPU uint8 tensors) -> [(image (3, H, W) uint8 on ``device``, short side
-    capped, or None, skip reason or None)]. One batched decode; when it fails (one bad file
-    fails the whole call) each JPEG is retried alone, then with the CPU decoder of
-    :func:`decode_image`; what neither decodes is skipped with its reason."""
+    capped, or None, skip reason or None)]. Batched decodes (halved on failure, see
+    :func:`_decode_in_batches`); a JPEG the device decoder rejects alone is retried with the CPU
+    decoder of :func:`decode_image`; what neither decodes is skipped with its reason. On CUDA,
+    call it through :class:`DeviceDecoder`."""
     if not jpegs:
         return []
-    try:
-        decoded = _torchvision_decode_jpeg(jpegs, device)
-        return [(cap_short_side(image, max_short_side), None) for image in decoded]
-    except RuntimeError:
-        pass
+    # Every torchvision call before the caps and CPU fallbacks: the decoder writes without waiting
+    # for work queued on the stream it allocates on, and a cap's freed temporaries are such memory.
+    decoded = _decode_in_batches(list(jpegs), device)
     results: List[Tuple[Optional[torch.Tensor], Optional[str]]] = []
-    for jpeg in jpegs:
-        try:
-            results.append((cap_short_side(_torchvision_decode_jpeg(jpeg, device), max_short_side), None))
+    for jpeg, image in zip(jpegs, decoded):
+        if image is not None:
+            results.append((cap_short_side(image, max_short_side), None))
             continue
-        except RuntimeError:
-            pass
         data = jpeg.numpy().tobytes()
         try:
             results.append((decode_image(io.BytesIO(data), max_short_side).to(device), None))
@@ -189,6 +217,46 @@ def decode_jpegs(
             log.debug("undecodable JPEG of %d bytes", len(data))
             results.append((None, failure_reason(exc, len(data))))
     return results
+
+
+class DeviceDecoder:
+    """:func:`decode_jpegs` on ``device``; on CUDA on a stream of its own (created at first use),
+    ordered against the consumer's stream (the one current when called).
+
+    torchvision 0.29's CUDA decoder (``torch.ops.image.decode_jpegs_cuda``) allocates its outputs
+    on the caller's current stream but writes them from a private stream that never waits for
+    the caller's (it only host-synchronises the private one); nvJPEG's hardware engine is also
+    reported to ignore device-side waits (pytorch/vision#9606). Called on the training stream, it
+    can be handed a block that the previous step's backward / optimizer / EMA kernels, still
+    queued, are reading. So the decode allocates from this stream's memory pool, which holds only
+    this decoder's blocks, and the host first waits for this stream: none of those blocks is then
+    in use (usually at no cost: that work is the previous batch's, queued a step ago). The stream
+    then waits for the consumer's, decodes and caps; the consumer waits for it and records its use
+    of every output, so an output's block returns to the pool only once the consumer is done with
+    it. On a CPU device it is plain :func:`decode_jpegs`.
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self._stream: Optional[torch.cuda.Stream] = None
+
+    def decode(
+        self, jpegs: List[torch.Tensor], max_short_side: int
+    ) -> List[Tuple[Optional[torch.Tensor], Optional[str]]]:
+        if self.device.type != "cuda" or not jpegs:
+            return decode_jpegs(jpegs, self.device, max_short_side)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        decode_stream, consumer = self._stream, torch.cuda.current_stream(self.device)
+        decode_stream.synchronize()  # its pool's blocks are free of queued work: see the class docstring
+        decode_stream.wait_stream(consumer)
+        with torch.cuda.stream(decode_stream):
+            results = decode_jpegs(jpegs, self.device, max_short_side)
+        consumer.wait_stream(decode_stream)
+        for image, _ in results:
+            if image is not None:
+                image.record_stream(consumer)
+        return results
 
 
 class WeightedMix(IterableDataset):
@@ -264,6 +332,7 @@ class ShardStream:
         self._generation = 0
         self._batches = 0
         self._skips = SkipCounter(self.name, f"'{pattern}'", max_bad_fraction)
+        self._decoder = DeviceDecoder(self.device)
         self._iterator: Optional[Iterator] = None
 
     def _pipeline(self) -> wds.DataPipeline:
@@ -335,16 +404,19 @@ class ShardStream:
     def _decode_on_device(
         self,
         pixels: List[Any],
-        jpegs: List[Any],
+        jpeg_bytes: torch.Tensor,
+        jpeg_lengths: torch.Tensor,
         captions: List[Optional[str]],
         tokens: Optional[torch.Tensor],
         reasons: Dict[str, int],
     ) -> Tuple[ImageBatch, Dict[str, int]]:
-        """A worker's encoded batch -> (padded ImageBatch on the device, all skip reasons)."""
+        """A worker's encoded batch (see :func:`_collate_encoded`) -> (padded ImageBatch on the
+        device, all skip reasons)."""
+        jpegs = split_jpegs(jpeg_bytes, jpeg_lengths)
         jpeg_rows = [i for i, jpeg in enumerate(jpegs) if jpeg is not None]
         images: List[Optional[torch.Tensor]] = [None if p is None else p.to(self.device) for p in pixels]
         reasons = dict(reasons)
-        decoded = decode_jpegs([jpegs[i] for i in jpeg_rows], self.device, self.max_short_side)
+        decoded = self._decoder.decode([jpegs[i] for i in jpeg_rows], self.max_short_side)
         for row, (image, reason) in zip(jpeg_rows, decoded):
             images[row] = image
             if reason is not None:
