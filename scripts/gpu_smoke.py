@@ -6,7 +6,7 @@ PASS or FAIL, the figures measured and what they should be. Paste the table into
 
     python scripts/gpu_smoke.py                        # a GPU machine: about 15 minutes
     python scripts/gpu_smoke.py --only methods resume  # some checks
-    python scripts/gpu_smoke.py --cpu                  # the same checks on the CPU, tiny: ~3 min
+    python scripts/gpu_smoke.py --cpu                  # the same checks on the CPU, tiny: ~1.5 min
 
 Checks:
 - methods: each method trains on its recipe (configs/, GPU size; --cpu: a tiny model) for
@@ -82,7 +82,7 @@ TINY_CPU = [
 ]
 # The probe: kNN on part of the recipe's evaluation split.
 PROBE = ["eval.probes=[knn]", "eval.train.limit=10000", "eval.test.limit=2000", "eval.at_end=false"]
-PROBE_CPU = ["eval.probes=[knn]", "eval.train.limit=2000", "eval.test.limit=500", "eval.at_end=false"]
+PROBE_CPU = ["eval.probes=[knn]", "eval.train.limit=1000", "eval.test.limit=250", "eval.at_end=false"]
 
 # Views that do not depend on the random stream, so 1 and 2 processes see identical pixels.
 DETERMINISTIC = [
@@ -156,21 +156,21 @@ class Smoke:
                 checks.append(Check(f"methods/{method}", None, {"why": "Open Clip Art not installed"}))
                 continue
             # Open Clip Art decodes slowly on 2 cores: fewer images for the tiny CPU run.
-            small = ["data.annotation.limit=512", "eval.train.limit=500", "eval.test.limit=200"]
+            small = ["data.annotation.limit=256", "eval.train.limit=300", "eval.test.limit=100"]
             cfg = self.config(method, *(small if self.cpu and method.endswith("clip") else []))
             if self.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             started = time.perf_counter()
             trainer = Trainer(cfg)
             untrained = evaluate_encoder(trainer.method.encoder, cfg, trainer.device)["knn"]
-            figures: Dict[str, object] = self.train_for(trainer, 20 if self.cpu else cfg.train.steps, self.seconds)
+            figures: Dict[str, object] = self.train_for(trainer, 12 if self.cpu else cfg.train.steps, self.seconds)
             figures["knn_untrained"] = round(untrained, 2)
             figures["knn"] = round(evaluate_encoder(trainer.method.encoder, cfg, trainer.device)["knn"], 2)
             if self.device == "cuda":
                 figures["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             figures["seconds"] = round(time.perf_counter() - started, 1)
             passed = bool(figures["finite"]) and figures["loss_end"] < figures["loss_start"]
-            if not self.cpu:  # 20 CPU steps of a tiny model need not learn; minutes on a GPU must
+            if not self.cpu:  # 12 CPU steps of a tiny model need not learn; minutes on a GPU must
                 passed = passed and figures["knn"] > figures["knn_untrained"]
             expected = "finite loss, lower at the end" + ("" if self.cpu else "; knn above knn_untrained")
             checks.append(Check(f"methods/{method}", passed, figures, expected))
