@@ -1,0 +1,41 @@
+"""One table from several JSON files of a protocol (scenes.py, ablations.py, decoupled.py), e.g.
+seeds run at different times: mean ± half range over all runs of each variant, and differences.
+
+    python benchmarks/merge_tables.py abl_s0.json abl_s1.json --diff ab_simclr no_actions --diff ab_simclr gamma0.5_mean
+
+A run (variant, seed) found in several files is taken from the last of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from _protocol import print_table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument(
+        "--diff",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("BASE", "OTHER"),
+        help="also print OTHER - BASE per figure",
+    )
+    args = parser.parse_args()
+    runs, titles = {}, []
+    for path in args.files:
+        data = json.loads(path.read_text())
+        titles.append(f"{path.name}: {data['title']} ({data['date']}, {data['device']}, budget {data['budget']})")
+        for run in data["runs"]:
+            runs[(run["variant"], run["seed"])] = run
+    print_table("\n".join(titles), list(runs.values()), [tuple(pair) for pair in args.diff])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
