@@ -233,3 +233,44 @@ def test_abdino_trains_with_and_without_bootstrapping_through_values(tiny_config
     assert all(math.isfinite(v) for v in last.values()), last
     assert last["loss/bootstrap"] > 0 and last["loss/dino"] > 0
     assert any(key.startswith("ab_agreement/iou_") for key in last)
+
+
+class _GraphRecorder:
+    """A torch.compile backend that runs graphs eagerly and records, per graph, whether dynamo
+    traced it with symbolic (dynamic) shapes."""
+
+    def __init__(self):
+        self.dynamic: list = []
+
+    def __call__(self, graph, example_inputs):
+        def symbolic(value):
+            if isinstance(value, torch.SymInt):
+                return True
+            return isinstance(value, torch.Tensor) and any(isinstance(s, torch.SymInt) for s in value.shape)
+
+        self.dynamic.append(any(symbolic(value) for value in example_inputs))
+        return graph.forward
+
+
+@needs_fmnist
+def test_compiled_dino_specialises_each_crop_size_once_and_probes_run_eager(tiny_config, monkeypatch):
+    # DINO's two crop sizes: one static graph each, compiled once. Probing the compiled encoder
+    # afterwards (new batch sizes) used to compile a dynamic-shape graph on top (measured before
+    # the fix: a 4th graph, dynamic); it must run eagerly and compile nothing.
+    from annoboot.runs import evaluate_method
+
+    recorder = _GraphRecorder()
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compile_(fn, **{**kwargs, "backend": recorder}))
+    torch._dynamo.reset()
+    cfg = tiny_config("method.name=dino", "train.compile=true", "train.steps=3", "train.log_every=3",
+                      "train.batch_size=16", "eval.train.limit=300", "eval.test.limit=100", "eval.batch_size=128",
+                      "eval.probes=[knn]", *DINO_TINY)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    # Student: one graph per crop size; teacher: the global crops only.
+    assert recorder.dynamic == [False, False, False], recorder.dynamic
+    results = evaluate_method(trainer.method, cfg, trainer.device)
+    assert results["knn"] > 0
+    assert len(recorder.dynamic) == 3, ("probing compiled new graphs", recorder.dynamic)
+    torch._dynamo.reset()

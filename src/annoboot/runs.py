@@ -19,7 +19,7 @@ from annoboot.export import export_backbone, load_snippet
 from annoboot.methods import Method, build_method
 from annoboot.models.encoder import Encoder
 from annoboot.train.checkpoint import load_checkpoint
-from annoboot.train.runtime import resolve_device
+from annoboot.train.runtime import eager, resolve_device
 from annoboot.train.trainer import Trainer
 from annoboot.views import Normalize
 
@@ -35,16 +35,19 @@ def evaluate_encoder(encoder: Encoder, cfg: Config, device: torch.device, progre
 
 
 def evaluate_method(method: Method, cfg: Config, device: torch.device, progress: bool = False) -> dict:
-    """The probes on the method's encoder; for image-text methods also zero-shot and retrieval."""
-    results = evaluate_encoder(method.encoder, cfg, device, progress)
-    if has_text_tower(method):
-        retrieval = None if cfg.eval.retrieval is None else build_source(cfg.eval.retrieval)
-        normalize = Normalize(cfg.views.mean, cfg.views.std)
-        results.update(
-            evaluate_image_text(
-                method, build_source(cfg.eval.test), retrieval, cfg.eval.zero_shot_templates, cfg.views.img_size, normalize, device, cfg.eval.batch_size
+    """The probes on the method's encoder; for image-text methods also zero-shot and retrieval.
+    A compiled encoder (train.compile) runs eagerly here: its graphs are specialised to the
+    training shapes, and probes see many batch sizes."""
+    with eager():
+        results = evaluate_encoder(method.encoder, cfg, device, progress)
+        if has_text_tower(method):
+            retrieval = None if cfg.eval.retrieval is None else build_source(cfg.eval.retrieval)
+            normalize = Normalize(cfg.views.mean, cfg.views.std)
+            results.update(
+                evaluate_image_text(
+                    method, build_source(cfg.eval.test), retrieval, cfg.eval.zero_shot_templates, cfg.views.img_size, normalize, device, cfg.eval.batch_size
+                )
             )
-        )
     return results
 
 

@@ -65,6 +65,23 @@ def autocast_context(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def compile_for_training(module: nn.Module) -> None:
+    """``torch.compile`` ``module`` in place with static shapes.
+
+    A training step calls an encoder with a few fixed input shapes (DINO: one per crop size).
+    ``dynamic=False`` compiles one specialised graph per shape, once each, instead of letting a
+    new shape turn the encoder into a dynamic-shape graph with shape-generic kernels. Probes,
+    which see many batch sizes, run the same module eagerly (:func:`eager`).
+    """
+    module.compile(dynamic=False)
+
+
+def eager():
+    """A context in which compiled modules run their eager code and compile nothing: probing a
+    compiled encoder over many batch sizes would otherwise compile a graph for each."""
+    return torch.compiler.set_stance("force_eager")
+
+
 def set_fused_attention(module: nn.Module, fused: bool) -> int:
     """Switch every submodule with a ``fused_attn`` flag (timm attention, the value decoder) to
     the fused kernel or the explicit softmax(q k^T) v form. Returns how many were switched."""

@@ -28,7 +28,7 @@ from annoboot.methods import Method, build_method
 from annoboot.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from annoboot.train.ema import ema_update, make_target, relative_distance
 from annoboot.train.metrics import MetricAccumulator, RunLogger
-from annoboot.train.runtime import autocast_context, prepare_for_device, resolve_device
+from annoboot.train.runtime import autocast_context, compile_for_training, prepare_for_device, resolve_device
 from annoboot.train.schedules import cosine, ema_momentum, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,9 @@ class Trainer:
         prepare_for_device(self.method, self.device)
         self.target: Optional[Method] = make_target(self.method) if self.method.uses_target else None
         if cfg.train.compile:
-            self.method.encoder.compile()
+            compile_for_training(self.method.encoder)
             if self.target is not None:
-                self.target.encoder.compile()
+                compile_for_training(self.target.encoder)
         # What the step calls: DDP averages gradients across ranks during backward.
         self.model: torch.nn.Module = self.method
         if self.dist.world_size > 1:
