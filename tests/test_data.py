@@ -74,7 +74,7 @@ def index_png_size(index: int) -> tuple:
 
 
 def decoded_indices(batch: ImageBatch) -> List[int]:
-    pixel = batch.images[:, :, 0, 0].long().cpu()
+    pixel = torch.stack([batch.image(i)[:, 0, 0] for i in range(len(batch))]).long().cpu()
     return (pixel[:, 0] + 256 * pixel[:, 1]).tolist()
 
 
@@ -369,37 +369,62 @@ def test_exif_orientation_is_applied(tmp_path):
 # Batching
 
 
-def test_pad_collate_drops_none_and_pads_bottom_right():
-    tall = torch.full((3, 5, 2), 9, dtype=torch.uint8)
-    wide = torch.full((1, 2, 4), 4, dtype=torch.uint8)
-    batch, skipped = pad_collate([(tall, 3), (None, 1), (wide, 7)])
-    assert skipped == 1
-    assert batch.images.shape == (2, 3, 5, 4) and batch.images.dtype == torch.uint8
-    assert batch.sizes.dtype == torch.int64 and batch.sizes.tolist() == [[5, 2], [2, 4]]
+def test_pad_collate_stacks_one_size_and_drops_none():
+    a = torch.full((1, 3, 2), 9, dtype=torch.uint8)
+    b = torch.full((3, 3, 2), 4, dtype=torch.uint8)
+    batch, skipped = pad_collate([(a, 3), (None, 1), (b, 7)])
+    assert skipped == 1 and batch.origins is None
+    assert batch.images.shape == (2, 3, 3, 2) and batch.images.dtype == torch.uint8
+    assert batch.sizes.dtype == torch.int64 and batch.sizes.tolist() == [[3, 2], [3, 2]]
     assert batch.labels.tolist() == [3, 7]
-    assert torch.equal(batch.images[0, :, :, :2], tall) and batch.images[0, :, :, 3:].sum() == 0
-    assert (batch.images[0, :, :, 2] == 9).all()  # one column repeating the edge, then zeros
-    assert (batch.images[1, :, :2, :] == 4).all() and (batch.images[1, :, 2, :] == 4).all()
-    assert batch.images[1, :, 3:, :].sum() == 0
-    unlabeled, _ = pad_collate([(tall, None)])
+    assert (batch.images[0] == 9).all() and (batch.images[1] == 4).all()  # gray repeated to RGB
+    unlabeled, _ = pad_collate([(a, None)])
     assert unlabeled.labels is None
     empty, skipped = pad_collate([(None, None), (None, None)])
     assert len(empty) == 0 and skipped == 2
 
 
-def test_padding_does_not_change_rendered_views():
-    from annoboot.data.base import ImageBatch
+def test_pad_collate_packs_mixed_sizes_into_one_canvas_with_edge_borders():
+    tall = torch.full((3, 5, 2), 9, dtype=torch.uint8)
+    wide = torch.full((1, 2, 4), 4, dtype=torch.uint8)
+    batch, skipped = pad_collate([(tall, 3), (None, 1), (wide, 7)])
+    assert skipped == 1 and len(batch) == 2 and batch.labels.tolist() == [3, 7]
+    assert batch.images.shape[:2] == (1, 3) and batch.sizes.tolist() == [[5, 2], [2, 4]]
+    assert torch.equal(batch.image(0), tall) and (batch.image(1) == 4).all()
+    for i, value in enumerate((9, 4)):  # each image's one-pixel border repeats its edge
+        (y, x), (h, w) = batch.origins[i].tolist(), batch.sizes[i].tolist()
+        assert (batch.images[0, :, y - 1 : y + h + 1, x - 1 : x + w + 1] == value).all()
+    # Far less canvas than padding to the largest height and width would take.
+    sizes = [(256, 256 + 37 * i % 300) if i % 2 else (256 + 53 * i % 700, 256) for i in range(64)]
+    images = [(torch.zeros((3, h, w), dtype=torch.uint8), None) for h, w in sizes]
+    packed, _ = pad_collate(images)
+    area = sum(h * w for h, w in sizes)
+    padded_area = len(sizes) * max(h for h, _ in sizes) * max(w for _, w in sizes)
+    assert packed.images[0, 0].numel() < 1.3 * area and padded_area > 3.5 * area, (packed.images.shape, area, padded_area)
+    for i, (h, w) in enumerate(sizes):  # no two images overlap
+        (y, x) = packed.origins[i].tolist()
+        assert packed.image(i).shape == (3, h, w)
+        for j in range(i):
+            (y2, x2), (h2, w2) = packed.origins[j].tolist(), sizes[j]
+            assert y + h + 1 <= y2 - 1 or y2 + h2 + 1 <= y - 1 or x + w + 1 <= x2 - 1 or x2 + w2 + 1 <= x - 1
+
+
+def test_packing_does_not_change_rendered_views():
     from annoboot.views import render_views
 
-    small = torch.randint(0, 255, (3, 4, 5), dtype=torch.uint8)
-    large = torch.randint(0, 255, (3, 9, 7), dtype=torch.uint8)
-    alone, _ = pad_collate([(small, None)])
-    padded, _ = pad_collate([(small, None), (large, None)])
-    boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.3, 0.2, 1.0, 1.0]]])
-    for out_size in (3, 7, 11):  # shrinking and enlarging
-        a = render_views(alone, boxes, out_size)
-        b = render_views(ImageBatch(padded.images[:1], padded.sizes[:1]), boxes, out_size)
-        assert torch.allclose(a, b, atol=1e-6), out_size
+    g = torch.Generator().manual_seed(0)
+    shapes = [(4, 5), (9, 7), (3, 12), (6, 6), (11, 2)]
+    images = [torch.randint(0, 255, (3, h, w), dtype=torch.uint8, generator=g) for h, w in shapes]
+    packed, _ = pad_collate([(image, None) for image in images])
+    assert packed.origins is not None
+    corners = torch.rand((len(images), 6, 2, 2), generator=g).sort(dim=2).values  # x1 < x2, y1 < y2
+    boxes = torch.stack([corners[..., 0, 0], corners[..., 0, 1], corners[..., 1, 0], corners[..., 1, 1]], dim=-1)
+    boxes[:, 0] = torch.tensor([0.0, 0.0, 1.0, 1.0])  # whole images: borders on all four sides
+    for out_size in (3, 7, 16):  # shrinking and enlarging
+        together = render_views(packed, boxes, out_size).view(len(images), 6, 3, out_size, out_size)
+        for i, image in enumerate(images):
+            alone, _ = pad_collate([(image, None)])
+            assert torch.allclose(render_views(alone, boxes[i : i + 1], out_size), together[i], atol=1e-5), (out_size, i)
 
 
 def test_in_memory_stream_visits_every_index_once_per_epoch():
@@ -439,10 +464,10 @@ def test_file_stream_epoch_visits_each_index_once_with_true_sizes(tmp_path):
     seen = []
     for _ in range(4):  # 20 of 24
         batch = next(stream)
-        assert batch.images.shape[:2] == (5, 3) and batch.images.dtype == torch.uint8 and batch.labels is None
+        assert len(batch) == 5 and batch.images.dtype == torch.uint8 and batch.labels is None
         indices = decoded_indices(batch)
         assert batch.sizes.tolist() == [list(index_png_size(i)) for i in indices]
-        assert tuple(batch.images.shape[2:]) == tuple(batch.sizes.max(dim=0).values.tolist())
+        assert all(batch.image(k).shape == (3, *index_png_size(i)) for k, i in enumerate(indices))
         seen += indices
     assert seen == epoch_order(24, 0, 0)[:20].tolist()
     assert stream.state_dict() == {"epoch": 1, "position": 0, "skipped": 0}
@@ -613,6 +638,10 @@ def test_a_batch_that_lost_images_is_filled_back_to_its_size():
     assert full.sizes.tolist() == [[2, 2], [1, 2], [2, 1], [2, 2], [1, 2]]
     assert full.labels.tolist() == [5, 6, 7, 5, 6] and full.captions == ["a", "b", "c", "a", "b"]
     assert batch.filled_to(3) is batch
+    # A packed batch shares its canvas: the fill repeats sizes and origins, not pixels.
+    packed, _ = pad_collate([(torch.full((1, 2, 3), v, dtype=torch.uint8), None) for v in (1, 2)] + [(torch.full((1, 4, 1), 3, dtype=torch.uint8), None)])
+    full = packed.filled_to(5)
+    assert full.images is packed.images and [int(full.image(i)[0, 0, 0]) for i in range(5)] == [1, 2, 3, 1, 2]
 
 
 def test_a_small_folder_is_decoded_once_and_streamed_from_memory(tmp_path):

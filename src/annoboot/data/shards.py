@@ -388,8 +388,8 @@ class ShardStream:
             if self.decode_on == "device":
                 batch, reasons = self._decode_on_device(*next(self._iterator))
             else:
-                images, sizes, _, captions, tokens, reasons = next(self._iterator)
-                batch = ImageBatch(images, sizes, None, captions, tokens)
+                images, sizes, _, captions, tokens, origins, reasons = next(self._iterator)
+                batch = ImageBatch(images, sizes, None, captions, tokens, origins)
             self._batches += 1
             self._skips.add(self.local_batch_size, reasons)
             if len(batch):

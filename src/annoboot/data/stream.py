@@ -10,6 +10,7 @@ a resumed run sees exactly the batches an uninterrupted one would have.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -34,23 +35,47 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_images, generator=generator)
 
 
+def pack_layout(sizes: Sequence[Tuple[int, int]]) -> Tuple[int, int, List[Tuple[int, int]]]:
+    """Shelf packing of images of (h, w) into one canvas: (height, width, origins (y, x)).
+
+    Each image gets a cell one pixel larger on every side (see :func:`pad_collate`); cells are
+    placed tallest first, left to right in shelves of a roughly square canvas. On Open Clip Art
+    the canvas is about 1.2x the images' own area, where padding every image to the batch's
+    largest height and width takes 5.5-8x (``benchmarks/batch_packing.py``)."""
+    cells = [(h + 2, w + 2) for h, w in sizes]
+    width = max(max(w for _, w in cells), math.ceil(math.sqrt(sum(h * w for h, w in cells))))
+    origins: List[Tuple[int, int]] = [(0, 0)] * len(cells)
+    x = y = shelf = 0
+    for i in sorted(range(len(cells)), key=lambda i: -cells[i][0]):
+        h, w = cells[i]
+        if x + w > width:
+            x, y, shelf = 0, y + shelf, 0
+        origins[i] = (y + 1, x + 1)  # the image inside its cell's border
+        x, shelf = x + w, max(shelf, h)
+    return y + shelf, width, origins
+
+
 def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
-    """Stack decoded images of different sizes into one padded batch.
+    """Stack decoded images into one batch: padded when they share a size, packed otherwise.
 
     items: (image, label) or (image, label, caption) tuples; image is (C, h, w) uint8 or None
     (undecodable), label an int or None, caption a string or None; a 4th field (the skip reason)
     is ignored here, a 5th holds the caption's (L,) token ids or None. None images are dropped
-    with their labels, captions and tokens. Images are padded at the bottom and right to the
-    largest h and w: one row/column repeating the edge (what bilinear rendering at the border
-    reads), then zeros; 1-channel images in a batch that also holds 3-channel ones are repeated
-    to 3 channels.
+    with their labels, captions and tokens. 1-channel images in a batch that also holds
+    3-channel ones are repeated to 3 channels.
 
-    Returns (batch, skipped): batch.images (B, C, H, W) uint8, batch.sizes (B, 2) int64 (h, w),
-    batch.labels (B,) int64 or None when no item carries a label, batch.captions a list of B
-    strings or None when no item carries a caption (a missing one becomes ""),
-    batch.caption_tokens (B, L) int64 when every kept item carries tokens, else None; skipped =
-    number of None images. With nothing decodable, batch is empty: images (0, 3, 0, 0). The
-    batch is built on the device of the first image (all images must be on one device).
+    Images of one size are stacked as (B, C, h, w). Images of mixed sizes are packed into one
+    canvas (1, C, H, W) at ``batch.origins`` (:func:`pack_layout`), each with a one-pixel border
+    repeating its edge: bilinear rendering at an image's border reads one pixel beyond it, so
+    a view then does not depend on which images share its batch.
+
+    Returns (batch, skipped): batch.images uint8, batch.sizes (B, 2) int64 (h, w),
+    batch.origins (B, 2) int64 or None, batch.labels (B,) int64 or None when no item carries a
+    label, batch.captions a list of B strings or None when no item carries a caption (a missing
+    one becomes ""), batch.caption_tokens (B, L) int64 when every kept item carries tokens, else
+    None; skipped = number of None images. With nothing decodable, batch is empty: images
+    (0, 3, 0, 0). The batch is built on the device of the first image (all images must be on
+    one device).
     """
     kept = [item for item in items if item[0] is not None]
     skipped = len(items) - len(kept)
@@ -58,32 +83,36 @@ def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
         return ImageBatch(torch.zeros((0, 3, 0, 0), dtype=torch.uint8), torch.zeros((0, 2), dtype=torch.int64)), skipped
     device = kept[0][0].device
     channels = max(item[0].shape[0] for item in kept)
-    height = max(item[0].shape[1] for item in kept)
-    width = max(item[0].shape[2] for item in kept)
-    images = torch.zeros((len(kept), channels, height, width), dtype=torch.uint8, device=device)
-    sizes = torch.empty((len(kept), 2), dtype=torch.int64)
-    for i, item in enumerate(kept):
-        _, h, w = item[0].shape
-        images[i, :, :h, :w] = item[0]  # broadcasting repeats a 1-channel image over C
-        # Bilinear sampling at the image's last row/column reads one pixel beyond it: repeat the
-        # edge there, so a view's border does not depend on what else is in the batch.
-        if h < height:
-            images[i, :, h, :w] = images[i, :, h - 1, :w]
-        if w < width:
-            images[i, :, : min(h + 1, height), w] = images[i, :, : min(h + 1, height), w - 1]
-        sizes[i, 0], sizes[i, 1] = h, w
+    shapes = [tuple(item[0].shape[1:]) for item in kept]
+    sizes = torch.tensor(shapes, dtype=torch.int64)
+    origins = None
+    if len(set(shapes)) == 1:
+        images = torch.empty((len(kept), channels, *shapes[0]), dtype=torch.uint8, device=device)
+        for i, item in enumerate(kept):
+            images[i] = item[0]  # broadcasting repeats a 1-channel image over C
+    else:
+        height, width, corners = pack_layout(shapes)
+        images = torch.zeros((1, channels, height, width), dtype=torch.uint8, device=device)
+        canvas = images[0]
+        for item, (h, w), (y, x) in zip(kept, shapes, corners):
+            canvas[:, y : y + h, x : x + w] = item[0]
+            canvas[:, y - 1, x : x + w] = canvas[:, y, x : x + w]  # edge rows, then edge columns
+            canvas[:, y + h, x : x + w] = canvas[:, y + h - 1, x : x + w]
+            canvas[:, y - 1 : y + h + 1, x - 1] = canvas[:, y - 1 : y + h + 1, x]
+            canvas[:, y - 1 : y + h + 1, x + w] = canvas[:, y - 1 : y + h + 1, x + w - 1]
+        origins = torch.tensor(corners, dtype=torch.int64).to(device)
     sizes = sizes.to(device)
     captions = [item[2] if len(item) > 2 else None for item in kept]
     batch_captions = None if all(c is None for c in captions) else [c or "" for c in captions]
     token_rows = [item[4] if len(item) > 4 else None for item in kept]
     tokens = None if any(row is None for row in token_rows) else torch.stack(token_rows).to(device)
     labels = [item[1] for item in kept]
-    if all(label is None for label in labels):
-        return ImageBatch(images, sizes, None, batch_captions, tokens), skipped
-    if any(label is None for label in labels):
-        raise ValueError("pad_collate: either every item has a label or none has")
-    batch_labels = torch.tensor([int(label) for label in labels], dtype=torch.int64)
-    return ImageBatch(images, sizes, batch_labels, batch_captions, tokens), skipped
+    batch_labels = None
+    if any(label is not None for label in labels):
+        if any(label is None for label in labels):
+            raise ValueError("pad_collate: either every item has a label or none has")
+        batch_labels = torch.tensor([int(label) for label in labels], dtype=torch.int64)
+    return ImageBatch(images, sizes, batch_labels, batch_captions, tokens, origins), skipped
 
 
 def with_caption_tokens(item: Tuple[Any, ...], tokenize: Tokenize) -> Tuple[Any, ...]:
@@ -100,10 +129,11 @@ def skip_reasons(items: Sequence[Tuple[Any, ...]]) -> Dict[str, int]:
 
 
 def _collate_to_tuple(items: Sequence[Tuple[Any, ...]]) -> Tuple[Any, ...]:
-    """pad_collate as plain (images, sizes, labels, captions, caption tokens, {skip reason:
-    count}): the DataLoader pins tensors inside tuples but passes a dataclass through unpinned."""
+    """pad_collate as plain (images, sizes, labels, captions, caption tokens, origins, {skip
+    reason: count}): the DataLoader pins tensors inside tuples but passes a dataclass through
+    unpinned."""
     batch, _ = pad_collate(items)
-    return batch.images, batch.sizes, batch.labels, batch.captions, batch.caption_tokens, skip_reasons(items)
+    return batch.images, batch.sizes, batch.labels, batch.captions, batch.caption_tokens, batch.origins, skip_reasons(items)
 
 
 class SkipCounter:
@@ -353,10 +383,10 @@ class BatchStream:
             self._batch_sampler.start_at(self._epoch, self._position)
             self._loader_batches = iter(self._loader)  # type: ignore[arg-type]
         while True:
-            images, sizes, _, captions, tokens, reasons = next(self._loader_batches)
+            images, sizes, _, captions, tokens, origins, reasons = next(self._loader_batches)
             self._advance()
             self._skips.add(self.local_batch_size, reasons)
-            if images.shape[0]:
+            if sizes.shape[0]:
                 break
             if self._skips.bad == self._skips.tried:  # nothing has decoded yet: not worth going on
                 raise AnnobootError(
@@ -364,7 +394,7 @@ class BatchStream:
                     f"({self._skips.describe_reasons()}); most files are unreadable (corrupt, truncated or not images): "
                     f"check them with `annoboot data inspect {self._skips.inspect}`"
                 )
-        batch = ImageBatch(images, sizes, None, captions, tokens).filled_to(self.local_batch_size)
+        batch = ImageBatch(images, sizes, None, captions, tokens, origins).filled_to(self.local_batch_size)
         return batch.to(self.device, non_blocking=self.pin_memory)
 
     def _advance(self) -> None:
@@ -435,10 +465,10 @@ def iter_eval_batches(source: ImageSource, batch_size: int, num_workers: int = 0
         collate_fn=_collate_to_tuple,
     )
     skipped = 0
-    for images, sizes, batch_labels, batch_captions, _, reasons in loader:
+    for images, sizes, batch_labels, batch_captions, _, origins, reasons in loader:
         skipped += sum(reasons.values())
-        if images.shape[0]:
-            yield ImageBatch(images, sizes, batch_labels, batch_captions)
+        if sizes.shape[0]:
+            yield ImageBatch(images, sizes, batch_labels, batch_captions, origins=origins)
     if skipped == len(source):
         raise AnnobootError(
             f"{source.describe()}: no image could be decoded; the files are unreadable "

@@ -228,8 +228,7 @@ def _cell_edges(centres: np.ndarray) -> np.ndarray:
 
 def display_image(batch: ImageBatch) -> np.ndarray:
     """The first image of a batch as (H, W, 3) float in [0, 1], its valid region only."""
-    h, w = (int(s) for s in batch.sizes[0])
-    pixels = batch.images[0, :, :h, :w].float().div(255).cpu()
+    pixels = batch.image(0).float().div(255).cpu()
     if pixels.shape[0] == 1:
         pixels = pixels.expand(3, -1, -1)
     return pixels.permute(1, 2, 0).numpy()
