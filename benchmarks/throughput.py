@@ -16,7 +16,8 @@ change in machine load falls on all of them alike; each figure is the median ste
 
   python benchmarks/throughput.py --quick                 # the CPU recipe (configs/cpu), 2 cores
   python benchmarks/throughput.py --quick --precision fp32 bf16 --compile both
-  python benchmarks/throughput.py --quick --profile       # + top operators by self time per step
+  python benchmarks/throughput.py --quick --profile 5     # + top operators by self time per step
+  python benchmarks/throughput.py --quick --parts 15      # + the ABSimCLR step's pieces, timed alone
   python benchmarks/throughput.py                         # GPU: ViT-S/16 at 224 px, batch 256
   python benchmarks/throughput.py --dino                  # + DINO's multi-crop step and its bound
 
@@ -43,6 +44,7 @@ import torch
 from annoboot.config import Config, load_config
 from annoboot.models import build_encoder
 from annoboot.train.runtime import autocast_context, describe, prepare_for_device
+from annoboot.train.ema import ema_update
 from annoboot.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +125,60 @@ def profile_table(step: Callable[[], None], steps: int, rows: int) -> str:
     return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60)
 
 
+def ab_step_parts(trainer: Trainer, count: int) -> Dict[str, float]:
+    """Median ms of the pieces of one ABSimCLR step, each timed alone on one batch of the
+    trainer's streams (the pieces do not add up exactly to the step: each runs with warm caches)."""
+    from annoboot.methods.bootstrapping import bootstrap_views
+
+    method, target, cfg, device = trainer.method, trainer.target, trainer.cfg, trainer.device
+    assert target is not None
+    batches = {name: next(stream) for name, stream in trainer.streams.items()}
+    amp = lambda: autocast_context(device, cfg.train.precision)  # noqa: E731
+    num_annotations = len(batches["annotation"])
+    with amp():
+        ann_views = method.annotation_views(batches["annotation"])
+        boot_views, boxes = bootstrap_views(batches["bootstrap"], cfg, method.normalize)
+        moves = method.value_function.moves(boxes)
+    views = torch.cat([ann_views, boot_views])
+    with amp():
+        tokens = method.encoder(views).tokens[2 * num_annotations :].detach().requires_grad_()
+    keys = torch.randn(num_annotations, cfg.model.proj_dim, device=device, requires_grad=True)
+
+    def render() -> None:
+        with amp():
+            method.annotation_views(batches["annotation"])
+            bootstrap_views(batches["bootstrap"], cfg, method.normalize)
+
+    def online_encoder() -> None:
+        with amp():
+            out = method.encoder(views)
+        out.pooled.float().pow(2).mean().backward()
+
+    def target_forward() -> None:
+        target.train(method.target_batch_statistics)
+        with torch.no_grad(), amp():
+            target.td_targets(ann_views[:num_annotations], boot_views, moves)
+
+    def value_decoder() -> None:
+        with amp():
+            logits = method.value_function.logits(tokens, moves, keys)
+        logits.float().pow(2).mean().backward()
+
+    def ema() -> None:
+        ema_update(target, method, 0.99)
+
+    pieces = {"whole step (Trainer.train_step)": trainer.train_step, "rendering the views": render,
+              f"online encoder fwd+bwd ({views.shape[0]} views)": online_encoder,
+              f"EMA target td_targets ({num_annotations + boot_views.shape[0]} views)": target_forward,
+              "value decoder fwd+bwd": value_decoder, "EMA update": ema, "AdamW step": trainer.optimizer.step}
+    results = {}
+    for name, piece in pieces.items():
+        timed(piece, device, 3)
+        results[name] = 1000 * statistics.median(timed(piece, device, count))
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return results
+
+
 def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: str) -> Dict[str, Dict]:
     recipes = CPU_RECIPES if args.quick else GPU_RECIPES
     common = ([] if args.quick else GPU_OVERRIDES) + list(args.overrides) + [
@@ -130,6 +186,7 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
         "train.progress=false", "train.log_every=1000000", "train.ckpt_every=1000000", "eval.at_end=false",
     ]
     steps: Dict[str, Callable[[], None]] = {}
+    trainers: Dict[str, Trainer] = {}
     info: Dict[str, Dict] = {}
     device = None
     for name, recipe in recipes.items():
@@ -137,6 +194,7 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
         step, trainer = trainer_step(cfg)
         device = trainer.device
         steps[name] = step
+        trainers[name] = trainer
         info[name] = {"views": trainer.method.views_per_step(), "images": sum(trainer.method.batch_sizes().values()),
                       "recipe": recipe}
         if name == "simclr":
@@ -178,6 +236,12 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
     }
     if args.dino:
         results["summary"]["dino_over_multicrop_bound"] = results["dino"]["views_per_s"] / results["bound_multicrop"]["views_per_s"]
+    if args.parts:
+        print(f"\n--- ab_simclr: its step's parts, median ms of {args.parts} runs each ({precision}, compile {compile_})")
+        parts = ab_step_parts(trainers["ab_simclr"], args.parts)
+        for name, ms in parts.items():
+            print(f"{name:<48}{ms:>8.1f}")
+        results["ab_simclr_parts_ms"] = parts
     if args.profile:
         for name in ("simclr", "ab_simclr"):
             print(f"\n--- {name}: top operators by self time over {args.profile} steps ({precision}, compile {compile_})")
@@ -196,6 +260,8 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dino", action="store_true", help="also time DINO's multi-crop step against its bound")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="also profile this many steps of each method")
+    parser.add_argument("--parts", type=int, default=0, metavar="RUNS",
+                        help="also time the pieces of the ABSimCLR step alone (render, encoder, target, decoder, EMA, AdamW)")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to both recipes")
     args = parser.parse_args()
