@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from annoboot.data.captioned import openclipart
-from annoboot.data.image_folder import _target_size
+from annoboot.data.image_folder import capped_size
 from annoboot.data.stream import pack_layout
 
 
@@ -36,7 +36,7 @@ def main() -> int:
         for path in source.paths:
             try:
                 with Image.open(path) as image:
-                    w, h = _target_size(*image.size, args.max_short_side)
+                    w, h = capped_size(*image.size, args.max_short_side)
             except Image.DecompressionBombError:  # training skips these too
                 bombs += 1
                 continue

@@ -30,6 +30,7 @@ in two calls (globals, locals), as DINO runs them; target dino / bound >= 0.7.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -133,7 +134,7 @@ def ab_step_parts(trainer: Trainer, count: int) -> Dict[str, float]:
     method, target, cfg, device = trainer.method, trainer.target, trainer.cfg, trainer.device
     assert target is not None
     batches = {name: next(stream) for name, stream in trainer.streams.items()}
-    amp = lambda: autocast_context(device, cfg.train.precision)  # noqa: E731
+    amp = functools.partial(autocast_context, device, cfg.train.precision)
     num_annotations = len(batches["annotation"])
     with amp():
         ann_views = method.annotation_views(batches["annotation"])

@@ -32,15 +32,15 @@ def render_views(batch: ImageBatch, boxes_xyxy_norm: torch.Tensor, out_size: int
     h = batch.sizes[:, 0].to(images.dtype).view(num_images, 1)
     w = batch.sizes[:, 1].to(images.dtype).view(num_images, 1)
     boxes = boxes_xyxy_norm.to(images.dtype)
+    pixel_boxes = torch.stack(
+        [boxes[..., 0] * w, boxes[..., 1] * h, boxes[..., 2] * w, boxes[..., 3] * h], dim=-1
+    )
     if batch.origins is None:  # image i is row i of the batch, at its top left
         index = torch.arange(num_images, device=images.device, dtype=images.dtype)
-        y0 = x0 = torch.zeros((num_images, 1), device=images.device, dtype=images.dtype)
     else:  # every image in canvas 0, at its origin
         index = torch.zeros(num_images, device=images.device, dtype=images.dtype)
-        y0, x0 = batch.origins.to(images.dtype).view(num_images, 2, 1).unbind(1)
-    pixel_boxes = torch.stack(
-        [x0 + boxes[..., 0] * w, y0 + boxes[..., 1] * h, x0 + boxes[..., 2] * w, y0 + boxes[..., 3] * h], dim=-1
-    )
+        y0, x0 = batch.origins.to(images.dtype).unbind(1)
+        pixel_boxes = pixel_boxes + torch.stack([x0, y0, x0, y0], dim=-1).view(num_images, 1, 4)
     rois = torch.cat([index.view(-1, 1, 1).expand(-1, num_views, 1), pixel_boxes], dim=-1)
     views = roi_align(images, rois.view(-1, 5), output_size=out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     if views.shape[1] == 1 and rgb:

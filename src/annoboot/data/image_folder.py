@@ -52,7 +52,7 @@ def find_image_files(root: Path) -> List[str]:
     return found
 
 
-def _target_size(width: int, height: int, max_short_side: int) -> Tuple[int, int]:
+def capped_size(width: int, height: int, max_short_side: int) -> Tuple[int, int]:
     """(width, height) with the short side at most ``max_short_side``, aspect kept."""
     short_side = min(width, height)
     if short_side <= max_short_side:
@@ -143,13 +143,13 @@ def decode_image(path: "str | io.BytesIO", max_short_side: int) -> torch.Tensor:
     with Image.open(path) as image:
         if image.format == "JPEG":
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the cap allows: far less work.
-            image.draft(None, _target_size(*image.size, max_short_side))
+            image.draft(None, capped_size(*image.size, max_short_side))
         image.load()
         if _exif_orientation(image) != 1:
             # Cameras store rotated pixels plus a tag; decoding means applying the tag.
             image = ImageOps.exif_transpose(image)
         rgb = to_rgb(image)
-        size = _target_size(*rgb.size, max_short_side)
+        size = capped_size(*rgb.size, max_short_side)
         if size != rgb.size:
             # Pillow's resampling filters antialias when shrinking; reducing_gap first box-reduces
             # by an integer factor, which is fast and visually the same.

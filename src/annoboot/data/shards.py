@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from annoboot.config import check_mix_weights
 from annoboot.data.base import ImageBatch
-from annoboot.data.image_folder import _exif_orientation, _target_size, decode_image, failure_reason
+from annoboot.data.image_folder import _exif_orientation, capped_size, decode_image, failure_reason
 from annoboot.data.stream import (
     SkipCounter,
     Tokenize,
@@ -162,7 +162,7 @@ def cap_short_side(image: torch.Tensor, max_short_side: int) -> torch.Tensor:
     """(C, H, W) uint8 -> the same with min(H, W) <= max_short_side, on its own device: an
     antialiased bilinear downscale to the size :func:`decode_image` gives (never upscaled)."""
     height, width = image.shape[-2:]
-    new_width, new_height = _target_size(width, height, max_short_side)
+    new_width, new_height = capped_size(width, height, max_short_side)
     if (new_height, new_width) == (height, width):
         return image
     resized = F.interpolate(

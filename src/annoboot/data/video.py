@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from annoboot.data.base import ImageSource
-from annoboot.data.image_folder import _target_size
+from annoboot.data.image_folder import capped_size
 from annoboot.errors import AnnobootError
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class VideoFramesSource(ImageSource):
 
     def _to_tensor(self, rgb_hwc: np.ndarray) -> torch.Tensor:
         image = Image.fromarray(rgb_hwc)
-        size = _target_size(*image.size, self.max_short_side)
+        size = capped_size(*image.size, self.max_short_side)
         if size != image.size:
             image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
         return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
