@@ -17,7 +17,7 @@ from annoboot.eval.knn import knn_accuracy
 from annoboot.methods import build_method
 from annoboot.train import Trainer
 from annoboot.train import trainer as trainer_module
-from annoboot.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+from annoboot.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, load_latest_valid
 from annoboot.train.ema import make_target
 from annoboot.views import Normalize
 from conftest import TINY, TINY_TEXT, needs_fmnist
@@ -93,12 +93,12 @@ def test_resume_restores_rng_states_as_cpu_tensors_on_any_device(tiny_config, mo
     Trainer(cfg).fit()
     saved = load_checkpoint(checkpoint_path(cfg.train.out_dir, 2))["rng"][0]["torch"]
 
-    def load_rng_states_onto_map_location(path, map_location="cpu"):
-        state = load_checkpoint(path)
+    def load_rng_states_onto_map_location(run_dir, map_location="cpu"):
+        path, state = load_latest_valid(run_dir)
         state["rng"] = [{name: s.to(map_location) for name, s in rng.items()} for rng in state["rng"]]
-        return state
+        return path, state
 
-    monkeypatch.setattr(trainer_module, "load_checkpoint", load_rng_states_onto_map_location)
+    monkeypatch.setattr(trainer_module, "load_latest_valid", load_rng_states_onto_map_location)
     trainer = Trainer(cfg)
     trainer.device = torch.device("meta")
     trainer._resume()
@@ -119,7 +119,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
         time.sleep(0.2)  # wait for the first logged interval (train.log_every=20 steps)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0, output
+    assert proc.returncode == 143, output  # 128 + SIGTERM: a scheduler sees the run did not finish
+    assert "stopped by SIGTERM" in output and "--resume" in output, output
     saved = list_checkpoints(run_dir)
     assert len(saved) == 1, output
     step = load_checkpoint(saved[0])["step"]

@@ -14,6 +14,7 @@ EPILOG = """examples:
   annoboot pretrain --config configs/quickstart.yaml
   annoboot pretrain --config configs/fmnist_ab_simclr.yaml train.steps=2000 method.gamma=0.5
   annoboot pretrain --config configs/fmnist_ab_simclr.yaml --resume
+  annoboot pretrain --config configs/quickstart.yaml --overwrite   # replace the run in train.out_dir
   annoboot eval runs/quickstart --out runs/quickstart/eval.json
   annoboot export runs/quickstart --out backbone.safetensors
   annoboot data write-shards /data/photos shards/train-%06d.tar
@@ -35,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pre-train an encoder (then probe it if eval.at_end)")
     p.add_argument("--config", help="recipe YAML (see configs/); defaults apply without one")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.out_dir")
+    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in train.out_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train.out_dir holds another run: move it aside to <out_dir>.replaced-<time> and start afresh")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100")
 
     p = sub.add_parser("eval", help="probe a run's frozen encoder (kNN, linear, MAP); writes JSON")
@@ -100,7 +103,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from annoboot.config import load_config
 
         if args.command == "pretrain":
-            runs.pretrain(load_config(args.config, args.overrides), resume=args.resume)
+            if args.resume and args.overwrite:
+                raise AnnobootError("--resume continues the run in train.out_dir and --overwrite moves it aside: pass one")
+            runs.pretrain(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
         elif args.command == "eval":
             out = args.out
             if out is None and Path(args.run).is_dir():
@@ -123,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"wrote {path}")
     except AnnobootError as exc:
         print(f"annoboot: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # RunInterrupted: 130 / 143, as the signal would
     except KeyboardInterrupt:
         print("annoboot: interrupted", file=sys.stderr)
         return 130

@@ -265,9 +265,14 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
     return _finish(_apply_overrides(cfg, overrides))
 
 
-def config_from_saved(saved: Dict[str, Any], overrides: Optional[List[str]] = None) -> Config:
+def config_from_saved(saved: Dict[str, Any], overrides: Optional[List[str]] = None, origin: str = "a saved config") -> Config:
     """The config stored in a checkpoint, with ``key=value`` overrides (e.g. for evaluation)."""
-    return _finish(_apply_overrides(OmegaConf.merge(OmegaConf.structured(Config), saved), overrides))
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
+    except OmegaConfBaseException as exc:
+        # Typically a key a newer or older annoboot wrote; name it rather than fail deep inside.
+        raise _explain(exc, f"{origin} (written by another annoboot version?)") from None
+    return _finish(_apply_overrides(cfg, overrides))
 
 
 def _apply_overrides(cfg: DictConfig, overrides: Optional[List[str]]) -> DictConfig:
@@ -342,8 +347,9 @@ def validate(cfg: Config) -> None:
         raise AnnobootError("bad config: crop scales are fractions of the image area and must be <= 1")
     if not 0 <= cfg.method.gamma < 1:
         raise AnnobootError(f"bad config: key 'method.gamma' must be in [0, 1), got {cfg.method.gamma}")
-    if cfg.train.steps <= 0 or cfg.train.batch_size <= 0:
-        raise AnnobootError("bad config: 'train.steps' and 'train.batch_size' must be positive")
+    for key in ("steps", "batch_size", "ckpt_every", "log_every"):
+        if getattr(cfg.train, key) <= 0:
+            raise AnnobootError(f"bad config: key 'train.{key}' must be a positive integer, got {getattr(cfg.train, key)}")
     if cfg.method.name.startswith("ab_") and cfg.views.bootstrap_views < 2:
         raise AnnobootError("bad config: 'views.bootstrap_views' must be >= 2 for annotation bootstrapping")
     if cfg.method.name.endswith("dino") and not (v.local_views >= 1 and 0 < v.local_size <= v.img_size):

@@ -9,6 +9,7 @@ name and the keyword arguments; :func:`load_snippet` writes out the call.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -64,6 +65,10 @@ def export_backbone(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={"backbone": name, "create_kwargs": kwargs_json})
+    # safetensors creates the file owner-only (0600); give it the mode any other file gets.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
     metadata = {
         "backbone": name,
         "create_kwargs": kwargs,

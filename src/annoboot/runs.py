@@ -20,7 +20,7 @@ from annoboot.methods import Method, build_method
 from annoboot.models.encoder import Encoder
 from annoboot.train.checkpoint import load_checkpoint
 from annoboot.train.runtime import eager, resolve_device
-from annoboot.train.trainer import Trainer
+from annoboot.train.trainer import RunInterrupted, Trainer
 from annoboot.views import Normalize
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,21 @@ def evaluate_method(method: Method, cfg: Config, device: torch.device, progress:
     return results
 
 
-def pretrain(cfg: Config, resume: bool = False) -> dict:
-    """Pre-train, then (if ``eval.at_end``) probe the encoder; returns the run's summary."""
-    trainer = Trainer(cfg, resume=resume)
+def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
+    """Pre-train, then (if ``eval.at_end``) probe the encoder; returns the run's summary.
+
+    ``resume``: continue from the newest valid checkpoint in ``train.out_dir``; ``overwrite``:
+    move a run already in that folder aside instead of refusing it. Raises RunInterrupted
+    (an AnnobootError with ``exit_code`` 130/143) when SIGINT/SIGTERM stopped the run after
+    its checkpoint was saved.
+    """
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
     try:
         last = trainer.fit()
     finally:
         distributed.shutdown()  # probes below are rank 0's alone and use no collectives
+    if trainer.stopped_by:
+        raise RunInterrupted(trainer.stopped_by, trainer.step, trainer.run_dir)
     summary = {"run_dir": str(trainer.run_dir), "step": trainer.step, "train": last}
     if cfg.eval.at_end and trainer.step >= cfg.train.steps and trainer.dist.is_main:  # probes: rank 0 only
         log.info("probing the encoder: %s", ", ".join(cfg.eval.probes))
@@ -70,18 +78,24 @@ def pretrain(cfg: Config, resume: bool = False) -> dict:
 
 def load_run(path: str | Path, weights: str = "online", overrides: Optional[List[str]] = None) -> tuple[Config, Method, torch.device]:
     """A run directory or checkpoint file -> (its config with overrides, method with weights loaded)."""
+    if weights not in ("online", "ema"):
+        raise AnnobootError(f"--weights must be 'online' or 'ema', got '{weights}'")
     state = load_checkpoint(path)
-    cfg = config_from_saved(state["config"], overrides)
+    if not isinstance(state.get("config"), dict) or "method" not in state:
+        raise AnnobootError(f"{path} is not an annoboot training checkpoint (it holds no config or no weights)")
+    cfg = config_from_saved(state["config"], overrides, origin=f"the config saved in {path}")
     device = resolve_device(cfg.train.device)
     method = build_method(cfg)
-    if weights == "online":
-        method.load_state_dict(state["method"])
-    elif weights == "ema":
-        if state.get("target") is None:
-            raise AnnobootError(f"--weights ema: the run at {path} has no EMA target ({cfg.method.name} keeps none)")
-        method.load_state_dict(state["target"])
-    else:
-        raise AnnobootError(f"--weights must be 'online' or 'ema', got '{weights}'")
+    if weights == "ema" and state.get("target") is None:
+        raise AnnobootError(f"--weights ema: the run at {path} has no EMA target ({cfg.method.name} keeps none)")
+    try:
+        method.load_state_dict(state["method" if weights == "online" else "target"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise AnnobootError(
+            f"the {weights} weights in {path} do not match the model its config builds "
+            f"({cfg.model.backbone}, {cfg.method.name}): {' '.join(first[1:2] or first[:1]).strip()}"
+        ) from None
     return cfg, method.to(device).eval(), device
 
 
@@ -111,4 +125,4 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-__all__ = ["evaluate_encoder", "evaluate_method", "evaluate_run", "export_run", "load_run", "pretrain"]
+__all__ = ["RunInterrupted", "evaluate_encoder", "evaluate_method", "evaluate_run", "export_run", "load_run", "pretrain"]

@@ -18,7 +18,24 @@ def build_method(cfg: Config) -> Method:
         cls = METHODS[cfg.method.name]
     except KeyError:
         raise AnnobootError(f"unknown method.name '{cfg.method.name}'; choose one of {', '.join(METHODS)}") from None
-    return cls(cfg)
+    method = cls(cfg)
+    _check_batch_sizes(method, cfg)
+    return method
+
+
+def _check_batch_sizes(method: Method, cfg: Config) -> None:
+    """Refuse a batch split that cannot train, naming the options that made it."""
+    sizes, m, base = method.batch_sizes(), cfg.method, cfg.train.batch_size
+    if sizes["annotation"] < method.min_annotation_images:
+        split = f" x method.annotation_fraction {m.annotation_fraction}" if "bootstrap" in sizes else ""
+        raise AnnobootError(
+            f"bad config: train.batch_size {base}{split} gives {m.name} {sizes['annotation']} annotation "
+            f"image(s) per step; its loss contrasts images and needs at least {method.min_annotation_images}"
+        )
+    if sizes.get("bootstrap", 1) < 1:
+        rule = (f"train.batch_size x method.bootstrap_fraction = {base} x {m.bootstrap_fraction}" if m.bootstrap_fraction is not None
+                else f"equal views with the base method (method.bootstrap_fraction: null) at train.batch_size {base}")
+        raise AnnobootError(f"bad config: {rule} gives 0 bootstrap images per step; raise train.batch_size or method.bootstrap_fraction")
 
 
 __all__ = ["ABCLIP", "ABDINO", "ABSimCLR", "CLIP", "DINO", "METHODS", "Method", "SimCLR", "StepOutput", "build_method"]

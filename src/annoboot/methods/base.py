@@ -33,6 +33,8 @@ class Method(nn.Module):
     # Whether the EMA target's BatchNorm layers normalise with the statistics of the batch it is
     # given (DINO's teacher), or with the running statistics it copies from the online network.
     target_batch_statistics: bool = True
+    # The fewest annotation images a step can learn from: contrastive losses need a negative.
+    min_annotation_images: int = 1
     encoder: Encoder
 
     def __init__(self, cfg: Config):

@@ -73,12 +73,13 @@ def ab_batch_sizes(cfg: Config, base_views_per_image: int) -> Dict[str, int]:
     the annotation images' views plus ``views.bootstrap_views`` plain crops per bootstrap image.
     """
     base, m, v = cfg.train.batch_size, cfg.method, cfg.views
-    annotation = max(2, round(base * m.annotation_fraction))
+    # No silent minimum: build_method refuses a split too small, rather than change it.
+    annotation = round(base * m.annotation_fraction)
     if m.bootstrap_fraction is not None:
         bootstrap = round(base * m.bootstrap_fraction)
     else:
         bootstrap = round((base - annotation) * base_views_per_image / v.bootstrap_views)
-    return {"annotation": annotation, "bootstrap": max(1, bootstrap)}
+    return {"annotation": annotation, "bootstrap": bootstrap}
 
 
 def ab_loss_weight(cfg: Config, step: int) -> float:

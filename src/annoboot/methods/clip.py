@@ -18,6 +18,8 @@ from annoboot.views import Normalize, render_views
 
 
 class CLIP(Method):
+    min_annotation_images = 2  # one positive pair and at least one negative
+
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         model, v = cfg.model, cfg.views

@@ -16,6 +16,8 @@ from annoboot.views import Normalize, SimCLRAugment, render_views
 
 
 class SimCLR(Method):
+    min_annotation_images = 2  # one positive pair and at least one negative
+
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         v = cfg.views

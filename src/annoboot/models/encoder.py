@@ -7,6 +7,7 @@ value decoder and the MAP probe read the tokens; kNN and the linear probe read t
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any, Dict
 
@@ -32,8 +33,9 @@ def _create(name: str, img_size: int, backbone_kwargs: Dict[str, Any] | None) ->
     """The timm model and the keyword arguments that built it (``img_size`` only where taken)."""
     kwargs = dict(backbone_kwargs or {})
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise AnnobootError(f"unknown timm backbone '{name}' (model.backbone); similar names: {', '.join(close)}")
+        close = difflib.get_close_matches(name, timm.list_models(), n=6, cutoff=0.6)
+        hint = f"; similar names: {', '.join(close)}" if close else "; `timm.list_models('*vit*')` lists the names"
+        raise AnnobootError(f"unknown timm backbone '{name}' (model.backbone){hint}")
     kwargs.setdefault("img_size", img_size)
     try:
         return timm.create_model(name, pretrained=False, num_classes=0, **kwargs), kwargs

@@ -57,8 +57,14 @@ class RunLogger:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, show_progress: bool):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        self.jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        # A resumed run logs again the steps after its checkpoint: drop what the killed run
+        # logged past it, in TensorBoard (purge_step) and in metrics.jsonl.
+        purge = start_step + 1 if start_step > 0 else None
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
+        path = self.run_dir / "metrics.jsonl"
+        if purge is not None and path.exists():
+            _drop_rows_after(path, start_step)
+        self.jsonl = open(path, "a", encoding="utf-8")
         # A slow moving average of step times (about the last 50 steps) keeps the ETA steady.
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not show_progress, unit="step", dynamic_ncols=True,
                         smoothing=0.02)
@@ -89,3 +95,17 @@ class RunLogger:
         self.bar.close()
         self.writer.close()
         self.jsonl.close()
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of ``path`` (JSON lines with a "step") up to ``step``; rewritten atomically."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:  # a line cut short by the kill
+            continue
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)

@@ -8,9 +8,9 @@ schedule, checkpoints and exact resume, metrics and progress. Methods only compu
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -25,7 +25,7 @@ from annoboot.data.base import ImageSource
 from annoboot.data.cache import cache_decoded
 from annoboot.errors import AnnobootError
 from annoboot.methods import Method, build_method
-from annoboot.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from annoboot.train.checkpoint import latest_checkpoint, list_checkpoints, load_latest_valid, nonfinite_tensors, save_checkpoint
 from annoboot.train.ema import ema_update, make_target, relative_distance
 from annoboot.train.metrics import MetricAccumulator, RunLogger
 from annoboot.train.runtime import autocast_context, compile_for_training, prepare_for_device, resolve_device
@@ -34,11 +34,23 @@ from annoboot.train.schedules import cosine, ema_momentum, warmup_cosine
 log = logging.getLogger(__name__)
 
 
+class RunInterrupted(AnnobootError):
+    """The run stopped on SIGTERM/SIGINT after saving a checkpoint; ``exit_code`` is what a
+    shell reports for that signal (130, 143), so schedulers see the run did not finish."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.signum, self.step = signum, step
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at step {step} after saving a checkpoint; continue with --resume (train.out_dir={run_dir})")
+
+
 class _StopRequest:
     """Turns SIGTERM/SIGINT into a flag, so the loop can checkpoint before exiting."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = 0
         self._previous: Dict[int, object] = {}
 
     def __enter__(self) -> "_StopRequest":
@@ -51,6 +63,7 @@ class _StopRequest:
         if self.requested:  # second signal: give up at once
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -58,10 +71,13 @@ class _StopRequest:
 
 
 class Trainer:
-    """``Trainer(cfg).fit()`` pre-trains; ``resume=True`` continues from the run's latest checkpoint."""
+    """``Trainer(cfg).fit()`` pre-trains; ``resume=True`` continues from the run's newest valid
+    checkpoint. A fresh run refuses a ``train.out_dir`` that holds another run, unless
+    ``overwrite=True``, which moves that run aside."""
 
-    def __init__(self, cfg: Config, resume: bool = False):
+    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
         self.cfg = cfg
+        self.resume, self.overwrite = resume, overwrite
         self.device = resolve_device(cfg.train.device)
         self.dist = distributed.init_from_env(self.device.type)
         if self.device.type == "cuda" and self.dist.world_size > 1:
@@ -90,6 +106,10 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         self.step = 0
         self.schedule_values: Dict[str, float] = {}
+        self.stopped_by = 0  # the signal that stopped fit() early, if one did
+        # The 0-based step of the first non-finite loss, or -1: kept on the device, read only at
+        # log and checkpoint steps (no host sync per step).
+        self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
         if resume:
             self._resume()
 
@@ -178,23 +198,62 @@ class Trainer:
             torch.manual_seed(self.cfg.train.seed + self.dist.rank + 1_000_003 * self.step)
 
     def save(self) -> None:
-        """Every rank calls this; rank 0 writes the one checkpoint, loadable on any world size."""
+        """Every rank calls this; rank 0 writes the one checkpoint, loadable on any world size.
+        Never from a diverged run: the last good checkpoint stays the newest."""
+        self.check_finite()
         state = self.state_dict()
+        bad = nonfinite_tensors(state["method"])  # the same weights on every rank: all raise
+        if bad:
+            raise self._diverged(f"weights became non-finite by step {self.step} ({len(bad)} tensors, e.g. {bad[0]})")
         if self.dist.is_main:
             path = save_checkpoint(self.run_dir, self.step, state, keep=self.cfg.train.keep_checkpoints)
             log.info("saved checkpoint %s", path)
         distributed.barrier()
 
+    def check_finite(self) -> None:
+        """Raise, naming the step, if any loss since the start was NaN or infinite."""
+        # The one host sync, at log and checkpoint steps only; collective, so every rank raises.
+        firsts = [f for f in distributed.gather(self._first_nonfinite.reshape(1)).tolist() if f >= 0]
+        if firsts:
+            raise self._diverged(f"loss became non-finite at step {min(firsts) + 1}")
+
+    def _diverged(self, what: str) -> AnnobootError:
+        t = self.cfg.train
+        latest = latest_checkpoint(self.run_dir)
+        kept = f"the last good checkpoint is {latest}" if latest is not None else "no checkpoint was written"
+        advice = "lower train.lr" + (f" (train.grad_clip={t.grad_clip} is set)" if t.grad_clip else " or set train.grad_clip")
+        return AnnobootError(f"training diverged: {what} (train.lr={t.lr}); {kept}; {advice}")
+
     def _resume(self) -> None:
-        path = latest_checkpoint(self.run_dir)
-        if path is None:
+        if not list_checkpoints(self.run_dir):
             log.warning("--resume: no checkpoint under %s, starting from step 0", self.run_dir)
             return
         # Loaded to the CPU: load_state_dict copies weights and optimizer state to their
         # parameters' device, and the RNG states must stay CPU ByteTensors (on a GPU,
         # map_location=device would hand torch.set_rng_state a CUDA tensor: TypeError).
-        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
+        path, state = load_latest_valid(self.run_dir, map_location="cpu")
+        self.load_state_dict(state)
         log.info("resumed from %s at step %d", path, self.step)
+
+    def _claim_run_dir(self) -> None:
+        """A run folder has one owner. A fresh run in a folder holding another run's files would
+        prune or mix with them (and eval would read the old checkpoints): refuse, or with
+        ``overwrite`` move the old run aside to ``<out_dir>.replaced-<time>``."""
+        if self.resume:
+            return
+        found = [p.name for p in (self.run_dir / "config.yaml", self.run_dir / "metrics.jsonl") if p.exists()]
+        found += [p.name for p in list_checkpoints(self.run_dir)]
+        if not found:
+            return
+        if not self.overwrite:
+            raise AnnobootError(
+                f"train.out_dir {self.run_dir} already holds a run ({', '.join(found[:4])}); continue it with "
+                "--resume, choose another train.out_dir, or pass --overwrite to move it aside"
+            )
+        if self.dist.is_main:
+            aside = self.run_dir.with_name(f"{self.run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            self.run_dir.rename(aside)
+            log.warning("--overwrite: moved the run previously in %s to %s", self.run_dir, aside)
 
     # ------------------------------------------------------------------ loop
     def _set_schedules(self, step: int) -> Dict[str, float]:
@@ -221,6 +280,9 @@ class Trainer:
         with autocast_context(self.device, self.cfg.train.precision):
             out = self.model(batches, self.target, self.step)
         self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():  # remember the first step whose loss is not finite
+            bad = ~torch.isfinite(out.loss.detach()) & (self._first_nonfinite < 0)
+            self._first_nonfinite = torch.where(bad, self.step, self._first_nonfinite)
         out.loss.backward()
         self.method.after_backward(self.step)
         return {**out.metrics, "loss/total": out.loss.detach()}
@@ -245,6 +307,9 @@ class Trainer:
         """Train to ``train.steps``; returns the last logged scalars."""
         t = self.cfg.train
         main = self.dist.is_main
+        if self.step == 0:
+            self._claim_run_dir()
+        distributed.barrier()  # every rank has looked before rank 0 writes
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
@@ -270,16 +335,13 @@ class Trainer:
                             last = logger.log(self.step, scalars, images_per_step, self.method.views_per_step())
                         else:
                             last = scalars
-                        if not math.isfinite(last["loss/total"]):
-                            raise AnnobootError(
-                                f"loss is {last['loss/total']} at step {self.step}: training diverged; "
-                                "lower train.lr or set train.grad_clip"
-                            )
+                        self.check_finite()
                     # Ranks must agree to stop; under torch.distributed they compare at log steps.
                     stopping = stop.requested if self.dist.world_size == 1 else at_log and distributed.any_rank(stop.requested)
                     if self.step % t.ckpt_every == 0 or self.step == t.steps or stopping:
                         self.save()
                     if stopping:
+                        self.stopped_by = stop.signum or signal.SIGTERM  # another rank's signal: SIGTERM
                         log.warning("stopped by signal at step %d; resume with --resume", self.step)
                         break
         finally:
