@@ -17,6 +17,8 @@ EPILOG = """examples:
   annoboot pretrain --config configs/quickstart.yaml --overwrite   # replace the run in train.out_dir
   annoboot eval runs/quickstart --out runs/quickstart/eval.json
   annoboot export runs/quickstart --out backbone.safetensors
+  annoboot embed runs/quickstart /data/photos --out photos.npz
+  annoboot similar photos.npz /data/photos/cat.jpg --k 8 --out cat_neighbours.png
   annoboot data write-shards /data/photos shards/train-%06d.tar
   annoboot data write-shards /usr/share/openclipart shards/clipart-%06d.tar --captions openclipart
   annoboot data inspect /data/photos
@@ -63,6 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     d = data_sub.add_parser("inspect", help="count images, their sizes and the undecodable ones (with reasons)")
     d.add_argument("source", help="an image folder or a shard pattern such as shards/train-{000000..000009}.tar")
     d.add_argument("--limit", type=int, help="look at the first N files only")
+
+    p = sub.add_parser("embed", help="embed a folder's images with a trained encoder into an .npz (resumable)")
+    p.add_argument("encoder", help="run directory, checkpoint file or exported .safetensors")
+    p.add_argument("folder", help="folder of images (searched recursively)")
+    p.add_argument("--out", required=True, help="output .npz: names, L2-normalised embeddings, meta")
+    p.add_argument("--weights", choices=["online", "ema"], default="online")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--chunk-size", type=int, default=4096, help="images per resumable chunk")
+    p.add_argument("--device", help="cpu, cuda, ... (default: the run's train.device)")
+
+    p = sub.add_parser("similar", help="nearest neighbours of an image in an embeddings file: PNG sheet and JSON")
+    p.add_argument("embeddings", help=".npz written by `annoboot embed`")
+    p.add_argument("image", help="a file of the embedded folder, or any image (embedded now)")
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--out", required=True, help="contact sheet .png; the neighbours go to the same name with .json")
 
     p = sub.add_parser("viz", help="draw a run's training curves, IoU agreement and (ab_* runs) a value map as PNGs")
     p.add_argument("run", help="run directory or checkpoint file")
@@ -118,6 +135,26 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(tools.format_report(tools.folder_to_shards(args.folder, args.pattern, args.max_count, args.captions)))
             else:
                 print(tools.format_report(tools.inspect_source(args.source, args.limit)))
+        elif args.command == "embed":
+            from annoboot import embedding
+
+            encoder = embedding.load_encoder(args.encoder, args.weights, args.device)
+            print(embedding.embed_folder(encoder, args.folder, args.out, args.batch_size, args.chunk_size))
+        elif args.command == "similar":
+            import json
+
+            from annoboot import embedding
+
+            if args.k <= 0:
+                raise AnnobootError(f"--k must be a positive number of neighbours, got {args.k}")
+            query, neighbours, meta = embedding.find_similar(args.embeddings, args.image, args.k)
+            sheet = embedding.contact_sheet(query, neighbours, meta["folder"], args.out)
+            listing = Path(args.out).with_suffix(".json")
+            listing.write_text(json.dumps({"query": query, "folder": meta["folder"],
+                                           "neighbours": [{"name": n.name, "score": n.score} for n in neighbours]}, indent=2))
+            for n in neighbours:
+                print(f"{n.score:.4f}  {n.name}")
+            print(f"wrote {sheet} and {listing}")
         elif args.command == "export":
             runs.export_run(args.run, args.out, args.weights)
         elif args.command == "viz":

@@ -33,6 +33,7 @@ def export_backbone(
     path: str | Path,
     backbone_name: Optional[str] = None,
     create_kwargs: Optional[Dict[str, Any]] = None,
+    input_convention: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write ``encoder.backbone``'s weights as timm-loadable safetensors; returns the file's path.
 
@@ -44,8 +45,12 @@ def export_backbone(
         create_kwargs: keyword arguments that built the backbone, e.g. ``img_size``,
             ``patch_size`` (default ``encoder.create_kwargs``).
 
+        input_convention: how inputs were made in training, e.g. {"img_size": 32, "mean": [...],
+            "std": [...]}: recorded so that ``annoboot.load_encoder`` feeds the model alike.
+
     Also writes ``<path>.json``: {"backbone": name, "create_kwargs": {...}, "num_features": D,
-    "timm_version": ..., "load": the snippet of :func:`load_snippet`}.
+    "timm_version": ..., "load": the snippet of :func:`load_snippet`, and ``input_convention``'s
+    keys}.
     """
     name = backbone_name or encoder.backbone_name
     kwargs = dict(encoder.create_kwargs if create_kwargs is None else create_kwargs)
@@ -75,6 +80,7 @@ def export_backbone(
         "num_features": encoder.width,
         "timm_version": timm.__version__,
         "load": load_snippet(path, name, kwargs),
+        **(input_convention or {}),
     }
     metadata_path(path).write_text(json.dumps(metadata, indent=2) + "\n")
     return path

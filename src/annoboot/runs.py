@@ -113,7 +113,8 @@ def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "on
 def export_run(path: str | Path, out: str | Path, weights: str = "online") -> Path:
     cfg, method, _ = load_run(path, weights)
     encoder = method.encoder
-    written = export_backbone(encoder, out, encoder.backbone_name, encoder.create_kwargs)
+    convention = {"img_size": cfg.views.img_size, "mean": list(cfg.views.mean), "std": list(cfg.views.std)}
+    written = export_backbone(encoder, out, encoder.backbone_name, encoder.create_kwargs, convention)
     print(f"wrote {written}\nload it with:\n{load_snippet(written, encoder.backbone_name, encoder.create_kwargs)}")
     return written
 

@@ -1,0 +1,343 @@
+"""Use a trained encoder: load it, embed images or a whole folder, find similar images.
+
+Embeddings are the encoder's pooled features, L2-normalised, computed on each whole image
+resized to the training view size, exactly as the probes see it. A folder is embedded in chunks
+of ``chunk_size`` files, each written to ``<out>.parts/`` as it completes, so a killed run of a
+large folder resumes at its first missing chunk; unreadable files are skipped and counted by
+reason. The result is one ``.npz``: ``names`` (paths relative to the folder), ``embeddings``
+(N, D) float32 and ``meta`` (a JSON string: encoder, weights, image size, folder, skips).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from annoboot.data.base import ImageBatch
+from annoboot.data.image_folder import ImageFolderSource, decode_image
+from annoboot.data.stream import pad_collate
+from annoboot.data.workers import decode_workers
+from annoboot.errors import AnnobootError
+from annoboot.models.encoder import Encoder
+from annoboot.train.runtime import autocast_context, resolve_device
+from annoboot.views import Normalize, render_full_images
+
+log = logging.getLogger(__name__)
+
+ImageLike = Union[str, Path, Image.Image, torch.Tensor]
+
+
+@dataclass
+class PretrainedEncoder:
+    """A trained encoder with the input convention it was trained with.
+
+    ``model``: the timm backbone (eval mode; ``model(x)`` gives pooled features for inputs
+    made by ``transform``). ``embed(images)``: (N, D) L2-normalised features of paths, PIL
+    images or (3, H, W) uint8 tensors.
+    """
+
+    encoder: Encoder
+    img_size: int
+    normalize: Normalize
+    device: torch.device
+    source: str  # the run, checkpoint or .safetensors file it came from
+    weights: str = "online"
+    backbone: str = ""
+    create_kwargs: Dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.encoder.backbone
+
+    @torch.no_grad()  # not inference_mode: the result may feed a model being fine-tuned
+    def transform(self, image: ImageLike) -> torch.Tensor:
+        """One image -> (3, S, S) normalised float32 on ``device``: the probes' input."""
+        return self._render([_as_uint8(image, self.img_size)])[0]
+
+    def _render(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        batch, _ = pad_collate([(image, None) for image in images])
+        return render_full_images(batch.to(self.device), self.img_size, self.normalize)
+
+    @torch.inference_mode()
+    def embed_batch(self, batch: ImageBatch) -> torch.Tensor:
+        with autocast_context(self.device, "auto"):
+            pooled = self.encoder(render_full_images(batch.to(self.device), self.img_size, self.normalize)).pooled
+        return F.normalize(pooled.float(), dim=1).cpu()
+
+    def embed(self, images: Sequence[ImageLike], batch_size: int = 256) -> torch.Tensor:
+        """(N, D) float32 L2-normalised embeddings of ``images``, in order (a bad file raises)."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            batch, _ = pad_collate([(_as_uint8(image, self.img_size), None) for image in images[start : start + batch_size]])
+            out.append(self.embed_batch(batch))
+        return torch.cat(out) if out else torch.empty(0, self.encoder.width)
+
+
+def _as_uint8(image: ImageLike, img_size: int) -> torch.Tensor:
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.ndim != 3:
+            raise AnnobootError(f"images given as tensors must be (C, H, W) uint8, got {tuple(image.shape)} {image.dtype}")
+        return image
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    try:
+        return decode_image(str(image), max_short_side=max(img_size, 32))
+    except FileNotFoundError:
+        raise AnnobootError(f"image not found: {image}") from None
+    except Exception as exc:
+        raise AnnobootError(f"cannot decode image {image}: {type(exc).__name__}: {exc}") from None
+
+
+def load_encoder(path: str | Path, weights: str = "online", device: str | None = None) -> PretrainedEncoder:
+    """A run directory, a checkpoint file or an exported ``.safetensors`` -> PretrainedEncoder.
+
+    ``weights``: 'online' or 'ema' (runs and checkpoints only). ``device``: e.g. 'cpu', 'cuda';
+    default: the run's ``train.device`` ('auto': a GPU when there is one).
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return _load_exported(path, device)
+    from annoboot.runs import load_run  # the trainer's imports, only when a run is loaded
+
+    overrides = [] if device is None else [f"train.device={device}"]
+    cfg, method, resolved = load_run(path, weights, overrides)
+    encoder = method.encoder.eval()
+    return PretrainedEncoder(encoder, cfg.views.img_size, Normalize(cfg.views.mean, cfg.views.std).to(resolved), resolved,
+                             str(path), weights, encoder.backbone_name, dict(encoder.create_kwargs))
+
+
+def _load_exported(path: Path, device: str | None) -> PretrainedEncoder:
+    import timm
+
+    from annoboot.config import ViewsConfig
+    from annoboot.export import metadata_path
+
+    meta_file = metadata_path(path)
+    if not path.is_file():
+        raise AnnobootError(f"weights not found: {path}")
+    if not meta_file.is_file():
+        raise AnnobootError(f"{path} has no {meta_file.name} beside it (annoboot export writes one): cannot tell its model")
+    meta = json.loads(meta_file.read_text())
+    kwargs = dict(meta["create_kwargs"])
+    defaults = ViewsConfig()
+    img_size = int(meta.get("img_size") or kwargs.get("img_size") or defaults.img_size)
+    try:
+        backbone = timm.create_model(meta["backbone"], pretrained=True, num_classes=0,
+                                     pretrained_cfg_overlay=dict(file=str(path.resolve())), **kwargs)
+    except Exception as exc:
+        raise AnnobootError(f"cannot load {path} as timm '{meta['backbone']}' with {kwargs}: {str(exc).splitlines()[0]}") from None
+    resolved = resolve_device(device or "auto")
+    encoder = Encoder(backbone, meta["backbone"], kwargs).to(resolved).eval()
+    normalize = Normalize(meta.get("mean", defaults.mean), meta.get("std", defaults.std)).to(resolved)
+    return PretrainedEncoder(encoder, img_size, normalize, resolved, str(path), "exported", meta["backbone"], kwargs)
+
+
+# ------------------------------------------------------------------ a folder
+@dataclass
+class EmbedReport:
+    out: Path
+    embedded: int
+    skipped: Dict[str, int]
+    seconds: float
+    chunks_reused: int
+
+    def __str__(self) -> str:
+        skipped = sum(self.skipped.values())
+        why = f" ({', '.join(f'{n} {r}' for r, n in sorted(self.skipped.items()))})" if skipped else ""
+        reused = f"; {self.chunks_reused} chunk(s) reused from an earlier run" if self.chunks_reused else ""
+        return (f"wrote {self.out}: {self.embedded} images embedded, {skipped} skipped{why}, "
+                f"{self.seconds:.1f} s{reused}")
+
+
+class _FolderFiles(Dataset):
+    def __init__(self, source: ImageFolderSource, indices: range):
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Tuple[Optional[torch.Tensor], Optional[str], int]:
+        index = self.indices[i]
+        image, reason = self.source.load(index)
+        return image, reason, index
+
+
+def _collate(items):
+    good = [(image, None) for image, _, _ in items if image is not None]
+    batch = pad_collate(good)[0] if good else None
+    return batch, [index for image, _, index in items if image is not None], [(index, reason) for image, reason, index in items if image is None]
+
+
+def embed_folder(encoder: PretrainedEncoder, folder: str | Path, out: str | Path, batch_size: int = 256,
+                 chunk_size: int = 4096, num_workers: Optional[int] = None, progress: bool = True) -> EmbedReport:
+    """Embed every image under ``folder`` (recursively, sorted) into ``out`` (.npz); resumable."""
+    started = time.perf_counter()
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise AnnobootError(f"--out must end in .npz, got {out}")
+    source = ImageFolderSource(folder, max_short_side=max(encoder.img_size, 32))
+    root = Path(source.root)
+    names = [str(Path(p).relative_to(root)) for p in source.paths]
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    workers = decode_workers(num_workers)
+    chunks = math.ceil(len(names) / chunk_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(names), unit="img", desc=f"embed {root.name}")
+    reused = 0
+    for c in range(chunks):
+        indices = range(c * chunk_size, min((c + 1) * chunk_size, len(names)))
+        part = parts / f"part-{c:06d}.npz"
+        if _part_matches(part, names[indices.start : indices.stop]):
+            reused += 1
+        else:
+            _embed_chunk(encoder, source, indices, names, part, batch_size, workers)
+        if bar is not None:
+            bar.update(len(indices))
+    if bar is not None:
+        bar.close()
+
+    embeddings, kept, skipped = [], [], Counter()
+    for c in range(chunks):
+        with np.load(parts / f"part-{c:06d}.npz") as part:
+            embeddings.append(part["embeddings"])
+            kept.extend(part["names"][part["kept"]].tolist())
+            skipped.update(json.loads(str(part["skipped"])))
+    if not kept:
+        raise AnnobootError(f"no image under {root} could be decoded ({dict(skipped)})")
+    meta = {"encoder": encoder.source, "weights": encoder.weights, "img_size": encoder.img_size,
+            "folder": str(root.resolve()), "skipped": dict(skipped)}
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, names=np.array(kept), embeddings=np.concatenate(embeddings), meta=np.array(json.dumps(meta)))
+    tmp.replace(out)
+    shutil.rmtree(parts)
+    return EmbedReport(out, len(kept), dict(skipped), time.perf_counter() - started, reused)
+
+
+def _part_matches(part: Path, names: List[str]) -> bool:
+    if not part.is_file():
+        return False
+    try:
+        with np.load(part) as saved:
+            return saved["names"].tolist() == names
+    except Exception:  # a part cut short: computed again
+        return False
+
+
+def _embed_chunk(encoder: PretrainedEncoder, source: ImageFolderSource, indices: range, names: List[str], part: Path,
+                 batch_size: int, workers: int) -> None:
+    loader = DataLoader(_FolderFiles(source, indices), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    vectors = torch.empty(0, encoder.encoder.width)
+    kept: List[int] = []
+    reasons: Counter = Counter()
+    for batch, good, bad in loader:
+        for index, reason in bad:
+            log.debug("skipping %s: %s", names[index], reason)
+            reasons[reason or "unreadable"] += 1
+        if batch is not None:
+            vectors = torch.cat([vectors, encoder.embed_batch(batch)])
+            kept.extend(good)
+    mask = np.zeros(len(indices), dtype=bool)
+    mask[[i - indices.start for i in kept]] = True
+    tmp = part.with_name(part.name + ".tmp.npz")
+    np.savez(tmp, names=np.array(names[indices.start : indices.stop]), kept=mask, embeddings=vectors.numpy(),
+             skipped=np.array(json.dumps(dict(reasons))))
+    tmp.replace(part)
+
+
+# ------------------------------------------------------------------ similar images
+@dataclass
+class Neighbour:
+    name: str
+    score: float
+
+
+def load_embeddings(path: str | Path) -> Tuple[List[str], torch.Tensor, Dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise AnnobootError(f"embeddings not found: {path} (write them with `annoboot embed`)")
+    try:
+        with np.load(path) as saved:
+            return saved["names"].tolist(), torch.from_numpy(saved["embeddings"]), json.loads(str(saved["meta"]))
+    except (KeyError, ValueError, OSError) as exc:
+        raise AnnobootError(f"{path} is not an annoboot embeddings file: {exc}") from None
+
+
+def nearest(embeddings: torch.Tensor, query: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarity of unit vectors by one matrix product, top ``k``: exact; its cost per
+    folder size is measured by benchmarks/similar_search.py (docs/results.md)."""
+    scores = embeddings @ query
+    return torch.topk(scores, min(k, scores.numel()))
+
+
+def find_similar(embeddings_path: str | Path, image: str | Path, k: int = 8,
+                 encoder: Optional[PretrainedEncoder] = None) -> Tuple[str, List[Neighbour], Dict]:
+    """The ``k`` images most like ``image``: a file of the embedded folder (its stored vector)
+    or any other image (embedded now with the encoder that wrote the file, or ``encoder``).
+    Returns (query path, neighbours best first, the file's meta)."""
+    names, vectors, meta = load_embeddings(embeddings_path)
+    folder = Path(meta["folder"])
+    image = Path(image)
+    relative = _relative_to(image, folder)
+    if relative is not None and relative in names:
+        query = vectors[names.index(relative)]
+        query_path = folder / relative
+    else:
+        if encoder is None:
+            encoder = load_encoder(meta["encoder"], meta["weights"] if meta["weights"] != "exported" else "online", "cpu")
+        query = encoder.embed([image])[0]
+        query_path = image
+    scores, order = nearest(vectors, query.float(), k)
+    return str(query_path), [Neighbour(names[i], float(s)) for s, i in zip(scores.tolist(), order.tolist())], meta
+
+
+def _relative_to(image: Path, folder: Path) -> Optional[str]:
+    if not image.is_absolute() and not image.exists():
+        return str(image)  # given as a name inside the folder
+    try:
+        return str(image.resolve().relative_to(folder))
+    except ValueError:
+        return None
+
+
+def contact_sheet(query: str, neighbours: List[Neighbour], folder: str | Path, out: str | Path, thumb: int = 112) -> Path:
+    """A PNG row: the query, then each neighbour with its cosine similarity."""
+    from PIL import ImageDraw
+
+    folder, out = Path(folder), Path(out)
+    label_h = 16
+    tiles = [(Path(query), "query")] + [(folder / n.name, f"{n.score:.3f}") for n in neighbours]
+    sheet = Image.new("RGB", (thumb * len(tiles), thumb + label_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (path, label) in enumerate(tiles):
+        try:
+            with Image.open(path) as im:
+                tile = im.convert("RGB")
+                tile.thumbnail((thumb, thumb))
+        except Exception:
+            tile = Image.new("RGB", (thumb, thumb), "gray")
+        sheet.paste(tile, (i * thumb + (thumb - tile.width) // 2, (thumb - tile.height) // 2))
+        draw.text((i * thumb + 4, thumb + 2), label, fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
+
+
+__all__ = ["EmbedReport", "Neighbour", "PretrainedEncoder", "contact_sheet", "embed_folder", "find_similar", "load_embeddings",
+           "load_encoder", "nearest"]
