@@ -15,6 +15,7 @@ from annoboot.data import build_source
 from annoboot.errors import AnnobootError
 from annoboot.eval import evaluate, format_results_table
 from annoboot.eval.image_text import evaluate_image_text, has_text_tower
+from annoboot.eval.localisation import localisation_score
 from annoboot.export import export_backbone, load_snippet
 from annoboot.methods import Method, build_method
 from annoboot.models.encoder import Encoder
@@ -48,6 +49,9 @@ def evaluate_method(method: Method, cfg: Config, device: torch.device, progress:
                     method, build_source(cfg.eval.test), retrieval, cfg.eval.zero_shot_templates, cfg.views.img_size, normalize, device, cfg.eval.batch_size
                 )
             )
+        if cfg.method.name in ("ab_simclr", "ab_clip") and cfg.eval.test.kind == "fmnist_scenes":
+            # Scenes know where each item is: does the value function? (eval/localisation.py)
+            results["localisation"] = localisation_score(method, build_source(cfg.eval.test))
     return results
 
 
@@ -107,6 +111,11 @@ def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "on
     if out is not None:
         write_json(Path(out), results)
     print(format_results_table(results, f"{cfg.method.name} ({weights} weights) from {path}"))
+    if "localisation" in results:
+        loc = results["localisation"]
+        print(f"value-map localisation over {loc['items']} scene items: top move in the item's box {loc['hit_rate']:.1f}% "
+              f"(chance {loc['chance_hit_rate']:.1f}%), best in-box move ranked {loc['mean_best_rank']:.2f} "
+              f"(chance {loc['chance_mean_best_rank']:.2f})")
     return results
 
 

@@ -58,6 +58,9 @@ class AnnotationSet:
     images: Optional[np.ndarray] = None
     texts: Optional[List[str]] = None
     default: Optional[int] = None
+    # Where each annotation truly is in the viewed image, (L, 4) normalised xyxy with NaN rows for
+    # annotations not in it (scene items), or None: drawn over the map.
+    true_boxes: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.keys.shape[0]
@@ -162,6 +165,8 @@ def value_probabilities(method: Method, image: ImageBatch, keys: torch.Tensor, b
     source_box = full_image_boxes(1, 1, device)[0, 0]
     flat = boxes.reshape(-1, 4).to(device)
     moves = action_tokens(relative_box(source_box, flat), vf.num_bins, vf.value_range)  # (K, 4)
+    if not vf.use_moves:  # a run without action tokens saw one constant move, as ValueFunction.moves gives
+        moves = torch.zeros_like(moves)
     phi = torch.cat([vf.decoder(tokens, chunk[None])[0] for chunk in moves.split(_BOXES_PER_CALL)])  # (K, d)
     # The same scoring as ValueFunction.logits, for a source with an arbitrary number of targets.
     logits = vf.scale() * F.normalize(phi, dim=-1) @ F.normalize(keys, dim=-1).T
@@ -201,6 +206,11 @@ def plot_value_map(
     i, j = np.unravel_index(int(np.argmax(probs)), probs.shape)
     x0, y0, x1, y1 = boxes[i, j] * np.array([width, height, width, height])
     ax_map.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", linewidth=1.5))
+    if annotation.true_boxes is not None and not bool(torch.isnan(annotation.true_boxes[index]).any()):
+        x0, y0, x1, y1 = annotation.true_boxes[index].numpy() * np.array([width, height, width, height])
+        ax_map.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.5,
+                                   linestyle="--", label="true box"))
+        ax_map.legend(handles=ax_map.patches[-1:], loc="lower right", fontsize="small")
     fig.colorbar(heat, ax=ax_map, shrink=0.85, label="Q(l | x, move to box)")
     ax_map.set_title(title or "value map", fontsize="medium")
     ax_map.set_xticks([])
@@ -246,6 +256,8 @@ def _ab_simclr_keys(method: Method, source: ImageSource, image: ViewedImage) -> 
     the softmax runs over this set, as training's runs over the annotation batch. Without labels,
     the first few other images of the source. The default annotation is the viewed image's class.
     """
+    if hasattr(source, "item_boxes"):
+        return _scene_item_keys(method, source, image)
     others = (i for i in range(len(source)) if i != image.index)
     if source.labels is not None:
         num_classes = len(torch.unique(source.labels))
@@ -276,6 +288,31 @@ def _ab_simclr_keys(method: Method, source: ImageSource, image: ViewedImage) -> 
     pooled = torch.cat([method.encoder(method.normalize(chunk)).pooled for chunk in views.split(64)])
     keys = method.ab_annotation_head(pooled)
     return AnnotationSet(keys, names, images=views.permute(0, 2, 3, 1).cpu().numpy(), default=default)
+
+
+def _scene_item_keys(method: Method, source: ImageSource, image: ViewedImage) -> AnnotationSet:
+    """On scenes: the crops of the viewed scene's items (their true boxes outlined), then those
+    of the next scenes as the rest of the annotation set; the default is the largest item."""
+    device = image.batch.images.device
+    img_size = method.cfg.views.img_size
+    count = min(len(source), image.index + 1 + _UNLABELLED_ANNOTATIONS)
+    chosen = [image.index] + [i for i in range(image.index + 1, count)]
+    views, names, true_boxes = [], [], []
+    for i in chosen:
+        pixels = source[i]
+        one = ImageBatch(pixels[None], torch.tensor([pixels.shape[1:]], dtype=torch.int64)).to(device)
+        boxes = source.item_boxes[i]
+        views.append(render_views(one, boxes.to(device)[None], img_size))
+        for box, label in zip(boxes, source.item_labels[i]):
+            where = "" if i == image.index else f" of scene {i}"
+            names.append(f"{source.class_names[int(label)]}{where}")
+            true_boxes.append(box if i == image.index else torch.full((4,), float("nan")))
+    views = torch.cat(views)
+    keys = method.ab_annotation_head(torch.cat([method.encoder(method.normalize(c)).pooled for c in views.split(64)]))
+    own = source.item_boxes[image.index]
+    largest = int(((own[:, 2] - own[:, 0]) * (own[:, 3] - own[:, 1])).argmax())
+    return AnnotationSet(keys, names, images=views.permute(0, 2, 3, 1).cpu().numpy(), default=largest,
+                         true_boxes=torch.stack(true_boxes))
 
 
 @register_annotation_keys("ab_dino")

@@ -1,0 +1,49 @@
+"""Value-map localisation of ab_* runs on held-out scenes (eval/localisation.py), beside chance.
+
+  python benchmarks/localisation.py runs/bench/ab_simclr-<key>_s0 runs/bench/ab_simclr-<key>_s1 [--grid 8] [--scenes 240]
+
+Each run is scored on the first --scenes test scenes generated with its own scene settings
+(data.annotation.scenes, split test): for every item, the G x G moves from the whole scene are
+ranked by the value of the item's annotation. Prints, per run, the top-move hit rate and the
+mean rank of the best in-box move, with the chance values of the same grid and items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from annoboot.data.scenes import SceneSource
+from annoboot.eval.localisation import localisation_score
+from annoboot.runs import load_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--grid", type=int, default=8)
+    parser.add_argument("--scenes", type=int, default=240)
+    parser.add_argument("--weights", choices=["online", "ema"], default="online")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    rows = []
+    print(f"{'run':<44} {'actions':>7} {'items':>6} {'hit %':>7} {'chance %':>9} {'best rank':>10} {'chance rank':>12} {'s':>5}")
+    for run in args.runs:
+        cfg, method, _ = load_run(run, args.weights, ["train.device=cpu"])
+        if cfg.data.annotation.kind != "fmnist_scenes":
+            raise SystemExit(f"{run}: pre-trained on {cfg.data.annotation.kind}, not on scenes")
+        start = time.perf_counter()
+        source = SceneSource(cfg.data.annotation.scenes, "test", limit=args.scenes)
+        score = localisation_score(method, source, args.grid, scenes=args.scenes)
+        seconds = time.perf_counter() - start
+        rows.append({"run": run, "action_tokens": cfg.method.action_tokens, "grid": args.grid, **score})
+        print(f"{run[-44:]:<44} {str(cfg.method.action_tokens):>7} {score['items']:>6} {score['hit_rate']:>7.2f} "
+              f"{score['chance_hit_rate']:>9.2f} {score['mean_best_rank']:>10.2f} {score['chance_mean_best_rank']:>12.2f} {seconds:>5.0f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

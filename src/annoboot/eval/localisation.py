@@ -1,0 +1,143 @@
+"""Does the value function know where an annotation is? A score on scenes with known boxes.
+
+For a scene x and one of its items, the agent may move from the whole scene to any box of a
+G x G grid; the value function says how likely each move is to show the item's annotation,
+Q(l_item | x, a). Rank the moves by that value. A move is *in the box* when its box's centre
+lies inside the item's box. Reported, over items:
+
+- ``hit_rate``: how often the top-ranked move is in the box; ``chance_hit_rate``: the same for
+  a random ranking (the share of in-box moves, averaged over items);
+- ``mean_best_rank``: the mean rank (1 = best) of the best-ranked in-box move;
+  ``chance_mean_best_rank``: its value for a random ranking, (K + 1) / (m + 1) with K moves of
+  which m are in the box.
+
+Ties are scored by their expectation under random tie-breaking, so a value function that is
+constant over moves (a run without action tokens) scores exactly the chance rates.
+
+Annotations, per method: ABSimCLR's annotation of an item is the item's crop of the scene
+(keys psi_AB of the crops of the items of ``block`` scenes, as training scores against an
+annotation batch); ABCLIP's is a caption naming the item's class (one prompt per class), so
+its in-box moves are those in any item of that class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+
+from annoboot.data.base import ImageBatch
+from annoboot.errors import AnnobootError
+
+# Scenes whose items share one annotation set, about the annotation batch of the CPU recipe.
+_SCENES_PER_SET = 48
+
+
+@dataclass
+class ItemScore:
+    hit: float  # expected 0/1: the top move is in the box
+    best_rank: float  # expected rank (1-based) of the best in-box move
+    chance_hit: float
+    chance_best_rank: float
+
+
+def score_moves(scores: torch.Tensor, in_box: torch.Tensor) -> Optional[ItemScore]:
+    """One item: ``scores`` (K,) value per move, ``in_box`` (K,) bool. None if no move is in the box."""
+    k, m = scores.numel(), int(in_box.sum())
+    if m == 0:
+        return None
+    top = scores.max()
+    at_top = scores == top
+    hit = float((at_top & in_box).sum()) / float(at_top.sum())  # random tie-breaking among the top
+    best_in = scores[in_box].max()
+    above = int((scores > best_in).sum())
+    tied, tied_in = int((scores == best_in).sum()), int(((scores == best_in) & in_box).sum())
+    # The first of tied_in in-box moves among `tied` tied moves, in random order: (t + 1) / (m_t + 1).
+    best_rank = above + (tied + 1) / (tied_in + 1)
+    return ItemScore(hit, best_rank, m / k, (k + 1) / (m + 1))
+
+
+def centres_inside(move_boxes: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """(K, 4) move boxes, (4,) item box (normalised xyxy) -> (K,) bool: centre inside the box."""
+    cx = (move_boxes[:, 0] + move_boxes[:, 2]) / 2
+    cy = (move_boxes[:, 1] + move_boxes[:, 3]) / 2
+    return (cx >= box[0]) & (cx <= box[2]) & (cy >= box[1]) & (cy <= box[3])
+
+
+def summarise(items: List[ItemScore]) -> Dict[str, float]:
+    if not items:
+        raise AnnobootError("localisation: no scene item covers the centre of any grid box; use a finer --grid")
+    n = len(items)
+    return {
+        "items": n,
+        "hit_rate": 100.0 * sum(i.hit for i in items) / n,
+        "chance_hit_rate": 100.0 * sum(i.chance_hit for i in items) / n,
+        "mean_best_rank": sum(i.best_rank for i in items) / n,
+        "chance_mean_best_rank": sum(i.chance_best_rank for i in items) / n,
+    }
+
+
+@torch.no_grad()
+def localisation_score(method, source, grid: int = 8, box_scale: Optional[float] = None, scenes: int = 240) -> Dict[str, float]:
+    """The score of ``method`` (an ab_simclr or ab_clip run) on the first ``scenes`` scenes of
+    ``source`` (a scene source: ``item_boxes``, ``item_labels``). Percentages and ranks."""
+    from annoboot.viz.value_map import default_box_scale, grid_boxes, value_probabilities
+    from annoboot.views import render_views
+
+    name = method.cfg.method.name
+    if getattr(method, "value_function", None) is None or name not in ("ab_simclr", "ab_clip"):
+        raise AnnobootError(f"localisation needs an ab_simclr or ab_clip run (a value function with item annotations); this run is {name}")
+    if not hasattr(source, "item_boxes"):
+        raise AnnobootError(f"localisation needs scenes with known item boxes (kind fmnist_scenes); {source.name} has none")
+    boxes = grid_boxes(grid, default_box_scale(method, grid) if box_scale is None else box_scale)
+    flat_boxes = boxes.reshape(-1, 4)
+    device = method.normalize.mean.device
+    img_size = method.cfg.views.img_size
+    was_training = method.training
+    method.eval()
+    items: List[ItemScore] = []
+    try:
+        count = min(scenes, len(source))
+        class_keys = _class_caption_keys(method, source, device) if name == "ab_clip" else None
+        for start in range(0, count, _SCENES_PER_SET):
+            block = range(start, min(start + _SCENES_PER_SET, count))
+            batches = [_one(source, i, device) for i in block]
+            if class_keys is None:  # ab_simclr: the crops of every item of the block
+                crops = [render_views(b, source.item_boxes[i].to(device)[None], img_size) for b, i in zip(batches, block)]
+                views = torch.cat(crops)
+                keys = method.ab_annotation_head(method.encoder(method.normalize(views)).pooled)
+                offsets = torch.tensor([0] + [len(source.item_boxes[i]) for i in block]).cumsum(0).tolist()
+            else:
+                keys = class_keys
+            for j, (batch, i) in enumerate(zip(batches, block)):
+                probs = value_probabilities(method, batch, keys, boxes).reshape(-1, keys.shape[0])
+                for k, (box, label) in enumerate(zip(source.item_boxes[i], source.item_labels[i])):
+                    if class_keys is None:
+                        column, in_box = offsets[j] + k, centres_inside(flat_boxes, box)
+                    else:  # a caption names a class: any item of that class is where it is
+                        column = int(label)
+                        same = source.item_boxes[i][source.item_labels[i] == label]
+                        in_box = torch.stack([centres_inside(flat_boxes, b) for b in same]).any(0)
+                        if k != int((source.item_labels[i] == label).nonzero()[0]):
+                            continue  # each class of a scene once
+                    scored = score_moves(probs[:, column], in_box)
+                    if scored is not None:
+                        items.append(scored)
+    finally:
+        method.train(was_training)
+    return summarise(items)
+
+
+def _one(source, index: int, device) -> ImageBatch:
+    pixels = source[index]
+    return ImageBatch(pixels[None], torch.tensor([pixels.shape[1:]], dtype=torch.int64)).to(device)
+
+
+def _class_caption_keys(method, source, device) -> torch.Tensor:
+    template = method.cfg.eval.zero_shot_templates[0]
+    tokens = method.tokenizer([template.format(n) for n in source.class_names]).to(device)
+    return method.ab_text_head(method.text_encoder(tokens))
+
+
+__all__ = ["ItemScore", "centres_inside", "localisation_score", "score_moves", "summarise"]
