@@ -435,7 +435,7 @@ def test_in_memory_stream_visits_every_index_once_per_epoch():
     assert all(b.labels is None and b.sizes.tolist() == [[4, 4]] * 8 for b in first_epoch)
     seen = [i for batch in first_epoch for i in tensor_indices(batch)]
     assert seen == epoch_order(50, 3, 0)[:48].tolist() and len(set(seen)) == 48
-    assert stream.state_dict() == {"epoch": 1, "position": 0, "skipped": 0}
+    assert stream.state_dict() == {"epoch": 1, "position": 0, "skipped": 0, "bad_in_a_row": 0}
     assert tensor_indices(next(stream)) == epoch_order(50, 3, 1)[:8].tolist()
 
 
@@ -470,7 +470,7 @@ def test_file_stream_epoch_visits_each_index_once_with_true_sizes(tmp_path):
         assert all(batch.image(k).shape == (3, *index_png_size(i)) for k, i in enumerate(indices))
         seen += indices
     assert seen == epoch_order(24, 0, 0)[:20].tolist()
-    assert stream.state_dict() == {"epoch": 1, "position": 0, "skipped": 0}
+    assert stream.state_dict() == {"epoch": 1, "position": 0, "skipped": 0, "bad_in_a_row": 0}
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -480,7 +480,7 @@ def test_file_stream_resumes_exactly_mid_epoch(tmp_path, num_workers):
     for _ in range(3):
         next(uninterrupted)
     state = uninterrupted.state_dict()
-    assert state == {"epoch": 0, "position": 12, "skipped": 0}
+    assert state == {"epoch": 0, "position": 12, "skipped": 0, "bad_in_a_row": 0}
     expected = [decoded_indices(next(uninterrupted)) for _ in range(6)]  # crosses into epoch 1
     resumed = BatchStream(source, batch_size=4, seed=5, num_workers=num_workers)
     resumed.load_state_dict(state)
@@ -690,3 +690,108 @@ def test_decode_workers_split_the_cores_of_each_local_rank_between_its_streams(t
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert build_stream(folder, 4, seed=0, device="cpu", decoding_streams=2).num_workers == 3
     assert build_stream(folder, 4, seed=0, device="cpu", source=IndexedTensorSource(8)).num_workers == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad images within the budget: replaced, counted, resumed exactly
+
+
+def test_a_batch_of_only_bad_images_is_replaced_when_the_budget_allows(tmp_path):
+    order = epoch_order(10, 0, 0).tolist()
+    index_folder(tmp_path, 10, corrupt=(order[0],))  # the first batch of one is a bad file
+    for budget in (1.0, 0.5):
+        stream = BatchStream(ImageFolderSource(tmp_path), batch_size=1, seed=0, max_bad_fraction=budget)
+        assert decoded_indices(next(stream)) == [order[1]]  # the next image takes its place
+        assert stream.skipped_by_reason == {"not an image": 1} and stream.state_dict()["position"] == 2
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_resume_landing_on_bad_batches_continues_like_the_uninterrupted_run(tmp_path, num_workers):
+    order = epoch_order(12, 4, 0).tolist()
+    index_folder(tmp_path, 12, corrupt=tuple(order[4:8]))  # batches 2 and 3 of the epoch hold only bad files
+    source = ImageFolderSource(tmp_path)
+    uninterrupted = BatchStream(source, batch_size=2, seed=4, num_workers=num_workers)
+    for _ in range(2):
+        next(uninterrupted)
+    state = uninterrupted.state_dict()
+    expected = [decoded_indices(next(uninterrupted)) for _ in range(4)]
+    assert expected[0] == order[8:10]
+    resumed = BatchStream(source, batch_size=2, seed=4, num_workers=num_workers)
+    resumed.load_state_dict(state)
+    assert [decoded_indices(next(resumed)) for _ in range(4)] == expected
+    assert resumed.state_dict() == uninterrupted.state_dict()
+    uninterrupted.close()
+    resumed.close()
+
+
+def test_a_folder_where_nothing_decodes_stops_even_with_the_widest_budget(tmp_path):
+    index_folder(tmp_path, 9, corrupt=tuple(range(9)))
+    stream = BatchStream(ImageFolderSource(tmp_path), batch_size=2, seed=0, max_bad_fraction=1.0)
+    with pytest.raises(AnnobootError, match=r"none of the last 8 images tried could be used \(not an image: 8\)"):
+        next(stream)
+
+
+def test_a_stream_state_written_before_bad_in_a_row_was_kept_still_loads(tmp_path):
+    source = ImageFolderSource(index_folder(tmp_path, 8))
+    stream = BatchStream(source, batch_size=2, seed=0)
+    stream.load_state_dict({"epoch": 1, "position": 2, "skipped": 3})
+    assert stream.state_dict() == {"epoch": 1, "position": 2, "skipped": 3, "bad_in_a_row": 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Failure reasons, pixel caps, warnings
+
+
+def test_inspect_and_training_name_a_failure_alike(tmp_path):
+    from annoboot.data.image_folder import failure_reason
+    from annoboot.data.tools import inspect_folder
+
+    for name in ("a.png", "b/c.png", "d/e/f.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("not an image")
+    write_index_png(tmp_path / "good.png", 0)
+    report = inspect_folder(str(tmp_path))
+    assert list(report["bad_by_reason"]) == ["not an image"] and report["bad_by_reason"]["not an image"]["count"] == 3
+    source = ImageFolderSource(tmp_path)
+    assert {source.load(i)[1] for i in range(len(source))} == {None, "not an image"}
+    # Paths and object addresses never split a reason's count.
+    first = failure_reason(OSError("cannot read '/data/a/x.png' from <_io.BytesIO object at 0x7f3a2c1d90>"), 10)
+    second = failure_reason(OSError("cannot read '/other/y.png' from <_io.BytesIO object at 0x7f99abcdef12>"), 10)
+    assert first == second and "/" not in first and "0x" not in first
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` grey pixels (its data is a stub)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    stub = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", stub) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [9_000, 10_000])  # under and over PIL's own warning at 89M pixels
+def test_an_image_over_the_pixel_cap_is_a_bad_file_and_is_not_decoded(tmp_path, side):
+    import warnings
+
+    from annoboot.data.image_folder import MAX_IMAGE_PIXELS
+
+    (tmp_path / "huge.png").write_bytes(png_claiming(side, side))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning would say it was decoded
+        image, reason = ImageFolderSource(tmp_path).load(0)
+    assert image is None and reason == f"over the {MAX_IMAGE_PIXELS:,}-pixel cap"
+    assert 50_000_000 < MAX_IMAGE_PIXELS < Image.MAX_IMAGE_PIXELS
+
+
+def test_a_one_pixel_image_decodes_without_a_non_writable_array_warning(tmp_path):
+    import warnings
+
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(tmp_path / "dot.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns (once per process) on a read-only NumPy array
+        image, reason = ImageFolderSource(tmp_path).load(0)
+    assert reason is None and image.flatten().tolist() == [1, 2, 3]

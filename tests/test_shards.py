@@ -44,7 +44,7 @@ def test_write_shards_keeps_every_image_and_caption(folder, tmp_path):
     assert report["samples"] == 22 and report["with_caption"] == 5
     assert len(report["shards"]) == 3
     counts = count_shard_samples(expand_shard_pattern(str(tmp_path / "shards" / "train-{000000..000002}.tar")))
-    assert counts == {"shards": 3, "samples": 22, "image_members": 22}
+    assert counts == {"shards": 3, "samples": 22, "image_members": 22, "unreadable_shards": {}}
     with tarfile.open(report["shards"][0]) as tar:
         texts = [tar.extractfile(m).read().decode() for m in tar if m.name.endswith(".txt")]
     assert "a photo number 0" in texts
@@ -347,3 +347,38 @@ def test_device_decoder_orders_the_decode_between_the_streams(monkeypatch):
         recorded.clear()
     assert len(created) == 1  # one decode stream, made at first use
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(on_cpu, results))
+
+
+# ---------------------------------------------------------------------------------------------
+# Every format the writer packs is one the reader decodes; unreadable shards are reported
+
+
+def test_write_shards_packs_bmp_gif_tif_that_training_reads_back(tmp_path, capsys):
+    root = tmp_path / "formats"
+    root.mkdir()
+    suffixes = ("bmp", "gif", "tif", "tiff", "png", "jpg", "jpeg", "webp")
+    for i, suffix in enumerate(suffixes):
+        photo(i, size=(20 + i, 16)).save(root / f"img{i}.{suffix}")
+    assert folder_to_shards(str(root), str(tmp_path / "s-%06d.tar"))["samples"] == len(suffixes)
+    stream = ShardStream(str(tmp_path / "s-000000.tar"), batch_size=4, seed=0, num_workers=0, shuffle_buffer=8)
+    widths = {int(w) for _ in range(8) for w in next(stream).sizes[:, 1]}
+    assert widths == {20 + i for i in range(len(suffixes))} and stream.skipped == 0
+    assert main(["data", "inspect", str(tmp_path / "s-000000.tar")]) == 0
+    out = capsys.readouterr().out
+    assert f"image_members: {len(suffixes)}" in out and f"decodable: {len(suffixes)}" in out and "bad: 0" in out
+
+
+@pytest.mark.parametrize("damage, reason", [("cut", "ReadError: unexpected end of data"),
+                                            ("garbage", "ReadError: invalid header"), ("empty", "empty file")])
+def test_inspect_reports_an_unreadable_shard_by_reason_without_a_traceback(tmp_path, capsys, damage, reason):
+    samples = [(f"{i:03d}", {"png": png_bytes((i, 2, 3), size=(40, 30))}) for i in range(4)]
+    write_tar(tmp_path / "s-0.tar", samples)
+    with tarfile.open(tmp_path / "s-0.tar") as tar:
+        second = tar.getmembers()[1]
+    damaged = {"cut": (tmp_path / "s-0.tar").read_bytes()[: second.offset_data + 10],
+               "garbage": np.random.default_rng(0).bytes(1500), "empty": b""}[damage]
+    (tmp_path / "s-1.tar").write_bytes(damaged)
+    assert main(["data", "inspect", str(tmp_path / "s-{0..1}.tar")]) == 0
+    out = capsys.readouterr().out
+    assert "unreadable_shards: 1" in out and f"  {reason}  (e.g. {tmp_path / 's-1.tar'})" in out
+    assert "decodable: " in out and "Traceback" not in out

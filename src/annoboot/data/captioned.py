@@ -24,7 +24,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from annoboot.data.base import ImageSource
-from annoboot.data.image_folder import decode_image, find_image_files
+from annoboot.data.image_folder import find_image_files, load_image_file
 from annoboot.errors import AnnobootError
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ def clean_caption(text: str) -> Optional[str]:
 def caption_from_txt_twin(image_path: str) -> Optional[str]:
     """First non-empty line of ``<image stem>.txt`` beside the image (Tux Paint's format too)."""
     text_path = Path(image_path).with_suffix(".txt")
+    if not text_path.is_file():  # missing, or a FIFO, whose open would block: no caption
+        return None
     try:
         lines = text_path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -87,6 +89,8 @@ def caption_from_txt_twin(image_path: str) -> Optional[str]:
 def openclipart_metadata(image_path: str, png_root: Path, svg_root: Path) -> Tuple[Optional[str], List[str]]:
     """(title, keywords) from the SVG twin (same relative path under ``svg_root``)."""
     relative = Path(image_path).relative_to(png_root).with_suffix(".svg")
+    if not (svg_root / relative).is_file():  # missing, or a FIFO, whose open would block
+        return None, []
     try:
         with open(svg_root / relative, "rb") as handle:
             head = handle.read(_MAX_SVG_BYTES_READ)
@@ -159,12 +163,11 @@ class CaptionedImagesSource(ImageSource):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Optional[torch.Tensor]:
-        path = self.paths[index]
-        try:
-            return decode_image(path, self.max_short_side)
-        except Exception as exc:  # any PIL failure: skipped and counted by the stream
-            logger.debug("skipping undecodable image %s: %s", path, exc)
-            return None
+        return self.load(index)[0]
+
+    def load(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
+        """(image, None), or (None, why) for an undecodable file: skipped and counted by the stream."""
+        return load_image_file(self.paths[index], self.max_short_side)
 
     def describe(self) -> str:
         return f"{self.name}: {len(self)} captioned images in {len(self.class_names)} categories"

@@ -2,7 +2,8 @@
 
 Decode only: every file comes back as RGB uint8 with its short side capped, and nothing else
 is done to it (crops and augmentations are rendered later, on the device). A file that cannot
-be decoded comes back as None, so one bad file in a scraped folder never stops a run.
+be decoded comes back as None, so one bad file in a scraped folder never stops a run; an image
+declaring more than :data:`MAX_IMAGE_PIXELS` pixels is such a file, and so is never decoded.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -31,25 +35,67 @@ ALPHA_BACKGROUND = (255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
 
 
-def find_image_files(root: Path) -> List[str]:
+# Images declaring more pixels than this are bad files, rejected from their header before any
+# decoding: an 8192 x 8192 image. PIL only warns from 89M pixels (and decodes in full) and
+# refuses from 179M; a scraped set's few giant scans would cost seconds and gigabytes each.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header declares more than the pixel cap; ``max_pixels`` is that cap."""
+
+    def __init__(self, width: int, height: int, max_pixels: int):
+        super().__init__(f"image of {width} x {height} pixels exceeds the {max_pixels:,}-pixel cap")
+        self.max_pixels = max_pixels
+
+
+@dataclass
+class ImageFiles:
+    """What a folder scan found: ``paths`` to decode, sorted by relative path, and ``special``:
+    entries with an image name that are not regular files (FIFOs, sockets, devices), left
+    unopened because opening a FIFO blocks until something writes to it."""
+
+    paths: List[str]
+    special: List[str] = field(default_factory=list)
+
+    def describe_skipped(self) -> str:
+        return f"skipped {len(self.special)} non-regular file(s) with image names, e.g. {self.special[0]}"
+
+
+def scan_image_files(root: "str | os.PathLike") -> ImageFiles:
     """Image files under ``root`` (any depth), sorted by their path relative to ``root``.
 
     Symlinked files are skipped (in scraped sets they duplicate real files), symlinked folders
-    are not followed, and hidden names (``.*``, e.g. macOS ``._x.jpg`` forks) are ignored.
+    are not followed, hidden names (``.*``, e.g. macOS ``._x.jpg`` forks) are ignored, and only
+    regular files are listed: the others are counted in ``special``.
     """
     found: List[str] = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        for name in files:
-            path = os.path.join(folder, name)
-            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+    special: List[str] = []
+    pending = [str(root)]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:  # an unreadable sub-folder holds nothing we can use (as os.walk treats it)
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") or entry.is_symlink():
                 continue
-            if os.path.islink(path):
-                continue
-            found.append(path)
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                # DirEntry knows the type from the directory listing: no extra stat per file
+                (found if entry.is_file(follow_symlinks=False) else special).append(entry.path)
     prefix = os.path.join(str(root), "")
     found.sort(key=lambda path: path[len(prefix):].split(os.sep))  # relative path parts, without pathlib's cost
-    return found
+    return ImageFiles(found, sorted(special))
+
+
+def find_image_files(root: Path) -> List[str]:
+    """The paths of :func:`scan_image_files`; skipped non-regular files are logged as a warning."""
+    files = scan_image_files(root)
+    if files.special:
+        logger.warning("%s: %s", root, files.describe_skipped())
+    return files.paths
 
 
 def capped_size(width: int, height: int, max_short_side: int) -> Tuple[int, int]:
@@ -121,26 +167,59 @@ def _exif_orientation(image: Image.Image) -> int:
         return 1
 
 
+# Parts of exception messages that differ between files with the same problem.
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>|<_io\.\w+ name=[^>]*>")
+_QUOTED_PATH = re.compile(r"""(['"])[^'"]*[/\\][^'"]*\1""")
+_BARE_PATH = re.compile(r"(?<![\w<])(?:[A-Za-z]:)?[/\\][^\s'\",:;)]+")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
 def failure_reason(exc: BaseException, num_bytes: int) -> str:
-    """A short, path-free name for why a file did not decode (few distinct values, so counts
-    per reason stay readable in the logs). ``num_bytes``: the file's size (0: empty)."""
+    """A short, stable name for why a file, sample or shard could not be used: the same failure
+    gets the same name in every file, so counts per reason stay few and readable (training logs,
+    `annoboot data inspect`). ``num_bytes``: the input's size (0: empty; negative: unknown)."""
     if num_bytes == 0:
         return "empty file"
+    if isinstance(exc, ImageTooLarge):
+        return f"over the {exc.max_pixels:,}-pixel cap"
     if isinstance(exc, Image.DecompressionBombError):
         return "decompression bomb"
     if isinstance(exc, UnidentifiedImageError):
         return "not an image"
-    if isinstance(exc, OSError) and "truncated" in str(exc):
+    if isinstance(exc, OSError) and "truncated" in str(exc).lower():  # PIL says "truncated" and "Truncated"
         return "truncated"
-    return type(exc).__name__
+    text = str(exc)
+    if text.startswith("(") and len(exc.args) > 1 and isinstance(exc.args[0], str):
+        text = exc.args[0]  # webdataset appended the stream and URL to the args: keep the message
+    message = text.splitlines()[0].split(" @ ")[0] if text else ""  # " @ <stream>": webdataset's too
+    message = _OBJECT_REPR.sub("", message)
+    message = _QUOTED_PATH.sub("", message)
+    message = _BARE_PATH.sub("", message)
+    message = _ADDRESS.sub("", message)
+    message = " ".join(message.split()).strip(" :,;")[:80]
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def decode_image(path: "str | io.BytesIO", max_short_side: int) -> torch.Tensor:
+def open_image(source: "str | io.BytesIO", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """``Image.open`` (headers only), raising :class:`ImageTooLarge` over ``max_pixels``."""
+    with warnings.catch_warnings():
+        # Our cap is lower than the size PIL warns at; its warning would only repeat it.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(source)
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageTooLarge(width, height, max_pixels)
+    return image
+
+
+def decode_image(path: "str | io.BytesIO", max_short_side: int, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
     """Decode one file to (3, H, W) uint8, contiguous, with min(H, W) <= max_short_side.
 
-    Raises whatever PIL raises on a bad file; :class:`ImageFolderSource` turns that into None.
+    Raises whatever PIL raises on a bad file, and :class:`ImageTooLarge` for one declaring
+    more than ``max_pixels`` pixels; :func:`load_image_file` turns that into a skip reason.
     """
-    with Image.open(path) as image:
+    with open_image(path, max_pixels) as image:
         if image.format == "JPEG":
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the cap allows: far less work.
             image.draft(None, capped_size(*image.size, max_short_side))
@@ -154,8 +233,23 @@ def decode_image(path: "str | io.BytesIO", max_short_side: int) -> torch.Tensor:
             # Pillow's resampling filters antialias when shrinking; reducing_gap first box-reduces
             # by an integer factor, which is fast and visually the same.
             rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-        pixels_hwc = np.asarray(rgb)
-    return torch.from_numpy(np.ascontiguousarray(pixels_hwc.transpose(2, 0, 1)))
+        pixels_hwc = np.asarray(rgb)  # read-only: a view of Pillow's bytes
+    # copy() (not ascontiguousarray, which returns a 1x1 image's read-only view as it is): a
+    # writable array, so torch neither warns nor shares memory it may not write.
+    return torch.from_numpy(pixels_hwc.transpose(2, 0, 1).copy())
+
+
+def load_image_file(path: str, max_short_side: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
+    """(image, None), or (None, :func:`failure_reason`) when the file cannot be decoded."""
+    try:
+        return decode_image(path, max_short_side), None
+    except Exception as exc:  # PIL plugins raise OSError, ValueError, SyntaxError, struct.error, ...
+        logger.debug("skipping undecodable image %s: %s: %s", path, type(exc).__name__, exc)
+        try:
+            num_bytes = os.path.getsize(path)
+        except OSError:
+            num_bytes = -1
+        return None, failure_reason(exc, num_bytes)
 
 
 class ImageFolderSource(ImageSource):
@@ -192,7 +286,7 @@ class ImageFolderSource(ImageSource):
         if not paths:
             raise AnnobootError(
                 f"no images found under {folder} (searched recursively for {', '.join(IMAGE_EXTENSIONS)}, "
-                "any case; symlinked and hidden files are skipped)"
+                "any case; symlinked, hidden and non-regular files are skipped)"
             )
 
         self.root = str(folder)
@@ -227,9 +321,4 @@ class ImageFolderSource(ImageSource):
 
     def load(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
         """(image, None), or (None, :func:`failure_reason`) when the file cannot be decoded."""
-        path = self.paths[index]
-        try:
-            return decode_image(path, self.max_short_side), None
-        except Exception as exc:  # PIL plugins raise OSError, ValueError, SyntaxError, struct.error, ...
-            logger.debug("skipping undecodable image %s: %s: %s", path, type(exc).__name__, exc)
-            return None, failure_reason(exc, os.path.getsize(path) if os.path.exists(path) else -1)
+        return load_image_file(self.paths[index], self.max_short_side)

@@ -1,9 +1,12 @@
 """WebDataset tar shards: web-scale image sets (as img2dataset writes them) streamed for training.
 
-A shard holds samples ``<key>.jpg`` / ``.png`` / ``.webp`` (plus optional ``.txt``, ``.json``
-...). Training resamples shards with replacement (``ResampledShards``), shuffles samples in a
-buffer, decodes in CPU workers (decode only, short side capped) and batches there; crops happen
-later on the device. Each rank and worker draws its own shard sequence from a seed.
+A shard holds samples ``<key>.jpg`` / ``.png`` / ``.webp`` / any other extension of
+:data:`~annoboot.data.image_folder.IMAGE_EXTENSIONS` (plus optional ``.txt``, ``.json`` ...).
+Training resamples shards with replacement (``ResampledShards``), shuffles samples in a buffer,
+decodes in CPU workers (decode only, short side capped) and batches there; crops happen later on
+the device. Each rank and worker draws its own shard sequence from a seed. A shard that cannot
+be read is skipped with a warning; a shard set from which nothing can be read stops the run
+(:class:`ShardFailures`).
 
 Several sources: ``a/{000..099}.tar::b/{000..009}.tar`` pools the shards of both; with
 ``mix_weights`` each pattern is its own resampled stream and every sample comes from pattern i
@@ -31,21 +34,29 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import os
 import random
 import tarfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
+from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from annoboot.config import check_mix_weights
 from annoboot.data.base import ImageBatch
-from annoboot.data.image_folder import _exif_orientation, capped_size, decode_image, failure_reason
+from annoboot.data.image_folder import (
+    IMAGE_EXTENSIONS,
+    _exif_orientation,
+    capped_size,
+    decode_image,
+    failure_reason,
+    open_image,
+)
 from annoboot.data.stream import (
     SkipCounter,
     Tokenize,
@@ -58,12 +69,19 @@ from annoboot.errors import AnnobootError
 
 log = logging.getLogger(__name__)
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+# Every extension the folder source (and so ``data write-shards``) takes is an image member.
+IMAGE_KEYS = tuple(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 _SEED_STRIDE = 1_000_003
+
+# A reader stops after this many shard reads in a row that yielded no sample (see ShardFailures):
+# with even 80% of a set's shards broken, 50 in a row happen once in 10^5 reads.
+MAX_SHARD_FAILURES_IN_A_ROW = 50
 
 
 def expand_shard_pattern(pattern: str) -> List[str]:
-    """Brace patterns and ``::``-joined lists -> shard paths; AnnobootError when none exists."""
+    """Brace patterns and ``::``-joined lists -> shard paths; AnnobootError when none exists.
+    Paths that are not regular files (missing, folders, FIFOs, whose open would block) are left
+    out with a warning."""
     urls: List[str] = []
     for part in pattern.split("::"):
         urls.extend(wds.shardlists.expand_urls(part))
@@ -113,7 +131,8 @@ def read_sample(
     A plain JPEG (RGB or grayscale, no EXIF rotation) comes back as ``jpeg``, its bytes as a
     (n,) uint8 tensor, for the batched device decoder; any other image is decoded here as
     ``pixels`` (3, H, W) uint8, short side capped. Both None: skipped, for ``reason``.
-    Only the header is parsed for a JPEG (format, mode, EXIF; and the decompression-bomb check).
+    Only the header is parsed for a JPEG (format, mode, EXIF; and the pixel cap of
+    :func:`~annoboot.data.image_folder.open_image`).
     """
     caption = sample_caption(sample)
     if require_caption and caption is None:
@@ -123,7 +142,7 @@ def read_sample(
         return None, None, caption, "no image member"
     data = sample[key]
     try:
-        with Image.open(io.BytesIO(data)) as header:
+        with open_image(io.BytesIO(data)) as header:  # and the pixel cap: the device decoder has none
             plain_jpeg = header.format == "JPEG" and header.mode in ("RGB", "L") and _exif_orientation(header) == 1
         if plain_jpeg:
             return None, torch.frombuffer(bytearray(data), dtype=torch.uint8), caption, None
@@ -259,6 +278,99 @@ class DeviceDecoder:
         return results
 
 
+class UnreadableShards(AnnobootError):
+    """A shard set from which nothing could be read (raised in the reader, often a worker)."""
+
+    @property
+    def plain_message(self) -> str:
+        """The message alone: a DataLoader worker's copy comes with the worker's traceback first."""
+        text = str(self)
+        marker = f"{type(self).__name__}: "
+        return text.rsplit(marker, 1)[-1].strip() if "Traceback" in text and marker in text else text
+
+
+class ShardFailures:
+    """The shard reads of one reader (a DataLoader worker, or the process) that failed, and
+    webdataset's exception handler for them: webdataset's own handlers sleep 0.5 s per error
+    and resample a set whose every shard is broken forever.
+
+    A shard read fails when the shard cannot be opened or read (garbage, truncated, empty), or
+    ends without a member. It is skipped with a warning (at 1, 2, 4, ... failures). Failures
+    that yield no member, with none read in between, stop the reader with
+    :class:`UnreadableShards` naming ``name`` and the last reason, once every one of the
+    ``num_shards`` shards has failed so, or :data:`MAX_SHARD_FAILURES_IN_A_ROW` did. A shard that
+    yields samples before it fails never stops the reader. ``stop=False`` neither warns nor
+    stops: ``data inspect`` names the unreadable shards itself (:func:`count_shard_samples`).
+
+    Use it through :meth:`samples`, which tracks the shard being read."""
+
+    def __init__(self, name: str, num_shards: int, stop: bool = True):
+        self.name, self.num_shards, self.stop = name, num_shards, stop
+        self.failures = 0
+        self._url: Optional[str] = None
+        self._members = 0  # of the shard being read
+        self._failed = False  # the shard being read has failed (counted once)
+        self._empty_in_a_row = 0  # failed reads without a member since the last member
+        self._empty_shards: set = set()
+        self._log_at = 1
+
+    def samples(self, shards: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+        """webdataset's ``tarfile_to_samples`` on ``shards`` (dicts with a ``url``), watched."""
+        files = tar_file_expander(url_opener(self._watch_shards(shards), handler=self), handler=self)
+        return group_by_keys(self._watch_members(files), handler=self)
+
+    def _watch_shards(self, shards: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+        for shard in shards:
+            self._url, self._members, self._failed = shard["url"], 0, False
+            yield shard
+
+    def _watch_members(self, files: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+        for file in files:
+            if file:
+                self._members += 1
+                self._empty_in_a_row = 0
+                self._empty_shards.clear()
+            elif not self._members and not self._failed:  # webdataset's end-of-shard marker
+                self._fail("no sample in the shard")
+            yield file
+
+    def __call__(self, exc: Exception) -> bool:
+        """webdataset's handler: count the shard as failed and go on with the next one."""
+        self._fail(failure_reason(exc, _local_size(self._url)))
+        return True
+
+    def _fail(self, reason: str) -> None:
+        if self._failed:  # later errors of one shard read are the same failure
+            return
+        self._failed = True
+        self.failures += 1
+        if self.stop and self.failures >= self._log_at:
+            log.warning(
+                "shards '%s': skipped unreadable shard %s (%s); %d unreadable shard read(s) so far in this reader",
+                self.name, self._url, reason, self.failures,
+            )
+            self._log_at = 2 * self.failures
+        if self._members:  # it yielded samples: a damaged shard in a working set
+            return
+        self._empty_in_a_row += 1
+        self._empty_shards.add(self._url)
+        every_shard = len(self._empty_shards) >= self.num_shards
+        if self.stop and (every_shard or self._empty_in_a_row >= MAX_SHARD_FAILURES_IN_A_ROW):
+            which = f"all {self.num_shards} shard(s)" if every_shard else f"{self._empty_in_a_row} shard reads in a row"
+            raise UnreadableShards(
+                f"shards '{self.name}': no sample could be read from {which} (last: {self._url}: {reason}); "
+                f"check them with `annoboot data inspect '{self.name}'`"
+            )
+
+
+def _local_size(url: Optional[str]) -> int:
+    """Size in bytes of a local shard; -1 when unknown (remote, or gone)."""
+    try:
+        return os.path.getsize(url) if url and "://" not in url else -1
+    except OSError:
+        return -1
+
+
 class WeightedMix(IterableDataset):
     """Endless samples from several endless sample streams: each sample comes from stream i with
     probability ``weights[i] / sum(weights)``. The draws are seeded by ``seed`` and the worker's
@@ -318,6 +430,7 @@ class ShardStream:
             self.urls = expand_shard_pattern(pattern)
         self.mix_weights = None if mix_weights is None else [float(w) for w in mix_weights]
         self.decode_on = decode_on
+        self.pattern = pattern
         self.name = f"shards:{pattern}"
         self.local_batch_size = batch_size // world_size
         self.seed, self.rank = seed, rank
@@ -341,15 +454,15 @@ class ShardStream:
             # deterministic: the seed mixes in rank and worker id, not the clock
             samples = [
                 wds.ResampledShards(self.urls, seed=seed, deterministic=True),
-                wds.tarfile_to_samples(handler=wds.warn_and_continue),
+                ShardFailures(self.pattern, len(self.urls)).samples,
             ]
         else:
             streams = [
                 wds.DataPipeline(
                     wds.ResampledShards(urls, seed=wds.utils.make_seed(seed, i), deterministic=True),
-                    wds.tarfile_to_samples(handler=wds.warn_and_continue),
+                    ShardFailures(part, len(urls)).samples,
                 )
-                for i, urls in enumerate(self.source_urls)
+                for i, (part, urls) in enumerate(zip(self.pattern.split("::"), self.source_urls))
             ]
             samples = [WeightedMix(streams, self.mix_weights, seed)]
         if self.decode_on == "device":
@@ -385,21 +498,20 @@ class ShardStream:
             loader = DataLoader(self._pipeline(), batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
             self._iterator = iter(loader)
         while True:
+            try:
+                encoded = next(self._iterator)
+            except UnreadableShards as exc:
+                self._iterator = None  # a later call starts afresh rather than re-raising a dead worker's error
+                raise AnnobootError(exc.plain_message) from None
             if self.decode_on == "device":
-                batch, reasons = self._decode_on_device(*next(self._iterator))
+                batch, reasons = self._decode_on_device(*encoded)
             else:
-                images, sizes, _, captions, tokens, origins, reasons = next(self._iterator)
+                images, sizes, _, captions, tokens, origins, reasons = encoded
                 batch = ImageBatch(images, sizes, None, captions, tokens, origins)
             self._batches += 1
-            self._skips.add(self.local_batch_size, reasons)
+            self._skips.add(self.local_batch_size, reasons)  # raises once the source is hopeless
             if len(batch):
                 return batch.filled_to(self.local_batch_size).to(self.device, non_blocking=self.pin_memory)
-            if self._skips.bad == self._skips.tried:  # nothing has decoded yet: not worth going on
-                raise AnnobootError(
-                    f"{self.name}: none of the {self._skips.tried} samples tried could be used "
-                    f"({self._skips.describe_reasons()}); "
-                    f"check the shards with `annoboot data inspect {self._skips.inspect}`"
-                )
 
     def _decode_on_device(
         self,
@@ -438,34 +550,48 @@ class ShardStream:
 
 def write_shards(
     files: List[Tuple[str, Optional[str]]], pattern: str, max_count: int = 10_000
-) -> Tuple[int, List[str]]:
+) -> Tuple[int, List[str], int]:
     """Write (image path, caption or None) pairs into tar shards named by ``pattern`` (e.g.
-    ``out/train-%06d.tar``). Image bytes are stored as they are (no re-encoding); the key is the
-    running index. Returns (samples written, shard paths)."""
+    ``out/train-%06d.tar``). Image bytes are stored as they are (no re-encoding) under their
+    extension (every one is in :data:`IMAGE_KEYS`); the key is the running index. Returns
+    (samples written, shard paths, files that could not be read and were left out)."""
     Path(pattern).parent.mkdir(parents=True, exist_ok=True)
     written: List[str] = []
-    count = 0
+    count = unreadable = 0
     with wds.ShardWriter(pattern, maxcount=max_count, verbose=0) as sink:
         for index, (path, caption) in enumerate(files):
             suffix = Path(path).suffix.lower().lstrip(".")
             suffix = "jpg" if suffix == "jpeg" else suffix
-            sample = {"__key__": f"{index:09d}", suffix: Path(path).read_bytes()}
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:  # gone, or unreadable since it was listed
+                log.warning("leaving out unreadable %s: %s", path, exc)
+                unreadable += 1
+                continue
+            sample = {"__key__": f"{index:09d}", suffix: data}
             if caption is not None:
                 sample["txt"] = caption
             sink.write(sample)
             count += 1
             if sink.fname not in written:
                 written.append(sink.fname)
-    return count, written
+    return count, written, unreadable
 
 
-def count_shard_samples(urls: List[str]) -> Dict[str, int]:
-    """Samples and image members per shard pattern, reading only the tar headers."""
+def count_shard_samples(urls: List[str]) -> Dict[str, Any]:
+    """Samples and image members of the shards, reading only the tar headers. A shard that
+    cannot be read is counted as far as it could be, and listed in ``unreadable_shards``
+    ({url: :func:`failure_reason`})."""
     samples, images = set(), 0
+    unreadable: Dict[str, str] = {}
     for url in urls:
-        with tarfile.open(url) as tar:
-            for member in tar:
-                key, _, ext = member.name.rpartition(".")
-                samples.add((url, key))
-                images += ext.lower() in IMAGE_KEYS
-    return {"shards": len(urls), "samples": len(samples), "image_members": images}
+        try:
+            # "r:" for plain tars: "r:*" would name every compression it tried in its error
+            with tarfile.open(url, "r:" if url.endswith(".tar") else "r:*") as tar:
+                for member in tar:
+                    key, _, ext = member.name.rpartition(".")
+                    samples.add((url, key))
+                    images += ext.lower() in IMAGE_KEYS
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            unreadable[url] = failure_reason(exc, _local_size(url))
+    return {"shards": len(urls), "samples": len(samples), "image_members": images, "unreadable_shards": unreadable}

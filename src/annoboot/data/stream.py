@@ -138,26 +138,33 @@ def _collate_to_tuple(items: Sequence[Tuple[Any, ...]]) -> Tuple[Any, ...]:
 
 class SkipCounter:
     """Images a training stream could not use: the running total (kept in checkpoints), counts
-    per reason (logged each time the total since start doubles), and the stop rule for a source
+    per reason (logged each time the total since start doubles), and two stop rules. A source
     that is mostly bad: more than ``max_bad_fraction`` of the images tried since this process
-    started, once at least :attr:`MIN_TRIED` were tried (1.0 never stops).
+    started, once at least :attr:`MIN_TRIED` were tried (1.0 never stops on this one). A source
+    where nothing decodes: ``max_bad_in_a_row`` images in a row unusable (batches in which
+    nothing decoded are replaced by the next ones until then, whatever the fraction allows).
 
     ``source``: what to name in messages (a folder, a shard pattern); ``inspect``: the argument
     of the ``annoboot data inspect`` command that explains the failures.
     """
 
     MIN_TRIED = 256
+    MAX_BAD_IN_A_ROW = 1024
 
-    def __init__(self, source: str, inspect: str, max_bad_fraction: float = 0.5):
+    def __init__(
+        self, source: str, inspect: str, max_bad_fraction: float = 0.5, max_bad_in_a_row: int = MAX_BAD_IN_A_ROW
+    ):
         if not 0 < max_bad_fraction <= 1:
             raise AnnobootError(
                 f"max_bad_fraction must be in (0, 1], got {max_bad_fraction} (data.<stream>.max_bad_fraction)"
             )
         self.source, self.inspect, self.max_bad_fraction = source, inspect, max_bad_fraction
+        self.max_bad_in_a_row = max_bad_in_a_row
         self.total = 0
         self.by_reason: Counter = Counter()
         self.tried = 0  # since this process started: a resumed run judges its own data
         self.bad = 0
+        self.bad_in_a_row = 0  # since the last batch with a usable image: a stream's position, kept in its state
         self._log_at = 1
 
     def add(self, tried: int, reasons: Dict[str, int]) -> None:
@@ -166,6 +173,7 @@ class SkipCounter:
         self.tried += tried
         self.bad += bad
         self.total += bad
+        self.bad_in_a_row = self.bad_in_a_row + bad if bad == tried else 0
         self.by_reason.update(reasons)
         if bad and self.bad >= self._log_at:
             logger.warning(
@@ -178,7 +186,13 @@ class SkipCounter:
                 f"({self.bad / self.tried:.0%}), "
                 f"more than max_bad_fraction={self.max_bad_fraction:g} ({self.describe_reasons()}); "
                 f"see which files and why with `annoboot data inspect {self.inspect}`, "
-                "or raise data.<stream>.max_bad_fraction (1.0 never stops)"
+                "or raise data.<stream>.max_bad_fraction (1.0 stops only when nothing decodes)"
+            )
+        if self.bad_in_a_row >= self.max_bad_in_a_row:
+            raise AnnobootError(
+                f"{self.source}: none of the last {self.bad_in_a_row} images tried could be used "
+                f"({self.describe_reasons()}); most files are unreadable (corrupt, truncated or not images): "
+                f"check them with `annoboot data inspect {self.inspect}`"
             )
 
     def describe_reasons(self) -> str:
@@ -255,7 +269,10 @@ class BatchStream:
     dropped and the batch is filled back to its size by repeating decoded images of the same
     batch (:meth:`ImageBatch.filled_to`: equal batches on every rank). They are counted
     per reason, and more than ``max_bad_fraction`` of them stops the run (see
-    :class:`SkipCounter`). A batch in which nothing decoded is passed over.
+    :class:`SkipCounter`). A batch in which nothing decoded is passed over: the next batch of
+    the order takes its place, and the state moves past both, so a resume does the same. A
+    whole epoch's worth of undecodable images in a row (at most ``SkipCounter.MAX_BAD_IN_A_ROW``)
+    stops the run whatever ``max_bad_fraction`` allows: nothing decodes.
 
     In-memory sources (``source.in_memory()`` not None) are moved to ``device`` once and
     batches are gathered there by index. Other sources are decoded by a DataLoader with
@@ -311,7 +328,10 @@ class BatchStream:
         self._position = 0
         where = getattr(source, "root", None)
         label = f"{source.name} ({where})" if where else source.name
-        self._skips = SkipCounter(label, where or source.name, max_bad_fraction)
+        images_per_epoch = num_images // batch_size * self.local_batch_size  # this rank's, without the tail
+        self._skips = SkipCounter(
+            label, where or source.name, max_bad_fraction, min(SkipCounter.MAX_BAD_IN_A_ROW, images_per_epoch)
+        )
 
         all_images = source.in_memory()
         self._tokenize = tokenize if source.captions is not None else None
@@ -385,15 +405,9 @@ class BatchStream:
         while True:
             images, sizes, _, captions, tokens, origins, reasons = next(self._loader_batches)
             self._advance()
-            self._skips.add(self.local_batch_size, reasons)
+            self._skips.add(self.local_batch_size, reasons)  # raises once the source is hopeless
             if sizes.shape[0]:
                 break
-            if self._skips.bad == self._skips.tried:  # nothing has decoded yet: not worth going on
-                raise AnnobootError(
-                    f"{self.source.describe()}: none of the {self._skips.tried} images tried could be decoded "
-                    f"({self._skips.describe_reasons()}); most files are unreadable (corrupt, truncated or not images): "
-                    f"check them with `annoboot data inspect {self._skips.inspect}`"
-                )
         batch = ImageBatch(images, sizes, None, captions, tokens, origins).filled_to(self.local_batch_size)
         return batch.to(self.device, non_blocking=self.pin_memory)
 
@@ -404,8 +418,13 @@ class BatchStream:
             self._position = 0
 
     def state_dict(self) -> Dict[str, int]:
-        """{"epoch", "position" (samples of the epoch consumed), "skipped" (undecodable so far)}."""
-        return {"epoch": self._epoch, "position": self._position, "skipped": self._skips.total}
+        """{"epoch", "position" (samples of the epoch consumed), "skipped" (undecodable so far),
+        "bad_in_a_row" (undecodable images since the last decoded one: a resume stops where the
+        uninterrupted run would)}."""
+        return {
+            "epoch": self._epoch, "position": self._position, "skipped": self._skips.total,
+            "bad_in_a_row": self._skips.bad_in_a_row,
+        }
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         """Continue from ``state``: the next batch is the one that followed it when it was saved."""
@@ -421,6 +440,7 @@ class BatchStream:
                 "was the checkpoint written with another data source or limit?"
             )
         self._epoch, self._position, self._skips.total = epoch, position, int(state["skipped"])
+        self._skips.bad_in_a_row = int(state.get("bad_in_a_row", 0))  # absent from older checkpoints
         if self._position + self.batch_size > self._num_images:
             self._epoch, self._position = self._epoch + 1, 0
         self._loader_batches = None  # restart decoding from the restored point

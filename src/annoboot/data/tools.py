@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from annoboot.data.image_folder import decode_image, find_image_files
+from annoboot.data.image_folder import decode_image, failure_reason, load_image_file, scan_image_files
 from annoboot.data.shards import count_shard_samples, expand_shard_pattern, write_shards
 from annoboot.errors import AnnobootError
 
@@ -24,7 +24,9 @@ def caption_beside(image_path: str) -> Optional[str]:
 def folder_to_shards(folder: str, pattern: str, max_count: int = 10_000, captions: str = "txt") -> Dict[str, object]:
     """Pack the images of ``folder`` into tar shards, with captions from ``.txt`` twins
     (``captions="txt"``) or from a captioned set's own metadata (``"openclipart"``: the SVG
-    twins' titles under ``folder``/svg; ``"tuxpaint"``), images without one left out then."""
+    twins' titles under ``folder``/svg; ``"tuxpaint"``), images without one left out then.
+    Files that are not regular (FIFOs, sockets, devices: never opened) and files that cannot
+    be read are left out and counted in the report."""
     from annoboot.data.captioned import CAPTIONED_SOURCES
 
     root = Path(folder)
@@ -32,79 +34,89 @@ def folder_to_shards(folder: str, pattern: str, max_count: int = 10_000, caption
         raise AnnobootError(f"image folder not found: {folder}")
     if "%" not in pattern:
         raise AnnobootError(f"shard pattern '{pattern}' needs a %d-style field for the shard number, e.g. out/train-%06d.tar")
+    report: Dict[str, object] = {}
     if captions in ("openclipart", "tuxpaint"):
         source = CAPTIONED_SOURCES[captions](folder, split="all")
         pairs = list(zip(source.paths, source.captions))
     elif captions == "txt":
-        files = find_image_files(root)
-        if not files:
+        files = scan_image_files(root)
+        if not files.paths:
             raise AnnobootError(f"no images under {folder}")
-        pairs = [(path, caption_beside(path)) for path in files]
+        pairs = [(path, caption_beside(path)) for path in files.paths]
+        report["skipped_non_regular_files"] = len(files.special)
     else:
         raise AnnobootError(f"--captions must be txt, openclipart or tuxpaint, got '{captions}'")
-    count, shards = write_shards(pairs, pattern, max_count)
-    return {"samples": count, "with_caption": sum(c is not None for _, c in pairs), "shards": shards}
+    count, shards, unreadable = write_shards(pairs, pattern, max_count)
+    with_caption = sum(c is not None for _, c in pairs)
+    report.update(samples=count, with_caption=with_caption, unreadable=unreadable, shards=shards)
+    return report
 
 
 def inspect_folder(folder: str, limit: Optional[int] = None, max_short_side: int = 1 << 30) -> Dict[str, object]:
-    """Decode every image once: counts, decoded sizes and why the bad ones failed."""
+    """Decode every image once: counts, decoded sizes and why the bad ones failed (with the
+    reasons training counts them under), and how many non-regular files were left unopened."""
     root = Path(folder)
     if not root.is_dir():
         raise AnnobootError(f"image folder not found: {folder}")
-    files = find_image_files(root)[:limit]
+    listing = scan_image_files(root)
+    files = listing.paths[:limit]
     reasons: Counter = Counter()
     examples: Dict[str, str] = {}
     sides: List[Tuple[int, int]] = []
     for path in files:
-        try:
-            image = decode_image(path, max_short_side)
+        image, reason = load_image_file(path, max_short_side)
+        if image is not None:
             sides.append((image.shape[1], image.shape[2]))
-        except Exception as exc:  # the report names what went wrong, per reason
-            reason = _reason(exc, Path(path).stat().st_size)
+        else:
             reasons[reason] += 1
             examples.setdefault(reason, path)
-    report: Dict[str, object] = {"files": len(files)}
+    report: Dict[str, object] = {"files": len(files), "skipped_non_regular_files": len(listing.special)}
     report.update(_summary(sides, reasons, examples))
     return report
 
 
 def inspect_shards(pattern: str, limit: Optional[int] = None, max_short_side: int = 1 << 30) -> Dict[str, object]:
     """Shard counts, then every sample's image decoded once (the first ``limit`` samples):
-    the same report as :func:`inspect_folder`, examples named ``<shard>:<key>.<ext>``."""
+    the same report as :func:`inspect_folder`, examples named ``<shard>:<key>.<ext>``, and the
+    shards that could not be read, by reason."""
     import io
 
     import webdataset as wds
 
-    from annoboot.data.shards import IMAGE_KEYS
+    from annoboot.data.shards import IMAGE_KEYS, ShardFailures
 
     urls = expand_shard_pattern(pattern)
     report: Dict[str, object] = dict(count_shard_samples(urls))
+    unreadable: Dict[str, str] = report.pop("unreadable_shards")  # type: ignore[assignment]
     reasons: Counter = Counter()
     examples: Dict[str, str] = {}
     sides: List[Tuple[int, int]] = []
-    samples = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    # The counting pass above names the unreadable shards; this one only needs to get past them.
+    samples = wds.DataPipeline(wds.SimpleShardList(urls), ShardFailures(pattern, len(urls), stop=False).samples)
     for index, sample in enumerate(samples):
         if limit is not None and index >= limit:
             break
         key = next((k for k in IMAGE_KEYS if k in sample), None)
         name = f"{sample.get('__url__')}:{sample.get('__key__')}.{key}"
-        try:
-            if key is None:
-                raise ValueError("no image member")
-            image = decode_image(io.BytesIO(sample[key]), max_short_side)
-            sides.append((image.shape[1], image.shape[2]))
-        except Exception as exc:  # the report names what went wrong, per reason
-            reason = _reason(exc, len(sample[key]) if key else -1)
-            reasons[reason] += 1
-            examples.setdefault(reason, name)
+        if key is None:
+            reason: Optional[str] = "no image member"
+        else:
+            try:
+                image = decode_image(io.BytesIO(sample[key]), max_short_side)
+                sides.append((image.shape[1], image.shape[2]))
+                continue
+            except Exception as exc:  # the report names what went wrong, per reason
+                reason = failure_reason(exc, len(sample[key]))
+        reasons[reason] += 1
+        examples.setdefault(reason, name)
     report.update(_summary(sides, reasons, examples))
+    report["unreadable_shards"] = len(unreadable)
+    shard_reasons = Counter(unreadable.values())
+    report["unreadable_shards_by_reason"] = {
+        r: {"count": n, "example": next(url for url, why in unreadable.items() if why == r)}
+        for r, n in shard_reasons.most_common()
+    }
     return report
-
-
-def _reason(exc: BaseException, num_bytes: int) -> str:
-    if num_bytes == 0:
-        return "empty file"
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else type(exc).__name__
 
 
 def _summary(sides: List[Tuple[int, int]], reasons: Counter, examples: Dict[str, str]) -> Dict[str, object]:
@@ -126,9 +138,10 @@ def inspect_source(spec: str, limit: Optional[int] = None) -> Dict[str, object]:
 def format_report(report: Dict[str, object]) -> str:
     lines = []
     for key, value in report.items():
-        if key == "bad_by_reason":
+        if key in ("bad_by_reason", "unreadable_shards_by_reason"):
+            what = "bad" if key == "bad_by_reason" else "unreadable shards"
             for reason, info in value.items():  # type: ignore[union-attr]
-                lines.append(f"  bad: {info['count']:>6}  {reason}  (e.g. {info['example']})")
+                lines.append(f"  {what}: {info['count']:>6}  {reason}  (e.g. {info['example']})")
         else:
             lines.append(f"{key}: {value}")
     return "\n".join(lines)

@@ -48,18 +48,29 @@ class VideoFramesSource(ImageSource):
         base = Path(root)
         if not base.exists():
             raise AnnobootError(f"video folder or file not found: {root}")
-        videos = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+        named = [] if base.is_file() else sorted(p for p in base.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+        # Only regular files (or links to them) are opened: a FIFO would block the open forever.
+        special = [p for p in named if not p.is_file() and not p.is_dir()]
+        videos = [base] if base.is_file() else [p for p in named if p.is_file()]
         if not videos:
             raise AnnobootError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {root}")
-        self.videos = [str(v) for v in videos]
+        if special:
+            log.warning("%s: skipped %d non-regular file(s) with video names (FIFOs, sockets, broken links), e.g. %s",
+                        root, len(special), special[0])
         self.frames: List[Tuple[int, int]] = []  # (video index, pts)
-        for index, video in enumerate(self.videos):
+        self.videos: List[str] = []
+        unreadable = 0
+        for video in map(str, videos):
             try:
                 stamps = _frame_timestamps(video)
             except Exception as exc:  # an unreadable video is skipped, not fatal
                 log.warning("skipping unreadable video %s: %s", video, exc)
+                unreadable += 1
                 continue
-            self.frames.extend((index, pts) for pts in stamps[::stride])
+            self.frames.extend((len(self.videos), pts) for pts in stamps[::stride])
+            self.videos.append(video)
+        if unreadable:
+            log.warning("%s: skipped %d unreadable video(s) of %d", root, unreadable, len(videos))
         if limit is not None:
             self.frames = self.frames[:limit]
         if not self.frames:
@@ -90,4 +101,5 @@ class VideoFramesSource(ImageSource):
         size = capped_size(*image.size, self.max_short_side)
         if size != image.size:
             image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
+        # copy(): writable, even for a 1x1 frame whose transposed view is already contiguous
+        return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
