@@ -11,7 +11,7 @@ The Python surface, for notebooks (the CLI is a thin layer over the same functio
     x = encoder.transform("a.jpg")                         # (3, S, S): what encoder.model (timm) takes
     annoboot.embed_folder(encoder, "photos/", "photos.npz")
     query, neighbours, _ = annoboot.find_similar("photos.npz", "photos/cat.jpg", k=8)
-    results = annoboot.evaluate(summary["run_dir"])        # kNN / linear / MAP probes of cfg.eval
+    results = annoboot.evaluate(summary["run_dir"])        # the probes of cfg.eval (kNN, linear, MAP, decoder)
     annoboot.export_encoder(summary["run_dir"], "backbone.safetensors")  # timm-loadable
 
 Names are imported on first use, so ``import annoboot`` stays fast.

@@ -1,9 +1,11 @@
-"""Probes of a frozen encoder: kNN and a linear probe on pooled features, a MAP probe on tokens.
+"""Probes of a frozen encoder: kNN and a linear probe on pooled features, MAP and decoder probes
+on tokens.
 
 :func:`evaluate` extracts the features of a labelled train and test source once (tokens only
-when the MAP probe is asked for) and runs the probes named in ``EvalConfig.probes``;
+when a token probe is asked for) and runs the probes named in ``EvalConfig.probes``;
 :func:`format_results_table` prints the outcome. Each probe is also usable on its own:
-:func:`knn_accuracy`, :func:`linear_probe`, :func:`map_probe` take plain tensors.
+:func:`knn_accuracy`, :func:`linear_probe`, :func:`map_probe`, :func:`decoder_probe` take plain
+tensors.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from annoboot.config import EvalConfig
 from annoboot.data.base import ImageSource
 from annoboot.data.workers import decode_workers
 from annoboot.errors import AnnobootError
+from annoboot.eval.decoder_probe import DecoderHead, check_decoder_options, decoder_probe, decoder_width
 from annoboot.eval.features import Features, extract_features
 from annoboot.eval.knn import knn_accuracy, knn_predict
 from annoboot.eval.linear import linear_probe
@@ -24,7 +27,8 @@ from annoboot.eval.map_probe import MAPHead, map_probe
 from annoboot.models.encoder import Encoder
 from annoboot.views import Normalize
 
-PROBES = ("knn", "linear", "map")
+PROBES = ("knn", "linear", "map", "decoder")
+TOKEN_PROBES = ("map", "decoder")  # the probes that read tokens (N, T, D), not the pooled vector
 
 
 def _check_sources(train_source: ImageSource, test_source: ImageSource) -> None:
@@ -63,7 +67,7 @@ def evaluate(
     are built). Whole images are resized to ``img_size`` and normalised with ``normalize``.
 
     Returns:
-        {"knn": %, "linear": %, "map": % (each only when asked for),
+        {"knn": %, "linear": %, "map": %, "decoder": % (each only when asked for),
          "details": {probe: its settings and val results},
          "num_train": N, "num_test": M, "seconds": wall time of the whole evaluation}.
     """
@@ -71,9 +75,10 @@ def evaluate(
     unknown = [name for name in cfg.probes if name not in PROBES]
     if unknown:
         raise AnnobootError(f"eval.probes holds unknown probe(s) {', '.join(unknown)}; choose from {', '.join(PROBES)}")
+    check_decoder_options(cfg)
     _check_sources(train_source, test_source)
     device = torch.device(device)
-    keep_tokens = "map" in cfg.probes
+    keep_tokens = any(name in cfg.probes for name in TOKEN_PROBES)
     train_workers, test_workers = decode_workers(cfg.train.num_workers), decode_workers(cfg.test.num_workers)
     train = extract_features(
         encoder, train_source, img_size, normalize, cfg.batch_size, device, keep_tokens, train_workers, progress
@@ -129,6 +134,33 @@ def evaluate(
         )
         results["map"] = attention["test_acc"]
         details["map"] = {"epochs": cfg.map_epochs, "num_tokens": train.tokens.shape[1], **attention}
+    if "decoder" in cfg.probes:
+        assert train.tokens is not None and test.tokens is not None
+        decoder = decoder_probe(
+            train.tokens,
+            train.labels,
+            test.tokens,
+            test.labels,
+            num_classes,
+            lrs=tuple(cfg.decoder_probe_lrs),
+            epochs=cfg.decoder_probe_epochs,
+            depth=cfg.decoder_probe_depth,
+            num_queries=cfg.decoder_probe_queries,
+            dim=cfg.decoder_probe_dim,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            device=device,
+            progress=progress,
+        )
+        results["decoder"] = decoder["test_acc"]
+        details["decoder"] = {
+            "epochs": cfg.decoder_probe_epochs,
+            "num_tokens": train.tokens.shape[1],
+            "depth": cfg.decoder_probe_depth,
+            "queries": cfg.decoder_probe_queries,
+            "dim": decoder_width(cfg.decoder_probe_dim, train.tokens.shape[2]),
+            **decoder,
+        }
     results["details"] = details
     results["num_train"] = len(train)
     results["num_test"] = len(test)
@@ -139,7 +171,11 @@ def evaluate(
 def _describe(probe: str, detail: Dict[str, Any]) -> str:
     if probe == "knn":
         return f"k={detail['k']}, T={detail['temperature']:g}"
-    return f"lr={detail['best_lr']:g} (val {detail['val_acc']:.2f}), {detail['epochs']} epochs"
+    note = f"lr={detail['best_lr']:g} (val {detail['val_acc']:.2f}), {detail['epochs']} epochs"
+    if probe == "decoder" and "depth" in detail:
+        queries = "1 query" if detail["queries"] == 1 else f"{detail['queries']} queries"
+        note += f", {detail['depth']} layers x {detail['dim']}, {queries}"
+    return note
 
 
 def format_results_table(results: Dict[str, Any], title: str) -> str:
@@ -151,6 +187,7 @@ def format_results_table(results: Dict[str, Any], title: str) -> str:
         probe   top-1 %  settings
         knn       71.35  k=20, T=0.07
         linear    80.12  lr=0.003 (val 80.60), 30 epochs
+        decoder   86.40  lr=0.001 (val 86.85), 5 epochs, 2 layers x 128, 1 query
         train 60000 / test 10000 images, 95.2 s
     """
     details = results.get("details", {})
@@ -185,9 +222,12 @@ def format_results_table(results: Dict[str, Any], title: str) -> str:
 
 
 __all__ = [
+    "DecoderHead",
     "Features",
     "MAPHead",
     "PROBES",
+    "TOKEN_PROBES",
+    "decoder_probe",
     "evaluate",
     "extract_features",
     "format_results_table",

@@ -1,6 +1,7 @@
 """Probes of a frozen encoder on Fashion-MNIST scenes (``annoboot.data.scenes``).
 
-Three questions, each answered with kNN, a linear probe and a MAP probe:
+Three questions, each answered with kNN, a linear probe and a MAP probe (and the decoder probe
+when ``cfg.probes`` names it):
 
 (a) single items: the ordinary probes (:func:`annoboot.eval.evaluate`) on Fashion-MNIST items;
 (b) the item inside a given box: :func:`box_probe` crops every item box of the train and test
@@ -27,7 +28,8 @@ from annoboot.config import EvalConfig
 from annoboot.data.base import ImageBatch, ImageSource, InMemoryImageSource
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
-from annoboot.eval import PROBES, evaluate
+from annoboot.eval import PROBES, TOKEN_PROBES, evaluate
+from annoboot.eval.decoder_probe import DecoderHead, check_decoder_options, decoder_width
 from annoboot.eval.features import extract_features
 from annoboot.eval.linear import holdout_split, train_head_grid
 from annoboot.eval.map_probe import MAPHead
@@ -258,6 +260,39 @@ def multilabel_map_probe(
                                 val_fraction, seed, device, weight_decay)
 
 
+def multilabel_decoder_probe(
+    train_tokens: torch.Tensor,
+    train_t: torch.Tensor,
+    test_tokens: torch.Tensor,
+    test_t: torch.Tensor,
+    lrs: Sequence[float] = (3e-4, 1e-3),
+    epochs: int = 5,
+    depth: int = 2,
+    num_queries: int = 1,
+    dim: Optional[int] = 128,
+    batch_size: int = 256,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    weight_decay: float = 0.0,
+) -> Dict[str, Any]:
+    """One :class:`DecoderHead` per learning rate over tokens (N, T, D) with C sigmoid outputs
+    (BCE), sized as :func:`annoboot.eval.decoder_probe.decoder_probe`; tokens stay where they are
+    and move per batch. Returns the keys of :func:`multilabel_linear_probe`."""
+    if train_tokens.ndim != 3:
+        raise ValueError(f"multilabel_decoder_probe: tokens must be (N, T, D), got {tuple(train_tokens.shape)}")
+    device = torch.device(device)
+    token_dim = train_tokens.shape[2]
+    heads = nn.ModuleList()
+    for _ in lrs:
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+            torch.manual_seed(seed)
+            heads.append(DecoderHead(token_dim, train_t.shape[1], decoder_width(dim, token_dim), depth, num_queries))
+    heads.to(device)
+    return _fit_multilabel_grid(heads, lrs, train_tokens, train_t, test_tokens, test_t, epochs, batch_size,
+                                val_fraction, seed, device, weight_decay)
+
+
 def multilabel_probe(
     encoder: Encoder,
     train_scenes: SceneSource,
@@ -271,10 +306,10 @@ def multilabel_probe(
     """Probe (c): which Fashion-MNIST classes a whole scene holds, from its features.
 
     Scenes are resized whole to ``img_size``. kNN (weighted neighbour vote per class), linear
-    (pooled features) and MAP (tokens) as ``cfg.probes`` asks, with the learning-rate grids and
-    epochs of ``cfg`` (linear_*, map_*).
+    (pooled features), MAP and decoder (tokens) as ``cfg.probes`` asks, with the learning-rate
+    grids and epochs of ``cfg`` (linear_*, map_*, decoder_probe_*).
 
-    Returns {"knn"/"linear"/"map": macro mAP %, "f1": {probe: per-scene F1 % at 0.5},
+    Returns {"knn"/"linear"/"map"/"decoder": macro mAP %, "f1": {probe: per-scene F1 % at 0.5},
     "details": {probe: settings and val results}, "metric": "mAP", "num_train", "num_test",
     "seconds"}.
     """
@@ -282,8 +317,9 @@ def multilabel_probe(
     unknown = [name for name in cfg.probes if name not in PROBES]
     if unknown:
         raise AnnobootError(f"eval.probes holds unknown probe(s) {', '.join(unknown)}; choose from {', '.join(PROBES)}")
+    check_decoder_options(cfg)
     device = torch.device(device)
-    keep_tokens = "map" in cfg.probes
+    keep_tokens = any(name in cfg.probes for name in TOKEN_PROBES)
     train, test = (
         extract_features(encoder, scenes, img_size, normalize, cfg.batch_size, device, keep_tokens, 0, progress)
         for scenes in (train_scenes, test_scenes)
@@ -314,6 +350,17 @@ def multilabel_probe(
         )
         results["map"], results["f1"]["map"] = attention["test_map"], attention["test_f1"]
         details["map"] = {"epochs": cfg.map_epochs, "num_tokens": train.tokens.shape[1], **attention}
+    if "decoder" in cfg.probes:
+        assert train.tokens is not None and test.tokens is not None
+        decoder = multilabel_decoder_probe(
+            train.tokens, train_t, test.tokens, test_t, tuple(cfg.decoder_probe_lrs), cfg.decoder_probe_epochs,
+            cfg.decoder_probe_depth, cfg.decoder_probe_queries, cfg.decoder_probe_dim,
+            val_fraction=cfg.val_fraction, seed=cfg.seed, device=device,
+        )
+        results["decoder"], results["f1"]["decoder"] = decoder["test_map"], decoder["test_f1"]
+        details["decoder"] = {"epochs": cfg.decoder_probe_epochs, "num_tokens": train.tokens.shape[1],
+                              "depth": cfg.decoder_probe_depth, "queries": cfg.decoder_probe_queries,
+                              "dim": decoder_width(cfg.decoder_probe_dim, train.tokens.shape[2]), **decoder}
     results["details"] = details
     results["num_train"], results["num_test"] = len(train), len(test)
     results["seconds"] = time.perf_counter() - start
@@ -347,12 +394,14 @@ def scene_probes(
 
 
 def format_scene_results(results: Dict[str, Dict[str, Any]]) -> List[str]:
-    """One line per probe family: '(a) items top-1 %  kNN 71.2  linear 72.0  MAP 79.1' ..."""
+    """One line per probe family: '(a) items top-1 %  kNN 71.2  linear 72.0  MAP 79.1' ... (and
+    'decoder 80.3' when it ran)."""
     names = {"items": "(a) items top-1 %", "boxes": "(b) boxes top-1 %", "multilabel": "(c) scenes mAP %"}
     lines = []
     for family, result in results.items():
         cells = "  ".join(
-            f"{label} {result[key]:.2f}" for key, label in (("knn", "kNN"), ("linear", "linear"), ("map", "MAP"))
+            f"{label} {result[key]:.2f}"
+            for key, label in (("knn", "kNN"), ("linear", "linear"), ("map", "MAP"), ("decoder", "decoder"))
             if key in result
         )
         lines.append(f"{names.get(family, family):<20} {cells}")
@@ -366,6 +415,7 @@ __all__ = [
     "format_scene_results",
     "knn_multilabel_scores",
     "mean_average_precision",
+    "multilabel_decoder_probe",
     "multilabel_linear_probe",
     "multilabel_map_probe",
     "multilabel_probe",
