@@ -41,8 +41,8 @@ def logged_losses(run_dir, key):
 @pytest.mark.parametrize("method", ["simclr", "ab_simclr"])
 def test_short_run_learns(tiny_config, method):
     # ABSimCLR keeps the full base batch for its SimCLR loss here (the published split halves
-    # it), so that 60 CPU steps move the encoder as far as SimCLR's do.
-    extra = ["method.annotation_fraction=1.0"] if method == "ab_simclr" else []
+    # it), so that 60 CPU steps move the encoder as far as SimCLR's do; 4 bootstrap images (16 crops).
+    extra = ["method.annotation_fraction=1.0", "method.bootstrap_fraction=0.0625"] if method == "ab_simclr" else []
     cfg = tiny_config(f"method.name={method}", "train.steps=60", "train.log_every=10", "train.precision=auto", *extra)
     trainer = Trainer(cfg)
     knn_before = knn_of(trainer.method.encoder, cfg)
