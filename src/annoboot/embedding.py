@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
 from annoboot.data.base import ImageBatch
@@ -135,8 +136,9 @@ def _load_exported(path: Path, device: str | None) -> PretrainedEncoder:
     defaults = ViewsConfig()
     img_size = int(meta.get("img_size") or kwargs.get("img_size") or defaults.img_size)
     try:
-        backbone = timm.create_model(meta["backbone"], pretrained=True, num_classes=0,
-                                     pretrained_cfg_overlay=dict(file=str(path.resolve())), **kwargs)
+        # Built bare and filled from the file: nothing is looked up on a model hub.
+        backbone = timm.create_model(meta["backbone"], pretrained=False, num_classes=0, **kwargs)
+        backbone.load_state_dict(load_file(str(path)))
     except Exception as exc:
         raise AnnobootError(f"cannot load {path} as timm '{meta['backbone']}' with {kwargs}: {str(exc).splitlines()[0]}") from None
     resolved = resolve_device(device or "auto")
@@ -243,7 +245,7 @@ def _part_matches(part: Path, names: List[str]) -> bool:
 def _embed_chunk(encoder: PretrainedEncoder, source: ImageFolderSource, indices: range, names: List[str], part: Path,
                  batch_size: int, workers: int) -> None:
     loader = DataLoader(_FolderFiles(source, indices), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
-    vectors = torch.empty(0, encoder.encoder.width)
+    vectors: List[torch.Tensor] = [torch.empty(0, encoder.encoder.width)]
     kept: List[int] = []
     reasons: Counter = Counter()
     for batch, good, bad in loader:
@@ -251,12 +253,12 @@ def _embed_chunk(encoder: PretrainedEncoder, source: ImageFolderSource, indices:
             log.debug("skipping %s: %s", names[index], reason)
             reasons[reason or "unreadable"] += 1
         if batch is not None:
-            vectors = torch.cat([vectors, encoder.embed_batch(batch)])
+            vectors.append(encoder.embed_batch(batch))
             kept.extend(good)
     mask = np.zeros(len(indices), dtype=bool)
     mask[[i - indices.start for i in kept]] = True
     tmp = part.with_name(part.name + ".tmp.npz")
-    np.savez(tmp, names=np.array(names[indices.start : indices.stop]), kept=mask, embeddings=vectors.numpy(),
+    np.savez(tmp, names=np.array(names[indices.start : indices.stop]), kept=mask, embeddings=torch.cat(vectors).numpy(),
              skipped=np.array(json.dumps(dict(reasons))))
     tmp.replace(part)
 

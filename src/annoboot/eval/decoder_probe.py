@@ -20,7 +20,7 @@ from torch import nn
 
 from annoboot.config import EvalConfig
 from annoboot.errors import AnnobootError
-from annoboot.eval.linear import check_probe_inputs, holdout_split, select_by_validation, train_head_grid
+from annoboot.eval.linear import check_probe_inputs, fit_and_select_tokens, seeded_heads
 from annoboot.eval.map_probe import default_num_heads
 
 
@@ -164,27 +164,9 @@ def decoder_probe(
     device = torch.device(device)
     token_dim = train_tokens.shape[2]
     width = decoder_width(dim, token_dim)
-    heads = nn.ModuleList()
-    for _ in lrs:
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
-            torch.manual_seed(seed)
-            heads.append(DecoderHead(token_dim, num_classes, width, depth, num_queries, num_heads))
-    heads.to(device)
-
-    fit_index, val_index = holdout_split(train_tokens.shape[0], val_fraction, seed)
-    train_head_grid(heads, lrs, train_tokens, train_y, fit_index, epochs, batch_size, seed, device, weight_decay,
-                    progress="decoder probe" if progress else None)
-    val_index = val_index.to(train_tokens.device)
-    return select_by_validation(
-        heads,
-        lrs,
-        train_tokens[val_index],
-        train_y[val_index.to(train_y.device)],
-        test_tokens,
-        test_y,
-        device,
-        chunk_size=batch_size * 4,
-    )
+    heads = seeded_heads(lambda: DecoderHead(token_dim, num_classes, width, depth, num_queries, num_heads), len(lrs), seed, device)
+    return fit_and_select_tokens(heads, lrs, train_tokens, train_y, test_tokens, test_y, epochs, batch_size, val_fraction,
+                                 seed, device, weight_decay, "decoder probe" if progress else None)
 
 
 def check_decoder_options(cfg: EvalConfig) -> None:

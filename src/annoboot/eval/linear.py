@@ -10,7 +10,7 @@ accuracy is reported, so the test split never influences a choice.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +123,42 @@ def select_by_validation(
         "best_lr": float(lrs[best]),
         "val_acc_by_lr": {f"{lr:g}": acc for lr, acc in zip(lrs, val_accs)},
     }
+
+
+def seeded_heads(make_head: Callable[[], nn.Module], count: int, seed: int, device: torch.device) -> nn.ModuleList:
+    """``count`` heads from ``make_head``, each with the same seeded initialisation (the grid then
+    differs only in its learning rate), without touching the global RNG."""
+    heads = nn.ModuleList()
+    for _ in range(count):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            heads.append(make_head())
+    return heads.to(device)
+
+
+def fit_and_select_tokens(
+    heads: nn.ModuleList,
+    lrs: Sequence[float],
+    train_tokens: torch.Tensor,
+    train_y: torch.Tensor,
+    test_tokens: torch.Tensor,
+    test_y: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    val_fraction: float,
+    seed: int,
+    device: torch.device,
+    weight_decay: float,
+    progress: Optional[str],
+) -> Dict[str, object]:
+    """The token probes' protocol (MAP, decoder): hold out ``val_fraction`` of the train split,
+    train the grid in one pass over the rest, report the head best on the held-out part."""
+    fit_index, val_index = holdout_split(train_tokens.shape[0], val_fraction, seed)
+    train_head_grid(heads, lrs, train_tokens, train_y, fit_index, epochs, batch_size, seed, device, weight_decay,
+                    progress=progress)
+    val_index = val_index.to(train_tokens.device)
+    return select_by_validation(heads, lrs, train_tokens[val_index], train_y[val_index.to(train_y.device)],
+                                test_tokens, test_y, device, chunk_size=batch_size * 4)
 
 
 def check_probe_inputs(

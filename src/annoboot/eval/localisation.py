@@ -27,7 +27,6 @@ from typing import Dict, List, Optional
 
 import torch
 
-from annoboot.data.base import ImageBatch
 from annoboot.errors import AnnobootError
 
 # Scenes whose items share one annotation set, about the annotation batch of the CPU recipe.
@@ -82,7 +81,7 @@ def summarise(items: List[ItemScore]) -> Dict[str, float]:
 def localisation_score(method, source, grid: int = 8, box_scale: Optional[float] = None, scenes: int = 240) -> Dict[str, float]:
     """The score of ``method`` (an ab_simclr or ab_clip run) on the first ``scenes`` scenes of
     ``source`` (a scene source: ``item_boxes``, ``item_labels``). Percentages and ranks."""
-    from annoboot.viz.value_map import default_box_scale, grid_boxes, value_probabilities
+    from annoboot.viz.value_map import default_box_scale, grid_boxes, load_image, value_probabilities
     from annoboot.views import render_views
 
     name = method.cfg.method.name
@@ -102,7 +101,7 @@ def localisation_score(method, source, grid: int = 8, box_scale: Optional[float]
         class_keys = _class_caption_keys(method, source, device) if name == "ab_clip" else None
         for start in range(0, count, _SCENES_PER_SET):
             block = range(start, min(start + _SCENES_PER_SET, count))
-            batches = [_one(source, i, device) for i in block]
+            batches = [load_image(source, i, device).batch for i in block]
             if class_keys is None:  # ab_simclr: the crops of every item of the block
                 crops = [render_views(b, source.item_boxes[i].to(device)[None], img_size) for b, i in zip(batches, block)]
                 views = torch.cat(crops)
@@ -127,11 +126,6 @@ def localisation_score(method, source, grid: int = 8, box_scale: Optional[float]
     finally:
         method.train(was_training)
     return summarise(items)
-
-
-def _one(source, index: int, device) -> ImageBatch:
-    pixels = source[index]
-    return ImageBatch(pixels[None], torch.tensor([pixels.shape[1:]], dtype=torch.int64)).to(device)
 
 
 def _class_caption_keys(method, source, device) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from annoboot.eval.linear import check_probe_inputs, holdout_split, select_by_validation, train_head_grid
+from annoboot.eval.linear import check_probe_inputs, fit_and_select_tokens, seeded_heads
 
 
 def default_num_heads(dim: int) -> int:
@@ -113,24 +113,6 @@ def map_probe(
         raise ValueError(f"map_probe: tokens must be (N, T, D), got {tuple(train_tokens.shape)}")
     device = torch.device(device)
     dim = train_tokens.shape[2]
-    heads = nn.ModuleList()
-    for _ in lrs:
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
-            torch.manual_seed(seed)
-            heads.append(MAPHead(dim, num_classes, num_heads))
-    heads.to(device)
-
-    fit_index, val_index = holdout_split(train_tokens.shape[0], val_fraction, seed)
-    train_head_grid(heads, lrs, train_tokens, train_y, fit_index, epochs, batch_size, seed, device, weight_decay,
-                    progress="MAP probe" if progress else None)
-    val_index = val_index.to(train_tokens.device)
-    return select_by_validation(
-        heads,
-        lrs,
-        train_tokens[val_index],
-        train_y[val_index.to(train_y.device)],
-        test_tokens,
-        test_y,
-        device,
-        chunk_size=batch_size * 4,
-    )
+    heads = seeded_heads(lambda: MAPHead(dim, num_classes, num_heads), len(lrs), seed, device)
+    return fit_and_select_tokens(heads, lrs, train_tokens, train_y, test_tokens, test_y, epochs, batch_size, val_fraction,
+                                 seed, device, weight_decay, "MAP probe" if progress else None)

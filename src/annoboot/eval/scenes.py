@@ -31,7 +31,7 @@ from annoboot.errors import AnnobootError
 from annoboot.eval import PROBES, TOKEN_PROBES, evaluate
 from annoboot.eval.decoder_probe import DecoderHead, check_decoder_options, decoder_width
 from annoboot.eval.features import extract_features
-from annoboot.eval.linear import holdout_split, train_head_grid
+from annoboot.eval.linear import holdout_split, seeded_heads, train_head_grid
 from annoboot.eval.map_probe import MAPHead
 from annoboot.models.encoder import Encoder
 from annoboot.views import Normalize, render_views
@@ -250,12 +250,7 @@ def multilabel_map_probe(
     if train_tokens.ndim != 3:
         raise ValueError(f"multilabel_map_probe: tokens must be (N, T, D), got {tuple(train_tokens.shape)}")
     device = torch.device(device)
-    heads = nn.ModuleList()
-    for _ in lrs:
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
-            torch.manual_seed(seed)
-            heads.append(MAPHead(train_tokens.shape[2], train_t.shape[1]))
-    heads.to(device)
+    heads = seeded_heads(lambda: MAPHead(train_tokens.shape[2], train_t.shape[1]), len(lrs), seed, device)
     return _fit_multilabel_grid(heads, lrs, train_tokens, train_t, test_tokens, test_t, epochs, batch_size,
                                 val_fraction, seed, device, weight_decay)
 
@@ -283,12 +278,8 @@ def multilabel_decoder_probe(
         raise ValueError(f"multilabel_decoder_probe: tokens must be (N, T, D), got {tuple(train_tokens.shape)}")
     device = torch.device(device)
     token_dim = train_tokens.shape[2]
-    heads = nn.ModuleList()
-    for _ in lrs:
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
-            torch.manual_seed(seed)
-            heads.append(DecoderHead(token_dim, train_t.shape[1], decoder_width(dim, token_dim), depth, num_queries))
-    heads.to(device)
+    width = decoder_width(dim, token_dim)
+    heads = seeded_heads(lambda: DecoderHead(token_dim, train_t.shape[1], width, depth, num_queries), len(lrs), seed, device)
     return _fit_multilabel_grid(heads, lrs, train_tokens, train_t, test_tokens, test_t, epochs, batch_size,
                                 val_fraction, seed, device, weight_decay)
 

@@ -112,9 +112,11 @@ def verify_checkpoint(path: Path | str) -> Optional[str]:
 
 def nonfinite_tensors(weights: Optional[Dict[str, torch.Tensor]]) -> List[str]:
     """Names of the floating-point tensors in ``weights`` holding NaN or infinity."""
-    if not weights:
+    names = [k for k, v in (weights or {}).items() if torch.is_tensor(v) and v.is_floating_point()]
+    if not names:
         return []
-    return [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    finite = torch.stack([torch.isfinite(weights[k]).all() for k in names]).tolist()  # one host sync
+    return [k for k, ok in zip(names, finite) if not ok]
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
