@@ -5,7 +5,8 @@ for every seed with the same encoder, views and step budget, then its frozen enc
 through the scene probes of ``annoboot.eval.scenes``: (a) Fashion-MNIST test items, (b) the
 item inside a given box of a test scene, (c) which classes a test scene holds (mAP), each by
 kNN, linear and MAP. One table prints steps, views seen, pre-training minutes and the mean ±
-half the range over seeds, followed by two floors probed the same way: the untrained encoder
+half the range over seeds (a decoder column too with the override
+``eval.probes=[knn,linear,map,decoder]``), followed by two floors probed the same way: the untrained encoder
 (random init, per seed) and raw pixels (:class:`annoboot.eval.baselines.PixelEncoder`).
 ``--json`` keeps every figure.
 
@@ -111,6 +112,8 @@ BUDGETS = {
 
 FAMILIES = ("items", "boxes", "multilabel")
 PROBES = ("knn", "linear", "map")
+OPTIONAL_PROBES = ("decoder",)  # a column only when eval.probes asks for it (eval.probes=[knn,linear,map,decoder])
+PROBE_TITLES = {"knn": "kNN", "linear": "linear", "map": "MAP", "decoder": "decoder"}
 FAMILY_TITLES = {"items": "(a) items top-1", "boxes": "(b) box top-1", "multilabel": "(c) scene mAP"}
 FLOORS = ("random init", "raw pixels")
 
@@ -228,7 +231,8 @@ def probe_figures(encoder, cfg: Config, data: ProbeData, device) -> Dict:
     normalize = Normalize(cfg.views.mean, cfg.views.std).to(device)
     results = scene_probes(encoder, data.item_train, data.item_test, data.scene_train, data.scene_test,
                            cfg.eval, cfg.views.img_size, normalize, device, data.box_train)
-    figures = {family: {probe: results[family].get(probe) for probe in PROBES} for family in FAMILIES}
+    figures = {family: {probe: results[family].get(probe) for probe in PROBES + OPTIONAL_PROBES
+                        if probe in PROBES or probe in results[family]} for family in FAMILIES}
     figures["multilabel_f1"] = results["multilabel"]["f1"]
     return figures
 
@@ -289,17 +293,18 @@ def print_table(title: str, runs: List[Dict], pairs: Sequence[tuple] = ()) -> No
     by_variant: Dict[str, List[Dict]] = {}
     for run in runs:
         by_variant.setdefault(run["variant"], []).append(run)
-    columns = [(family, probe) for family in FAMILIES for probe in PROBES]
+    probes = [p for p in PROBES + OPTIONAL_PROBES if p in PROBES or any(r[f].get(p) is not None for r in runs for f in FAMILIES)]
+    columns = [(family, probe) for family in FAMILIES for probe in probes]
     zero_shot = any("image_text" in run for run in runs)
     print(f"\n{title}")
-    header = f"{'variant':<22}{'steps':>6}{'views':>7}{'min':>6}" + "".join(f"{FAMILY_TITLES[f]:>42}" for f in FAMILIES)
+    header = f"{'variant':<22}{'steps':>6}{'views':>7}{'min':>6}" + "".join(f"{FAMILY_TITLES[f]:>{14 * len(probes)}}" for f in FAMILIES)
     print(header + (f"{'zero-shot':>16}" if zero_shot else ""))
-    print(f"{'':<41}" + "".join(f"{'kNN':>14}{'linear':>14}{'MAP':>14}" for _ in FAMILIES))
+    print(f"{'':<41}" + "".join(f"{PROBE_TITLES[p]:>14}" for _ in FAMILIES for p in probes))
     means: Dict[str, Dict] = {}
     for name, rs in by_variant.items():
         cells, means[name] = [], {}
         for family, probe in columns:
-            values = [r[family][probe] for r in rs if r[family][probe] is not None]
+            values = [r[family][probe] for r in rs if r[family].get(probe) is not None]
             mean, half = spread(values) if values else (float("nan"), 0.0)
             means[name][(family, probe)] = mean
             cells.append(f"{mean:7.2f} ±{half:4.2f}")
@@ -344,7 +349,7 @@ def run_protocol(args: argparse.Namespace, title: str, variants: List[Variant], 
             figures = run_variant(variant, seed, budget, user, args.out_dir, data, image_text)
             runs.append(figures)
             print(f"{variant.name} seed {seed}: " + "  ".join(
-                f"{family} " + "/".join(f"{figures[family][p]:.1f}" for p in PROBES if figures[family][p] is not None)
+                f"{family} " + "/".join(f"{value:.1f}" for value in figures[family].values() if value is not None)
                 for family in FAMILIES) + f"  ({figures['train_seconds'] / 60:.1f} min pre-training)", flush=True)
     if not args.no_floors:
         runs += floor_figures(variants[0], args.seeds, budget, user, args.out_dir, data)
