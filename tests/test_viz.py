@@ -126,7 +126,7 @@ def test_curves_and_agreement_from_a_hand_written_metrics_file(tmp_path):
         record.update({f"ab_agreement/iou_{b}": step / 100 for b in ("0", "0-0.2", "0.2-0.5", "0.5-0.8", "0.8-1")})
         lines.append(json.dumps(record))
     # A step logged before the reduction, as raw sums, and a torn last line from a killed run.
-    lines.append(json.dumps({"step": 40, "ab_agreement_hits/iou_0": 3.0, "ab_agreement_count/iou_0": 4.0}))
+    lines.append(json.dumps({"step": 40, "ab_agreement/iou_0#numerator": 3.0, "ab_agreement/iou_0#denominator": 4.0}))
     path = tmp_path / "metrics.jsonl"
     path.write_text("\n".join(lines) + '\n{"step": 50, "loss/to')
     records = read_metrics(path)

@@ -49,7 +49,7 @@ def evaluate_method(method: Method, cfg: Config, device: torch.device, progress:
                     method, build_source(cfg.eval.test), retrieval, cfg.eval.zero_shot_templates, cfg.views.img_size, normalize, device, cfg.eval.batch_size
                 )
             )
-        if cfg.method.name in ("ab_simclr", "ab_clip") and cfg.eval.test.kind == "fmnist_scenes":
+        if method.annotation_kind in ("image", "caption") and cfg.eval.test.kind == "fmnist_scenes":
             # Scenes know where each item is: does the value function? (eval/localisation.py)
             results["localisation"] = localisation_score(method, build_source(cfg.eval.test))
     return results

@@ -1,7 +1,7 @@
 """Image-text evaluation of CLIP-style models: zero-shot classification and retrieval.
 
 Works with any method that has ``encoder``, ``embed_images(pooled)``, ``embed_texts(tokens)``
-and ``tokenizer`` (clip, ab_clip): :func:`has_text_tower` says whether a method qualifies.
+and ``tokenizer`` (``Method.embeds_text``): :func:`has_text_tower` says whether a method qualifies.
 
 - zero-shot: each class is the mean of its prompts' normalised text embeddings ("a photo of a
   {}." ...); an image is assigned the class of highest cosine similarity;
@@ -24,7 +24,7 @@ from annoboot.views import Normalize, render_full_images
 
 
 def has_text_tower(method: torch.nn.Module) -> bool:
-    return all(hasattr(method, name) for name in ("embed_images", "embed_texts", "tokenizer"))
+    return bool(getattr(method, "embeds_text", False))
 
 
 def _autocast(device: torch.device):

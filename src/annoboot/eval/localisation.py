@@ -79,14 +79,21 @@ def summarise(items: List[ItemScore]) -> Dict[str, float]:
 
 @torch.no_grad()
 def localisation_score(method, source, grid: int = 8, box_scale: Optional[float] = None, scenes: int = 240) -> Dict[str, float]:
-    """The score of ``method`` (an ab_simclr or ab_clip run) on the first ``scenes`` scenes of
-    ``source`` (a scene source: ``item_boxes``, ``item_labels``). Percentages and ranks."""
+    """The score of ``method`` (an AB run whose annotations are images or captions:
+    ``annotation_kind``) on the first ``scenes`` scenes of ``source`` (a scene source:
+    ``item_boxes``, ``item_labels``). Percentages and ranks.
+
+    Image annotations: the crops of every item of a block of scenes, each item scored by its own
+    crop; caption annotations: one prompt per class name, each class of a scene scored once."""
     from annoboot.viz.value_map import default_box_scale, grid_boxes, load_image, value_probabilities
     from annoboot.views import render_views
 
-    name = method.cfg.method.name
-    if getattr(method, "value_function", None) is None or name not in ("ab_simclr", "ab_clip"):
-        raise AnnobootError(f"localisation needs an ab_simclr or ab_clip run (a value function with item annotations); this run is {name}")
+    name, kind = method.cfg.method.name, getattr(method, "annotation_kind", None)
+    if getattr(method, "value_function", None) is None or kind not in ("image", "caption"):
+        raise AnnobootError(
+            f"localisation needs an AB run whose annotations are images or captions (ab_simclr, ab_clip: a value "
+            f"function with item annotations); this run is {name}"
+        )
     if not hasattr(source, "item_boxes"):
         raise AnnobootError(f"localisation needs scenes with known item boxes (kind fmnist_scenes); {source.name} has none")
     boxes = grid_boxes(grid, default_box_scale(method, grid) if box_scale is None else box_scale)
@@ -98,14 +105,13 @@ def localisation_score(method, source, grid: int = 8, box_scale: Optional[float]
     items: List[ItemScore] = []
     try:
         count = min(scenes, len(source))
-        class_keys = _class_caption_keys(method, source, device) if name == "ab_clip" else None
+        class_keys = _class_caption_keys(method, source) if kind == "caption" else None
         for start in range(0, count, _SCENES_PER_SET):
             block = range(start, min(start + _SCENES_PER_SET, count))
             batches = [load_image(source, i, device).batch for i in block]
-            if class_keys is None:  # ab_simclr: the crops of every item of the block
+            if class_keys is None:  # image annotations: the crops of every item of the block
                 crops = [render_views(b, source.item_boxes[i].to(device)[None], img_size) for b, i in zip(batches, block)]
-                views = torch.cat(crops)
-                keys = method.ab_annotation_head(method.encoder(method.normalize(views)).pooled)
+                keys = method.annotation_keys(torch.cat(crops))
                 offsets = torch.tensor([0] + [len(source.item_boxes[i]) for i in block]).cumsum(0).tolist()
             else:
                 keys = class_keys
@@ -128,10 +134,9 @@ def localisation_score(method, source, grid: int = 8, box_scale: Optional[float]
     return summarise(items)
 
 
-def _class_caption_keys(method, source, device) -> torch.Tensor:
+def _class_caption_keys(method, source) -> torch.Tensor:
     template = method.cfg.eval.zero_shot_templates[0]
-    tokens = method.tokenizer([template.format(n) for n in source.class_names]).to(device)
-    return method.ab_text_head(method.text_encoder(tokens))
+    return method.annotation_keys([template.format(n) for n in source.class_names])
 
 
 __all__ = ["ItemScore", "centres_inside", "localisation_score", "score_moves", "summarise"]

@@ -13,7 +13,7 @@ The published EMA rate is a constant 0.004 (method.ema_momentum = ema_momentum_e
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Sequence
 
 import torch
 
@@ -27,20 +27,27 @@ from annoboot.methods.bootstrapping import (
     ab_loss_weight,
     bootstrap_objective,
     bootstrap_views,
+    ema_targets,
 )
 from annoboot.methods.clip import CLIP
 from annoboot.models import Projector
-from annoboot.objectives import caption_distribution, clip_loss, td_target
+from annoboot.objectives import caption_distribution, clip_loss
 
 
 class ABCLIP(CLIP):
     uses_target = True
+    annotation_kind = "caption"
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         model = cfg.model
         self.value_function = ValueFunction(cfg, self.encoder.width, model.embed_dim)
         self.ab_text_head = Projector(model.text_width, model.text_width, model.embed_dim, batch_norm=False)  # psi_AB
+
+    def annotation_keys(self, annotations: Sequence[str]) -> torch.Tensor:
+        """psi_AB of captions: L strings -> (L, embed_dim)."""
+        tokens = self.tokenizer(list(annotations)).to(self.normalize.mean.device)
+        return self.ab_text_head(self.text_encoder(tokens))
 
     def batch_sizes(self) -> Dict[str, int]:
         return ab_batch_sizes(self.cfg, self.views_per_image())
@@ -76,14 +83,9 @@ class ABCLIP(CLIP):
 
     def td_targets(self, tokens: torch.Tensor, boot_views: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
         """Called on the EMA model: (1 - gamma) p(l | x_t) + gamma AGG Q(l | x_t, .) as (N, V, L)."""
-        m = self.cfg.method
         out = self.encoder(boot_views)
         text_features = self.text_encoder(tokens)
         captions = distributed.gather(self.text_projection(text_features))
         reward = caption_distribution(self.embed_images(out.pooled), captions, self.logit_scale())
-        reward = reward.view(moves.shape[0], moves.shape[1], captions.shape[0])
-        next_values = None
-        if m.gamma > 0:
-            keys = distributed.gather(self.ab_text_head(text_features))
-            next_values = torch.softmax(self.value_function.logits(out.tokens, moves, keys).float(), dim=-1)
-        return td_target(reward, next_values, m.gamma, m.aggregate)
+        return ema_targets(self.cfg, reward, self.value_function, out.tokens, moves,
+                           lambda: distributed.gather(self.ab_text_head(text_features)))

@@ -28,18 +28,25 @@ from annoboot.methods.bootstrapping import (
     ab_loss_weight,
     bootstrap_objective,
     bootstrap_views,
+    ema_targets,
 )
 from annoboot.methods.dino import DINO
-from annoboot.objectives import td_target, teacher_distribution
+from annoboot.objectives import teacher_distribution
 
 
 class ABDINO(DINO):
+    annotation_kind = "prototype"
+
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         model = cfg.model
         self.value_function = ValueFunction(cfg, self.encoder.width, model.dino_bottleneck_dim)
         self.ab_prototypes = nn.Parameter(torch.empty(model.dino_prototypes, model.dino_bottleneck_dim))  # psi_AB
         nn.init.trunc_normal_(self.ab_prototypes, std=0.02)
+
+    def annotation_keys(self, annotations: None = None) -> torch.Tensor:
+        """psi_AB of the K prototypes: (K, bottleneck), ABDINO's own embeddings."""
+        return self.ab_prototypes
 
     def batch_sizes(self) -> Dict[str, int]:
         return ab_batch_sizes(self.cfg, self.views_per_image())
@@ -73,16 +80,10 @@ class ABDINO(DINO):
         Returns the prototype logits of the global views (2A, K) for DINO, and the TD targets
         (1 - gamma) p(l | x_t) + gamma AGG Q(l | x_t, .) of the bootstrap views as (N, V, K).
         """
-        m = self.cfg.method
-        num_images, num_views = moves.shape[:2]
         num_global = global_views.shape[0]
         out = self.encoder(torch.cat([global_views, boot_views]))
         logits = self.head(out.pooled)
         # The centre is this EMA copy's, i.e. the online one before this step's update.
         reward = teacher_distribution(logits[num_global:], self.center, teacher_temp)
-        next_values = None
-        if m.gamma > 0:
-            value_logits = self.value_function.logits(out.tokens[num_global:], moves, self.ab_prototypes)
-            next_values = torch.softmax(value_logits.float(), dim=-1)
-        targets = td_target(reward.view(num_images, num_views, -1), next_values, m.gamma, m.aggregate)
+        targets = ema_targets(self.cfg, reward, self.value_function, out.tokens[num_global:], moves, lambda: self.ab_prototypes)
         return logits[:num_global], targets

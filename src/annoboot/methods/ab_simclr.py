@@ -25,10 +25,11 @@ from annoboot.methods.bootstrapping import (
     ab_loss_weight,
     bootstrap_objective,
     bootstrap_views,
+    ema_targets,
 )
 from annoboot.methods.simclr import SimCLR
 from annoboot.models import Projector
-from annoboot.objectives import annotation_distribution, nt_xent, td_target
+from annoboot.objectives import annotation_distribution, nt_xent
 
 
 class ABSimCLR(SimCLR):
@@ -37,12 +38,18 @@ class ABSimCLR(SimCLR):
     # normalises annotation views only: a view's reward then depends on that view alone, not on
     # which bootstrap views share its batch (a batch of both would shift every reward).
     target_batch_statistics = False
+    annotation_kind = "image"
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         model = cfg.model
         self.value_function = ValueFunction(cfg, self.encoder.width, model.proj_dim)
         self.ab_annotation_head = Projector(self.encoder.width, model.proj_hidden_dim, model.proj_dim, model.projector_bn)  # psi_AB
+
+    def annotation_keys(self, annotations: torch.Tensor) -> torch.Tensor:
+        """psi_AB of annotation images: views (L, 3, S, S) in [0, 1] -> (L, proj_dim)."""
+        pooled = torch.cat([self.encoder(self.normalize(chunk)).pooled for chunk in annotations.split(256)])
+        return self.ab_annotation_head(pooled)
 
     def batch_sizes(self) -> Dict[str, int]:
         return ab_batch_sizes(self.cfg, self.views_per_image())
@@ -81,10 +88,5 @@ class ABSimCLR(SimCLR):
         z = self.projector(out.pooled)  # BatchNorm in eval mode: running statistics (see above)
         annotations = distributed.gather(z[:num_annotations])
         reward = annotation_distribution(z[num_annotations:], annotations, m.temperature)
-        reward = reward.view(moves.shape[0], moves.shape[1], annotations.shape[0])
-        next_values = None
-        if m.gamma > 0:
-            keys = distributed.gather(self.ab_annotation_head(out.pooled[:num_annotations]))
-            logits = self.value_function.logits(out.tokens[num_annotations:], moves, keys)
-            next_values = torch.softmax(logits.float(), dim=-1)
-        return td_target(reward, next_values, m.gamma, m.aggregate)
+        return ema_targets(self.cfg, reward, self.value_function, out.tokens[num_annotations:], moves,
+                           lambda: distributed.gather(self.ab_annotation_head(out.pooled[:num_annotations])))

@@ -13,6 +13,18 @@ from annoboot.data.base import ImageBatch
 from annoboot.models.encoder import Encoder
 
 
+# A metric the logger reports as a rate over its interval (summed numerator / summed
+# denominator, e.g. agreement hits over view pairs) rather than a mean of per-step values: the
+# method returns both sums under these suffixes (:func:`rate_metric`), the logger their ratio
+# under the bare name.
+RATE_NUMERATOR, RATE_DENOMINATOR = "#numerator", "#denominator"
+
+
+def rate_metric(name: str, numerator: torch.Tensor, denominator: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The two sums of rate metric ``name``, for :attr:`StepOutput.metrics`."""
+    return {name + RATE_NUMERATOR: numerator, name + RATE_DENOMINATOR: denominator}
+
+
 @dataclass
 class StepOutput:
     loss: torch.Tensor  # scalar to minimise
@@ -35,6 +47,14 @@ class Method(nn.Module):
     target_batch_statistics: bool = True
     # The fewest annotation images a step can learn from: contrastive losses need a negative.
     min_annotation_images: int = 1
+    # Whether the method embeds images and texts in one space (``embed_images``,
+    # ``embed_texts``, ``tokenizer``): zero-shot and retrieval evaluation apply.
+    embeds_text: bool = False
+    # Annotation bootstrapping: what the annotations l of the value function Q(l | x, a) (the
+    # module ``value_function``) are, for value maps and localisation: "image" (annotation
+    # images), "caption" (texts) or "prototype" (a fixed learned set); None for a method without
+    # a value function. :meth:`annotation_keys` turns annotations of that kind into psi_AB.
+    annotation_kind: Optional[str] = None
     encoder: Encoder
 
     def __init__(self, cfg: Config):
@@ -65,6 +85,12 @@ class Method(nn.Module):
     def training_step(self, batches: Dict[str, ImageBatch], target: "Method | None", step: int) -> StepOutput:
         """The loss of one step. ``step`` (0-based) drives method-specific schedules."""
         raise NotImplementedError
+
+    def annotation_keys(self, annotations=None) -> torch.Tensor:
+        """psi_AB (L, d), the keys the value function scores moves against, of ``annotations``:
+        views (L, 3, S, S) in [0, 1] for kind "image", L strings for "caption", None for
+        "prototype" (the method's own set). Only for methods with an ``annotation_kind``."""
+        raise NotImplementedError(f"method {self.cfg.method.name} has no value function")
 
     def after_backward(self, step: int) -> None:
         """Called between backward and the optimizer step (e.g. to freeze a layer's gradients)."""

@@ -12,7 +12,7 @@ annotation keys the method supplies (a head over annotation views, a prototype m
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +21,9 @@ from torch import nn
 from annoboot.actions import action_tokens, box_iou, pairwise_relative_boxes, sample_crop_boxes
 from annoboot.config import Config
 from annoboot.data.base import ImageBatch
+from annoboot.methods.base import rate_metric
 from annoboot.models import LogitScale, ValueDecoder
-from annoboot.objectives import agreement_by_iou, bootstrap_loss
+from annoboot.objectives import agreement_by_iou, bootstrap_loss, td_target
 from annoboot.objectives.precision import float32_matmul
 from annoboot.views import Normalize, render_views
 
@@ -50,19 +51,53 @@ class ValueFunction(nn.Module):
         )
         self.scale = LogitScale(m.ab_init_scale)  # t_AB
 
-    def moves(self, boxes_xyxy: torch.Tensor) -> torch.Tensor:
-        """(N, V, 4) view boxes -> (N, V_source, V_target, 4) action token ids."""
-        tokens = action_tokens(pairwise_relative_boxes(boxes_xyxy), self.num_bins, self.value_range)
+    def move_tokens(self, relative_boxes: torch.Tensor) -> torch.Tensor:
+        """(..., 4) target boxes in their source view's frame -> (..., 4) action token ids."""
+        tokens = action_tokens(relative_boxes, self.num_bins, self.value_range)
         if not self.use_moves:  # ablation: one constant move, so Q predicts the average over moves
             return torch.zeros_like(tokens)
         return tokens
 
+    def moves(self, boxes_xyxy: torch.Tensor) -> torch.Tensor:
+        """(N, V, 4) view boxes -> (N, V_source, V_target, 4) action token ids."""
+        return self.move_tokens(pairwise_relative_boxes(boxes_xyxy))
+
+    def score(self, phi: torch.Tensor, annotation_keys: torch.Tensor) -> torch.Tensor:
+        """Decoder outputs phi_AB (..., d), annotation keys psi_AB (L, d) -> logits (..., L):
+        t_AB times the cosine similarity, in float32."""
+        phi = F.normalize(phi.float(), dim=-1)
+        psi = F.normalize(annotation_keys.float(), dim=-1)
+        return self.scale() * float32_matmul(phi, psi.T)
+
     def logits(self, source_tokens: torch.Tensor, moves: torch.Tensor, annotation_keys: torch.Tensor) -> torch.Tensor:
         """source_tokens (N*V, T, D), moves (N, V, V, 4), annotation_keys psi_AB (L, d) -> (N, V, V, L)."""
         n, v = moves.shape[:2]
-        phi = F.normalize(self.decoder(source_tokens, moves.flatten(0, 1)).float(), dim=-1)  # (N*V, V, d)
-        psi = F.normalize(annotation_keys.float(), dim=-1)
-        return (self.scale() * float32_matmul(phi, psi.T)).view(n, v, v, -1)
+        phi = self.decoder(source_tokens, moves.flatten(0, 1))  # (N*V, V, d)
+        return self.score(phi, annotation_keys).view(n, v, v, -1)
+
+
+def ema_targets(
+    cfg: Config,
+    reward: torch.Tensor,
+    value_function: ValueFunction,
+    source_tokens: torch.Tensor,
+    moves: torch.Tensor,
+    annotation_keys: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """The TD targets every AB method's EMA model returns (method.md section 2), as (N, V, L):
+
+        y(l | x_t) = (1 - gamma) p(l | x_t) + gamma AGG_a Q(l | x_t, a)
+
+    reward: (N*V, L) or (N, V, L) p(l | x_t) of the bootstrap views; source_tokens, moves: the
+    EMA model's tokens of those views and their moves; ``annotation_keys`` gives psi_AB (L, d),
+    called only when gamma > 0 (the published gamma = 0 needs no value prediction).
+    """
+    m = cfg.method
+    reward = reward.view(moves.shape[0], moves.shape[1], -1)
+    next_values = None
+    if m.gamma > 0:
+        next_values = torch.softmax(value_function.logits(source_tokens, moves, annotation_keys()).float(), dim=-1)
+    return td_target(reward, next_values, m.gamma, m.aggregate)
 
 
 def ab_batch_sizes(cfg: Config, base_views_per_image: int) -> Dict[str, int]:
@@ -106,7 +141,7 @@ def bootstrap_objective(
 
     logits (N, V, V, L) predicted Q; targets (N, V, L) from the EMA model; boxes (N, V, 4).
     Metrics: the loss, the targets' entropy and top-1 agreement bucketed by source/target IoU
-    (summed hits and counts; the logger turns them into rates).
+    (rate metrics ``ab_agreement/iou_<bucket>``: hits over view pairs).
     """
     loss = bootstrap_loss(logits, targets, drop_self_pairs)
     metrics = {
@@ -116,6 +151,5 @@ def bootstrap_objective(
     iou = box_iou(boxes[:, :, None], boxes[:, None, :])
     hits, counts = agreement_by_iou(logits.detach(), targets, iou, IOU_EDGES)
     for name, h, c in zip(IOU_NAMES, hits, counts):
-        metrics[f"ab_agreement_hits/iou_{name}"] = h
-        metrics[f"ab_agreement_count/iou_{name}"] = c
+        metrics.update(rate_metric(f"ab_agreement/iou_{name}", h, c))
     return loss, metrics

@@ -19,6 +19,7 @@ from annoboot.views import Normalize, render_views
 
 class CLIP(Method):
     min_annotation_images = 2  # one positive pair and at least one negative
+    embeds_text = True
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)

@@ -11,6 +11,8 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from annoboot.methods.base import RATE_DENOMINATOR, RATE_NUMERATOR
+
 
 class MetricAccumulator:
     """Sums per-step metric tensors on the device; one host sync per logging interval."""
@@ -26,7 +28,7 @@ class MetricAccumulator:
         self.steps += 1
 
     def pop(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Dict[str, float]:
-        """Means over the interval; agreement hits/counts become bucketed accuracies.
+        """Means over the interval; rate metrics (``methods.base.rate_metric``) their summed ratio.
 
         ``reduce`` (e.g. a mean over ranks) is applied to all sums at once: one collective.
         """
@@ -40,12 +42,12 @@ class MetricAccumulator:
         raw = dict(zip(keys, values))
         out: Dict[str, float] = {}
         for key, value in raw.items():
-            if key.startswith("ab_agreement_hits/"):
-                bucket = key.split("/", 1)[1]
-                count = raw[f"ab_agreement_count/{bucket}"]
-                if count > 0:
-                    out[f"ab_agreement/{bucket}"] = value / count
-            elif not key.startswith("ab_agreement_count/"):
+            if key.endswith(RATE_NUMERATOR):
+                name = key[: -len(RATE_NUMERATOR)]
+                denominator = raw[name + RATE_DENOMINATOR]
+                if denominator > 0:
+                    out[name] = value / denominator
+            elif not key.endswith(RATE_DENOMINATOR):
                 out[key] = value / self.steps
         self.sums, self.steps = {}, 0
         return out

@@ -15,7 +15,7 @@ import numpy as np
 from annoboot.errors import AnnobootError
 from annoboot.viz.curves import agreement_series, plot_agreement, plot_curves, read_metrics
 from annoboot.viz.value_map import (
-    ANNOTATION_KEYS,
+    ANNOTATION_SETS,
     AnnotationSet,
     ValueMap,
     ViewedImage,
@@ -25,7 +25,7 @@ from annoboot.viz.value_map import (
     grid_boxes,
     load_image,
     plot_value_map,
-    register_annotation_keys,
+    register_annotation_set,
     require_value_function,
     value_probabilities,
 )
@@ -106,7 +106,7 @@ def visualize_run(
 
 
 __all__ = [
-    "ANNOTATION_KEYS",
+    "ANNOTATION_SETS",
     "AnnotationSet",
     "ValueMap",
     "ViewedImage",
@@ -119,7 +119,7 @@ __all__ = [
     "plot_curves",
     "plot_value_map",
     "read_metrics",
-    "register_annotation_keys",
+    "register_annotation_set",
     "require_value_function",
     "run_directory",
     "value_probabilities",

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 from matplotlib.figure import Figure
 
 from annoboot.errors import AnnobootError
+from annoboot.methods.base import RATE_DENOMINATOR, RATE_NUMERATOR
 from annoboot.methods.bootstrapping import IOU_NAMES
 
 Record = Dict[str, float]
@@ -60,8 +61,8 @@ def series(records: List[Record], key: str) -> tuple[List[float], List[float]]:
 def agreement_series(records: List[Record]) -> Dict[str, tuple[List[float], List[float]]]:
     """Per IoU bucket: (steps, top-1 agreement rate), in bucket order; buckets never logged are left out.
 
-    Reads the logger's rates ``ab_agreement/iou_<b>``; raw ``ab_agreement_hits``/``_count`` sums
-    (as a method returns them before the logger reduces them) are turned into rates too.
+    Reads the logger's rates ``ab_agreement/iou_<b>``; their raw sums (as a method returns them
+    before the logger reduces them, :func:`annoboot.methods.base.rate_metric`) are turned into rates too.
     """
     out: Dict[str, tuple[List[float], List[float]]] = {}
     for name in IOU_NAMES:
@@ -69,7 +70,8 @@ def agreement_series(records: List[Record]) -> Dict[str, tuple[List[float], List
         for record in records:
             rate = record.get(f"ab_agreement/iou_{name}")
             if rate is None:
-                hits, count = record.get(f"ab_agreement_hits/iou_{name}"), record.get(f"ab_agreement_count/iou_{name}")
+                key = f"ab_agreement/iou_{name}"
+                hits, count = record.get(key + RATE_NUMERATOR), record.get(key + RATE_DENOMINATOR)
                 rate = hits / count if hits is not None and count else None
             if rate is not None and math.isfinite(rate):
                 steps.append(float(record["step"]))

@@ -7,9 +7,11 @@ exactly as in training: the move is the target box in the source crop's frame
 (:func:`annoboot.actions.action_tokens`), read by the value decoder against the source view's
 encoder tokens, and scored against the annotation keys psi_AB with the learned scale t_AB.
 
-What an annotation is depends on the method; :func:`annotation_keys` looks the method up in a
-small registry (:data:`ANNOTATION_KEYS`). A new method adds one function decorated with
-:func:`register_annotation_keys`.
+What an annotation is depends on the method (``Method.annotation_kind``: images, captions or
+prototypes); :func:`annotation_keys` picks the annotations to show for that kind from a small
+registry (:data:`ANNOTATION_SETS`) and asks the method for their keys
+(``Method.annotation_keys``). A new AB method whose annotations are one of these kinds needs
+nothing here; a new kind adds one function decorated with :func:`register_annotation_set`.
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from annoboot.actions import action_tokens, relative_box
+from annoboot.actions import relative_box
 from annoboot.data.base import ImageBatch, ImageSource
 from annoboot.errors import AnnobootError
 from annoboot.methods import Method
@@ -35,9 +36,9 @@ from annoboot.views import full_image_boxes, render_full_images, render_views
 # Boxes per decoder call: the block-diagonal mask makes the outputs independent of the grouping,
 # so chunking only bounds memory (the attention mask grows with (4 * boxes)^2).
 _BOXES_PER_CALL = 256
-# Annotation images (ab_simclr) drawn from a source without labels.
+# Annotation images drawn from a source without labels.
 _UNLABELLED_ANNOTATIONS = 10
-# Captions (ab_clip) drawn from a captioned source.
+# Captions drawn from a captioned source.
 _MAX_CAPTIONS = 16
 
 
@@ -77,32 +78,33 @@ class ViewedImage:
     caption: Optional[str] = None
 
 
-AnnotationKeysFn = Callable[[Method, ImageSource, ViewedImage], AnnotationSet]
-ANNOTATION_KEYS: Dict[str, AnnotationKeysFn] = {}
+AnnotationSetFn = Callable[[Method, ImageSource, ViewedImage], AnnotationSet]
+ANNOTATION_SETS: Dict[str, AnnotationSetFn] = {}
 
 
-def register_annotation_keys(method_name: str) -> Callable[[AnnotationKeysFn], AnnotationKeysFn]:
-    """Decorator: ``fn(method, source, image) -> AnnotationSet`` serves value maps of ``method.name``."""
+def register_annotation_set(kind: str) -> Callable[[AnnotationSetFn], AnnotationSetFn]:
+    """Decorator: ``fn(method, source, image) -> AnnotationSet`` serves value maps of methods
+    whose ``annotation_kind`` is ``kind``."""
 
-    def register(fn: AnnotationKeysFn) -> AnnotationKeysFn:
-        ANNOTATION_KEYS[method_name] = fn
+    def register(fn: AnnotationSetFn) -> AnnotationSetFn:
+        ANNOTATION_SETS[kind] = fn
         return fn
 
     return register
 
 
 def require_value_function(method: Method) -> None:
-    """AnnobootError unless ``method`` has a value function and registered annotation keys."""
-    name = method.cfg.method.name
-    if getattr(method, "value_function", None) is None:
+    """AnnobootError unless ``method`` has a value function over a kind of annotation viz knows."""
+    name, kind = method.cfg.method.name, method.annotation_kind
+    if kind is None or getattr(method, "value_function", None) is None:
         raise AnnobootError(
-            f"value maps need an ab_* run (a method with a value function: {', '.join(sorted(ANNOTATION_KEYS))}); "
+            f"value maps need an ab_* run (an annotation-bootstrapping method, with a value function); "
             f"this run's method.name is '{name}' (pass --curves-only to draw only its training curves)"
         )
-    if name not in ANNOTATION_KEYS:
+    if kind not in ANNOTATION_SETS:
         raise AnnobootError(
-            f"no annotation keys for method.name '{name}': add a function with "
-            "@register_annotation_keys in annoboot/viz/value_map.py"
+            f"method.name '{name}' has annotations of kind '{kind}', which value maps do not draw yet: add a "
+            "function with @register_annotation_set in annoboot/viz/value_map.py"
         )
 
 
@@ -110,7 +112,7 @@ def require_value_function(method: Method) -> None:
 def annotation_keys(method: Method, source: ImageSource, image: ViewedImage) -> AnnotationSet:
     """The annotation set of ``method`` for a value map of ``image`` (taken from ``source``)."""
     require_value_function(method)
-    return ANNOTATION_KEYS[method.cfg.method.name](method, source, image)
+    return ANNOTATION_SETS[method.annotation_kind](method, source, image)
 
 
 def load_image(source: ImageSource, index: int, device: torch.device | str = "cpu") -> ViewedImage:
@@ -164,12 +166,9 @@ def value_probabilities(method: Method, image: ImageBatch, keys: torch.Tensor, b
     tokens = method.encoder(views).tokens  # (1, T, D): the source view's tokens, as in training
     source_box = full_image_boxes(1, 1, device)[0, 0]
     flat = boxes.reshape(-1, 4).to(device)
-    moves = action_tokens(relative_box(source_box, flat), vf.num_bins, vf.value_range)  # (K, 4)
-    if not vf.use_moves:  # a run without action tokens saw one constant move, as ValueFunction.moves gives
-        moves = torch.zeros_like(moves)
+    moves = vf.move_tokens(relative_box(source_box, flat))  # (K, 4)
     phi = torch.cat([vf.decoder(tokens, chunk[None])[0] for chunk in moves.split(_BOXES_PER_CALL)])  # (K, d)
-    # The same scoring as ValueFunction.logits, for a source with an arbitrary number of targets.
-    logits = vf.scale() * F.normalize(phi, dim=-1) @ F.normalize(keys, dim=-1).T
+    logits = vf.score(phi, keys)  # as in training, for a source with any number of targets
     return torch.softmax(logits.float(), dim=-1).view(*boxes.shape[:-1], keys.shape[0]).cpu()
 
 
@@ -245,16 +244,16 @@ def display_image(batch: ImageBatch) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-method annotation sets.
+# Annotation sets, by kind of annotation.
 
 
-@register_annotation_keys("ab_simclr")
-def _ab_simclr_keys(method: Method, source: ImageSource, image: ViewedImage) -> AnnotationSet:
+@register_annotation_set("image")
+def _image_annotations(method: Method, source: ImageSource, image: ViewedImage) -> AnnotationSet:
     """Annotation images: the first image of each class of the source (other than the viewed one).
 
-    Keys are psi_AB of their whole-image views, ``ab_annotation_head(encoder(views).pooled)``;
-    the softmax runs over this set, as training's runs over the annotation batch. Without labels,
-    the first few other images of the source. The default annotation is the viewed image's class.
+    Keys are psi_AB of their whole-image views (``method.annotation_keys(views)``); the softmax
+    runs over this set, as training's runs over the annotation batch. Without labels, the first
+    few other images of the source. The default annotation is the viewed image's class.
     """
     if hasattr(source, "item_boxes"):
         return _scene_item_keys(method, source, image)
@@ -285,8 +284,7 @@ def _ab_simclr_keys(method: Method, source: ImageSource, image: ViewedImage) -> 
         one = ImageBatch(pixels[None], torch.tensor([pixels.shape[1:]], dtype=torch.int64)).to(device)
         views.append(render_views(one, full_image_boxes(1, 1, device), img_size))
     views = torch.cat(views)  # (L, 3, S, S) in [0, 1]
-    pooled = torch.cat([method.encoder(method.normalize(chunk)).pooled for chunk in views.split(64)])
-    keys = method.ab_annotation_head(pooled)
+    keys = method.annotation_keys(views)
     return AnnotationSet(keys, names, images=views.permute(0, 2, 3, 1).cpu().numpy(), default=default)
 
 
@@ -308,26 +306,26 @@ def _scene_item_keys(method: Method, source: ImageSource, image: ViewedImage) ->
             names.append(f"{source.class_names[int(label)]}{where}")
             true_boxes.append(box if i == image.index else torch.full((4,), float("nan")))
     views = torch.cat(views)
-    keys = method.ab_annotation_head(torch.cat([method.encoder(method.normalize(c)).pooled for c in views.split(64)]))
+    keys = method.annotation_keys(views)
     own = source.item_boxes[image.index]
     largest = int(((own[:, 2] - own[:, 0]) * (own[:, 3] - own[:, 1])).argmax())
     return AnnotationSet(keys, names, images=views.permute(0, 2, 3, 1).cpu().numpy(), default=largest,
                          true_boxes=torch.stack(true_boxes))
 
 
-@register_annotation_keys("ab_dino")
-def _ab_dino_keys(method: Method, source: ImageSource, image: ViewedImage) -> AnnotationSet:
-    """Annotations are DINO prototypes; keys are ABDINO's own prototype embeddings (psi_AB, (K, d))."""
-    keys = method.ab_prototypes.detach()
+@register_annotation_set("prototype")
+def _prototype_annotations(method: Method, source: ImageSource, image: ViewedImage) -> AnnotationSet:
+    """Annotations are a learned set (ABDINO: DINO's prototypes); keys are the method's own (psi_AB, (K, d))."""
+    keys = method.annotation_keys(None).detach()
     count = keys.shape[0]
     names = [f"prototype {k}" for k in range(count)]
-    texts = [f"DINO prototype {k} of {count}" for k in range(count)]
+    texts = [f"prototype {k} of {count}" for k in range(count)]
     return AnnotationSet(keys, names, texts=texts)
 
 
-@register_annotation_keys("ab_clip")
-def _ab_clip_keys(method: Method, source: ImageSource, image: ViewedImage) -> AnnotationSet:
-    """Annotations are captions; keys are ``ab_text_head(text_encoder(tokens))``.
+@register_annotation_set("caption")
+def _caption_annotations(method: Method, source: ImageSource, image: ViewedImage) -> AnnotationSet:
+    """Annotations are captions; keys are ``method.annotation_keys(texts)``.
 
     The set: the viewed image's own caption (the default) and those of the next images of a
     captioned source; otherwise one prompt per class name (eval.zero_shot_templates[0]), the
@@ -350,11 +348,14 @@ def _ab_clip_keys(method: Method, source: ImageSource, image: ViewedImage) -> An
         texts = [template.format(name) for name in source.class_names]
         default = image.label
     else:
-        raise AnnobootError(f"ab_clip value maps need captions or class names, and eval.test ({source.name}) has neither")
+        raise AnnobootError(
+            f"{method.cfg.method.name} value maps need captions or class names, and eval.test ({source.name}) has neither"
+        )
     if not texts:
-        raise AnnobootError(f"ab_clip value maps need captions, and every caption of eval.test ({source.name}) is empty")
-    tokens = method.tokenizer(texts).to(image.batch.images.device)
-    keys = method.ab_text_head(method.text_encoder(tokens))
+        raise AnnobootError(
+            f"{method.cfg.method.name} value maps need captions, and every caption of eval.test ({source.name}) is empty"
+        )
+    keys = method.annotation_keys(texts)
     names = [textwrap.shorten(t, 40) for t in texts]
     return AnnotationSet(keys, names, texts=texts, default=default)
 
