@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from annoboot.data.captioned import openclipart
-from annoboot.data.image_folder import capped_size
+from annoboot.data.decode import capped_size
 from annoboot.data.stream import pack_layout
 
 

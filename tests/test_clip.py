@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, TINY_TEXT, TUXPAINT_ROOT, needs_fmnist, needs_openclipart, needs_tuxpaint
+
+from annoboot.batch import ImageBatch
 from annoboot.config import SourceConfig, load_config
 from annoboot.data import BatchStream, build_source, build_stream
-from annoboot.data.base import ImageBatch, InMemoryImageSource
+from annoboot.data.base import InMemoryImageSource
 from annoboot.data.captioned import captioned_folder, openclipart, split_of, tuxpaint
 from annoboot.data.shards import ShardStream
 from annoboot.errors import AnnobootError

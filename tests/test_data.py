@@ -296,7 +296,7 @@ def decode(path: Path, max_short_side: int = 256):
 
 @pytest.mark.parametrize("case", ["truncated", "empty", "text"])
 def test_undecodable_files_give_none_and_log_the_path(zoo, case, caplog):
-    with caplog.at_level("DEBUG", logger="annoboot.data.image_folder"):
+    with caplog.at_level("DEBUG", logger="annoboot.data.decode"):
         assert decode(zoo[case]) is None
     assert str(zoo[case]) in caplog.text
 
@@ -629,7 +629,7 @@ def test_a_folder_with_a_few_bad_files_trains_on_and_counts_them(tmp_path, caplo
 
 
 def test_a_batch_that_lost_images_is_filled_back_to_its_size():
-    from annoboot.data.base import ImageBatch
+    from annoboot.batch import ImageBatch
 
     images = torch.arange(3, dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 1, 2, 2).contiguous()
     batch = ImageBatch(images, torch.tensor([[2, 2], [1, 2], [2, 1]]), torch.tensor([5, 6, 7]), ["a", "b", "c"])
@@ -743,7 +743,7 @@ def test_a_stream_state_written_before_bad_in_a_row_was_kept_still_loads(tmp_pat
 
 
 def test_inspect_and_training_name_a_failure_alike(tmp_path):
-    from annoboot.data.image_folder import failure_reason
+    from annoboot.data.decode import failure_reason
     from annoboot.data.tools import inspect_folder
 
     for name in ("a.png", "b/c.png", "d/e/f.png"):
@@ -777,7 +777,7 @@ def png_claiming(width: int, height: int) -> bytes:
 def test_an_image_over_the_pixel_cap_is_a_bad_file_and_is_not_decoded(tmp_path, side):
     import warnings
 
-    from annoboot.data.image_folder import MAX_IMAGE_PIXELS
+    from annoboot.data.decode import MAX_IMAGE_PIXELS
 
     (tmp_path / "huge.png").write_bytes(png_claiming(side, side))
     with warnings.catch_warnings():

@@ -15,8 +15,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import needs_fmnist
+from test_train import knn_of
 
-from annoboot.data.base import ImageBatch
+from annoboot.batch import ImageBatch
 from annoboot.methods import ABDINO, build_method
 from annoboot.methods.bootstrapping import bootstrap_views
 from annoboot.methods.dino import teacher_temperature
@@ -25,8 +27,6 @@ from annoboot.objectives import dino_loss, entropy, kl_to_uniform, teacher_distr
 from annoboot.train import Trainer
 from annoboot.train.checkpoint import checkpoint_path, load_checkpoint
 from annoboot.train.ema import make_target
-from conftest import needs_fmnist
-from test_train import knn_of
 
 # A DINO small enough for CPU: a narrow head, 256 prototypes, 2 local crops, no colour jitter
 # (kornia's hue jitter alone costs more than the model on CPU).

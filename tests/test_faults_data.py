@@ -24,7 +24,7 @@ from PIL import Image
 from annoboot.cli import main
 from annoboot.config import SourceConfig
 from annoboot.data import ImageFolderSource, ShardStream, build_source, build_stream, iter_eval_batches
-from annoboot.data.image_folder import MAX_IMAGE_PIXELS
+from annoboot.data.decode import MAX_IMAGE_PIXELS
 from annoboot.data.tools import folder_to_shards, inspect_folder
 from annoboot.errors import AnnobootError
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from annoboot.cli import main
 from annoboot.data import ShardStream
+from annoboot.data import decode as decode_module
 from annoboot.data import shards as shard_module
 from annoboot.data.shards import count_shard_samples, expand_shard_pattern
 from annoboot.data.tools import folder_to_shards, inspect_folder
@@ -264,19 +265,19 @@ def test_a_bad_jpeg_leaves_the_others_decoding_in_batches(monkeypatch):
     jpegs = [torch.frombuffer(bytearray(jpeg_bytes(i)), dtype=torch.uint8) for i in range(8)]
     jpegs.insert(3, torch.frombuffer(bytearray(b"this is not a JPEG"), dtype=torch.uint8))
     call_sizes = []
-    decode = shard_module._torchvision_decode_jpeg
+    decode = decode_module._torchvision_decode_jpeg
 
     def counting_decode(data, device):
         call_sizes.append(len(data))
         return decode(data, device)
 
-    monkeypatch.setattr(shard_module, "_torchvision_decode_jpeg", counting_decode)
-    results = shard_module.decode_jpegs(jpegs, torch.device("cpu"), max_short_side=32)
+    monkeypatch.setattr(decode_module, "_torchvision_decode_jpeg", counting_decode)
+    results = decode_module.decode_jpegs(jpegs, torch.device("cpu"), max_short_side=32)
     # halves of the failed calls, not 9 single-image calls after the failed batch
     assert call_sizes == [9, 4, 2, 2, 1, 1, 5]
     assert results[3] == (None, "not an image")
     for jpeg, (image, reason) in zip(jpegs[:3] + jpegs[4:], results[:3] + results[4:]):
-        assert reason is None and torch.equal(image, shard_module.cap_short_side(decode(jpeg, torch.device("cpu")), 32))
+        assert reason is None and torch.equal(image, decode_module.cap_short_side(decode(jpeg, torch.device("cpu")), 32))
 
 
 class FakeStream:
@@ -322,14 +323,14 @@ def test_device_decoder_orders_the_decode_between_the_streams(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
     monkeypatch.setattr(torch.cuda, "stream", use_stream)
     monkeypatch.setattr(torch.Tensor, "record_stream", record_stream)
-    monkeypatch.setattr(shard_module, "_torchvision_decode_jpeg", fake_decode)
+    monkeypatch.setattr(decode_module, "_torchvision_decode_jpeg", fake_decode)
     jpegs = [torch.zeros(10, dtype=torch.uint8)] * 3
 
-    on_cpu = shard_module.DeviceDecoder("cpu").decode(jpegs, max_short_side=45)
+    on_cpu = decode_module.DeviceDecoder("cpu").decode(jpegs, max_short_side=45)
     assert log == ["decode 3 JPEGs on consumer"] and not created and not recorded  # no streams on a CPU
     log.clear()
 
-    decoder = shard_module.DeviceDecoder("cuda")
+    decoder = decode_module.DeviceDecoder("cuda")
     for _ in range(2):
         results = decoder.decode(jpegs, max_short_side=45)
         assert log == [

@@ -2,7 +2,7 @@
 
 import torch
 
-from annoboot.data.base import ImageBatch
+from annoboot.batch import ImageBatch
 from annoboot.views import Normalize, SimCLRAugment, render_full_images, render_views
 
 

@@ -27,8 +27,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
-from annoboot.data.base import ImageBatch
-from annoboot.data.image_folder import ImageFolderSource, decode_image
+from annoboot.batch import ImageBatch
+from annoboot.data.decode import decode_image
+from annoboot.data.image_folder import ImageFolderSource
 from annoboot.data.stream import pad_collate
 from annoboot.data.workers import decode_workers
 from annoboot.errors import AnnobootError

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from annoboot.data.base import ImageBatch
+from annoboot.batch import ImageBatch
 
 
 def render_views(batch: ImageBatch, boxes_xyxy_norm: torch.Tensor, out_size: int, rgb: bool = True) -> torch.Tensor:

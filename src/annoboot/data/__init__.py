@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from annoboot.batch import ImageBatch
 from annoboot.config import SourceConfig
-from annoboot.data.base import ImageBatch, ImageSource
+from annoboot.data.base import ImageSource
 from annoboot.data.captioned import CAPTIONED_SOURCES, CaptionedImagesSource
 from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.image_folder import ImageFolderSource

@@ -24,7 +24,9 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from annoboot.data.base import ImageSource
-from annoboot.data.image_folder import find_image_files, load_image_file
+from annoboot.data.captions import caption_from_txt_twin, clean_caption
+from annoboot.data.decode import load_image_file
+from annoboot.data.image_folder import find_image_files
 from annoboot.errors import AnnobootError
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,6 @@ TEST_PERCENT = 10
 # sometimes junk ("untitled", a collection or theme name shared by hundreds of files).
 _TITLE = re.compile(rb"(<cc:Agent[^>]*>\s*)?<dc:title>\s*([^<]*?)\s*</dc:title>")
 _KEYWORD = re.compile(rb"<rdf:li>\s*([^<]{1,40}?)\s*</rdf:li>")
-_JUNK_TITLES = {"", "untitled", "open clip art library", "openclipart", "image", "drawing"}
 COLLECTION_TITLE_COUNT = 20  # a title shared by this many files names a collection, not the image
 MAX_KEYWORDS = 3
 _MAX_SVG_BYTES_READ = 1 << 16  # the metadata block sits near the top of the file
@@ -63,27 +64,6 @@ def split_of(relative_path: str) -> str:
     """'test' for a stable ~10% of relative paths, else 'train'."""
     digest = hashlib.blake2b(relative_path.encode("utf-8"), digest_size=4).digest()
     return "test" if int.from_bytes(digest, "little") % 100 < TEST_PERCENT else "train"
-
-
-def clean_caption(text: str) -> Optional[str]:
-    """One line, whitespace collapsed; None for an empty or junk caption."""
-    text = " ".join(text.replace("_", " ").split())
-    return None if text.lower().strip(" .") in _JUNK_TITLES else text
-
-
-def caption_from_txt_twin(image_path: str) -> Optional[str]:
-    """First non-empty line of ``<image stem>.txt`` beside the image (Tux Paint's format too)."""
-    text_path = Path(image_path).with_suffix(".txt")
-    if not text_path.is_file():  # missing, or a FIFO, whose open would block: no caption
-        return None
-    try:
-        lines = text_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.strip():
-            return clean_caption(line)
-    return None
 
 
 def openclipart_metadata(image_path: str, png_root: Path, svg_root: Path) -> Tuple[Optional[str], List[str]]:

@@ -1,7 +1,7 @@
 """WebDataset tar shards: web-scale image sets (as img2dataset writes them) streamed for training.
 
 A shard holds samples ``<key>.jpg`` / ``.png`` / ``.webp`` / any other extension of
-:data:`~annoboot.data.image_folder.IMAGE_EXTENSIONS` (plus optional ``.txt``, ``.json`` ...).
+:data:`~annoboot.data.decode.IMAGE_EXTENSIONS` (plus optional ``.txt``, ``.json`` ...).
 Training resamples shards with replacement (``ResampledShards``), shuffles samples in a buffer,
 decodes in CPU workers (decode only, short side capped) and batches there; crops happen later on
 the device. Each rank and worker draws its own shard sequence from a seed. A shard that cannot
@@ -37,23 +37,22 @@ import logging
 import os
 import random
 import tarfile
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
+from annoboot.batch import ImageBatch
 from annoboot.config import check_mix_weights
-from annoboot.data.base import ImageBatch
-from annoboot.data.image_folder import (
+from annoboot.data.captions import sample_caption
+from annoboot.data.decode import (
     IMAGE_EXTENSIONS,
-    _exif_orientation,
-    capped_size,
+    DeviceDecoder,
     decode_image,
+    exif_orientation,
     failure_reason,
     open_image,
 )
@@ -93,16 +92,6 @@ def expand_shard_pattern(pattern: str) -> List[str]:
     return [u for u in urls if u not in missing]
 
 
-def sample_caption(sample: Dict[str, Any]) -> Optional[str]:
-    """The sample's ``txt`` member (first line, stripped), or None when it has none or it is empty."""
-    raw = sample.get("txt")
-    if raw is None:
-        return None
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-    lines = text.strip().splitlines()
-    return lines[0].strip() or None if lines else None
-
-
 def decode_sample(
     sample: Dict[str, Any], max_short_side: int, require_caption: bool = False
 ) -> Tuple[Optional[torch.Tensor], None, Optional[str], Optional[str]]:
@@ -132,7 +121,7 @@ def read_sample(
     (n,) uint8 tensor, for the batched device decoder; any other image is decoded here as
     ``pixels`` (3, H, W) uint8, short side capped. Both None: skipped, for ``reason``.
     Only the header is parsed for a JPEG (format, mode, EXIF; and the pixel cap of
-    :func:`~annoboot.data.image_folder.open_image`).
+    :func:`~annoboot.data.decode.open_image`).
     """
     caption = sample_caption(sample)
     if require_caption and caption is None:
@@ -143,7 +132,7 @@ def read_sample(
     data = sample[key]
     try:
         with open_image(io.BytesIO(data)) as header:  # and the pixel cap: the device decoder has none
-            plain_jpeg = header.format == "JPEG" and header.mode in ("RGB", "L") and _exif_orientation(header) == 1
+            plain_jpeg = header.format == "JPEG" and header.mode in ("RGB", "L") and exif_orientation(header) == 1
         if plain_jpeg:
             return None, torch.frombuffer(bytearray(data), dtype=torch.uint8), caption, None
         return decode_image(io.BytesIO(data), max_short_side), None, caption, None
@@ -175,107 +164,6 @@ def split_jpegs(jpeg_bytes: torch.Tensor, jpeg_lengths: torch.Tensor) -> List[Op
     sample's JPEG as a view of ``jpeg_bytes`` (no copy), None where its length is 0."""
     parts = torch.split(jpeg_bytes, jpeg_lengths.tolist())
     return [part if len(part) else None for part in parts]
-
-
-def cap_short_side(image: torch.Tensor, max_short_side: int) -> torch.Tensor:
-    """(C, H, W) uint8 -> the same with min(H, W) <= max_short_side, on its own device: an
-    antialiased bilinear downscale to the size :func:`decode_image` gives (never upscaled)."""
-    height, width = image.shape[-2:]
-    new_width, new_height = capped_size(width, height, max_short_side)
-    if (new_height, new_width) == (height, width):
-        return image
-    resized = F.interpolate(
-        image[None].float(), size=(new_height, new_width), mode="bilinear", antialias=True, align_corners=False
-    )
-    return resized[0].round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _torchvision_decode_jpeg(data: "torch.Tensor | List[torch.Tensor]", device: torch.device):
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-
-
-def _decode_in_batches(jpegs: List[torch.Tensor], device: torch.device) -> List[Optional[torch.Tensor]]:
-    """torchvision's batched decode of ``jpegs`` -> their images (uncapped), None for a JPEG it
-    rejects. One bad file fails the whole call, so a failed call is retried as two halves: the
-    good JPEGs still decode in batches, and a bad one costs about 2 log2(n) calls, not n."""
-    try:
-        return list(_torchvision_decode_jpeg(jpegs, device))
-    except RuntimeError:
-        if len(jpegs) == 1:
-            return [None]
-    half = len(jpegs) // 2
-    return _decode_in_batches(jpegs[:half], device) + _decode_in_batches(jpegs[half:], device)
-
-
-def decode_jpegs(
-    jpegs: List[torch.Tensor], device: torch.device, max_short_side: int
-) -> List[Tuple[Optional[torch.Tensor], Optional[str]]]:
-    """Encoded JPEGs (CPU uint8 tensors) -> [(image (3, H, W) uint8 on ``device``, short side
-    capped, or None, skip reason or None)]. Batched decodes (halved on failure, see
-    :func:`_decode_in_batches`); a JPEG the device decoder rejects alone is retried with the CPU
-    decoder of :func:`decode_image`; what neither decodes is skipped with its reason. On CUDA,
-    call it through :class:`DeviceDecoder`."""
-    if not jpegs:
-        return []
-    # Every torchvision call before the caps and CPU fallbacks: the decoder writes without waiting
-    # for work queued on the stream it allocates on, and a cap's freed temporaries are such memory.
-    decoded = _decode_in_batches(list(jpegs), device)
-    results: List[Tuple[Optional[torch.Tensor], Optional[str]]] = []
-    for jpeg, image in zip(jpegs, decoded):
-        if image is not None:
-            results.append((cap_short_side(image, max_short_side), None))
-            continue
-        data = jpeg.numpy().tobytes()
-        try:
-            results.append((decode_image(io.BytesIO(data), max_short_side).to(device), None))
-        except Exception as exc:
-            log.debug("undecodable JPEG of %d bytes", len(data))
-            results.append((None, failure_reason(exc, len(data))))
-    return results
-
-
-class DeviceDecoder:
-    """:func:`decode_jpegs` on ``device``; on CUDA on a stream of its own (created at first use),
-    ordered against the consumer's stream (the one current when called).
-
-    torchvision 0.29's CUDA decoder (``torch.ops.image.decode_jpegs_cuda``) allocates its outputs
-    on the caller's current stream but writes them from a private stream that never waits for
-    the caller's (it only host-synchronises the private one); nvJPEG's hardware engine is also
-    reported to ignore device-side waits (pytorch/vision#9606). Called on the training stream, it
-    can be handed a block that the previous step's backward / optimizer / EMA kernels, still
-    queued, are reading. So the decode allocates from this stream's memory pool, which holds only
-    this decoder's blocks, and the host first waits for this stream: none of those blocks is then
-    in use (usually at no cost: that work is the previous batch's, queued a step ago). The stream
-    then waits for the consumer's, decodes and caps; the consumer waits for it and records its use
-    of every output, so an output's block returns to the pool only once the consumer is done with
-    it. On a CPU device it is plain :func:`decode_jpegs`.
-    """
-
-    def __init__(self, device: torch.device | str):
-        self.device = torch.device(device)
-        self._stream: Optional[torch.cuda.Stream] = None
-
-    def decode(
-        self, jpegs: List[torch.Tensor], max_short_side: int
-    ) -> List[Tuple[Optional[torch.Tensor], Optional[str]]]:
-        if self.device.type != "cuda" or not jpegs:
-            return decode_jpegs(jpegs, self.device, max_short_side)
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(self.device)
-        decode_stream, consumer = self._stream, torch.cuda.current_stream(self.device)
-        decode_stream.synchronize()  # its pool's blocks are free of queued work: see the class docstring
-        decode_stream.wait_stream(consumer)
-        with torch.cuda.stream(decode_stream):
-            results = decode_jpegs(jpegs, self.device, max_short_side)
-        consumer.wait_stream(decode_stream)
-        for image, _ in results:
-            if image is not None:
-                image.record_stream(consumer)
-        return results
 
 
 class UnreadableShards(AnnobootError):

@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from annoboot.data.base import ImageBatch, ImageSource
+from annoboot.batch import ImageBatch
+from annoboot.data.base import ImageSource
 from annoboot.errors import AnnobootError
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def with_caption_tokens(item: Tuple[Any, ...], tokenize: Tokenize) -> Tuple[Any,
 
 def skip_reasons(items: Sequence[Tuple[Any, ...]]) -> Dict[str, int]:
     """{reason: count} of the items whose image is None; an item's 4th field, when it has one,
-    says why (see :func:`annoboot.data.image_folder.failure_reason`)."""
+    says why (see :func:`annoboot.data.decode.failure_reason`)."""
     reasons = Counter(item[3] if len(item) > 3 and item[3] else "undecodable" for item in items if item[0] is None)
     return dict(reasons)
 

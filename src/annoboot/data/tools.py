@@ -7,18 +7,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from annoboot.data.image_folder import decode_image, failure_reason, load_image_file, scan_image_files
+from annoboot.data.captions import caption_from_txt_twin
+from annoboot.data.decode import decode_image, failure_reason, load_image_file
+from annoboot.data.image_folder import scan_image_files
 from annoboot.data.shards import count_shard_samples, expand_shard_pattern, write_shards
 from annoboot.errors import AnnobootError
-
-
-def caption_beside(image_path: str) -> Optional[str]:
-    """First line of ``<image stem>.txt`` next to the image, if there is one."""
-    text = Path(image_path).with_suffix(".txt")
-    if not text.is_file():
-        return None
-    lines = text.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-    return lines[0].strip() if lines else None
 
 
 def folder_to_shards(folder: str, pattern: str, max_count: int = 10_000, captions: str = "txt") -> Dict[str, object]:
@@ -42,7 +35,7 @@ def folder_to_shards(folder: str, pattern: str, max_count: int = 10_000, caption
         files = scan_image_files(root)
         if not files.paths:
             raise AnnobootError(f"no images under {folder}")
-        pairs = [(path, caption_beside(path)) for path in files.paths]
+        pairs = [(path, caption_from_txt_twin(path)) for path in files.paths]
         report["skipped_non_regular_files"] = len(files.special)
     else:
         raise AnnobootError(f"--captions must be txt, openclipart or tuxpaint, got '{captions}'")

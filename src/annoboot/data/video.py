@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from annoboot.data.base import ImageSource
-from annoboot.data.image_folder import capped_size
+from annoboot.data.decode import capped_size
 from annoboot.errors import AnnobootError
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from annoboot.batch import ImageBatch
 from annoboot.config import EvalConfig
-from annoboot.data.base import ImageBatch, ImageSource, InMemoryImageSource
+from annoboot.data.base import ImageSource, InMemoryImageSource
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 from annoboot.eval import PROBES, TOKEN_PROBES, evaluate

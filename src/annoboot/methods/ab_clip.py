@@ -18,8 +18,8 @@ from typing import Dict, Sequence
 import torch
 
 from annoboot import distributed
+from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.data.base import ImageBatch
 from annoboot.methods.base import Method, StepOutput
 from annoboot.methods.bootstrapping import (
     ValueFunction,

@@ -19,8 +19,8 @@ from typing import Dict, Tuple
 import torch
 from torch import nn
 
+from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.data.base import ImageBatch
 from annoboot.methods.base import Method, StepOutput
 from annoboot.methods.bootstrapping import (
     ValueFunction,

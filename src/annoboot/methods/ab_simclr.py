@@ -16,8 +16,8 @@ from typing import Dict
 import torch
 
 from annoboot import distributed
+from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.data.base import ImageBatch
 from annoboot.methods.base import Method, StepOutput
 from annoboot.methods.bootstrapping import (
     ValueFunction,

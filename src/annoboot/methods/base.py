@@ -8,10 +8,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.data.base import ImageBatch
 from annoboot.models.encoder import Encoder
-
 
 # A metric the logger reports as a rate over its interval (summed numerator / summed
 # denominator, e.g. agreement hits over view pairs) rather than a mean of per-step values: the

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from annoboot.actions import action_tokens, box_iou, pairwise_relative_boxes, sample_crop_boxes
+from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.data.base import ImageBatch
 from annoboot.methods.base import rate_metric
 from annoboot.models import LogitScale, ValueDecoder
 from annoboot.objectives import agreement_by_iou, bootstrap_loss, td_target

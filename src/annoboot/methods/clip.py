@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from annoboot.actions import sample_crop_boxes
+from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.data.base import ImageBatch
 from annoboot.errors import AnnobootError
 from annoboot.methods.base import Method, StepOutput
 from annoboot.models import CaptionTokenizer, LogitScale, TextEncoder, build_encoder

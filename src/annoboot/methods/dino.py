@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from annoboot import distributed
 from annoboot.actions import sample_crop_boxes
+from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.data.base import ImageBatch
 from annoboot.methods.base import Method, StepOutput
 from annoboot.models import DINOHead, Encoder, build_encoder
 from annoboot.objectives import dino_loss, entropy, kl_to_uniform, teacher_distribution, update_center

@@ -7,8 +7,8 @@ from typing import Dict
 import torch
 
 from annoboot.actions import sample_crop_boxes
+from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.data.base import ImageBatch
 from annoboot.methods.base import Method, StepOutput
 from annoboot.models import Projector, build_encoder
 from annoboot.objectives import nt_xent

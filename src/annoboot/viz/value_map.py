@@ -28,7 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from annoboot.actions import relative_box
-from annoboot.data.base import ImageBatch, ImageSource
+from annoboot.batch import ImageBatch
+from annoboot.data.base import ImageSource
 from annoboot.errors import AnnobootError
 from annoboot.methods import Method
 from annoboot.views import full_image_boxes, render_full_images, render_views
