@@ -1,19 +1,14 @@
-"""The command line: help, the pretrain -> eval -> export path, and one-line errors."""
+"""The command line: help, the pretrain -> eval -> export path, and a recipe run from the CLI
+(the one-line errors of bad input are end-to-end tests: tests/e2e/test_e2e_cli.py)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import timm
 import torch
+from helpers import TINY, TINY_TEXT, needs_fmnist, needs_openclipart, run_cli
 
 from annoboot.cli import main
-from conftest import TINY, needs_fmnist
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "annoboot.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_help_lists_the_commands():
@@ -21,33 +16,6 @@ def test_help_lists_the_commands():
     assert out.returncode == 0
     for command in ("pretrain", "eval", "export"):
         assert command in out.stdout
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "args,culprit",
-    [
-        (["pretrain", "data.annotation.root=/nowhere/fmnist", "train.steps=1"], "/nowhere/fmnist"),
-        (["pretrain", "train.stepz=3"], "train.stepz"),
-        (["pretrain", "train.steps=three"], "train.steps"),
-        (["pretrain", "--config", "/nowhere/recipe.yaml"], "/nowhere/recipe.yaml"),
-        (["pretrain", "data.annotation.kind=image_folder", "data.annotation.root=/nowhere/images"], "/nowhere/images"),
-        (["pretrain", "model.backbone=vit_nonexistent_model", "train.device=cpu"], "vit_nonexistent_model"),
-        (["eval", "/nowhere/run"], "/nowhere/run"),
-    ],
-)
-def test_bad_input_ends_in_one_clear_line(args, culprit):
-    out = run_cli(*args)
-    assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.startswith("annoboot: error:")]
-    assert len(lines) == 1 and culprit in lines[0], out.stderr
-
-
-@pytest.mark.slow
-def test_missing_fashion_mnist_says_how_to_install():
-    out = run_cli("pretrain", "data.annotation.root=/nowhere/fmnist", "train.steps=1")
-    assert "apt-get install dataset-fashion-mnist" in out.stderr
 
 
 @needs_fmnist
@@ -73,3 +41,39 @@ def test_pretrain_eval_export_round_trip(tmp_path, capsys):
     model = timm.create_model(meta["backbone"], pretrained=True, num_classes=0,
                               pretrained_cfg_overlay=dict(file=str(out_file)), **meta["create_kwargs"]).eval()
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 192)
+
+
+RECIPE_TINY = TINY_TEXT + [
+    "model.backbone_kwargs={patch_size: 8, depth: 2}",
+    "model.decoder_depth=1",
+    "views.img_size=32",
+    "train.device=cpu",
+    "train.progress=false",
+    "train.steps=3",
+    "train.batch_size=32",
+    "train.warmup_steps=1",
+    "data.annotation.num_workers=0",
+    "data.annotation.limit=256",
+    "eval.train.num_workers=0",
+    "eval.test.num_workers=0",
+    "eval.train.limit=128",
+    "eval.test.limit=64",
+    "eval.retrieval.limit=40",
+    "eval.probes=[knn]",
+]
+
+
+@needs_openclipart
+def test_openclipart_ab_clip_recipe_runs_end_to_end_from_the_cli(tmp_path, capsys):
+    import json
+
+    from annoboot.cli import main
+
+    method = "ab_clip"  # the CLIP recipe is the same but for the method (tested above)
+    run_dir = tmp_path / method
+    code = main(["pretrain", "--config", f"configs/openclipart_{method}.yaml", *RECIPE_TINY, f"train.out_dir={run_dir}"])
+    assert code == 0
+    results = json.loads((run_dir / "eval.json").read_text())
+    assert 0 <= results["zero_shot"] <= 100 and results["zero_shot_chance"] == pytest.approx(100 / 22)
+    assert results["retrieval"]["num_pairs"] == 40
+    assert "zero-shot" in capsys.readouterr().out

@@ -82,3 +82,25 @@ def test_every_recipe_loads_and_names_its_command_and_result(recipe):
         assert field in header, f"{recipe} header lacks '{field}'"
     placeholders = re.findall(r"\b[A-Z]+_[A-Z_]+\b", header)  # e.g. MEASURED_RESULT left by a draft
     assert not placeholders, f"{recipe} header still holds {placeholders}"
+
+
+def test_the_clip_and_abclip_recipes_differ_only_in_the_method():
+    clip, ab = (load_config(f"configs/openclipart_{name}.yaml") for name in ("clip", "ab_clip"))
+    assert (clip.method.name, ab.method.name) == ("clip", "ab_clip")
+    for section in ("data", "model", "train", "eval"):
+        a, b = getattr(clip, section), getattr(ab, section)
+        differing = [k for k in vars(a) if getattr(a, k) != getattr(b, k) and not k.startswith("decoder") and k != "out_dir"]
+        assert not differing, (section, differing)
+
+
+@pytest.mark.parametrize("weights, problem", [([1.0], "1 weight"), ([1.0, -0.5], ">= 0"), ([0.0, 0.0], "positive sum")])
+def test_mix_weights_are_checked_against_the_patterns(tmp_path, weights, problem):
+    from annoboot.config import load_config
+
+    overrides = ["data.bootstrap.kind=webdataset", f"data.bootstrap.root={tmp_path / 'a.tar'}::{tmp_path / 'b.tar'}",
+                 f"data.bootstrap.mix_weights=[{', '.join(map(str, weights))}]"]
+    with pytest.raises(AnnobootError, match=f"data.bootstrap.mix_weights.*{problem}"):
+        load_config(None, overrides)
+    with pytest.raises(AnnobootError, match="webdataset only"):
+        load_config(None, ["data.annotation.kind=image_folder", "data.annotation.root=x",
+                           "data.annotation.mix_weights=[1]"])

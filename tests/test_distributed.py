@@ -1,61 +1,23 @@
-"""torchrun with 2 CPU processes (gloo) trains like 1 process on the same global batch."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""annoboot.distributed: SyncBatchNorm conversion (the torchrun runs are in tests/e2e)."""
 
 import pytest
+import timm
 import torch
 
-from conftest import TINY, TINY_TEXT, needs_fmnist, needs_tuxpaint
-
-pytestmark = [needs_fmnist, pytest.mark.slow]
-WORKER = Path(__file__).with_name("distributed_worker.py")
-
-# Views that do not depend on the random stream (full-image crops, no photometric change), so
-# that 1 and 2 processes see identical pixels; no BatchNorm (per-process on CPU); float32, since
-# bf16 rounds the two layouts' matrix products differently (0.25% apart in the gradients).
-DETERMINISTIC = [
-    "train.precision=fp32",
-    "views.crop_scale=[1.0,1.0]",
-    "views.crop_ratio=[1.0,1.0]",
-    "views.bootstrap_scale=[1.0,1.0]",
-    "views.flip_prob=0.0",
-    "views.jitter_prob=0.0",
-    "views.grayscale_prob=0.0",
-    "model.projector_bn=false",
-    "train.batch_size=16",
-    "data.annotation.limit=256",
-]
-
-
-# CLIP family: captioned real images (Tux Paint), whole-image views, a tiny text tower.
-CAPTIONED = TINY_TEXT + ["data.annotation.kind=tuxpaint", "data.annotation.num_workers=0", "views.clip_scale=[1.0,1.0]"]
-
-
-def run_worker(tmp_path, method, nproc):
-    out = tmp_path / f"{method}_{nproc}.pt"
-    extra = CAPTIONED if method.endswith("clip") else []
-    overrides = TINY + DETERMINISTIC + extra + [f"train.out_dir={tmp_path / f'run{nproc}'}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(29600 + nproc),
-           str(WORKER), str(out), method, *overrides]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(out)
+from annoboot import distributed
 
 
 @pytest.mark.parametrize(
-    "method", ["simclr", "ab_simclr", pytest.param("clip", marks=needs_tuxpaint), pytest.param("ab_clip", marks=needs_tuxpaint)]
+    "backbone", ["vit_tiny_patch16_224", "resnet18", "efficientnet_b0", "regnety_002", "convnext_atto"]
 )
-def test_two_processes_match_one_on_the_same_global_batch(tmp_path, method):
-    one = run_worker(tmp_path, method, 1)
-    two = run_worker(tmp_path, method, 2)
-    assert two["world_size"] == 2
-    assert torch.allclose(one["loss"], two["loss"], rtol=1e-4, atol=1e-5), (one["loss"], two["loss"])
-    assert one["grads"].keys() == two["grads"].keys()
-    worst = max(
-        ((one["grads"][k] - two["grads"][k]).norm() / one["grads"][k].norm().clamp_min(1e-12)).item() for k in one["grads"]
-    )
-    assert worst < 1e-3, worst
+def test_sync_batchnorm_conversion_keeps_every_documented_family_unchanged(backbone):
+    # torch's own converter drops the activation timm fuses into BatchNormAct2d: efficientnet_b0
+    # then differs by about 1.2 and regnety_002 by 0.4 on this input.
+    torch.manual_seed(0)
+    kwargs = {"img_size": 32} if backbone.startswith("vit") else {}
+    model = timm.create_model(backbone, pretrained=False, num_classes=0, **kwargs).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(images)
+        after = distributed.sync_batchnorm(model).eval()(images)
+    assert torch.equal(before, after)

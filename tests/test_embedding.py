@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from helpers import TINY, needs_fmnist
 from PIL import Image
 
 import annoboot
@@ -16,7 +17,6 @@ from annoboot.config import SourceConfig, load_config
 from annoboot.data import build_source
 from annoboot.errors import AnnobootError
 from annoboot.train import Trainer
-from conftest import TINY, needs_fmnist
 
 pytestmark = needs_fmnist
 

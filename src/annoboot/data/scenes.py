@@ -5,7 +5,7 @@ and sizes over a black background with faint clutter (patches cut from other ite
 scene keeps, for evaluation only, the box (normalised xyxy) and label of every item, and has a
 weak caption that names some, not all, of its item classes in varied wording.
 
-Rules the generator keeps (tests/test_scenes.py checks them):
+Rules the generator keeps (tests/data/test_data_scenes.py checks them):
 
 - a scene of split s draws its items and clutter from the Fashion-MNIST split s and no other:
   :func:`generate_scenes` only ever sees one pool, and :class:`SceneSource` builds that pool

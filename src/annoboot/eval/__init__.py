@@ -2,7 +2,8 @@
 on tokens.
 
 :func:`evaluate` extracts the features of a labelled train and test source once (tokens only
-when a token probe is asked for) and runs the probes named in ``EvalConfig.probes``;
+when a token probe is asked for) and runs the probes named in ``EvalConfig.probes``
+(:func:`annoboot.eval.probes.run_probes`, shared with the multi-label scene probes);
 :func:`format_results_table` prints the outcome. Each probe is also usable on its own:
 :func:`knn_accuracy`, :func:`linear_probe`, :func:`map_probe`, :func:`decoder_probe` take plain
 tensors.
@@ -19,16 +20,15 @@ from annoboot.config import EvalConfig
 from annoboot.data.base import ImageSource
 from annoboot.data.workers import decode_workers
 from annoboot.errors import AnnobootError
-from annoboot.eval.decoder_probe import DecoderHead, check_decoder_options, decoder_probe, decoder_width
+from annoboot.eval.decoder_probe import DecoderHead, decoder_probe
 from annoboot.eval.features import Features, extract_features
+from annoboot.eval.fitting import SINGLE_LABEL
 from annoboot.eval.knn import knn_accuracy, knn_predict
 from annoboot.eval.linear import linear_probe
 from annoboot.eval.map_probe import MAPHead, map_probe
+from annoboot.eval.probes import PROBES, TOKEN_PROBES, check_probe_config, run_probes, wants_tokens
 from annoboot.models.encoder import Encoder
 from annoboot.views import Normalize
-
-PROBES = ("knn", "linear", "map", "decoder")
-TOKEN_PROBES = ("map", "decoder")  # the probes that read tokens (N, T, D), not the pooled vector
 
 
 def _check_sources(train_source: ImageSource, test_source: ImageSource) -> None:
@@ -72,13 +72,10 @@ def evaluate(
          "num_train": N, "num_test": M, "seconds": wall time of the whole evaluation}.
     """
     start = time.perf_counter()
-    unknown = [name for name in cfg.probes if name not in PROBES]
-    if unknown:
-        raise AnnobootError(f"eval.probes holds unknown probe(s) {', '.join(unknown)}; choose from {', '.join(PROBES)}")
-    check_decoder_options(cfg)
+    check_probe_config(cfg)
     _check_sources(train_source, test_source)
     device = torch.device(device)
-    keep_tokens = any(name in cfg.probes for name in TOKEN_PROBES)
+    keep_tokens = wants_tokens(cfg)
     train_workers, test_workers = decode_workers(cfg.train.num_workers), decode_workers(cfg.test.num_workers)
     train = extract_features(
         encoder, train_source, img_size, normalize, cfg.batch_size, device, keep_tokens, train_workers, progress
@@ -87,81 +84,7 @@ def evaluate(
         encoder, test_source, img_size, normalize, cfg.batch_size, device, keep_tokens, test_workers, progress
     )
     num_classes = _num_classes(train_source, train, test)
-
-    results: Dict[str, Any] = {}
-    details: Dict[str, Any] = {}
-    if "knn" in cfg.probes:
-        results["knn"] = knn_accuracy(
-            train.pooled.to(device),
-            train.labels.to(device),
-            test.pooled.to(device),
-            test.labels.to(device),
-            num_classes,
-            k=cfg.knn_k,
-            temperature=cfg.knn_temperature,
-        )
-        details["knn"] = {"k": min(cfg.knn_k, len(train)), "temperature": cfg.knn_temperature}
-    if "linear" in cfg.probes:
-        linear = linear_probe(
-            train.pooled,
-            train.labels,
-            test.pooled,
-            test.labels,
-            num_classes,
-            lrs=tuple(cfg.linear_lrs),
-            epochs=cfg.linear_epochs,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-            device=device,
-            progress=progress,
-        )
-        results["linear"] = linear["test_acc"]
-        details["linear"] = {"epochs": cfg.linear_epochs, **linear}
-    if "map" in cfg.probes:
-        assert train.tokens is not None and test.tokens is not None
-        attention = map_probe(
-            train.tokens,
-            train.labels,
-            test.tokens,
-            test.labels,
-            num_classes,
-            lrs=tuple(cfg.map_lrs),
-            epochs=cfg.map_epochs,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-            device=device,
-            progress=progress,
-        )
-        results["map"] = attention["test_acc"]
-        details["map"] = {"epochs": cfg.map_epochs, "num_tokens": train.tokens.shape[1], **attention}
-    if "decoder" in cfg.probes:
-        assert train.tokens is not None and test.tokens is not None
-        decoder = decoder_probe(
-            train.tokens,
-            train.labels,
-            test.tokens,
-            test.labels,
-            num_classes,
-            lrs=tuple(cfg.decoder_probe_lrs),
-            epochs=cfg.decoder_probe_epochs,
-            depth=cfg.decoder_probe_depth,
-            num_queries=cfg.decoder_probe_queries,
-            dim=cfg.decoder_probe_dim,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-            device=device,
-            progress=progress,
-        )
-        results["decoder"] = decoder["test_acc"]
-        details["decoder"] = {
-            "epochs": cfg.decoder_probe_epochs,
-            "num_tokens": train.tokens.shape[1],
-            "depth": cfg.decoder_probe_depth,
-            "queries": cfg.decoder_probe_queries,
-            "dim": decoder_width(cfg.decoder_probe_dim, train.tokens.shape[2]),
-            **decoder,
-        }
-    results["details"] = details
+    results = run_probes(train, test, train.labels, test.labels, num_classes, cfg, SINGLE_LABEL, device, progress)
     results["num_train"] = len(train)
     results["num_test"] = len(test)
     results["seconds"] = time.perf_counter() - start

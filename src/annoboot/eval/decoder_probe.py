@@ -20,7 +20,7 @@ from torch import nn
 
 from annoboot.config import EvalConfig
 from annoboot.errors import AnnobootError
-from annoboot.eval.linear import check_probe_inputs, fit_and_select_tokens, seeded_heads
+from annoboot.eval.fitting import SINGLE_LABEL, check_probe_inputs, fit_and_select, seeded_heads
 from annoboot.eval.map_probe import default_num_heads
 
 
@@ -165,8 +165,9 @@ def decoder_probe(
     token_dim = train_tokens.shape[2]
     width = decoder_width(dim, token_dim)
     heads = seeded_heads(lambda: DecoderHead(token_dim, num_classes, width, depth, num_queries, num_heads), len(lrs), seed, device)
-    return fit_and_select_tokens(heads, lrs, train_tokens, train_y, test_tokens, test_y, epochs, batch_size, val_fraction,
-                                 seed, device, weight_decay, "decoder probe" if progress else None)
+    return fit_and_select(heads, lrs, train_tokens, train_y, test_tokens, test_y, epochs, batch_size, val_fraction, seed,
+                          device, weight_decay, SINGLE_LABEL, SINGLE_LABEL.chunk_size(batch_size, tokens=True),
+                          "decoder probe" if progress else None)
 
 
 def check_decoder_options(cfg: EvalConfig) -> None:

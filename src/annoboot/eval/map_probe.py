@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from annoboot.eval.linear import check_probe_inputs, fit_and_select_tokens, seeded_heads
+from annoboot.eval.fitting import SINGLE_LABEL, check_probe_inputs, fit_and_select, seeded_heads
 
 
 def default_num_heads(dim: int) -> int:
@@ -114,5 +114,6 @@ def map_probe(
     device = torch.device(device)
     dim = train_tokens.shape[2]
     heads = seeded_heads(lambda: MAPHead(dim, num_classes, num_heads), len(lrs), seed, device)
-    return fit_and_select_tokens(heads, lrs, train_tokens, train_y, test_tokens, test_y, epochs, batch_size, val_fraction,
-                                 seed, device, weight_decay, "MAP probe" if progress else None)
+    return fit_and_select(heads, lrs, train_tokens, train_y, test_tokens, test_y, epochs, batch_size, val_fraction, seed,
+                          device, weight_decay, SINGLE_LABEL, SINGLE_LABEL.chunk_size(batch_size, tokens=True),
+                          "MAP probe" if progress else None)

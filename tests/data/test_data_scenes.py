@@ -1,0 +1,156 @@
+"""Specifications of the Fashion-MNIST scene generator (data/scenes.py): scenes, boxes, weak
+captions, and the scene settings of a config."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from helpers import (
+    needs_fmnist,
+    one_thread,  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
+)
+
+from annoboot.config import ScenesConfig, load_config
+from annoboot.data import build_source
+from annoboot.data.fashion_mnist import FashionMNISTSource
+from annoboot.data.scenes import CHUNK, SceneSource, classes_in_caption, generate_scenes, resize_items, weak_caption
+from annoboot.errors import AnnobootError
+
+SMALL = ScenesConfig(num_scenes=120, canvas=64, items=[2, 5], item_size=[14, 36], pool_limit=3000)
+
+
+def constant_pool(value: int, size: int = 50):
+    """A pool whose every item is a flat square of one grey level, labelled 0..9 in turn."""
+    return torch.full((size, 28, 28), value, dtype=torch.uint8), torch.arange(size) % 10
+
+
+@pytest.fixture(scope="module")
+def fmnist_train():
+    return FashionMNISTSource(split="train", limit=3000)
+
+
+@pytest.fixture(scope="module")
+def fmnist_test():
+    return FashionMNISTSource(split="test", limit=3000)
+
+
+@needs_fmnist
+def test_same_seed_gives_identical_scenes_and_captions_another_seed_differs(fmnist_train):
+    a = SceneSource(SMALL, "train", pool=fmnist_train)
+    b = SceneSource(SMALL, "train", pool=fmnist_train)
+    assert torch.equal(a.in_memory(), b.in_memory())
+    assert a.captions == b.captions
+    assert all(torch.equal(x, y) for x, y in zip(a.item_boxes, b.item_boxes))
+    c = SceneSource(ScenesConfig(**{**SMALL.__dict__, "seed": 1}), "train", pool=fmnist_train)
+    assert not torch.equal(a.in_memory(), c.in_memory())
+    assert a.captions != c.captions
+
+
+def test_a_limit_keeps_a_prefix_of_the_same_scenes():
+    images, labels = constant_pool(200)
+    cfg = ScenesConfig(num_scenes=CHUNK + 40, canvas=32, item_size=[8, 16])
+    full = generate_scenes(images, labels, cfg, "train")
+    head = generate_scenes(images, labels, cfg, "train", num_scenes=CHUNK + 5)
+    assert torch.equal(full.images[: CHUNK + 5], head.images)
+    assert full.captions[: CHUNK + 5] == head.captions
+
+
+def test_scenes_use_only_their_own_pool_for_items_and_clutter():
+    # Train items are flat 255, test items flat 100: a train canvas can only hold background 0,
+    # train clutter (255 * contrast) and train items; no value of a test item or its clutter.
+    cfg = ScenesConfig(num_scenes=300, canvas=48, item_size=[10, 24], clutter=6, clutter_contrast=0.3)
+    train = generate_scenes(*constant_pool(255), cfg, "train")
+    test = generate_scenes(*constant_pool(100), cfg, "test")
+    assert set(train.images.unique().tolist()) <= {0, round(255 * 0.3), 255}
+    assert set(test.images.unique().tolist()) <= {0, round(100 * 0.3), 100}
+    assert train.clutter_indices.numel() > 0 and int(train.item_indices.max()) < 50
+
+
+@needs_fmnist
+def test_a_scene_source_draws_items_from_its_own_split_only(fmnist_train, fmnist_test):
+    for split, pool in (("train", fmnist_train), ("test", fmnist_test)):
+        scenes = SceneSource(SMALL, split, pool=pool)
+        assert scenes.pool_split == split
+        flat = scenes.scenes
+        assert int(flat.item_indices.max()) < len(pool) and int(flat.clutter_indices.max()) < len(pool)
+        assert torch.equal(flat.item_labels, pool.labels[flat.item_indices])
+    with pytest.raises(AnnobootError, match="split 'test'"):
+        SceneSource(SMALL, "train", pool=fmnist_test)
+
+
+@needs_fmnist
+def test_boxes_lie_in_the_canvas_and_frame_the_pasted_item(fmnist_train):
+    scenes = SceneSource(SMALL, "train", pool=fmnist_train)
+    canvas = SMALL.canvas
+    for i, (boxes, indices) in enumerate(zip(scenes.item_boxes, scenes.item_indices)):
+        assert SMALL.items[0] <= len(boxes) <= SMALL.items[1]
+        assert (boxes >= 0).all() and (boxes <= 1).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+        # The last item pasted is covered by nothing: its opaque pixels are on the canvas as resized.
+        x0, y0, x1, y1 = (boxes[-1] * canvas).round().long().tolist()
+        assert x1 - x0 == y1 - y0 and SMALL.item_size[0] <= x1 - x0 <= SMALL.item_size[1]
+        item = resize_items(fmnist_train.in_memory()[indices[-1 :], 0], x1 - x0)[0]
+        region = scenes.in_memory()[i, 0, y0:y1, x0:x1]
+        opaque = item >= 48
+        assert opaque.any() and torch.equal(region[opaque], item[opaque])
+
+
+@needs_fmnist
+def test_single_item_canvases_are_whole_items_and_label_the_largest_item(fmnist_train):
+    cfg = ScenesConfig(**{**SMALL.__dict__, "single_fraction": 1.0})
+    scenes = SceneSource(cfg, "train", pool=fmnist_train)
+    assert all(torch.equal(b, torch.tensor([[0.0, 0.0, 1.0, 1.0]])) for b in scenes.item_boxes)
+    assert torch.equal(scenes.labels, torch.cat(scenes.item_labels))
+    mixed = SceneSource(SMALL, "train", pool=fmnist_train)
+    for boxes, labels, label in zip(mixed.item_boxes, mixed.item_labels, mixed.labels):
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        assert label in labels[area == area.max()]
+
+
+def test_generating_many_scenes_takes_seconds():
+    import time
+
+    images = torch.randint(0, 256, (1000, 28, 28), dtype=torch.uint8)
+    start = time.perf_counter()
+    generate_scenes(images, torch.arange(1000) % 10, ScenesConfig(num_scenes=3000), "train")
+    assert time.perf_counter() - start < 5  # 20k scenes take about 4 s on one shared core
+
+
+@needs_fmnist
+def test_captions_name_present_classes_and_never_all_of_several(fmnist_train):
+    scenes = SceneSource(ScenesConfig(**{**SMALL.__dict__, "num_scenes": 400}), "train", pool=fmnist_train)
+    wordings = set()
+    for caption, named, labels in zip(scenes.captions, scenes.named_classes, scenes.item_labels):
+        present = set(labels.tolist())
+        assert classes_in_caption(caption) == named  # the text names exactly these classes
+        assert named and set(named) <= present
+        if len(present) >= 2:
+            assert len(named) < len(present)
+        wordings.add(caption.split(" ")[0])
+    assert len(wordings) >= 5  # varied templates
+
+
+def test_caption_counts_are_true_counts():
+    rng = random.Random(0)
+    for _ in range(200):
+        text, named = weak_caption([7, 7, 7, 8], rng)
+        if named == [7] and ("two" in text or "four" in text):
+            pytest.fail(f"three sneakers counted wrong: {text!r}")
+        assert named in ([7], [8])
+
+
+@needs_fmnist
+def test_a_config_with_kind_fmnist_scenes_builds_a_captioned_source():
+    cfg = load_config(None, ["data.annotation.kind=fmnist_scenes", "data.annotation.scenes.num_scenes=50",
+                             "data.annotation.scenes.pool_limit=500", "data.annotation.split=test"])
+    source = build_source(cfg.data.annotation)
+    assert isinstance(source, SceneSource) and len(source) == 50 and source.pool_split == "test"
+    assert source.in_memory().shape == (50, 1, 96, 96) and len(source.captions) == 50
+
+
+def test_bad_scene_settings_name_the_option():
+    with pytest.raises(AnnobootError, match="data.bootstrap.scenes.item_size"):
+        load_config(None, ["data.bootstrap={kind: fmnist_scenes}", "data.bootstrap.scenes.item_size=[20, 200]"])
+    with pytest.raises(AnnobootError, match="data.annotation.scenes.items"):
+        load_config(None, ["data.annotation.kind=fmnist_scenes", "data.annotation.scenes.items=[3, 1]"])

@@ -1,0 +1,60 @@
+"""torchrun with 2 CPU processes (gloo) trains like 1 process on the same global batch."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY, TINY_TEXT, needs_fmnist, needs_tuxpaint
+
+pytestmark = [needs_fmnist, pytest.mark.slow]
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+# Views that do not depend on the random stream (full-image crops, no photometric change), so
+# that 1 and 2 processes see identical pixels; no BatchNorm (per-process on CPU); float32, since
+# bf16 rounds the two layouts' matrix products differently (0.25% apart in the gradients).
+DETERMINISTIC = [
+    "train.precision=fp32",
+    "views.crop_scale=[1.0,1.0]",
+    "views.crop_ratio=[1.0,1.0]",
+    "views.bootstrap_scale=[1.0,1.0]",
+    "views.flip_prob=0.0",
+    "views.jitter_prob=0.0",
+    "views.grayscale_prob=0.0",
+    "model.projector_bn=false",
+    "train.batch_size=16",
+    "data.annotation.limit=256",
+]
+
+# CLIP family: captioned real images (Tux Paint), whole-image views, a tiny text tower.
+CAPTIONED = TINY_TEXT + ["data.annotation.kind=tuxpaint", "data.annotation.num_workers=0", "views.clip_scale=[1.0,1.0]"]
+
+
+def run_worker(tmp_path, method, nproc):
+    out = tmp_path / f"{method}_{nproc}.pt"
+    extra = CAPTIONED if method.endswith("clip") else []
+    overrides = TINY + DETERMINISTIC + extra + [f"train.out_dir={tmp_path / f'run{nproc}'}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(29600 + nproc),
+           str(WORKER), str(out), method, *overrides]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out)
+
+
+@pytest.mark.parametrize(
+    "method", ["simclr", "ab_simclr", pytest.param("clip", marks=needs_tuxpaint), pytest.param("ab_clip", marks=needs_tuxpaint)]
+)
+def test_two_processes_match_one_on_the_same_global_batch(tmp_path, method):
+    one = run_worker(tmp_path, method, 1)
+    two = run_worker(tmp_path, method, 2)
+    assert two["world_size"] == 2
+    assert torch.allclose(one["loss"], two["loss"], rtol=1e-4, atol=1e-5), (one["loss"], two["loss"])
+    assert one["grads"].keys() == two["grads"].keys()
+    worst = max(
+        ((one["grads"][k] - two["grads"][k]).norm() / one["grads"][k].norm().clamp_min(1e-12)).item() for k in one["grads"]
+    )
+    assert worst < 1e-3, worst

@@ -1,0 +1,51 @@
+"""The value-map localisation score: exact on hand-made value functions, chance without moves."""
+
+import pytest
+import torch
+from helpers import SCENES, TINY, needs_fmnist
+
+from annoboot.config import load_config
+from annoboot.data.scenes import SceneSource
+from annoboot.eval.localisation import centres_inside, localisation_score, score_moves, summarise
+from annoboot.methods import build_method
+from annoboot.viz.value_map import grid_boxes
+
+
+def test_a_value_function_that_knows_the_box_scores_every_item_and_a_constant_one_scores_chance():
+    boxes = grid_boxes(8, 1 / 8).reshape(-1, 4)
+    items = [torch.tensor([0.1, 0.2, 0.45, 0.6]), torch.tensor([0.5, 0.5, 1.0, 1.0]), torch.tensor([0.0, 0.0, 0.3, 0.3])]
+    knows, constant = [], []
+    for box in items:
+        in_box = centres_inside(boxes, box)
+        m = int(in_box.sum())
+        assert 0 < m < 64
+        knows.append(score_moves(in_box.float() + 0.01 * torch.rand(64), in_box))
+        constant.append(score_moves(torch.full((64,), 0.3), in_box))
+        assert constant[-1].chance_hit == pytest.approx(m / 64)
+        assert constant[-1].chance_best_rank == pytest.approx(65 / (m + 1))
+    best, flat = summarise(knows), summarise(constant)
+    assert best["hit_rate"] == 100.0 and best["mean_best_rank"] == 1.0
+    assert flat["hit_rate"] == pytest.approx(flat["chance_hit_rate"])
+    assert flat["mean_best_rank"] == pytest.approx(flat["chance_mean_best_rank"])
+    # A value function pointing away from the box: no hit, and the best in-box move ranks last of all.
+    worst = score_moves(-centres_inside(boxes, items[0]).float(), centres_inside(boxes, items[0]))
+    assert worst.hit == 0.0 and worst.best_rank == 64 - int(centres_inside(boxes, items[0]).sum()) + 1
+
+
+def test_no_item_inside_any_centre_is_skipped():
+    boxes = grid_boxes(2, 0.5).reshape(-1, 4)
+    assert score_moves(torch.rand(4), centres_inside(boxes, torch.tensor([0.0, 0.0, 0.1, 0.1]))) is None
+
+
+@needs_fmnist
+def test_a_run_without_action_tokens_scores_exactly_chance_and_one_with_them_differs():
+    source = SceneSource(SCENES, "test")
+    overrides = TINY + ["method.name=ab_simclr", "views.img_size=32"]
+    flat = build_method(load_config(None, overrides + ["method.action_tokens=false"])).eval()
+    score = localisation_score(flat, source, grid=6, scenes=12)
+    assert score["items"] >= 24
+    assert score["hit_rate"] == pytest.approx(score["chance_hit_rate"], abs=1e-6)
+    assert score["mean_best_rank"] == pytest.approx(score["chance_mean_best_rank"], abs=1e-6)
+    moving = build_method(load_config(None, overrides)).eval()
+    other = localisation_score(moving, source, grid=6, scenes=12)
+    assert other["mean_best_rank"] != pytest.approx(other["chance_mean_best_rank"], abs=1e-6)

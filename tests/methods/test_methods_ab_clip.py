@@ -1,0 +1,69 @@
+"""ABCLIP: values over the annotation captions, and training on caption shards."""
+
+import torch
+from helpers import TINY, TINY_TEXT, TUXPAINT_ROOT, needs_fmnist, needs_tuxpaint
+
+from annoboot.batch import ImageBatch
+from annoboot.config import load_config
+from annoboot.methods import ABCLIP, build_method
+
+
+@needs_fmnist
+def test_abclip_values_range_over_the_annotation_captions(tiny_config, monkeypatch):
+    cfg = tiny_config(*TINY_TEXT, "method.name=ab_clip", "train.batch_size=16", "views.bootstrap_views=3")
+    method = build_method(cfg)
+    target = build_method(cfg)
+    target.load_state_dict(method.state_dict())
+    seen = {}
+
+    import annoboot.methods.ab_clip as ab_clip_module
+
+    real = ab_clip_module.bootstrap_objective
+
+    def spy(logits, targets, boxes, drop_self_pairs):
+        seen["logits"], seen["targets"] = logits.detach(), targets
+        return real(logits, targets, boxes, drop_self_pairs)
+
+    monkeypatch.setattr(ab_clip_module, "bootstrap_objective", spy)
+    images = torch.randint(0, 255, (10, 1, 28, 28), dtype=torch.uint8)
+    sizes = torch.full((10, 2), 28)
+    annotation = ImageBatch(images[:8], sizes[:8], captions=[f"caption {i}" for i in range(8)])
+    bootstrap = ImageBatch(images[8:], sizes[8:])  # uncaptioned: decoupled training
+    out = method.training_step({"annotation": annotation, "bootstrap": bootstrap}, target, 0)
+    assert isinstance(method, ABCLIP) and torch.isfinite(out.loss)
+    # (bootstrap images, source views, target views, annotation captions)
+    assert seen["logits"].shape == (2, 3, 3, 8)
+    assert seen["targets"].shape == (2, 3, 8) and torch.allclose(seen["targets"].sum(-1), torch.ones(2, 3))
+    out.loss.backward()
+    assert method.ab_text_head.net[0].weight.grad is not None  # psi_AB is trained through L_AB
+    assert all(p.grad is None for p in target.parameters())
+
+
+@needs_tuxpaint
+@needs_fmnist
+def test_abclip_trains_on_caption_shards_with_an_uncaptioned_bootstrap_source(tmp_path):
+    from annoboot.cli import main
+    from annoboot.train.trainer import Trainer
+
+    assert main(["data", "write-shards", str(TUXPAINT_ROOT), str(tmp_path / "tux-%03d.tar"), "--captions", "tuxpaint",
+                 "--max-count", "400"]) == 0
+    cfg = load_config(
+        None,
+        TINY + TINY_TEXT + [
+            "method.name=ab_clip",
+            "data.annotation.kind=webdataset",
+            f"data.annotation.root={tmp_path}/tux-{{000..001}}.tar",
+            "data.annotation.num_workers=1",
+            "data.bootstrap={kind: fashion_mnist, limit: 1000}",  # decoupled: uncaptioned images
+            "train.batch_size=32",
+            "train.steps=4",
+            f"train.out_dir={tmp_path / 'run'}",
+        ],
+    )
+    trainer = Trainer(cfg)
+    metrics = trainer.train_step()
+    assert torch.isfinite(metrics["loss/total"]) and "loss/bootstrap" in metrics
+    batch = next(trainer.streams["annotation"])
+    assert batch.captions is not None and all(batch.captions)
+    assert torch.equal(batch.caption_tokens, trainer.method.tokenizer(batch.captions))  # made by the workers
+    assert next(trainer.streams["bootstrap"]).captions is None

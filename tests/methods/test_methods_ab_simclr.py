@@ -1,0 +1,61 @@
+"""ABSimCLR: its variants train, EMA rewards are per view, and the bootstrap split is checked."""
+
+import pytest
+import torch
+from helpers import TINY, needs_fmnist
+
+from annoboot.config import load_config
+from annoboot.errors import AnnobootError
+from annoboot.methods import build_method
+from annoboot.train import Trainer
+from annoboot.train.ema import make_target
+
+pytestmark = needs_fmnist
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        ["method.gamma=0.5", "method.aggregate=mean"],
+        ["method.gamma=0.5", "method.aggregate=max", "method.drop_self_pairs=true"],
+        ["model.backbone=resnet18", "model.backbone_kwargs={}"],
+        ["views.bootstrap_views=2", "method.bootstrap_fraction=0.25"],
+    ],
+    ids=["gamma_mean", "gamma_max_no_self", "cnn_backbone", "two_views"],
+)
+def test_ab_simclr_variants_train(tiny_config, variant):
+    cfg = tiny_config("method.name=ab_simclr", "train.steps=3", "train.log_every=3", *variant)
+    last = Trainer(cfg).fit()
+    assert all(torch.isfinite(torch.tensor(v)) for v in last.values()), last
+    assert last["loss/bootstrap"] > 0
+
+
+def test_the_ema_reward_of_a_view_does_not_depend_on_the_other_bootstrap_views(tiny_config):
+    torch.manual_seed(0)
+    method = build_method(tiny_config("method.name=ab_simclr", "model.projector_bn=true"))
+    target = make_target(method)
+    annotations, views, moves = torch.randn(6, 3, 32, 32), torch.randn(8, 3, 32, 32), torch.zeros(2, 4, 4, 4, dtype=torch.long)
+    others = views.clone()
+    others[4:] = torch.randn(4, 3, 32, 32)  # image 1's views change, image 0's do not
+
+    def rewards(batch_statistics: bool) -> tuple:
+        target.train(batch_statistics)
+        with torch.no_grad():
+            return target.td_targets(annotations, views, moves)[0], target.td_targets(annotations, others, moves)[0]
+
+    target.train(method.target_batch_statistics)  # what the trainer does each step
+    assert not method.target_batch_statistics
+    same, changed = rewards(method.target_batch_statistics)
+    assert torch.allclose(same, changed, atol=1e-6)
+    # With the batch's own statistics the reward of image 0 would move with image 1's views.
+    same, changed = rewards(True)
+    assert (same - changed).abs().max() > 1e-3
+
+
+def test_an_empty_bootstrap_split_is_refused():
+    cfg = load_config(None, TINY + ["method.name=ab_simclr", "train.batch_size=4", "method.bootstrap_fraction=0.1"])
+    with pytest.raises(AnnobootError, match=r"4 x 0\.1 gives 0 bootstrap images"):
+        build_method(cfg)
+    cfg = load_config(None, TINY + ["method.name=ab_simclr", "train.batch_size=3"])  # 2 annotation images, 0.5 bootstrap
+    with pytest.raises(AnnobootError, match=r"equal views .* at train\.batch_size 3 gives 0 bootstrap images"):
+        build_method(cfg)

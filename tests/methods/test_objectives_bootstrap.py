@@ -1,0 +1,88 @@
+"""annoboot.objectives.bootstrap: TD targets, the bootstrap loss and agreement by IoU."""
+
+import math
+
+import pytest
+import torch
+
+from annoboot.objectives import aggregate_next_values, agreement_by_iou, bootstrap_loss, td_target
+
+
+def _two_annotation_case():
+    # One image, 3 views, 2 annotations.
+    reward = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]])
+    q = torch.zeros(1, 3, 3, 2)
+    q[0, 0] = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])  # from view 0 to views 0, 1, 2
+    q[0, 1] = torch.tensor([[0.3, 0.7], [0.5, 0.5], [0.1, 0.9]])
+    q[0, 2] = torch.tensor([[0.5, 0.5], [0.7, 0.3], [0.4, 0.6]])
+    return reward, q
+
+
+def test_td_target_gamma_zero_is_the_reward():
+    reward, q = _two_annotation_case()
+    assert torch.equal(td_target(reward, q, gamma=0.0), reward)
+
+
+def test_td_target_mean_aggregate_hand_computed():
+    reward, q = _two_annotation_case()
+    y = td_target(reward, q, gamma=0.5, aggregate="mean")
+    # View 0: mean of moves to views 1 and 2 = [(0.2+0.6)/2, (0.8+0.4)/2] = [0.4, 0.6]
+    assert torch.allclose(y[0, 0], torch.tensor([0.5 * 1.0 + 0.5 * 0.4, 0.5 * 0.0 + 0.5 * 0.6]))
+    # View 1: moves to views 0 and 2 = [(0.3+0.1)/2, (0.7+0.9)/2] = [0.2, 0.8]
+    assert torch.allclose(y[0, 1], torch.tensor([0.1, 0.9]))
+    assert torch.allclose(y.sum(-1), torch.ones(1, 3))
+
+
+def test_td_target_max_aggregate_is_renormalised_max():
+    reward, q = _two_annotation_case()
+    agg = aggregate_next_values(q, "max")
+    # View 2: moves to 0 and 1: max per annotation = [0.7, 0.5] -> renormalised [7/12, 5/12]
+    assert torch.allclose(agg[0, 2], torch.tensor([7 / 12, 5 / 12]))
+    y = td_target(reward, q, gamma=0.25, aggregate="max")
+    assert torch.allclose(y[0, 2], 0.75 * torch.tensor([0.5, 0.5]) + 0.25 * torch.tensor([7 / 12, 5 / 12]))
+    assert torch.allclose(y.sum(-1), torch.ones(1, 3))
+
+
+def test_td_target_needs_next_values_when_gamma_positive():
+    reward, _ = _two_annotation_case()
+    with pytest.raises(ValueError, match="next_value_probs"):
+        td_target(reward, None, gamma=0.5)
+
+
+def test_bootstrap_loss_hand_computed():
+    # Uniform predictions over L annotations cost log L whatever the target.
+    logits = torch.zeros(2, 3, 3, 4)
+    target = torch.softmax(torch.randn(2, 3, 4), -1)
+    assert bootstrap_loss(logits, target).item() == pytest.approx(math.log(4), rel=1e-6)
+    # A confident correct prediction costs about 0; a confident wrong one a lot.
+    target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    good = torch.tensor([[[[20.0, 0.0], [0.0, 20.0]], [[20.0, 0.0], [0.0, 20.0]]]])
+    assert bootstrap_loss(good, target).item() < 1e-6
+    assert bootstrap_loss(-good, target).item() > 19
+
+
+def test_bootstrap_loss_drop_self_pairs_ignores_the_diagonal():
+    target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 0, 1] = torch.tensor([0.0, 10.0])  # off-diagonal: correct and confident
+    logits[0, 1, 0] = torch.tensor([10.0, 0.0])
+    logits[0, 0, 0] = torch.tensor([-50.0, 50.0])  # diagonal: badly wrong
+    logits[0, 1, 1] = torch.tensor([50.0, -50.0])
+    assert bootstrap_loss(logits, target, drop_self_pairs=True).item() < 1e-3
+    assert bootstrap_loss(logits, target, drop_self_pairs=False).item() > 40
+
+
+def test_bootstrap_loss_sends_no_gradient_into_the_target():
+    target = torch.softmax(torch.randn(1, 2, 3), -1).requires_grad_()
+    logits = torch.randn(1, 2, 2, 3, requires_grad=True)
+    bootstrap_loss(logits, target).backward()
+    assert target.grad is None and logits.grad is not None
+
+
+def test_agreement_by_iou_counts_pairs_per_bucket():
+    target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # view 0 -> class 0, view 1 -> class 1
+    logits = torch.tensor([[[[5.0, 0.0], [5.0, 0.0]], [[5.0, 0.0], [0.0, 5.0]]]])  # pair (0,1) wrong
+    iou = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    hits, counts = agreement_by_iou(logits, target, iou, (0.0, 1e-6, 0.5, 1.0001))
+    assert counts.tolist() == [2.0, 0.0, 2.0]
+    assert hits.tolist() == [1.0, 0.0, 2.0]

@@ -1,0 +1,97 @@
+"""The trainer on real Fashion-MNIST images: exact resume, RNG states, decoupled bootstrap
+sources, decode workers (the learning runs and SIGTERM are in tests/e2e/test_e2e_train.py)."""
+
+import os
+import shutil
+
+import pytest
+import torch
+from helpers import needs_fmnist
+
+from annoboot.train import Trainer
+from annoboot.train import trainer as trainer_module
+from annoboot.train.checkpoint import checkpoint_path, load_checkpoint, load_latest_valid
+
+pytestmark = needs_fmnist
+
+
+@pytest.mark.parametrize("method", ["simclr", "ab_simclr"])
+def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_config, tmp_path, method):
+    overrides = [f"method.name={method}", "train.steps=6", "train.ckpt_every=3", "train.keep_checkpoints=5", "train.log_every=3"]
+    straight = tiny_config(*overrides)
+    Trainer(straight).fit()
+    final = load_checkpoint(checkpoint_path(straight.train.out_dir, 6))
+
+    # A second run that was "killed" after step 3: only the step-3 checkpoint survives.
+    resumed_dir = tmp_path / "resumed"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint_path(straight.train.out_dir, 3), resumed_dir / "checkpoints")
+    resumed = tiny_config(*overrides, f"train.out_dir={resumed_dir}")
+    trainer = Trainer(resumed, resume=True)
+    assert trainer.step == 3
+    trainer.fit()
+    again = load_checkpoint(checkpoint_path(resumed_dir, 6))
+
+    for key, value in final["method"].items():
+        assert torch.equal(value, again["method"][key]), key
+    if method == "ab_simclr":
+        for key, value in final["target"].items():
+            assert torch.equal(value, again["target"][key]), key
+    assert final["streams"] == again["streams"]
+
+
+def test_resume_restores_rng_states_as_cpu_tensors_on_any_device(tiny_config, monkeypatch):
+    # On a GPU, loading the checkpoint onto the device handed torch.set_rng_state a CUDA tensor
+    # (TypeError). The meta device stands in for the GPU: the RNG states land wherever the
+    # trainer asks the checkpoint to be loaded; the weights stay on the CPU, as a GPU model
+    # would copy them across devices (meta weights cannot be copied at all).
+    cfg = tiny_config("method.name=simclr", "train.steps=2", "train.ckpt_every=2", "train.log_every=2")
+    Trainer(cfg).fit()
+    saved = load_checkpoint(checkpoint_path(cfg.train.out_dir, 2))["rng"][0]["torch"]
+
+    def load_rng_states_onto_map_location(run_dir, map_location="cpu"):
+        path, state = load_latest_valid(run_dir)
+        state["rng"] = [{name: s.to(map_location) for name, s in rng.items()} for rng in state["rng"]]
+        return path, state
+
+    monkeypatch.setattr(trainer_module, "load_latest_valid", load_rng_states_onto_map_location)
+    trainer = Trainer(cfg)
+    trainer.device = torch.device("meta")
+    trainer._resume()
+    assert trainer.step == 2
+    assert torch.equal(torch.get_rng_state(), saved)
+
+
+def _write_photos(folder, count, size=(40, 36)):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(count):
+        pixels = torch.randint(0, 256, (size[1], size[0], 3), dtype=torch.uint8, generator=g)
+        Image.fromarray(pixels.numpy()).save(folder / f"{i:03d}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+
+def test_decoupled_bootstrap_batch_reads_its_own_source(tiny_config, tmp_path):
+    # Base loss on Fashion-MNIST, bootstrapping on a folder of other images (one corrupt).
+    folder = tmp_path / "scenes"
+    _write_photos(folder, 24)
+    cfg = tiny_config("method.name=ab_simclr", "train.steps=3", "train.log_every=3", "data.bootstrap.kind=image_folder",
+                      f"data.bootstrap.root={folder}", "data.bootstrap.num_workers=0")
+    trainer = Trainer(cfg)
+    assert trainer.streams["bootstrap"].source.name != trainer.streams["annotation"].source.name
+    last = trainer.fit()
+    assert last["data/skipped_images"] >= 1  # the corrupt file was met, counted and skipped
+    assert torch.isfinite(torch.tensor(last["loss/total"]))
+
+
+def test_only_streams_that_decode_share_the_cores_as_workers(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    folder = tmp_path / "photos"
+    _write_photos(folder, 24)
+    bootstrap = f"data.bootstrap={{kind: image_folder, root: {folder}, cache_mb: 0}}"  # decoded from files
+    trainer = Trainer(tiny_config("method.name=ab_simclr", bootstrap))
+    assert trainer.streams["annotation"].num_workers == 0  # Fashion-MNIST, in memory
+    assert trainer.streams["bootstrap"].num_workers == 7  # the one decoding stream: all cores but the loop's
