@@ -20,6 +20,7 @@ change in machine load falls on all of them alike; each figure is the median ste
   python benchmarks/throughput.py --quick --parts 15      # + the ABSimCLR step's pieces, timed alone
   python benchmarks/throughput.py                         # GPU: ViT-S/16 at 224 px, batch 256
   python benchmarks/throughput.py --dino                  # + DINO's multi-crop step and its bound
+  python benchmarks/throughput.py --quick --clip          # + CLIP's and ABCLIP's steps on captioned scenes
 
 With --dino, DINO's trainer step (configs/fmnist_dino.yaml with the same encoder: 2 global and
 ``views.local_views`` local crops rendered on the device, student and EMA teacher, head,
@@ -51,6 +52,8 @@ from annoboot.train.trainer import Trainer
 ROOT = Path(__file__).resolve().parent.parent
 CPU_RECIPES = {"simclr": "configs/cpu/fmnist_simclr.yaml", "ab_simclr": "configs/cpu/fmnist_ab_simclr.yaml"}
 GPU_RECIPES = {"simclr": "configs/fmnist_simclr.yaml", "ab_simclr": "configs/fmnist_ab_simclr.yaml"}
+# --clip: image-text steps (text tower, captions tokenised in the stream) on generated captioned scenes.
+CLIP_RECIPES = {"clip": "configs/cpu/scenes_clip.yaml", "ab_clip": "configs/cpu/scenes_ab_clip.yaml"}
 # GPU: the paper's encoder on 256 x 256 Fashion-MNIST-sized inputs would be silly; ViT-S/16 at
 # 224 px on upsampled images measures what the step costs at that scale.
 GPU_OVERRIDES = ["model.backbone=vit_small_patch16_224", "model.backbone_kwargs={}", "views.img_size=224",
@@ -214,6 +217,14 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
         steps["bound_multicrop"] = multicrop_bound_step(cfg, cfg.train.batch_size, device)
         info["bound_multicrop"] = {"views": info["dino"]["views"], "images": 0, "recipe": "encoder only, DINO's crops"}
         order += ["bound_multicrop", "dino"]
+    if args.clip:
+        for name in ("clip", "ab_clip"):
+            recipe = CLIP_RECIPES[name]
+            cfg = load_config(ROOT / recipe, common + [f"train.out_dir={out_dir}/{name}"])
+            steps[name], trainer = trainer_step(cfg)
+            info[name] = {"views": trainer.method.views_per_step(), "images": sum(trainer.method.batch_sizes().values()),
+                          "recipe": recipe}
+        order += ["clip", "ab_clip"]
     first_step = {}
     for name in order:  # warm-up; the first step includes compilation
         start = time.perf_counter()
@@ -235,6 +246,8 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
         "ab_cost_per_view_over_simclr": results["simclr"]["views_per_s"] / results["ab_simclr"]["views_per_s"],
         "device": describe(device, precision, compile_),
     }
+    if args.clip:
+        results["summary"]["ab_clip_cost_per_view_over_clip"] = results["clip"]["views_per_s"] / results["ab_clip"]["views_per_s"]
     if args.dino:
         results["summary"]["dino_over_multicrop_bound"] = results["dino"]["views_per_s"] / results["bound_multicrop"]["views_per_s"]
     if args.parts:
@@ -244,7 +257,7 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
             print(f"{name:<48}{ms:>8.1f}")
         results["ab_simclr_parts_ms"] = parts
     if args.profile:
-        for name in ("simclr", "ab_simclr"):
+        for name in [n for n in ("simclr", "ab_simclr", "clip", "ab_clip") if n in steps]:
             print(f"\n--- {name}: top operators by self time over {args.profile} steps ({precision}, compile {compile_})")
             print(profile_table(steps[name], args.profile, 25))
     return results
@@ -260,6 +273,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per row and round")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dino", action="store_true", help="also time DINO's multi-crop step against its bound")
+    parser.add_argument("--clip", action="store_true",
+                        help="also time CLIP's and ABCLIP's steps on the captioned-scene recipes (configs/cpu/scenes_*)")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="also profile this many steps of each method")
     parser.add_argument("--parts", type=int, default=0, metavar="RUNS",
                         help="also time the pieces of the ABSimCLR step alone (render, encoder, target, decoder, EMA, AdamW)")
@@ -278,7 +293,7 @@ def main() -> int:
                 print(f"\nthroughput  {s['device']}  date={date.today()}  "
                       f"recipes={'configs/cpu' if args.quick else 'ViT-S/16 @ 224'}  overrides={args.overrides}")
                 print(f"{'step':<12}{'views':>7}{'ms/step':>10}{'views/s':>10}{'first step s':>14}{'min-max ms':>16}")
-                for name in ("bound", "simclr", "ab_simclr", "bound_multicrop", "dino"):
+                for name in ("bound", "simclr", "ab_simclr", "bound_multicrop", "dino", "clip", "ab_clip"):
                     if name not in results:
                         continue
                     r = results[name]
@@ -286,6 +301,8 @@ def main() -> int:
                           f"{r['first_step_s']:>14.2f}{1000 * r['spread_s'][0]:>8.0f}-{1000 * r['spread_s'][1]:.0f}")
                 print(f"simclr / bound (views/s): {s['simclr_over_bound']:.2f}   (target >= 0.85)")
                 print(f"ab_simclr / simclr cost per view: {s['ab_cost_per_view_over_simclr']:.2f}   (target <= 1.3)")
+                if "ab_clip_cost_per_view_over_clip" in s:
+                    print(f"ab_clip / clip cost per view: {s['ab_clip_cost_per_view_over_clip']:.2f}")
                 if "dino_over_multicrop_bound" in s:
                     print(f"dino / multi-crop bound (views/s): {s['dino_over_multicrop_bound']:.2f}   (target >= 0.7)")
     if args.json:

@@ -5,6 +5,7 @@ import torch
 
 from annoboot.errors import AnnobootError
 from annoboot.models import CaptionTokenizer, TextEncoder
+from annoboot.train.runtime import set_fused_attention
 
 
 def test_tokenizer_round_trip_and_truncation():
@@ -35,3 +36,24 @@ def test_text_encoder_reads_the_end_token_and_is_causal():
     assert torch.allclose(enc(changed)[0], out[0], atol=1e-5)
     # The two captions share a prefix but end differently: different features.
     assert not torch.allclose(out[0], out[1], atol=1e-3)
+
+
+def test_explicit_attention_computes_what_the_fused_kernel_does():
+    # The trainer switches the text tower to explicit attention on CPU (faster backward): the
+    # same function of the same weights, outputs and gradients, up to float rounding.
+    torch.manual_seed(0)
+    encoder = TextEncoder(500, 16, 32, 2, 2, end_id=499)
+    tokens = torch.randint(1, 498, (6, 16))
+    tokens[:, 7] = 499
+    tokens[:, 8:] = 0
+    outputs, grads = [], []
+    for fused in (True, False):
+        encoder.fused_attn = fused
+        encoder.zero_grad()
+        out = encoder(tokens)
+        out.pow(2).sum().backward()
+        outputs.append(out.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in encoder.parameters() if p.grad is not None]))
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-4)
+    assert set_fused_attention(encoder, False) == 1 and not encoder.fused_attn  # the trainer's switch reaches it

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import List, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from annoboot.errors import AnnobootError
@@ -57,7 +58,16 @@ class CaptionTokenizer:
 
 class TextEncoder(nn.Module):
     """(B, L) token ids -> (B, width) caption features: the end-of-text token after a causal
-    pre-norm transformer and a final LayerNorm (CLIP's text tower, without its projection)."""
+    pre-norm transformer and a final LayerNorm (CLIP's text tower, without its projection).
+
+    ``fused_attn`` (as timm's attention has it; the trainer switches it off on CPU): True runs
+    ``nn.TransformerEncoder`` (PyTorch's fused attention kernel), False the same layers with
+    the explicit softmax(q k^T / sqrt(d) + causal mask) v, whose backward on CPU is several
+    times faster at caption lengths (docs/results.md, "The training step"). Same weights, same
+    function.
+    """
+
+    fused_attn: bool = True
 
     def __init__(self, vocab_size: int, context_length: int, width: int, depth: int, heads: int, end_id: int):
         super().__init__()
@@ -79,8 +89,25 @@ class TextEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         length = tokens.shape[1]
         x = self.token_embedding(tokens) + self.position_embedding[:length]
-        x = self.transformer(x, mask=self.causal_mask[:length, :length], is_causal=True)
+        mask = self.causal_mask[:length, :length]
+        if self.fused_attn:
+            x = self.transformer(x, mask=mask, is_causal=True)
+        else:
+            for layer in self.transformer.layers:
+                x = x + _explicit_self_attention(layer.self_attn, layer.norm1(x), mask)
+                x = x + layer.linear2(F.gelu(layer.linear1(layer.norm2(x))))
         x = self.final_norm(x)
         # Each caption's feature is read at its end-of-text token (the first one, after a cut).
         end_positions = (tokens == self.end_id).int().argmax(dim=1)
         return x[torch.arange(x.shape[0], device=x.device), end_positions]
+
+
+def _explicit_self_attention(attention: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``attention(x, x, x, attn_mask=mask)`` (batch first, no dropout) as explicit matrix products."""
+    batch, length, width = x.shape
+    heads = attention.num_heads
+    qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)
+    q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # each (B, H, L, d)
+    scores = (q * (width // heads) ** -0.5) @ k.transpose(-2, -1) + mask.to(q.dtype)
+    out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, length, width)
+    return attention.out_proj(out)
