@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
-import torch
+from _protocol import spread
 
 from annoboot.config import load_config
 from annoboot.runs import pretrain
+from annoboot.train.runtime import describe, resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = [
@@ -54,10 +54,6 @@ def data_overrides(data: str):
         return []
     return [f"data.annotation.kind={data}", f"eval.train.kind={data}", f"eval.test.kind={data}", f"eval.retrieval.kind={data}",
             "eval.zero_shot_templates=['a photo of {}.', 'a picture of {}.', 'a {}.']"]
-
-
-def spread(values):
-    return (statistics.mean(values), (max(values) - min(values)) / 2 if len(values) > 1 else 0.0)
 
 
 def main() -> int:
@@ -90,7 +86,7 @@ def main() -> int:
             chance = {"zero_shot": ev.get("zero_shot_chance"), "r1": ev.get("retrieval", {}).get("chance_r1"),
                       "pairs": ev.get("retrieval", {}).get("num_pairs")}
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    device = describe(resolve_device("auto"), "auto", False)
     print(f"\n{args.data}: CLIP vs ABCLIP  date={date.today()}  device={device}  seeds={args.seeds}  overrides={extra}")
     print(f"chance: zero-shot {chance['zero_shot']:.2f}, retrieval R@1 {chance['r1']:.2f} over {chance['pairs']} pairs")
     header = ["zero-shot", "i->t R@1", "i->t R@5", "t->i R@1", "t->i R@5", "kNN", "linear", "MAP"]

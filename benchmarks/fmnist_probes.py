@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-from _protocol import pretrained, run_config
+from _protocol import pretrained, run_config, spread
 
 from annoboot.config import Config, load_config
 from annoboot.data import build_source
@@ -75,10 +75,6 @@ def random_init(cfg: Config) -> Dict[str, float]:
     results = evaluate(encoder, build_source(cfg.eval.train), build_source(cfg.eval.test), cfg.eval, cfg.views.img_size,
                        normalize, device)
     return {probe: results.get(probe) for probe in PROBES}
-
-
-def spread(values: List[float]) -> tuple:
-    return statistics.mean(values), (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
 
 
 def main() -> int:
