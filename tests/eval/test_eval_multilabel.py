@@ -1,4 +1,4 @@
-"""annoboot.eval.multilabel: average precision, multi-label kNN, and the multi-label decoder probe."""
+"""annoboot.eval.multilabel: average precision, multi-label kNN, and the decoder probe on the multi-label task."""
 
 from __future__ import annotations
 
@@ -6,13 +6,8 @@ import pytest
 import torch
 from helpers import one_thread  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
 
-from annoboot.eval.multilabel import (
-    average_precision,
-    knn_multilabel_scores,
-    mean_average_precision,
-    multilabel_decoder_probe,
-    sample_f1,
-)
+from annoboot.eval.decoder_probe import decoder_probe
+from annoboot.eval.multilabel import MULTI_LABEL, average_precision, knn_multilabel_scores, mean_average_precision, sample_f1
 
 
 def test_average_precision_matches_scikit_learn_with_ties():
@@ -51,6 +46,6 @@ def tokens_with_class_tokens(num: int, seed: int, num_tokens: int = 16, dim: int
 def test_multilabel_decoder_probe_finds_each_present_class():
     train_tokens, train_t = tokens_with_class_tokens(800, seed=0)
     test_tokens, test_t = tokens_with_class_tokens(300, seed=1)
-    result = multilabel_decoder_probe(train_tokens, train_t, test_tokens, test_t, lrs=(3e-3,), epochs=6, batch_size=64)
+    result = decoder_probe(train_tokens, train_t, test_tokens, test_t, 4, lrs=(3e-3,), epochs=6, batch_size=64, task=MULTI_LABEL)
     assert result["test_map"] > 90  # random scores give about the prevalence, 50
     assert 0 <= result["test_f1"] <= 100

@@ -13,7 +13,7 @@ over the mini-batches and the val split picks the one reported.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -130,6 +130,7 @@ def decoder_probe(
     num_heads: Optional[int] = None,
     weight_decay: float = 0.0,
     progress: bool = False,
+    task: Any = SINGLE_LABEL,
 ) -> Dict[str, object]:
     """Train one :class:`DecoderHead` per learning rate on frozen tokens; report the best.
 
@@ -154,6 +155,8 @@ def decoder_probe(
         num_heads: attention heads; default the largest of 8, 6, 4, 3, 2, 1 dividing the width.
         weight_decay: AdamW weight decay.
         progress: show a progress bar while the heads train.
+        task: ``fitting.SINGLE_LABEL``, or ``multilabel.MULTI_LABEL`` with (N, C) multi-hot
+            targets and C = num_classes (keys then "test_map", "test_f1", "val_map", ...).
 
     Returns:
         {"test_acc": %, "val_acc": %, "best_lr": float, "val_acc_by_lr": {"0.0003": %, ...}}.
@@ -166,7 +169,7 @@ def decoder_probe(
     width = decoder_width(dim, token_dim)
     heads = seeded_heads(lambda: DecoderHead(token_dim, num_classes, width, depth, num_queries, num_heads), len(lrs), seed, device)
     return fit_and_select(heads, lrs, train_tokens, train_y, test_tokens, test_y, epochs, batch_size, val_fraction, seed,
-                          device, weight_decay, SINGLE_LABEL, SINGLE_LABEL.chunk_size(batch_size, tokens=True),
+                          device, weight_decay, task, task.chunk_size(batch_size, tokens=True),
                           "decoder probe" if progress else None)
 
 

@@ -146,6 +146,11 @@ class SingleLabel:
         return batch_size * 4 if tokens else max(batch_size, 4096)
 
     @staticmethod
+    def targets(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Class ids as cross-entropy takes them, on ``device``."""
+        return values.to(device, torch.int64)
+
+    @staticmethod
     def head_scores(heads: nn.ModuleList, inputs: torch.Tensor, targets: torch.Tensor, device: torch.device,
                     chunk_size: int) -> List[float]:
         return head_accuracies(heads, inputs, targets, device, chunk_size)

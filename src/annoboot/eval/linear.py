@@ -48,6 +48,7 @@ def linear_probe(
     device: torch.device | str = "cpu",
     weight_decay: float = 0.0,
     progress: bool = False,
+    task: Any = SINGLE_LABEL,
 ) -> Dict[str, Any]:
     """Train one linear classifier per learning rate on frozen features; report the best.
 
@@ -67,6 +68,8 @@ def linear_probe(
         device: where training runs (features are copied there once).
         weight_decay: AdamW weight decay.
         progress: show a progress bar while the heads train.
+        task: ``fitting.SINGLE_LABEL``, or ``multilabel.MULTI_LABEL`` with (N, C) multi-hot targets
+            and C = num_classes (keys then "test_map", "test_f1", "val_map", ...).
 
     Returns:
         {"test_acc": %, "val_acc": %, "best_lr": float, "val_acc_by_lr": {"0.001": %, ...}}.
@@ -80,9 +83,9 @@ def linear_probe(
     device = torch.device(device)
     train_x, test_x = standardise(train_x, test_x, device)
     heads = zero_linear_heads(train_x.shape[1], num_classes, len(lrs), device)
-    return fit_and_select(heads, lrs, train_x, train_y.to(device, torch.int64), test_x, test_y.to(device, torch.int64),
-                          epochs, batch_size, val_fraction, seed, device, weight_decay, SINGLE_LABEL,
-                          SINGLE_LABEL.chunk_size(batch_size, tokens=False), "linear probe" if progress else None)
+    return fit_and_select(heads, lrs, train_x, task.targets(train_y, device), test_x, task.targets(test_y, device),
+                          epochs, batch_size, val_fraction, seed, device, weight_decay, task,
+                          task.chunk_size(batch_size, tokens=False), "linear probe" if progress else None)
 
 
 __all__ = ["linear_probe", "standardise", "zero_linear_heads"]

@@ -12,7 +12,7 @@ one head per learning rate trains in the same pass and the val split picks the o
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -82,6 +82,7 @@ def map_probe(
     num_heads: Optional[int] = None,
     weight_decay: float = 0.0,
     progress: bool = False,
+    task: Any = SINGLE_LABEL,
 ) -> Dict[str, object]:
     """Train one :class:`MAPHead` per learning rate on frozen tokens; report the best.
 
@@ -104,6 +105,8 @@ def map_probe(
         num_heads: attention heads; default the largest of 8, 6, 4, 3, 2, 1 dividing D.
         weight_decay: AdamW weight decay.
         progress: show a progress bar while the heads train.
+        task: ``fitting.SINGLE_LABEL``, or ``multilabel.MULTI_LABEL`` with (N, C) multi-hot
+            targets and C = num_classes (keys then "test_map", "test_f1", "val_map", ...).
 
     Returns:
         {"test_acc": %, "val_acc": %, "best_lr": float, "val_acc_by_lr": {"0.0003": %, ...}}.
@@ -115,5 +118,5 @@ def map_probe(
     dim = train_tokens.shape[2]
     heads = seeded_heads(lambda: MAPHead(dim, num_classes, num_heads), len(lrs), seed, device)
     return fit_and_select(heads, lrs, train_tokens, train_y, test_tokens, test_y, epochs, batch_size, val_fraction, seed,
-                          device, weight_decay, SINGLE_LABEL, SINGLE_LABEL.chunk_size(batch_size, tokens=True),
+                          device, weight_decay, task, task.chunk_size(batch_size, tokens=True),
                           "MAP probe" if progress else None)

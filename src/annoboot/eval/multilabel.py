@@ -1,7 +1,9 @@
 """Multi-label probes: which of C classes an example holds (a scene's items), scored by macro mAP.
 
-The probes are those of single-label classification (kNN, linear, MAP, decoder), run by the
-same protocol (:func:`annoboot.eval.fitting.fit_and_select`) with the task :data:`MULTI_LABEL`:
+The probes are those of single-label classification (kNN, linear, MAP, decoder: pass
+``task=MULTI_LABEL`` to :func:`~annoboot.eval.linear.linear_probe`,
+:func:`~annoboot.eval.map_probe.map_probe` or :func:`~annoboot.eval.decoder_probe.decoder_probe`),
+run by the same protocol (:func:`annoboot.eval.fitting.fit_and_select`) with this task:
 one sigmoid output per class trained with binary cross-entropy, the head chosen by val mAP,
 and the per-example F1 at threshold 0.5 reported beside the test mAP. kNN votes per class
 (:func:`knn_multilabel_scores`).
@@ -9,16 +11,12 @@ and the per-example F1 at threshold 0.5 reported beside the test mAP. kNN votes 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from annoboot.eval.decoder_probe import DecoderHead, decoder_width
-from annoboot.eval.fitting import fit_and_select, seeded_heads
-from annoboot.eval.linear import standardise, zero_linear_heads
-from annoboot.eval.map_probe import MAPHead
 
 # ------------------------------------------------------------------ multi-label metrics
 
@@ -108,6 +106,11 @@ class MultiLabel:
         return max(batch_size, 1024)
 
     @staticmethod
+    def targets(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Multi-hot rows as BCE takes them, on ``device``."""
+        return values.to(device)
+
+    @staticmethod
     def head_scores(heads: nn.ModuleList, inputs: torch.Tensor, targets: torch.Tensor, device: torch.device,
                     chunk_size: int) -> List[float]:
         targets = targets.cpu()
@@ -129,89 +132,6 @@ class MultiLabel:
 MULTI_LABEL = MultiLabel()
 
 
-def _check(name: str, lrs: Sequence[float], tokens: Optional[torch.Tensor] = None) -> None:
-    if not lrs:
-        raise ValueError("multi-label probe: give at least one learning rate")
-    if tokens is not None and tokens.ndim != 3:
-        raise ValueError(f"{name}: tokens must be (N, T, D), got {tuple(tokens.shape)}")
-
-
-def multilabel_linear_probe(
-    train_x: torch.Tensor,
-    train_t: torch.Tensor,
-    test_x: torch.Tensor,
-    test_t: torch.Tensor,
-    lrs: Sequence[float] = (1e-3, 3e-3, 1e-2),
-    epochs: int = 30,
-    batch_size: int = 1024,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    weight_decay: float = 0.0,
-) -> Dict[str, Any]:
-    """One-vs-rest linear heads (BCE) on standardised pooled features (N, D), targets (N, C) in
-    {0, 1}; a grid over ``lrs`` trained in one pass, the best on a seeded val split reported.
-
-    Returns {"test_map": macro mAP %, "test_f1": per-example F1 %, "val_map", "best_lr", "val_map_by_lr"}.
-    """
-    _check("multilabel_linear_probe", lrs)
-    device = torch.device(device)
-    train_x, test_x = standardise(train_x, test_x, device)
-    heads = zero_linear_heads(train_x.shape[1], train_t.shape[1], len(lrs), device)
-    return fit_and_select(heads, lrs, train_x, train_t.to(device), test_x, test_t, epochs, batch_size, val_fraction, seed,
-                          device, weight_decay, MULTI_LABEL, MULTI_LABEL.chunk_size(batch_size, tokens=False))
-
-
-def multilabel_map_probe(
-    train_tokens: torch.Tensor,
-    train_t: torch.Tensor,
-    test_tokens: torch.Tensor,
-    test_t: torch.Tensor,
-    lrs: Sequence[float] = (3e-4, 1e-3),
-    epochs: int = 10,
-    batch_size: int = 256,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    weight_decay: float = 0.0,
-) -> Dict[str, Any]:
-    """One :class:`MAPHead` per learning rate over tokens (N, T, D) with C sigmoid outputs (BCE);
-    tokens stay where they are and move per batch. Returns the keys of :func:`multilabel_linear_probe`."""
-    _check("multilabel_map_probe", lrs, train_tokens)
-    device = torch.device(device)
-    heads = seeded_heads(lambda: MAPHead(train_tokens.shape[2], train_t.shape[1]), len(lrs), seed, device)
-    return fit_and_select(heads, lrs, train_tokens, train_t, test_tokens, test_t, epochs, batch_size, val_fraction, seed,
-                          device, weight_decay, MULTI_LABEL, MULTI_LABEL.chunk_size(batch_size, tokens=True))
-
-
-def multilabel_decoder_probe(
-    train_tokens: torch.Tensor,
-    train_t: torch.Tensor,
-    test_tokens: torch.Tensor,
-    test_t: torch.Tensor,
-    lrs: Sequence[float] = (3e-4, 1e-3),
-    epochs: int = 5,
-    depth: int = 2,
-    num_queries: int = 1,
-    dim: Optional[int] = 128,
-    batch_size: int = 256,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    weight_decay: float = 0.0,
-) -> Dict[str, Any]:
-    """One :class:`DecoderHead` per learning rate over tokens (N, T, D) with C sigmoid outputs
-    (BCE), sized as :func:`annoboot.eval.decoder_probe.decoder_probe`; tokens stay where they are
-    and move per batch. Returns the keys of :func:`multilabel_linear_probe`."""
-    _check("multilabel_decoder_probe", lrs, train_tokens)
-    device = torch.device(device)
-    token_dim = train_tokens.shape[2]
-    width = decoder_width(dim, token_dim)
-    heads = seeded_heads(lambda: DecoderHead(token_dim, train_t.shape[1], width, depth, num_queries), len(lrs), seed, device)
-    return fit_and_select(heads, lrs, train_tokens, train_t, test_tokens, test_t, epochs, batch_size, val_fraction, seed,
-                          device, weight_decay, MULTI_LABEL, MULTI_LABEL.chunk_size(batch_size, tokens=True))
-
-
 __all__ = [
     "MULTI_LABEL",
     "MultiLabel",
@@ -219,8 +139,5 @@ __all__ = [
     "head_probabilities",
     "knn_multilabel_scores",
     "mean_average_precision",
-    "multilabel_decoder_probe",
-    "multilabel_linear_probe",
-    "multilabel_map_probe",
     "sample_f1",
 ]

@@ -16,16 +16,13 @@ import torch
 
 from annoboot.config import EvalConfig
 from annoboot.errors import AnnobootError
-from annoboot.eval.decoder_probe import DecoderHead, check_decoder_options, decoder_width
+from annoboot.eval.decoder_probe import check_decoder_options, decoder_probe, decoder_width
 from annoboot.eval.features import Features
-from annoboot.eval.fitting import check_probe_inputs, fit_and_select, seeded_heads
-from annoboot.eval.linear import standardise, zero_linear_heads
-from annoboot.eval.map_probe import MAPHead
+from annoboot.eval.linear import linear_probe
+from annoboot.eval.map_probe import map_probe
 
 PROBES = ("knn", "linear", "map", "decoder")
 TOKEN_PROBES = ("map", "decoder")  # the probes that read tokens (N, T, D), not the pooled vector
-# Rows per step of the linear probe and of the token probes.
-LINEAR_BATCH, TOKEN_BATCH = 1024, 256
 
 
 def check_probe_config(cfg: EvalConfig) -> None:
@@ -72,37 +69,25 @@ def run_probes(
         outcome = task.knn(train.pooled, train_targets, test.pooled, test_targets, num_outputs, cfg.knn_k,
                            cfg.knn_temperature, device)
         record("knn", outcome, {"k": min(cfg.knn_k, len(train)), "temperature": cfg.knn_temperature})
+    common = {"val_fraction": cfg.val_fraction, "seed": cfg.seed, "device": device, "progress": progress, "task": task}
     if "linear" in cfg.probes:
-        lrs = tuple(cfg.linear_lrs)
-        check_probe_inputs(train.pooled, train_targets, test.pooled, test_targets, lrs)
-        train_x, test_x = standardise(train.pooled, test.pooled, device)
-        heads = zero_linear_heads(train_x.shape[1], num_outputs, len(lrs), device)
-        outcome = fit_and_select(heads, lrs, train_x, train_targets.to(device), test_x, test_targets.to(device),
-                                 cfg.linear_epochs, LINEAR_BATCH, cfg.val_fraction, cfg.seed, device, 0.0, task,
-                                 task.chunk_size(LINEAR_BATCH, tokens=False), "linear probe" if progress else None)
+        outcome = linear_probe(train.pooled, train_targets, test.pooled, test_targets, num_outputs, tuple(cfg.linear_lrs),
+                               cfg.linear_epochs, **common)
         record("linear", outcome, {"epochs": cfg.linear_epochs})
-    token_heads = []
-    if "map" in cfg.probes:
-        token_heads.append(("map", "MAP probe", tuple(cfg.map_lrs), cfg.map_epochs,
-                            lambda dim: MAPHead(dim, num_outputs), {}))
-    if "decoder" in cfg.probes:
-        def decoder(dim: int) -> DecoderHead:
-            return DecoderHead(dim, num_outputs, decoder_width(cfg.decoder_probe_dim, dim), cfg.decoder_probe_depth,
-                               cfg.decoder_probe_queries)
-
-        token_heads.append(("decoder", "decoder probe", tuple(cfg.decoder_probe_lrs), cfg.decoder_probe_epochs, decoder,
-                            {"depth": cfg.decoder_probe_depth, "queries": cfg.decoder_probe_queries}))
-    for probe, label, lrs, epochs, make_head, settings in token_heads:
+    if "map" in cfg.probes or "decoder" in cfg.probes:
         assert train.tokens is not None and test.tokens is not None, "token probes need features with tokens"
-        check_probe_inputs(train.tokens, train_targets, test.tokens, test_targets, lrs)
-        dim = train.tokens.shape[2]
-        heads = seeded_heads(lambda: make_head(dim), len(lrs), cfg.seed, device)
-        outcome = fit_and_select(heads, lrs, train.tokens, train_targets, test.tokens, test_targets, epochs, TOKEN_BATCH,
-                                 cfg.val_fraction, cfg.seed, device, 0.0, task, task.chunk_size(TOKEN_BATCH, tokens=True),
-                                 label if progress else None)
-        if probe == "decoder":
-            settings = {**settings, "dim": decoder_width(cfg.decoder_probe_dim, dim)}
-        record(probe, outcome, {"epochs": epochs, "num_tokens": train.tokens.shape[1], **settings})
+        tokens = {"num_tokens": train.tokens.shape[1]}
+    if "map" in cfg.probes:
+        outcome = map_probe(train.tokens, train_targets, test.tokens, test_targets, num_outputs, tuple(cfg.map_lrs),
+                            cfg.map_epochs, **common)
+        record("map", outcome, {"epochs": cfg.map_epochs, **tokens})
+    if "decoder" in cfg.probes:
+        outcome = decoder_probe(train.tokens, train_targets, test.tokens, test_targets, num_outputs,
+                                tuple(cfg.decoder_probe_lrs), cfg.decoder_probe_epochs, cfg.decoder_probe_depth,
+                                cfg.decoder_probe_queries, cfg.decoder_probe_dim, **common)
+        record("decoder", outcome, {"epochs": cfg.decoder_probe_epochs, **tokens, "depth": cfg.decoder_probe_depth,
+                                    "queries": cfg.decoder_probe_queries,
+                                    "dim": decoder_width(cfg.decoder_probe_dim, train.tokens.shape[2])})
     results["details"] = details
     return results
 
