@@ -37,6 +37,32 @@ EVAL = [
 ]
 
 
+def caption_statistics(scenes: dict, batch: int = 128, batches: int = 200) -> str:
+    """How weak the training captions are: the share of a scene's classes and items its caption
+    names, and how many captions of a random annotation batch name each class."""
+    import random
+
+    from annoboot.config import ScenesConfig
+    from annoboot.data.scenes import SceneSource
+
+    generated = SceneSource(ScenesConfig(**scenes), "train").scenes
+    named = [set(classes) for classes in generated.named_classes]
+    present = [set() for _ in named]
+    items_named = 0
+    for scene, label in zip(generated.item_scene.tolist(), generated.item_labels.tolist()):
+        present[scene].add(label)
+        items_named += label in named[scene]
+    class_share = sum(len(n) / len(p) for n, p in zip(named, present)) / len(named)
+    rng = random.Random(0)
+    per_class = [0.0] * 10
+    for _ in range(batches):
+        for i in rng.sample(range(len(named)), batch):
+            for c in named[i]:
+                per_class[c] += 1 / batches
+    return (f"captions name {100 * class_share:.1f}% of a scene's classes and {100 * items_named / len(generated.item_labels):.1f}% "
+            f"of its items; in a batch of {batch} captions each class is named by {min(per_class):.1f}-{max(per_class):.1f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, "runs/bench")
@@ -50,6 +76,7 @@ def main() -> int:
     # otherwise the Open Clip Art recipes' text tower and optimiser on the scenes.
     recipe = "scenes_{}" if args.budget == "cpu" else "openclipart_{}"
     variants = [Variant(name, recipe.format(name), data) for name in ("clip", "ab_clip")]
+    print(caption_statistics(scenes), flush=True)
     title = "Weak captions (protocol 3): CLIP vs ABCLIP pre-trained on captioned Fashion-MNIST scenes"
     return run_protocol(args, title, variants, scenes, [("clip", "ab_clip")], image_text=True)
 
