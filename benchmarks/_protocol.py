@@ -183,6 +183,11 @@ class ProbeData:
         )
 
 
+# Options added after runs were saved under their keys: left out of the hash while they hold
+# these values (the behaviour those runs had), so the saved runs stay valid.
+KEY_NEUTRAL = {("method", "target_network"): "ema"}
+
+
 def training_key(cfg: Config) -> str:
     """A short hash of everything that shapes training (not eval, logging or where it is written):
     two protocols asking for the same training get the same run directory, and train it once."""
@@ -190,6 +195,9 @@ def training_key(cfg: Config) -> str:
     settings.pop("eval")
     for key in ("out_dir", "progress", "log_every", "ckpt_every", "keep_checkpoints"):
         settings["train"].pop(key)
+    for (section, key), value in KEY_NEUTRAL.items():
+        if settings[section].get(key) == value:
+            settings[section].pop(key)
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -8,11 +8,13 @@ Every row is timed in one process on the same device, on the same recipe's encod
              clipping, AdamW;
   ab_simclr  ``Trainer.train_step()`` of the ABSimCLR recipe at the same base batch, which
              renders as many views (annotation B/2 x 2 + bootstrap B/4 x 4), with the EMA target
-             forward, the value decoder over all 4 x 4 moves and the EMA update.
+             forward, the value decoder over all 4 x 4 moves and the EMA update;
+  ab_simclr_online  the same step with ``method.target_network=online``: the TD targets from
+             the online forward's features (momentum 0), no second forward, no EMA update.
 The rows are timed in interleaved rounds (bound, simclr, ab_simclr, bound, ...) so that a
 change in machine load falls on all of them alike; each figure is the median step time over
 ``--rounds x --steps`` steps after ``--warmup`` untimed ones. Reported: views/s, simclr / bound
-(target >= 0.85) and the ABSimCLR / SimCLR cost per view (target <= 1.3).
+(target >= 0.85) and the ABSimCLR / SimCLR cost per view (target <= 1.3), with either target.
 
   python benchmarks/throughput.py --quick                 # the CPU recipe (configs/cpu), 2 cores
   python benchmarks/throughput.py --quick --precision fp32 bf16 --compile both
@@ -206,6 +208,13 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
             info["bound"] = {"views": info[name]["views"], "images": 0, "recipe": "encoder only"}
     assert device is not None
     order = ["bound", "simclr", "ab_simclr"]
+    for name in ["ab_simclr"] + (["ab_clip"] if args.clip else []):  # TD targets from the online forward
+        recipe = {**recipes, **CLIP_RECIPES}[name]
+        cfg = load_config(ROOT / recipe, common + ["method.target_network=online", f"train.out_dir={out_dir}/{name}_online"])
+        steps[f"{name}_online"], trainer = trainer_step(cfg)
+        info[f"{name}_online"] = {"views": trainer.method.views_per_step(), "images": sum(trainer.method.batch_sizes().values()),
+                                  "recipe": f"{recipe} method.target_network=online"}
+    order += ["ab_simclr_online"]
     if args.dino:
         simclr_cfg = load_config(ROOT / recipes["simclr"], common + [f"train.out_dir={out_dir}/simclr"])
         model_keys = [f"model.backbone={simclr_cfg.model.backbone}", f"model.backbone_kwargs={json.dumps(simclr_cfg.model.backbone_kwargs)}",
@@ -224,7 +233,7 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
             steps[name], trainer = trainer_step(cfg)
             info[name] = {"views": trainer.method.views_per_step(), "images": sum(trainer.method.batch_sizes().values()),
                           "recipe": recipe}
-        order += ["clip", "ab_clip"]
+        order += ["clip", "ab_clip", "ab_clip_online"]
     first_step = {}
     for name in order:  # warm-up; the first step includes compilation
         start = time.perf_counter()
@@ -244,10 +253,13 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
     results["summary"] = {
         "simclr_over_bound": results["simclr"]["views_per_s"] / results["bound"]["views_per_s"],
         "ab_cost_per_view_over_simclr": results["simclr"]["views_per_s"] / results["ab_simclr"]["views_per_s"],
+        "ab_online_cost_per_view_over_simclr": results["simclr"]["views_per_s"] / results["ab_simclr_online"]["views_per_s"],
         "device": describe(device, precision, compile_),
     }
     if args.clip:
         results["summary"]["ab_clip_cost_per_view_over_clip"] = results["clip"]["views_per_s"] / results["ab_clip"]["views_per_s"]
+        results["summary"]["ab_clip_online_cost_per_view_over_clip"] = (
+            results["clip"]["views_per_s"] / results["ab_clip_online"]["views_per_s"])
     if args.dino:
         results["summary"]["dino_over_multicrop_bound"] = results["dino"]["views_per_s"] / results["bound_multicrop"]["views_per_s"]
     if args.parts:
@@ -293,7 +305,8 @@ def main() -> int:
                 print(f"\nthroughput  {s['device']}  date={date.today()}  "
                       f"recipes={'configs/cpu' if args.quick else 'ViT-S/16 @ 224'}  overrides={args.overrides}")
                 print(f"{'step':<12}{'views':>7}{'ms/step':>10}{'views/s':>10}{'first step s':>14}{'min-max ms':>16}")
-                for name in ("bound", "simclr", "ab_simclr", "bound_multicrop", "dino", "clip", "ab_clip"):
+                for name in ("bound", "simclr", "ab_simclr", "ab_simclr_online", "bound_multicrop", "dino", "clip", "ab_clip",
+                             "ab_clip_online"):
                     if name not in results:
                         continue
                     r = results[name]
@@ -301,8 +314,11 @@ def main() -> int:
                           f"{r['first_step_s']:>14.2f}{1000 * r['spread_s'][0]:>8.0f}-{1000 * r['spread_s'][1]:.0f}")
                 print(f"simclr / bound (views/s): {s['simclr_over_bound']:.2f}   (target >= 0.85)")
                 print(f"ab_simclr / simclr cost per view: {s['ab_cost_per_view_over_simclr']:.2f}   (target <= 1.3)")
+                print(f"ab_simclr_online / simclr cost per view: {s['ab_online_cost_per_view_over_simclr']:.2f}   "
+                      "(method.target_network=online)")
                 if "ab_clip_cost_per_view_over_clip" in s:
-                    print(f"ab_clip / clip cost per view: {s['ab_clip_cost_per_view_over_clip']:.2f}")
+                    print(f"ab_clip / clip cost per view: {s['ab_clip_cost_per_view_over_clip']:.2f}   "
+                          f"online target: {s['ab_clip_online_cost_per_view_over_clip']:.2f}")
                 if "dino_over_multicrop_bound" in s:
                     print(f"dino / multi-crop bound (views/s): {s['dino_over_multicrop_bound']:.2f}   (target >= 0.7)")
     if args.json:

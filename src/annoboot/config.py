@@ -165,6 +165,11 @@ class MethodConfig:
     # Cap on the starting time constant as a fraction of train.steps, so that short runs bootstrap
     # from a target that follows the online network (method.md section 4); None: the rate as given.
     ema_horizon: Optional[float] = 0.02
+    # ema: the reward (and Q for gamma > 0) come from the EMA target network, a second forward
+    # of the target views, as published. online: from the online network's own forward of those
+    # views, without gradient: the limit of momentum 0 (the target equals the online weights of
+    # this step), which saves the second forward and the EMA copy (ab_simclr, ab_clip only).
+    target_network: str = "ema"
     # DINO (dino, ab_dino; ABDINO's reward uses the same teacher distribution).
     student_temp: float = 0.1
     teacher_temp: float = 0.07  # reached after the warm-up, then held
@@ -253,6 +258,7 @@ _CHOICES = {
     "data.bootstrap.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder", "captioned_folder", "openclipart", "tuxpaint", "fmnist_scenes"),
     "method.name": ("simclr", "ab_simclr", "dino", "ab_dino", "clip", "ab_clip"),
     "method.aggregate": ("mean", "max"),
+    "method.target_network": ("ema", "online"),
     "train.precision": ("auto", "bf16", "fp32"),
 }
 
@@ -330,6 +336,7 @@ def validate(cfg: Config) -> None:
         "data.annotation.kind": cfg.data.annotation.kind,
         "method.name": cfg.method.name,
         "method.aggregate": cfg.method.aggregate,
+        "method.target_network": cfg.method.target_network,
         "train.precision": cfg.train.precision,
     }
     if cfg.data.bootstrap is not None:

@@ -67,3 +67,33 @@ def test_abclip_trains_on_caption_shards_with_an_uncaptioned_bootstrap_source(tm
     assert batch.captions is not None and all(batch.captions)
     assert torch.equal(batch.caption_tokens, trainer.method.tokenizer(batch.captions))  # made by the workers
     assert next(trainer.streams["bootstrap"]).captions is None
+
+
+@needs_fmnist
+def test_abclip_online_targets_equal_an_ema_target_of_momentum_zero(tiny_config, monkeypatch):
+    import annoboot.methods.ab_clip as ab_clip_module
+    from annoboot.train.ema import make_target
+
+    cfg = tiny_config(*TINY_TEXT, "method.name=ab_clip", "method.target_network=online", "train.batch_size=16",
+                      "views.bootstrap_views=3")
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    assert not method.uses_target
+    twin, target = make_target(method), make_target(method)
+    seen = []
+    real = ab_clip_module.bootstrap_objective
+
+    def spy(logits, targets, boxes, drop_self_pairs):
+        seen.append(targets)
+        return real(logits, targets, boxes, drop_self_pairs)
+
+    monkeypatch.setattr(ab_clip_module, "bootstrap_objective", spy)
+    images = torch.randint(0, 255, (10, 1, 28, 28), dtype=torch.uint8)
+    sizes = torch.full((10, 2), 28)
+    batches = {"annotation": ImageBatch(images[:8], sizes[:8], captions=[f"caption {i}" for i in range(8)]),
+               "bootstrap": ImageBatch(images[8:], sizes[8:])}
+    for model, step_target in ((method, None), (twin, target)):
+        torch.manual_seed(1)
+        assert torch.isfinite(model.training_step(batches, step_target, 0).loss)
+    online, ema = seen
+    assert online.shape == (2, 3, 8) and torch.allclose(online, ema, atol=1e-5), (online - ema).abs().max()

@@ -59,3 +59,54 @@ def test_an_empty_bootstrap_split_is_refused():
     cfg = load_config(None, TINY + ["method.name=ab_simclr", "train.batch_size=3"])  # 2 annotation images, 0.5 bootstrap
     with pytest.raises(AnnobootError, match=r"equal views .* at train\.batch_size 3 gives 0 bootstrap images"):
         build_method(cfg)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5])
+def test_online_targets_equal_an_ema_target_of_momentum_zero(tiny_config, monkeypatch, gamma):
+    """method.target_network=online takes the TD targets from the online forward: the same as
+    a target network holding this step's online weights (momentum 0), without a second forward."""
+    import annoboot.methods.ab_simclr as ab_simclr_module
+    from annoboot.batch import ImageBatch
+
+    cfg = tiny_config("method.name=ab_simclr", "method.target_network=online", f"method.gamma={gamma}",
+                      "model.projector_bn=true", "train.batch_size=16")
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    assert not method.uses_target  # the trainer builds no EMA copy
+    twin = make_target(method)  # the same weights and statistics, trained with an EMA target
+    twin.train()
+    target = make_target(method)  # momentum 0: this step's online weights
+    target.train(method.target_batch_statistics)
+    seen = []
+    real = ab_simclr_module.bootstrap_objective
+
+    def spy(logits, targets, boxes, drop_self_pairs):
+        seen.append(targets)
+        return real(logits, targets, boxes, drop_self_pairs)
+
+    monkeypatch.setattr(ab_simclr_module, "bootstrap_objective", spy)
+    sizes = method.batch_sizes()
+    images = torch.randint(0, 255, (sum(sizes.values()), 1, 28, 28), dtype=torch.uint8)
+    batches = {"annotation": ImageBatch(images[: sizes["annotation"]], torch.full((sizes["annotation"], 2), 28)),
+               "bootstrap": ImageBatch(images[sizes["annotation"] :], torch.full((sizes["bootstrap"], 2), 28))}
+    for model, step_target in ((method, None), (twin, target)):
+        torch.manual_seed(1)  # the same views both times
+        out = model.training_step(batches, step_target, 0)
+        assert torch.isfinite(out.loss)
+    online, ema = seen
+    assert online.shape == ema.shape == (sizes["bootstrap"], cfg.views.bootstrap_views, sizes["annotation"])
+    assert torch.allclose(online, ema, atol=1e-5), (online - ema).abs().max()
+    assert all(m.training for m in method.modules())  # eval mode only inside the target computation
+
+
+def test_online_targets_are_refused_where_the_target_network_belongs_to_the_base_method(tiny_config):
+    with pytest.raises(AnnobootError, match=r"method\.target_network=online applies to ab_simclr, ab_clip, not ab_dino"):
+        build_method(tiny_config("method.name=ab_dino", "method.target_network=online"))
+
+
+def test_an_online_target_run_trains_without_an_ema_copy(tiny_config):
+    cfg = tiny_config("method.name=ab_simclr", "method.target_network=online", "train.steps=3", "train.log_every=3")
+    trainer = Trainer(cfg)
+    assert trainer.target is None
+    last = trainer.fit()
+    assert last["loss/bootstrap"] > 0 and "ema/target_online_distance" not in last

@@ -19,6 +19,10 @@ def build_method(cfg: Config) -> Method:
     except KeyError:
         raise AnnobootError(f"unknown method.name '{cfg.method.name}'; choose one of {', '.join(METHODS)}") from None
     method = cls(cfg)
+    if cfg.method.target_network == "online" and not method.online_targets:
+        supported = ", ".join(name for name, c in METHODS.items() if c.online_targets)
+        raise AnnobootError(f"bad config: method.target_network=online applies to {supported}, not {cfg.method.name} "
+                            "(its target network is part of the base method, or it has none)")
     _check_batch_sizes(method, cfg)
     return method
 

@@ -7,7 +7,8 @@
 - reward p(l | x'): the EMA model's CLIP image-to-caption softmax on the reached view x';
 - psi_AB: a separate AB text head on the same text encoder;
 - Q(l | x, a): softmax_l(t_AB * phi_AB(x, a) . psi_AB(l)), phi_AB from the value decoder;
-- target: (1 - gamma) p_ema(l | x') + gamma AGG_a' Q_ema(l | x', a'), no gradient.
+- target: (1 - gamma) p_ema(l | x') + gamma AGG_a' Q_ema(l | x', a'), no gradient; with
+  method.target_network=online the same from the online network's forward (momentum 0).
 The published EMA rate is a constant 0.004 (method.ema_momentum = ema_momentum_end = 0.996).
 """
 
@@ -35,11 +36,12 @@ from annoboot.objectives import caption_distribution, clip_loss
 
 
 class ABCLIP(CLIP):
-    uses_target = True
+    online_targets = True
     annotation_kind = "caption"
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)
+        self.uses_target = cfg.method.target_network == "ema"
         model = cfg.model
         self.value_function = ValueFunction(cfg, self.encoder.width, model.embed_dim)
         self.ab_text_head = Projector(model.text_width, model.text_width, model.embed_dim, batch_norm=False)  # psi_AB
@@ -53,7 +55,6 @@ class ABCLIP(CLIP):
         return ab_batch_sizes(self.cfg, self.views_per_image())
 
     def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
-        assert isinstance(target, ABCLIP), "ABCLIP needs its EMA target network"
         m = self.cfg.method
         tokens = self.caption_tokens(batches["annotation"])
         num_annotations = tokens.shape[0]
@@ -73,7 +74,11 @@ class ABCLIP(CLIP):
         keys = distributed.gather_with_grad(self.ab_text_head(text_features))
         logits = self.value_function.logits(out.tokens[num_annotations:], moves, keys)
         with torch.no_grad():
-            targets = target.td_targets(tokens, boot_views, moves)
+            if target is None:  # method.target_network=online: this forward's features, no gradient
+                targets = self.targets_from_features(out.pooled[num_annotations:], out.tokens[num_annotations:], text_features, moves)
+            else:
+                assert isinstance(target, ABCLIP), "ABCLIP's target network must be an ABCLIP"
+                targets = target.td_targets(tokens, boot_views, moves)
         ab_loss, metrics = bootstrap_objective(logits, targets, boxes, m.drop_self_pairs)
 
         metrics.update(
@@ -84,8 +89,13 @@ class ABCLIP(CLIP):
     def td_targets(self, tokens: torch.Tensor, boot_views: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
         """Called on the EMA model: (1 - gamma) p(l | x_t) + gamma AGG Q(l | x_t, .) as (N, V, L)."""
         out = self.encoder(boot_views)
-        text_features = self.text_encoder(tokens)
+        return self.targets_from_features(out.pooled, out.tokens, self.text_encoder(tokens), moves)
+
+    def targets_from_features(self, boot_pooled: torch.Tensor, boot_tokens: torch.Tensor, text_features: torch.Tensor,
+                              moves: torch.Tensor) -> torch.Tensor:
+        """TD targets from the bootstrap views' pooled features and tokens and the captions'
+        text features, as (N, V, L)."""
         captions = distributed.gather(self.text_projection(text_features))
-        reward = caption_distribution(self.embed_images(out.pooled), captions, self.logit_scale())
-        return ema_targets(self.cfg, reward, self.value_function, out.tokens, moves,
+        reward = caption_distribution(self.embed_images(boot_pooled), captions, self.logit_scale())
+        return ema_targets(self.cfg, reward, self.value_function, boot_tokens, moves,
                            lambda: distributed.gather(self.ab_text_head(text_features)))

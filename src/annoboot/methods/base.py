@@ -41,6 +41,9 @@ class Method(nn.Module):
     """
 
     uses_target: bool = False
+    # Whether the method can take its TD targets from the online network's own forward instead
+    # of an EMA target (method.target_network=online); such a method then sets uses_target False.
+    online_targets: bool = False
     # Whether the EMA target's BatchNorm layers normalise with the statistics of the batch it is
     # given (DINO's teacher), or with the running statistics it copies from the online network.
     target_batch_statistics: bool = True

@@ -12,7 +12,9 @@ annotation keys the method supplies (a head over annotation views, a prototype m
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+import contextlib
+
+from typing import Callable, Dict, Iterator, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +100,20 @@ def ema_targets(
     if m.gamma > 0:
         next_values = torch.softmax(value_function.logits(source_tokens, moves, annotation_keys()).float(), dim=-1)
     return td_target(reward, next_values, m.gamma, m.aggregate)
+
+
+@contextlib.contextmanager
+def frozen_statistics(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` in eval mode (BatchNorm on its running statistics, which stay unchanged)
+    and restore each submodule's own mode after: the online network standing in for its target
+    (method.target_network=online) normalises as the EMA target would."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def ab_batch_sizes(cfg: Config, base_views_per_image: int) -> Dict[str, int]:
