@@ -22,7 +22,7 @@ change in machine load falls on all of them alike; each figure is the median ste
   python benchmarks/throughput.py --quick --parts 15      # + the ABSimCLR step's pieces, timed alone
   python benchmarks/throughput.py                         # GPU: ViT-S/16 at 224 px, batch 256
   python benchmarks/throughput.py --dino                  # + DINO's multi-crop step and its bound
-  python benchmarks/throughput.py --quick --clip          # + CLIP's and ABCLIP's steps on captioned scenes
+  python benchmarks/throughput.py --quick --clip          # + CLIP's and ABCLIP's steps (EMA and online target) on captioned scenes
 
 With --dino, DINO's trainer step (configs/fmnist_dino.yaml with the same encoder: 2 global and
 ``views.local_views`` local crops rendered on the device, student and EMA teacher, head,

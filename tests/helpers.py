@@ -286,3 +286,17 @@ class _TokenizerCountingMainProcessCalls:
     def __call__(self, captions):
         self.main_process_calls += os.getpid() == self.main_pid
         return self.tokenizer(captions)
+
+
+def capture_bootstrap_objective(monkeypatch, method_module) -> List[dict]:
+    """Record the (detached) logits and the targets each AB training step of ``method_module``
+    (e.g. annoboot.methods.ab_simclr) hands to ``bootstrap_objective``, one dict per call."""
+    calls: List[dict] = []
+    real = method_module.bootstrap_objective
+
+    def spy(logits, targets, boxes, drop_self_pairs):
+        calls.append({"logits": logits.detach(), "targets": targets})
+        return real(logits, targets, boxes, drop_self_pairs)
+
+    monkeypatch.setattr(method_module, "bootstrap_objective", spy)
+    return calls

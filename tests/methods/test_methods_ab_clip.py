@@ -1,8 +1,9 @@
 """ABCLIP: values over the annotation captions, and training on caption shards."""
 
 import torch
-from helpers import TINY, TINY_TEXT, TUXPAINT_ROOT, needs_fmnist, needs_tuxpaint
+from helpers import TINY, TINY_TEXT, TUXPAINT_ROOT, capture_bootstrap_objective, needs_fmnist, needs_tuxpaint
 
+import annoboot.methods.ab_clip as ab_clip_module
 from annoboot.batch import ImageBatch
 from annoboot.config import load_config
 from annoboot.methods import ABCLIP, build_method
@@ -14,23 +15,14 @@ def test_abclip_values_range_over_the_annotation_captions(tiny_config, monkeypat
     method = build_method(cfg)
     target = build_method(cfg)
     target.load_state_dict(method.state_dict())
-    seen = {}
-
-    import annoboot.methods.ab_clip as ab_clip_module
-
-    real = ab_clip_module.bootstrap_objective
-
-    def spy(logits, targets, boxes, drop_self_pairs):
-        seen["logits"], seen["targets"] = logits.detach(), targets
-        return real(logits, targets, boxes, drop_self_pairs)
-
-    monkeypatch.setattr(ab_clip_module, "bootstrap_objective", spy)
+    calls = capture_bootstrap_objective(monkeypatch, ab_clip_module)
     images = torch.randint(0, 255, (10, 1, 28, 28), dtype=torch.uint8)
     sizes = torch.full((10, 2), 28)
     annotation = ImageBatch(images[:8], sizes[:8], captions=[f"caption {i}" for i in range(8)])
     bootstrap = ImageBatch(images[8:], sizes[8:])  # uncaptioned: decoupled training
     out = method.training_step({"annotation": annotation, "bootstrap": bootstrap}, target, 0)
     assert isinstance(method, ABCLIP) and torch.isfinite(out.loss)
+    (seen,) = calls
     # (bootstrap images, source views, target views, annotation captions)
     assert seen["logits"].shape == (2, 3, 3, 8)
     assert seen["targets"].shape == (2, 3, 8) and torch.allclose(seen["targets"].sum(-1), torch.ones(2, 3))
@@ -71,7 +63,6 @@ def test_abclip_trains_on_caption_shards_with_an_uncaptioned_bootstrap_source(tm
 
 @needs_fmnist
 def test_abclip_online_targets_equal_an_ema_target_of_momentum_zero(tiny_config, monkeypatch):
-    import annoboot.methods.ab_clip as ab_clip_module
     from annoboot.train.ema import make_target
 
     cfg = tiny_config(*TINY_TEXT, "method.name=ab_clip", "method.target_network=online", "train.batch_size=16",
@@ -80,14 +71,7 @@ def test_abclip_online_targets_equal_an_ema_target_of_momentum_zero(tiny_config,
     method = build_method(cfg)
     assert not method.uses_target
     twin, target = make_target(method), make_target(method)
-    seen = []
-    real = ab_clip_module.bootstrap_objective
-
-    def spy(logits, targets, boxes, drop_self_pairs):
-        seen.append(targets)
-        return real(logits, targets, boxes, drop_self_pairs)
-
-    monkeypatch.setattr(ab_clip_module, "bootstrap_objective", spy)
+    calls = capture_bootstrap_objective(monkeypatch, ab_clip_module)
     images = torch.randint(0, 255, (10, 1, 28, 28), dtype=torch.uint8)
     sizes = torch.full((10, 2), 28)
     batches = {"annotation": ImageBatch(images[:8], sizes[:8], captions=[f"caption {i}" for i in range(8)]),
@@ -95,5 +79,5 @@ def test_abclip_online_targets_equal_an_ema_target_of_momentum_zero(tiny_config,
     for model, step_target in ((method, None), (twin, target)):
         torch.manual_seed(1)
         assert torch.isfinite(model.training_step(batches, step_target, 0).loss)
-    online, ema = seen
+    online, ema = (call["targets"] for call in calls)
     assert online.shape == (2, 3, 8) and torch.allclose(online, ema, atol=1e-5), (online - ema).abs().max()

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from helpers import TINY, needs_fmnist
+from helpers import TINY, capture_bootstrap_objective, needs_fmnist
 
+import annoboot.methods.ab_simclr as ab_simclr_module
 from annoboot.config import load_config
 from annoboot.errors import AnnobootError
 from annoboot.methods import build_method
@@ -65,7 +66,6 @@ def test_an_empty_bootstrap_split_is_refused():
 def test_online_targets_equal_an_ema_target_of_momentum_zero(tiny_config, monkeypatch, gamma):
     """method.target_network=online takes the TD targets from the online forward: the same as
     a target network holding this step's online weights (momentum 0), without a second forward."""
-    import annoboot.methods.ab_simclr as ab_simclr_module
     from annoboot.batch import ImageBatch
 
     cfg = tiny_config("method.name=ab_simclr", "method.target_network=online", f"method.gamma={gamma}",
@@ -77,14 +77,7 @@ def test_online_targets_equal_an_ema_target_of_momentum_zero(tiny_config, monkey
     twin.train()
     target = make_target(method)  # momentum 0: this step's online weights
     target.train(method.target_batch_statistics)
-    seen = []
-    real = ab_simclr_module.bootstrap_objective
-
-    def spy(logits, targets, boxes, drop_self_pairs):
-        seen.append(targets)
-        return real(logits, targets, boxes, drop_self_pairs)
-
-    monkeypatch.setattr(ab_simclr_module, "bootstrap_objective", spy)
+    calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
     sizes = method.batch_sizes()
     images = torch.randint(0, 255, (sum(sizes.values()), 1, 28, 28), dtype=torch.uint8)
     batches = {"annotation": ImageBatch(images[: sizes["annotation"]], torch.full((sizes["annotation"], 2), 28)),
@@ -93,7 +86,7 @@ def test_online_targets_equal_an_ema_target_of_momentum_zero(tiny_config, monkey
         torch.manual_seed(1)  # the same views both times
         out = model.training_step(batches, step_target, 0)
         assert torch.isfinite(out.loss)
-    online, ema = seen
+    online, ema = (call["targets"] for call in calls)
     assert online.shape == ema.shape == (sizes["bootstrap"], cfg.views.bootstrap_views, sizes["annotation"])
     assert torch.allclose(online, ema, atol=1e-5), (online - ema).abs().max()
     assert all(m.training for m in method.modules())  # eval mode only inside the target computation
