@@ -47,6 +47,18 @@ QUICK = [  # a smoke run of the code path: ViT-Tiny depth 4 at 8-px patches, 300
     "train.weight_decay_end=0.05", "eval.train.limit=20000", "eval.linear_epochs=20", "eval.map_epochs=5",
 ]
 PROBES = ("knn", "linear", "map")
+# Logged health figures reported at the end of each run (DINO's collapse monitors and the AB reward's width).
+MONITORS = ("dino/teacher_entropy", "dino/teacher_kl_uniform", "dino/student_feature_std", "ab/target_entropy")
+
+
+def final_monitors(run_dir: str) -> Dict[str, float]:
+    """The last logged value of each of MONITORS in the run's metrics.jsonl (those it logs)."""
+    found: Dict[str, float] = {}
+    path = Path(run_dir) / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        found.update({k: record[k] for k in MONITORS if k in record})
+    return found
 
 
 def parse_variant(text: str) -> Dict:
@@ -102,7 +114,8 @@ def main() -> int:
             ev = evaluate_method(method, cfg, device)
             runs.append({"variant": variant["label"], "method": cfg.method.name, "seed": seed, "steps": cfg.train.steps,
                          "views_seen": method.views_per_step() * cfg.train.steps, "train_seconds": train_seconds,
-                         "probe_seconds": ev["seconds"], "run_dir": cfg.train.out_dir, **{p: ev.get(p) for p in PROBES}})
+                         "probe_seconds": ev["seconds"], "run_dir": cfg.train.out_dir, **{p: ev.get(p) for p in PROBES},
+                         "monitors": final_monitors(cfg.train.out_dir)})
             print(json.dumps(runs[-1]), flush=True)
     assert cfg is not None
     floors: Dict[str, Dict] = {}
@@ -129,6 +142,10 @@ def main() -> int:
             cells.append(f"{mean:7.2f} ±{half:4.2f}")
         minutes = statistics.mean(r["train_seconds"] for r in rs) / 60
         print(f"{label:<22}{rs[0]['steps']:>7}{rs[0]['views_seen'] / 1e6:>11.2f}M{minutes:>11.1f}" + "".join(f"{c:>15}" for c in cells))
+    for label, rs in by_variant.items():
+        if rs[0]["monitors"]:
+            print(f"  {label} at the last log step: " + ", ".join(
+                f"{k} {statistics.mean(r['monitors'][k] for r in rs):.3f}" for k in MONITORS if k in rs[0]["monitors"]))
     for label, cells in floors.items():
         text = "".join(f"{'-':>15}" if c is None else f"{c[0]:7.2f} ±{c[1]:4.2f}".rjust(15) for c in (cells[p] for p in PROBES))
         print(f"{label:<22}{'-':>7}{'-':>12}{'-':>11}" + text)
