@@ -13,7 +13,7 @@ from annoboot.actions import (
     sample_crop_boxes,
     token_range_needed,
 )
-from annoboot.config import MethodConfig, ViewsConfig
+from annoboot.config import load_config
 
 
 @pytest.mark.parametrize("size_hw", [(32, 32), (120, 300), (300, 90)])
@@ -67,7 +67,8 @@ def test_pairwise_relative_boxes_shape_and_diagonal():
 
 
 def test_default_token_range_covers_the_bootstrap_sampler():
-    views, method = ViewsConfig(), MethodConfig()
+    defaults = load_config(None)
+    views, method = defaults.views, defaults.method
     needed = token_range_needed(views.bootstrap_scale, views.crop_ratio)
     assert needed == pytest.approx(1 / math.sqrt(0.05 * 0.75))
     assert method.action_range >= needed

@@ -7,9 +7,9 @@ rejected with an :class:`AnnobootError` naming the key, the value and where it c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -87,49 +87,26 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    """model.*: the encoder. Each method adds the options of its heads (its ``config_options``)."""
+
     backbone: str = "vit_tiny_patch16_224"  # any timm model name
     # Passed to timm.create_model (e.g. patch_size, depth, embed_dim). img_size is set from views.
     backbone_kwargs: Dict[str, Any] = field(default_factory=lambda: {"patch_size": 4})
-    proj_hidden_dim: int = 1024
-    proj_dim: int = 128
-    # BatchNorm in the projectors (SyncBatchNorm under DDP on GPUs; per-process on CPU).
-    projector_bn: bool = True
-    decoder_depth: int = 4
-    decoder_dim: Optional[int] = None  # None: the encoder's width
-    decoder_heads: int = 4
-    decoder_mlp_ratio: float = 4.0
-    # Text encoder (clip, ab_clip): a causal transformer over CLIP BPE tokens (paper: size "S").
-    text_width: int = 512
-    text_depth: int = 6
-    text_heads: int = 8
-    context_length: int = 32  # tokens per caption, start/end included; longer ones are cut
-    embed_dim: int = 512  # joint image-text embedding (CLIP) and the AB text head's output
-    # DINO head (dino, ab_dino): MLP in -> hidden -> hidden -> bottleneck, then K prototypes.
-    dino_hidden_dim: int = 2048
-    dino_bottleneck_dim: int = 256  # also the width of ABDINO's own prototype embeddings psi_AB
-    dino_prototypes: int = 4096  # K; the paper's 65,536 is sized for ImageNet, see the recipes
 
 
 @dataclass
 class ViewsConfig:
+    """views.*: size, augmentation and normalisation of every view. Each method adds the options
+    of its own views (bootstrap crops, multi-crop, ...: its ``config_options``)."""
+
     img_size: int = 32  # side of every rendered view (and of evaluation images)
-    # SimCLR annotation views: RandomResizedCrop + flip + colour jitter + grayscale.
+    # Augmented views: RandomResizedCrop + flip + colour jitter + grayscale (SimCLR's).
     crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
     crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     flip_prob: float = 0.5
     jitter_prob: float = 0.8
     jitter_strength: float = 0.5  # SimCLR's s: brightness/contrast/saturation 0.8s, hue 0.2s
     grayscale_prob: float = 0.2
-    # Bootstrap views: plain crops, no flip or colour (method.md section 3).
-    bootstrap_views: int = 4
-    bootstrap_scale: List[float] = field(default_factory=lambda: [0.05, 1.0])
-    # DINO multi-crop (dino, ab_dino): 2 global crops at img_size, local crops at local_size.
-    global_scale: List[float] = field(default_factory=lambda: [0.4, 1.0])
-    local_views: int = 6
-    local_scale: List[float] = field(default_factory=lambda: [0.05, 0.4])
-    local_size: int = 16  # DINO: 96 px locals for 224 px globals; keep the same ratio (~0.4-0.5)
-    # CLIP views: one crop per image from this scale range, no colour (open_clip's default).
-    clip_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
     # Mean/std used to normalise rendered views (the same at evaluation).
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -137,54 +114,15 @@ class ViewsConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "ab_simclr"  # simclr | ab_simclr | dino | ab_dino | clip | ab_clip
-    temperature: float = 0.1  # SimCLR softmax temperature (reward uses the same)
-    # Annotation bootstrapping (ab_* methods).
-    ab_weight: float = 1.0
-    ab_weight_warmup: float = 0.0  # linear ramp of ab_weight from 0 over this fraction of train.steps
-    gamma: float = 0.0  # 0: the published recipe (reward only); > 0 bootstraps through Q_ema
-    aggregate: str = "mean"  # mean | max (max renormalised over annotations)
-    drop_self_pairs: bool = False
-    # Split of the base batch B: annotation images = B * annotation_fraction (published: 1/2);
-    # bootstrap images = B * bootstrap_fraction, or with None as many as make an AB step render as
-    # many views as its base method's step (ABSimCLR: B/4 x 4 views; the published B/8 gives 25%
-    # fewer views than SimCLR at the same B; ABDINO: B x 4; ABCLIP: B/8 x 4, as published).
-    annotation_fraction: float = 0.5
-    bootstrap_fraction: Optional[float] = None
-    action_bins: int = 128
-    action_range: float = 6.0  # R: relative coordinates are clipped to [-R, R] before binning
-    # false (ablation): the value decoder sees one constant move, so it can only predict the
-    # average over moves (invariance); the paper's "no action tokens" row.
-    action_tokens: bool = True
-    ab_init_scale: float = 10.0  # initial t_AB
-    # EMA target: momentum m per step (time constant 1/(1 - m) steps), cosine-annealed from
-    # ema_momentum to ema_momentum_end (set them equal for a constant rate). Published: 0.996
-    # (250 steps, 0.25% of a 100k-step run), annealed to 1 (ABSimCLR, ABDINO) or constant (ABCLIP).
-    ema_momentum: float = 0.996
-    ema_momentum_end: float = 1.0
-    # Cap on the starting time constant as a fraction of train.steps, so that short runs bootstrap
-    # from a target that follows the online network (method.md section 4); None: the rate as given.
-    ema_horizon: Optional[float] = 0.02
-    # ema: the reward (and Q for gamma > 0) come from the EMA target network, a second forward
-    # of the target views, as published. online: from the online network's own forward of those
-    # views, without gradient: the limit of momentum 0 (the target equals the online weights of
-    # this step), which saves the second forward and the EMA copy (ab_simclr, ab_clip only).
-    target_network: str = "ema"
-    # DINO (dino, ab_dino; ABDINO's reward uses the same teacher distribution).
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07  # reached after the warm-up, then held
-    teacher_temp_warmup: float = 0.04  # starting value: a sharper teacher early avoids collapse
-    teacher_temp_warmup_steps: int = 1000  # linear warm-up length
-    center_momentum: float = 0.9  # EMA of the teacher's batch-mean logits
-    freeze_last_layer_steps: int = 100  # DINO: the first epoch; prototypes get no update meanwhile
-    # CLIP (clip, ab_clip): learned logit scale (inverse temperature), capped at 100.
-    clip_init_temperature: float = 0.07
+    """method.*: which method (annoboot.methods.METHODS); the method adds its own options."""
+
+    name: str = ""  # the schema's default is annoboot.methods.DEFAULT_METHOD
 
 
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 256  # base batch (images); ab_* methods split it, see MethodConfig
+    batch_size: int = 256  # base batch (images); annotation-bootstrapping methods split it
     lr: float = 1e-3
     min_lr: float = 1e-6
     warmup_steps: int = 100
@@ -233,7 +171,7 @@ class EvalConfig:
     decoder_probe_lrs: List[float] = field(default_factory=lambda: [3e-4, 1e-3])
     val_fraction: float = 0.1  # held out of the probe's train split to choose the learning rate
     probes: List[str] = field(default_factory=lambda: ["knn", "linear", "map"])
-    # Image-text evaluation of clip/ab_clip runs: zero-shot classification of eval.test from its
+    # Image-text evaluation of methods with a text tower: zero-shot classification of eval.test from its
     # class names in these prompts, and image<->text retrieval on a captioned source.
     zero_shot_templates: List[str] = field(
         default_factory=lambda: ["a photo of a {}.", "a picture of a {}.", "an image of the {}.", "a {}."]
@@ -256,11 +194,80 @@ class Config:
 _CHOICES = {
     "data.annotation.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder", "captioned_folder", "openclipart", "tuxpaint", "fmnist_scenes"),
     "data.bootstrap.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder", "captioned_folder", "openclipart", "tuxpaint", "fmnist_scenes"),
-    "method.name": ("simclr", "ab_simclr", "dino", "ab_dino", "clip", "ab_clip"),
-    "method.aggregate": ("mean", "max"),
-    "method.target_network": ("ema", "online"),
     "train.precision": ("auto", "bf16", "fp32"),
 }
+# Sections a method can add options to, with their core dataclass.
+_EXTENSIBLE = {"model": ModelConfig, "views": ViewsConfig, "method": MethodConfig}
+_SCHEMA: Dict[str, type] = {}  # the composed dataclasses, built on first use (config_schema)
+
+
+def forget_schema() -> None:
+    """Drop the composed schema: a method registered since gets its options into the next one."""
+    _SCHEMA.clear()
+
+
+def method_option_classes() -> Dict[str, Dict[str, tuple]]:
+    """method name -> section -> its option dataclasses (imports the registered methods)."""
+    from annoboot.methods import METHODS
+
+    return {name: dict(cls.config_options) for name, cls in METHODS.items()}
+
+
+def config_schema() -> type:
+    """The Config dataclass of this installation: the core sections, with the options of every
+    registered method added to the model, views and method sections. One flat namespace per
+    section, so recipes, overrides, saved configs and run hashes read as before."""
+    if not _SCHEMA:
+        from annoboot.methods import DEFAULT_METHOD
+
+        per_method = method_option_classes()
+        for section, core in _EXTENSIBLE.items():
+            owners: Dict[str, type] = {f.name: core for f in fields(core)}
+            columns = [(f.name, get_type_hints(core)[f.name], _copy_field(f)) for f in fields(core)]
+            for options in per_method.values():
+                for option_class in options.get(section, ()):
+                    hints = get_type_hints(option_class)
+                    for f in fields(option_class):
+                        owner = owners.setdefault(f.name, option_class)
+                        if owner is option_class and all(f.name != c[0] for c in columns):
+                            columns.append((f.name, hints[f.name], _copy_field(f)))
+                        elif owner is not option_class:
+                            raise AnnobootError(
+                                f"option '{section}.{f.name}' is declared by both {owner.__name__} and {option_class.__name__}"
+                            )
+            if section == "method":
+                columns[0] = ("name", str, field(default=DEFAULT_METHOD))
+            _SCHEMA[section] = _schema_class(f"Composed{core.__name__}", columns, core)
+        _SCHEMA["config"] = _schema_class(
+            "ComposedConfig", [(name, _SCHEMA[name], field(default_factory=_SCHEMA[name])) for name in _EXTENSIBLE], Config
+        )
+    return _SCHEMA["config"]
+
+
+def _copy_field(f: Any) -> Any:
+    return field(default_factory=f.default_factory) if f.default is MISSING else field(default=f.default)
+
+
+def _schema_class(name: str, columns: List[tuple], base: type) -> type:
+    cls = make_dataclass(name, columns, bases=(base,))
+    cls.__module__ = __name__  # picklable by name: the module's __getattr__ returns it
+    return cls
+
+
+def __getattr__(name: str) -> type:
+    composed = {"ComposedConfig": "config", "ComposedModelConfig": "model", "ComposedViewsConfig": "views", "ComposedMethodConfig": "method"}
+    if name in composed:
+        config_schema()
+        return _SCHEMA[composed[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_scale(key: str, pair: List[float]) -> None:
+    """AnnobootError naming ``key`` unless ``pair`` is [low, high], fractions of the image area."""
+    if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+        raise AnnobootError(f"bad config: key '{key}' must be [low, high] with 0 < low <= high, got {pair}")
+    if pair[1] > 1:
+        raise AnnobootError("bad config: crop scales are fractions of the image area and must be <= 1")
 
 
 def _explain(exc: OmegaConfBaseException, origin: str) -> AnnobootError:
@@ -271,7 +278,7 @@ def _explain(exc: OmegaConfBaseException, origin: str) -> AnnobootError:
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]] = None) -> Config:
     """Defaults <- recipe YAML at ``path`` <- ``key=value`` overrides; validated and typed."""
-    cfg = OmegaConf.structured(Config)
+    cfg = OmegaConf.structured(config_schema())
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -288,7 +295,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
 def config_from_saved(saved: Dict[str, Any], overrides: Optional[List[str]] = None, origin: str = "a saved config") -> Config:
     """The config stored in a checkpoint, with ``key=value`` overrides (e.g. for evaluation)."""
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
+        cfg = OmegaConf.merge(OmegaConf.structured(config_schema()), saved)
     except OmegaConfBaseException as exc:
         # Typically a key a newer or older annoboot wrote; name it rather than fail deep inside.
         raise _explain(exc, f"{origin} (written by another annoboot version?)") from None
@@ -331,12 +338,12 @@ def _finish(cfg: DictConfig) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    """Checks that types alone cannot express; raises AnnobootError naming the key."""
+    """Checks that types alone cannot express; raises AnnobootError naming the key. The options
+    of every registered method are checked by their own ``check`` (``selected``: whether the
+    configured method uses them) and ``CHOICES``."""
+    per_method = method_option_classes()
     values = {
         "data.annotation.kind": cfg.data.annotation.kind,
-        "method.name": cfg.method.name,
-        "method.aggregate": cfg.method.aggregate,
-        "method.target_network": cfg.method.target_network,
         "train.precision": cfg.train.precision,
     }
     if cfg.data.bootstrap is not None:
@@ -345,6 +352,8 @@ def validate(cfg: Config) -> None:
         allowed = _CHOICES[key]
         if value not in allowed:
             raise AnnobootError(f"bad config: key '{key}' is '{value}'; choose one of {', '.join(allowed)}")
+    if cfg.method.name not in per_method:
+        raise AnnobootError(f"bad config: key 'method.name' is '{cfg.method.name}'; choose one of {', '.join(per_method)}")
     scene_sources = {"data.annotation": cfg.data.annotation, "data.bootstrap": cfg.data.bootstrap,
                      "eval.train": cfg.eval.train, "eval.test": cfg.eval.test, "eval.retrieval": cfg.eval.retrieval}
     for key, source in scene_sources.items():
@@ -354,34 +363,30 @@ def validate(cfg: Config) -> None:
         from annoboot.eval.decoder_probe import check_decoder_options
 
         check_decoder_options(cfg.eval)
-    for key, pair in [
-        ("views.crop_scale", cfg.views.crop_scale),
-        ("views.crop_ratio", cfg.views.crop_ratio),
-        ("views.bootstrap_scale", cfg.views.bootstrap_scale),
-        ("views.global_scale", cfg.views.global_scale),
-        ("views.local_scale", cfg.views.local_scale),
-        ("views.clip_scale", cfg.views.clip_scale),
-    ]:
-        if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
-            raise AnnobootError(f"bad config: key '{key}' must be [low, high] with 0 < low <= high, got {pair}")
+    check_scale("views.crop_scale", cfg.views.crop_scale)
+    ratio = cfg.views.crop_ratio
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        raise AnnobootError(f"bad config: key 'views.crop_ratio' must be [low, high] with 0 < low <= high, got {ratio}")
     for stream, src in [("annotation", cfg.data.annotation), ("bootstrap", cfg.data.bootstrap)]:
         if src is not None:
             _validate_stream_source(f"data.{stream}", src)
-    v = cfg.views
-    if max(v.crop_scale[1], v.bootstrap_scale[1], v.global_scale[1], v.local_scale[1]) > 1:
-        raise AnnobootError("bad config: crop scales are fractions of the image area and must be <= 1")
-    if not 0 <= cfg.method.gamma < 1:
-        raise AnnobootError(f"bad config: key 'method.gamma' must be in [0, 1), got {cfg.method.gamma}")
     for key in ("steps", "batch_size", "ckpt_every", "log_every"):
         if getattr(cfg.train, key) <= 0:
             raise AnnobootError(f"bad config: key 'train.{key}' must be a positive integer, got {getattr(cfg.train, key)}")
-    if cfg.method.name.startswith("ab_") and cfg.views.bootstrap_views < 2:
-        raise AnnobootError("bad config: 'views.bootstrap_views' must be >= 2 for annotation bootstrapping")
-    if cfg.method.name.endswith("dino") and not (v.local_views >= 1 and 0 < v.local_size <= v.img_size):
-        raise AnnobootError(
-            f"bad config: DINO needs 'views.local_views' >= 1 (got {v.local_views}) and "
-            f"0 < 'views.local_size' <= 'views.img_size' (got {v.local_size} and {v.img_size})"
-        )
+    selected = {c for classes in per_method[cfg.method.name].values() for c in classes}
+    checked = set()
+    for options in per_method.values():
+        for section, classes in options.items():
+            for option_class in classes:
+                if option_class in checked:
+                    continue
+                checked.add(option_class)
+                for key, allowed in getattr(option_class, "CHOICES", {}).items():
+                    value = getattr(getattr(cfg, section), key)
+                    if value not in allowed:
+                        raise AnnobootError(f"bad config: key '{section}.{key}' is '{value}'; choose one of {', '.join(allowed)}")
+                if hasattr(option_class, "check"):
+                    option_class.check(cfg, option_class in selected)
 
 
 def check_mix_weights(key: str, root: Optional[str], weights: List[float]) -> None:

@@ -93,7 +93,7 @@ def test_online_targets_equal_an_ema_target_of_momentum_zero(tiny_config, monkey
 
 
 def test_online_targets_are_refused_where_the_target_network_belongs_to_the_base_method(tiny_config):
-    with pytest.raises(AnnobootError, match=r"method\.target_network=online applies to ab_simclr, ab_clip, not ab_dino"):
+    with pytest.raises(AnnobootError, match=r"method\.target_network=online applies to ab_clip, ab_simclr, not ab_dino"):
         build_method(tiny_config("method.name=ab_dino", "method.target_network=online"))
 
 

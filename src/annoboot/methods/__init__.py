@@ -1,16 +1,25 @@
-"""One small module per method; ``build_method`` picks one by name."""
+"""One small module per method, each registered by name (``@register_method``); ``build_method``
+picks one by ``method.name``. Every module of this package is imported here, so a new method is
+one new file (docs/adding_a_method.md)."""
+
+import importlib
+import pkgutil
 
 from annoboot.config import Config
 from annoboot.errors import AnnobootError
 from annoboot.methods.ab_clip import ABCLIP
 from annoboot.methods.ab_dino import ABDINO
 from annoboot.methods.ab_simclr import ABSimCLR
-from annoboot.methods.base import Method, StepOutput
+from annoboot.methods.base import METHOD_REGISTRY, Method, StepOutput, register_method
 from annoboot.methods.clip import CLIP
 from annoboot.methods.dino import DINO
 from annoboot.methods.simclr import SimCLR
 
-METHODS = {"simclr": SimCLR, "ab_simclr": ABSimCLR, "dino": DINO, "ab_dino": ABDINO, "clip": CLIP, "ab_clip": ABCLIP}
+for _module in pkgutil.iter_modules(__path__):  # methods added as files of this package
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+METHODS = METHOD_REGISTRY  # name -> Method subclass
+DEFAULT_METHOD = "ab_simclr"  # method.name when a config names none
 
 
 def build_method(cfg: Config) -> Method:
@@ -42,4 +51,5 @@ def _check_batch_sizes(method: Method, cfg: Config) -> None:
         raise AnnobootError(f"bad config: {rule} gives 0 bootstrap images per step; raise train.batch_size or method.bootstrap_fraction")
 
 
-__all__ = ["ABCLIP", "ABDINO", "ABSimCLR", "CLIP", "DINO", "METHODS", "Method", "SimCLR", "StepOutput", "build_method"]
+__all__ = ["ABCLIP", "ABDINO", "ABSimCLR", "CLIP", "DEFAULT_METHOD", "DINO", "METHODS", "Method", "SimCLR", "StepOutput", "build_method",
+           "register_method"]

@@ -21,8 +21,9 @@ import torch
 from annoboot import distributed
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.methods.base import Method, StepOutput
+from annoboot.methods.base import Method, StepOutput, merge_options, register_method
 from annoboot.methods.bootstrapping import (
+    BOOTSTRAP_OPTIONS,
     ValueFunction,
     ab_batch_sizes,
     ab_loss_weight,
@@ -35,7 +36,9 @@ from annoboot.models import Projector
 from annoboot.objectives import caption_distribution, clip_loss
 
 
+@register_method("ab_clip")
 class ABCLIP(CLIP):
+    config_options = merge_options(CLIP.config_options, BOOTSTRAP_OPTIONS)
     online_targets = True
     annotation_kind = "caption"
 

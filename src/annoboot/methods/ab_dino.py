@@ -21,8 +21,9 @@ from torch import nn
 
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.methods.base import Method, StepOutput
+from annoboot.methods.base import Method, StepOutput, merge_options, register_method
 from annoboot.methods.bootstrapping import (
+    BOOTSTRAP_OPTIONS,
     ValueFunction,
     ab_batch_sizes,
     ab_loss_weight,
@@ -34,7 +35,9 @@ from annoboot.methods.dino import DINO
 from annoboot.objectives import teacher_distribution
 
 
+@register_method("ab_dino")
 class ABDINO(DINO):
+    config_options = merge_options(DINO.config_options, BOOTSTRAP_OPTIONS)
     annotation_kind = "prototype"
 
     def __init__(self, cfg: Config):

@@ -19,8 +19,9 @@ import torch
 from annoboot import distributed
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.methods.base import Method, StepOutput
+from annoboot.methods.base import Method, StepOutput, merge_options, register_method
 from annoboot.methods.bootstrapping import (
+    BOOTSTRAP_OPTIONS,
     ValueFunction,
     ab_batch_sizes,
     ab_loss_weight,
@@ -34,7 +35,9 @@ from annoboot.models import Projector
 from annoboot.objectives import annotation_distribution, nt_xent
 
 
+@register_method("ab_simclr")
 class ABSimCLR(SimCLR):
+    config_options = merge_options(SimCLR.config_options, BOOTSTRAP_OPTIONS)
     online_targets = True
     # The reward's BatchNorm uses the running statistics of the online projector, which
     # normalises annotation views only: a view's reward then depends on that view alone, not on

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, ClassVar, Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -24,6 +24,50 @@ def rate_metric(name: str, numerator: torch.Tensor, denominator: torch.Tensor) -
     return {name + RATE_NUMERATOR: numerator, name + RATE_DENOMINATOR: denominator}
 
 
+# Every method by its method.name, filled by @register_method (annoboot.methods imports the modules).
+METHOD_REGISTRY: Dict[str, Type["Method"]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a :class:`Method` subclass the method ``method.name=<name>``; its
+    ``config_options`` join the config schema (annoboot.config builds it from this registry)."""
+
+    def register(cls: Type["Method"]) -> Type["Method"]:
+        from annoboot.config import forget_schema
+
+        METHOD_REGISTRY[name] = cls
+        forget_schema()
+        return cls
+
+    return register
+
+
+OptionSections = Dict[str, Tuple[type, ...]]
+
+
+def merge_options(*parts: OptionSections) -> OptionSections:
+    """The option classes of several parts per section, each once, in order."""
+    merged: Dict[str, Tuple[type, ...]] = {}
+    for part in parts:
+        for section, classes in part.items():
+            merged[section] = merged.get(section, ()) + tuple(c for c in classes if c not in merged.get(section, ()))
+    return merged
+
+
+@dataclass
+class EMATargetOptions:
+    """method.*: the EMA target (or teacher) network the trainer keeps for a method that asks for
+    one (``uses_target``). Momentum m per step (time constant 1/(1 - m) steps), cosine-annealed
+    from ema_momentum to ema_momentum_end (set them equal for a constant rate). Published: 0.996
+    (250 steps, 0.25% of a 100k-step run), annealed to 1 (ABSimCLR, ABDINO, DINO) or constant (ABCLIP)."""
+
+    ema_momentum: float = 0.996
+    ema_momentum_end: float = 1.0
+    # Cap on the starting time constant as a fraction of train.steps, so that short runs bootstrap
+    # from a target that follows the online network (method.md section 4); None: the rate as given.
+    ema_horizon: Optional[float] = 0.02
+
+
 @dataclass
 class StepOutput:
     loss: torch.Tensor  # scalar to minimise
@@ -40,6 +84,11 @@ class Method(nn.Module):
     its momentum follows ``ema_momentum``/``ema_momentum_end`` of the method config.
     """
 
+    # The options this method reads beyond the core config, per section ("method", "model",
+    # "views"): small dataclasses declared next to the code that reads them. Their fields become
+    # keys of that section (one flat namespace, shared by all methods: a key two option classes
+    # declared would be refused when the schema is built).
+    config_options: ClassVar[OptionSections] = {}
     uses_target: bool = False
     # Whether the method can take its TD targets from the online network's own forward instead
     # of an EMA target (method.target_network=online); such a method then sets uses_target False.

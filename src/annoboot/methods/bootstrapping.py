@@ -13,8 +13,8 @@ annotation keys the method supplies (a head over annotation views, a prototype m
 from __future__ import annotations
 
 import contextlib
-
-from typing import Callable, Dict, Iterator, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,8 @@ from torch import nn
 from annoboot.actions import action_tokens, box_iou, pairwise_relative_boxes, sample_crop_boxes
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.methods.base import rate_metric
+from annoboot.errors import AnnobootError
+from annoboot.methods.base import EMATargetOptions, rate_metric
 from annoboot.models import LogitScale, ValueDecoder
 from annoboot.objectives import agreement_by_iou, bootstrap_loss, td_target
 from annoboot.objectives.precision import float32_matmul
@@ -32,6 +33,75 @@ from annoboot.views import Normalize, render_views
 # IoU buckets for the agreement health metric: no overlap, then growing overlap.
 IOU_EDGES = (0.0, 1e-6, 0.2, 0.5, 0.8, 1.0001)
 IOU_NAMES = ("0", "0-0.2", "0.2-0.5", "0.5-0.8", "0.8-1")
+
+
+@dataclass
+class BootstrapOptions:
+    """method.*: annotation bootstrapping, shared by every AB method."""
+
+    ab_weight: float = 1.0
+    ab_weight_warmup: float = 0.0  # linear ramp of ab_weight from 0 over this fraction of train.steps
+    gamma: float = 0.0  # 0: the published recipe (reward only); > 0 bootstraps through Q_ema
+    aggregate: str = "mean"  # mean | max (max renormalised over annotations)
+    drop_self_pairs: bool = False
+    # Split of the base batch B: annotation images = B * annotation_fraction (published: 1/2);
+    # bootstrap images = B * bootstrap_fraction, or with None as many as make an AB step render as
+    # many views as its base method's step (ABSimCLR: B/4 x 4 views; the published B/8 gives 25%
+    # fewer views than SimCLR at the same B; ABDINO: B x 4; ABCLIP: B/8 x 4, as published).
+    annotation_fraction: float = 0.5
+    bootstrap_fraction: Optional[float] = None
+    action_bins: int = 128
+    action_range: float = 6.0  # R: relative coordinates are clipped to [-R, R] before binning
+    # false (ablation): the value decoder sees one constant move, so it can only predict the
+    # average over moves (invariance); the paper's "no action tokens" row.
+    action_tokens: bool = True
+    ab_init_scale: float = 10.0  # initial t_AB
+    # ema: the reward (and Q for gamma > 0) come from the EMA target network, a second forward
+    # of the target views, as published. online: from the online network's own forward of those
+    # views, without gradient: the limit of momentum 0 (the target equals the online weights of
+    # this step), which saves the second forward and the EMA copy (methods with online_targets).
+    target_network: str = "ema"
+
+    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"aggregate": ("mean", "max"), "target_network": ("ema", "online")}
+
+    @staticmethod
+    def check(cfg: Config, selected: bool) -> None:
+        if not 0 <= cfg.method.gamma < 1:
+            raise AnnobootError(f"bad config: key 'method.gamma' must be in [0, 1), got {cfg.method.gamma}")
+
+
+@dataclass
+class ValueDecoderOptions:
+    """model.*: the value decoder phi_AB(x, a) (models/value_decoder.py)."""
+
+    decoder_depth: int = 4
+    decoder_dim: Optional[int] = None  # None: the encoder's width
+    decoder_heads: int = 4
+    decoder_mlp_ratio: float = 4.0
+
+
+@dataclass
+class BootstrapViewOptions:
+    """views.*: the bootstrap views, plain crops with no flip or colour (method.md section 3)."""
+
+    bootstrap_views: int = 4
+    bootstrap_scale: List[float] = field(default_factory=lambda: [0.05, 1.0])
+
+    @staticmethod
+    def check(cfg: Config, selected: bool) -> None:
+        from annoboot.config import check_scale
+
+        check_scale("views.bootstrap_scale", cfg.views.bootstrap_scale)
+        if selected and cfg.views.bootstrap_views < 2:
+            raise AnnobootError("bad config: 'views.bootstrap_views' must be >= 2 for annotation bootstrapping")
+
+
+# What an AB method adds to its base method's options (``merge_options(Base.config_options, ...)``).
+BOOTSTRAP_OPTIONS = {
+    "method": (BootstrapOptions, EMATargetOptions),
+    "model": (ValueDecoderOptions,),
+    "views": (BootstrapViewOptions,),
+}
 
 
 class ValueFunction(nn.Module):

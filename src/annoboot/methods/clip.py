@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from dataclasses import dataclass, field
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -11,13 +12,46 @@ from annoboot.actions import sample_crop_boxes
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
 from annoboot.errors import AnnobootError
-from annoboot.methods.base import Method, StepOutput
+from annoboot.methods.base import Method, StepOutput, register_method
 from annoboot.models import CaptionTokenizer, LogitScale, TextEncoder, build_encoder
 from annoboot.objectives import clip_loss
 from annoboot.views import Normalize, render_views
 
 
+@dataclass
+class CLIPOptions:
+    """method.*: CLIP's loss, a learned logit scale (inverse temperature) capped at 100."""
+
+    clip_init_temperature: float = 0.07
+
+
+@dataclass
+class TextTowerOptions:
+    """model.*: the text encoder, a causal transformer over CLIP BPE tokens (paper: size "S")."""
+
+    text_width: int = 512
+    text_depth: int = 6
+    text_heads: int = 8
+    context_length: int = 32  # tokens per caption, start/end included; longer ones are cut
+    embed_dim: int = 512  # joint image-text embedding (CLIP) and the AB text head's output
+
+
+@dataclass
+class CLIPViewOptions:
+    """views.*: one crop per image from this scale range, no colour (open_clip's default)."""
+
+    clip_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
+
+    @staticmethod
+    def check(cfg: Config, selected: bool) -> None:
+        from annoboot.config import check_scale
+
+        check_scale("views.clip_scale", cfg.views.clip_scale)
+
+
+@register_method("clip")
 class CLIP(Method):
+    config_options = {"method": (CLIPOptions,), "model": (TextTowerOptions,), "views": (CLIPViewOptions,)}
     min_annotation_images = 2  # one positive pair and at least one negative
     embeds_text = True
 

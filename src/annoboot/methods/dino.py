@@ -13,7 +13,8 @@
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +23,55 @@ from annoboot import distributed
 from annoboot.actions import sample_crop_boxes
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.methods.base import Method, StepOutput
+from annoboot.errors import AnnobootError
+from annoboot.methods.base import EMATargetOptions, Method, StepOutput, register_method
 from annoboot.models import DINOHead, Encoder, build_encoder
 from annoboot.objectives import dino_loss, entropy, kl_to_uniform, teacher_distribution, update_center
 from annoboot.views import Normalize, SimCLRAugment, render_views
+
+
+@dataclass
+class DINOOptions:
+    """method.*: DINO's loss and teacher (ABDINO's reward uses the same teacher distribution)."""
+
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07  # reached after the warm-up, then held
+    teacher_temp_warmup: float = 0.04  # starting value: a sharper teacher early avoids collapse
+    teacher_temp_warmup_steps: int = 1000  # linear warm-up length
+    center_momentum: float = 0.9  # EMA of the teacher's batch-mean logits
+    freeze_last_layer_steps: int = 100  # DINO: the first epoch; prototypes get no update meanwhile
+
+
+@dataclass
+class DINOHeadOptions:
+    """model.*: the DINO head, an MLP in -> hidden -> hidden -> bottleneck, then K prototypes."""
+
+    dino_hidden_dim: int = 2048
+    dino_bottleneck_dim: int = 256  # also the width of ABDINO's own prototype embeddings psi_AB
+    dino_prototypes: int = 4096  # K; the paper's 65,536 is sized for ImageNet, see the recipes
+
+
+@dataclass
+class MultiCropOptions:
+    """views.*: DINO's multi-crop, 2 global crops at views.img_size and local crops at local_size."""
+
+    global_scale: List[float] = field(default_factory=lambda: [0.4, 1.0])
+    local_views: int = 6
+    local_scale: List[float] = field(default_factory=lambda: [0.05, 0.4])
+    local_size: int = 16  # DINO: 96 px locals for 224 px globals; keep the same ratio (~0.4-0.5)
+
+    @staticmethod
+    def check(cfg: Config, selected: bool) -> None:
+        from annoboot.config import check_scale
+
+        v = cfg.views
+        check_scale("views.global_scale", v.global_scale)
+        check_scale("views.local_scale", v.local_scale)
+        if selected and not (v.local_views >= 1 and 0 < v.local_size <= v.img_size):
+            raise AnnobootError(
+                f"bad config: DINO needs 'views.local_views' >= 1 (got {v.local_views}) and "
+                f"0 < 'views.local_size' <= 'views.img_size' (got {v.local_size} and {v.img_size})"
+            )
 
 
 def build_multicrop_encoder(cfg: Config) -> Encoder:
@@ -48,7 +94,9 @@ def teacher_temperature(step: int, start: float, end: float, warmup_steps: int) 
     return start + (end - start) * step / warmup_steps
 
 
+@register_method("dino")
 class DINO(Method):
+    config_options = {"method": (DINOOptions, EMATargetOptions), "model": (DINOHeadOptions,), "views": (MultiCropOptions,)}
     uses_target = True
 
     def __init__(self, cfg: Config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict
 
 import torch
@@ -9,13 +10,32 @@ import torch
 from annoboot.actions import sample_crop_boxes
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.methods.base import Method, StepOutput
+from annoboot.methods.base import Method, StepOutput, register_method
 from annoboot.models import Projector, build_encoder
 from annoboot.objectives import nt_xent
 from annoboot.views import Normalize, SimCLRAugment, render_views
 
 
+@dataclass
+class SimCLROptions:
+    """method.*: SimCLR's loss."""
+
+    temperature: float = 0.1  # NT-Xent softmax temperature (ABSimCLR's reward uses the same)
+
+
+@dataclass
+class ProjectorOptions:
+    """model.*: the projection MLP on the pooled features (SimCLR; also ABSimCLR's psi_AB head)."""
+
+    proj_hidden_dim: int = 1024
+    proj_dim: int = 128
+    # BatchNorm in the projectors (SyncBatchNorm under DDP on GPUs; per-process on CPU).
+    projector_bn: bool = True
+
+
+@register_method("simclr")
 class SimCLR(Method):
+    config_options = {"method": (SimCLROptions,), "model": (ProjectorOptions,)}
     min_annotation_images = 2  # one positive pair and at least one negative
 
     def __init__(self, cfg: Config):
