@@ -21,10 +21,14 @@ import time
 from datetime import date
 from pathlib import Path
 
+import torch
+
 from _protocol import spread
 
 from annoboot.config import load_config
-from annoboot.runs import pretrain
+from annoboot.eval.baselines import PixelEncoder
+from annoboot.methods import build_method
+from annoboot.runs import evaluate_encoder, evaluate_method, pretrain
 from annoboot.train.runtime import describe, resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +68,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small model and budget for a CPU run")
     parser.add_argument("--out-dir", default="runs/bench_captioned")
     parser.add_argument("--json", help="write all figures to this file")
+    parser.add_argument("--no-floors", action="store_true", help="leave out the random-init and raw-pixel rows")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
     args = parser.parse_args()
 
@@ -86,6 +91,19 @@ def main() -> int:
             chance = {"zero_shot": ev.get("zero_shot_chance"), "r1": ev.get("retrieval", {}).get("chance_r1"),
                       "pairs": ev.get("retrieval", {}).get("num_pairs")}
 
+    if not args.no_floors:  # probed with the same code and split: the untrained method (per seed) and raw pixels
+        for seed in args.seeds:
+            cfg = load_config(ROOT / "configs" / f"openclipart_{args.methods[-1]}.yaml", extra + [f"train.seed={seed}", f"eval.seed={seed}"])
+            torch.manual_seed(seed)
+            ev = evaluate_method(build_method(cfg).to(resolve_device(cfg.train.device)).eval(), cfg, resolve_device(cfg.train.device))
+            rows.setdefault("random init", []).append(
+                {"method": "random init", "seed": seed, "seconds": 0.0, "steps": 0, "zero_shot": ev.get("zero_shot"), "knn": ev.get("knn"),
+                 "linear": ev.get("linear"), "map": ev.get("map"), **{k: v for k, v in ev.get("retrieval", {}).items() if k in COLUMNS}})
+        patch = 8 if cfg.views.img_size % 8 == 0 else 1
+        ev = evaluate_encoder(PixelEncoder(cfg.views.mean, cfg.views.std, patch), cfg, resolve_device(cfg.train.device))
+        rows["raw pixels"] = [{"method": "raw pixels", "seed": None, "seconds": 0.0, "steps": 0, "knn": ev.get("knn"), "linear": ev.get("linear"),
+                               "map": ev.get("map")}]
+        runs.extend(rows["random init"] + rows["raw pixels"])
     device = describe(resolve_device("auto"), "auto", False)
     print(f"\n{args.data}: CLIP vs ABCLIP  date={date.today()}  device={device}  seeds={args.seeds}  overrides={extra}")
     print(f"chance: zero-shot {chance['zero_shot']:.2f}, retrieval R@1 {chance['r1']:.2f} over {chance['pairs']} pairs")
