@@ -191,11 +191,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-_CHOICES = {
-    "data.annotation.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder", "captioned_folder", "openclipart", "tuxpaint", "fmnist_scenes"),
-    "data.bootstrap.kind": ("fashion_mnist", "image_folder", "webdataset", "video_folder", "captioned_folder", "openclipart", "tuxpaint", "fmnist_scenes"),
-    "train.precision": ("auto", "bf16", "fp32"),
-}
+_CHOICES = {"train.precision": ("auto", "bf16", "fp32")}
 # Sections a method can add options to, with their core dataclass.
 _EXTENSIBLE = {"model": ModelConfig, "views": ViewsConfig, "method": MethodConfig}
 _SCHEMA: Dict[str, type] = {}  # the composed dataclasses, built on first use (config_schema)
@@ -348,8 +344,11 @@ def validate(cfg: Config) -> None:
     }
     if cfg.data.bootstrap is not None:
         values["data.bootstrap.kind"] = cfg.data.bootstrap.kind
+    from annoboot.data import SOURCE_KINDS  # the data package's own list
+
+    choices = {**_CHOICES, "data.annotation.kind": SOURCE_KINDS, "data.bootstrap.kind": SOURCE_KINDS}
     for key, value in values.items():
-        allowed = _CHOICES[key]
+        allowed = choices[key]
         if value not in allowed:
             raise AnnobootError(f"bad config: key '{key}' is '{value}'; choose one of {', '.join(allowed)}")
     if cfg.method.name not in per_method:

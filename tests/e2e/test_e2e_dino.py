@@ -14,8 +14,10 @@ import json
 import math
 
 import pytest
+import torch
 from helpers import DINO_TINY, knn_of, needs_fmnist
 
+from annoboot.methods import build_method
 from annoboot.train import Trainer
 
 
@@ -40,7 +42,13 @@ def test_short_run_matches_its_teacher_without_collapse(tiny_config):
     # loss - H(teacher) = mean KL(teacher || student) over the view pairs.
     kl = [row["loss/dino"] - row["dino/teacher_entropy"] for row in rows]
     assert kl[-1] < 0.8 * kl[0], kl
-    assert knn_of(trainer.method.encoder, cfg) > 30.0  # features still tell the 10 classes apart
+    # Features still tell the 10 classes apart: measured 48-53% against the untrained encoder's
+    # ~62% (module docstring); a student collapsed to one prototype or a uniform teacher would
+    # sit near chance (10%).
+    trained = knn_of(trainer.method.encoder, cfg)
+    torch.manual_seed(cfg.train.seed)
+    untrained = knn_of(build_method(cfg).encoder, cfg)
+    assert trained > untrained - 20, (untrained, trained)
 
 
 @pytest.mark.slow

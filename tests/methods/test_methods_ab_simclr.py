@@ -24,11 +24,26 @@ pytestmark = needs_fmnist
     ],
     ids=["gamma_mean", "gamma_max_no_self", "cnn_backbone", "two_views"],
 )
-def test_ab_simclr_variants_train(tiny_config, variant):
+def test_ab_simclr_variants_train(tiny_config, variant, monkeypatch):
+    calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
     cfg = tiny_config("method.name=ab_simclr", "train.steps=3", "train.log_every=3", *variant)
-    last = Trainer(cfg).fit()
+    trainer = Trainer(cfg)
+    last = trainer.fit()
     assert all(torch.isfinite(torch.tensor(v)) for v in last.values()), last
     assert last["loss/bootstrap"] > 0
+    # The variant shaped the step: every move between the bootstrap views of every bootstrap image.
+    images, views = trainer.method.batch_sizes()["bootstrap"], cfg.views.bootstrap_views
+    assert len(calls) == 3 and calls[0]["logits"].shape[:3] == (images, views, views)
+    assert calls[0]["targets"].shape[:2] == (images, views)
+    if cfg.method.gamma > 0:
+        # Same seed with gamma 0: the reward alone. The gamma target is (1 - gamma) reward +
+        # gamma AGG_a' Q, so what it adds to the reward must itself be a distribution, and not the reward.
+        reward_calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
+        Trainer(tiny_config("method.name=ab_simclr", "train.steps=1", *variant, "method.gamma=0"), overwrite=True).fit()
+        reward, target = reward_calls[0]["targets"], calls[0]["targets"]
+        bootstrapped = (target - (1 - cfg.method.gamma) * reward) / cfg.method.gamma
+        assert bootstrapped.min() > -1e-5 and torch.allclose(bootstrapped.sum(-1), torch.ones(()), atol=1e-4)
+        assert not torch.allclose(bootstrapped, reward, atol=1e-3)
 
 
 def test_the_ema_reward_of_a_view_does_not_depend_on_the_other_bootstrap_views(tiny_config):
