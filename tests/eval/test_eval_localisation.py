@@ -6,6 +6,7 @@ from helpers import SCENES, TINY, needs_fmnist
 
 from annoboot.config import load_config
 from annoboot.data.scenes import SceneSource
+from annoboot.errors import AnnobootError
 from annoboot.eval.localisation import centres_inside, localisation_score, score_moves, summarise
 from annoboot.methods import build_method
 from annoboot.viz.value_map import grid_boxes
@@ -49,3 +50,9 @@ def test_a_run_without_action_tokens_scores_exactly_chance_and_one_with_them_dif
     moving = build_method(load_config(None, overrides)).eval()
     other = localisation_score(moving, source, grid=6, scenes=12)
     assert other["mean_best_rank"] != pytest.approx(other["chance_mean_best_rank"], abs=1e-6)
+
+
+def test_a_method_without_item_annotations_is_refused_naming_the_methods_that_have_them():
+    method = build_method(load_config(None, TINY + ["method.name=simclr"]))
+    with pytest.raises(AnnobootError, match=r"images or captions \(ab_clip, ab_simclr: .*this run is simclr"):
+        localisation_score(method, SceneSource(SCENES, split="test"))

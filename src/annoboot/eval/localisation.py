@@ -90,8 +90,11 @@ def localisation_score(method, source, grid: int = 8, box_scale: Optional[float]
 
     name, kind = method.cfg.method.name, getattr(method, "annotation_kind", None)
     if getattr(method, "value_function", None) is None or kind not in ("image", "caption"):
+        from annoboot.methods import METHODS
+
+        fitting = ", ".join(n for n, c in METHODS.items() if c.annotation_kind in ("image", "caption"))
         raise AnnobootError(
-            f"localisation needs an AB run whose annotations are images or captions (ab_simclr, ab_clip: a value "
+            f"localisation needs an AB run whose annotations are images or captions ({fitting}: a value "
             f"function with item annotations); this run is {name}"
         )
     if not hasattr(source, "item_boxes"):
