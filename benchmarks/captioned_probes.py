@@ -60,6 +60,12 @@ def data_overrides(data: str):
             "eval.zero_shot_templates=['a photo of {}.', 'a picture of {}.', 'a {}.']"]
 
 
+def row(label: str, seed, seconds: float, steps: int, ev: dict) -> dict:
+    """One table row: the figures of COLUMNS an evaluation produced (None where it has none)."""
+    figures = {**ev, **ev.get("retrieval", {})}
+    return {"method": label, "seed": seed, "seconds": seconds, "steps": steps, **{k: figures.get(k) for k in COLUMNS}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -83,9 +89,7 @@ def main() -> int:
             )
             start = time.perf_counter()
             ev = pretrain(cfg)["eval"]
-            run = {"method": method, "seed": seed, "seconds": time.perf_counter() - start, "steps": cfg.train.steps,
-                   "zero_shot": ev.get("zero_shot"), "knn": ev.get("knn"), "linear": ev.get("linear"), "map": ev.get("map"),
-                   **{k: v for k, v in ev.get("retrieval", {}).items() if k in COLUMNS}}
+            run = row(method, seed, time.perf_counter() - start, cfg.train.steps, ev)
             runs.append(run)
             rows.setdefault(method, []).append(run)
             chance = {"zero_shot": ev.get("zero_shot_chance"), "r1": ev.get("retrieval", {}).get("chance_r1"),
@@ -94,15 +98,11 @@ def main() -> int:
     if not args.no_floors:  # probed with the same code and split: the untrained method (per seed) and raw pixels
         for seed in args.seeds:
             cfg = load_config(ROOT / "configs" / f"openclipart_{args.methods[-1]}.yaml", extra + [f"train.seed={seed}", f"eval.seed={seed}"])
+            device = resolve_device(cfg.train.device)
             torch.manual_seed(seed)
-            ev = evaluate_method(build_method(cfg).to(resolve_device(cfg.train.device)).eval(), cfg, resolve_device(cfg.train.device))
-            rows.setdefault("random init", []).append(
-                {"method": "random init", "seed": seed, "seconds": 0.0, "steps": 0, "zero_shot": ev.get("zero_shot"), "knn": ev.get("knn"),
-                 "linear": ev.get("linear"), "map": ev.get("map"), **{k: v for k, v in ev.get("retrieval", {}).items() if k in COLUMNS}})
+            rows.setdefault("random init", []).append(row("random init", seed, 0.0, 0, evaluate_method(build_method(cfg).to(device).eval(), cfg, device)))
         patch = 8 if cfg.views.img_size % 8 == 0 else 1
-        ev = evaluate_encoder(PixelEncoder(cfg.views.mean, cfg.views.std, patch), cfg, resolve_device(cfg.train.device))
-        rows["raw pixels"] = [{"method": "raw pixels", "seed": None, "seconds": 0.0, "steps": 0, "knn": ev.get("knn"), "linear": ev.get("linear"),
-                               "map": ev.get("map")}]
+        rows["raw pixels"] = [row("raw pixels", None, 0.0, 0, evaluate_encoder(PixelEncoder(cfg.views.mean, cfg.views.std, patch), cfg, device))]
         runs.extend(rows["random init"] + rows["raw pixels"])
     device = describe(resolve_device("auto"), "auto", False)
     print(f"\n{args.data}: CLIP vs ABCLIP  date={date.today()}  device={device}  seeds={args.seeds}  overrides={extra}")

@@ -209,6 +209,16 @@ def method_option_classes() -> Dict[str, Dict[str, tuple]]:
     return {name: dict(cls.config_options) for name, cls in METHODS.items()}
 
 
+def _unique_option_classes(per_method: Dict[str, Dict[str, tuple]]) -> List[tuple]:
+    """(section, option class) of every registered method, each class once, in registration order."""
+    seen: Dict[type, str] = {}
+    for options in per_method.values():
+        for section, classes in options.items():
+            for option_class in classes:
+                seen.setdefault(option_class, section)
+    return [(section, option_class) for option_class, section in seen.items()]
+
+
 def config_schema() -> type:
     """The Config dataclass of this installation: the core sections, with the options of every
     registered method added to the model, views and method sections. One flat namespace per
@@ -216,24 +226,19 @@ def config_schema() -> type:
     if not _SCHEMA:
         from annoboot.methods import DEFAULT_METHOD
 
-        per_method = method_option_classes()
+        columns = {section: [(f.name, get_type_hints(core)[f.name], _copy_field(f)) for f in fields(core)]
+                   for section, core in _EXTENSIBLE.items()}
+        owners = {section: {f.name: core for f in fields(core)} for section, core in _EXTENSIBLE.items()}
+        for section, option_class in _unique_option_classes(method_option_classes()):
+            hints = get_type_hints(option_class)
+            for f in fields(option_class):
+                owner = owners[section].setdefault(f.name, option_class)
+                if owner is not option_class:
+                    raise AnnobootError(f"option '{section}.{f.name}' is declared by both {owner.__name__} and {option_class.__name__}")
+                columns[section].append((f.name, hints[f.name], _copy_field(f)))
+        columns["method"][0] = ("name", str, field(default=DEFAULT_METHOD))
         for section, core in _EXTENSIBLE.items():
-            owners: Dict[str, type] = {f.name: core for f in fields(core)}
-            columns = [(f.name, get_type_hints(core)[f.name], _copy_field(f)) for f in fields(core)]
-            for options in per_method.values():
-                for option_class in options.get(section, ()):
-                    hints = get_type_hints(option_class)
-                    for f in fields(option_class):
-                        owner = owners.setdefault(f.name, option_class)
-                        if owner is option_class and all(f.name != c[0] for c in columns):
-                            columns.append((f.name, hints[f.name], _copy_field(f)))
-                        elif owner is not option_class:
-                            raise AnnobootError(
-                                f"option '{section}.{f.name}' is declared by both {owner.__name__} and {option_class.__name__}"
-                            )
-            if section == "method":
-                columns[0] = ("name", str, field(default=DEFAULT_METHOD))
-            _SCHEMA[section] = _schema_class(f"Composed{core.__name__}", columns, core)
+            _SCHEMA[section] = _schema_class(f"Composed{core.__name__}", columns[section], core)
         _SCHEMA["config"] = _schema_class(
             "ComposedConfig", [(name, _SCHEMA[name], field(default_factory=_SCHEMA[name])) for name in _EXTENSIBLE], Config
         )
@@ -251,10 +256,11 @@ def _schema_class(name: str, columns: List[tuple], base: type) -> type:
 
 
 def __getattr__(name: str) -> type:
-    composed = {"ComposedConfig": "config", "ComposedModelConfig": "model", "ComposedViewsConfig": "views", "ComposedMethodConfig": "method"}
-    if name in composed:
+    if name.startswith("Composed"):
         config_schema()
-        return _SCHEMA[composed[name]]
+        for cls in _SCHEMA.values():
+            if cls.__name__ == name:
+                return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -373,19 +379,13 @@ def validate(cfg: Config) -> None:
         if getattr(cfg.train, key) <= 0:
             raise AnnobootError(f"bad config: key 'train.{key}' must be a positive integer, got {getattr(cfg.train, key)}")
     selected = {c for classes in per_method[cfg.method.name].values() for c in classes}
-    checked = set()
-    for options in per_method.values():
-        for section, classes in options.items():
-            for option_class in classes:
-                if option_class in checked:
-                    continue
-                checked.add(option_class)
-                for key, allowed in getattr(option_class, "CHOICES", {}).items():
-                    value = getattr(getattr(cfg, section), key)
-                    if value not in allowed:
-                        raise AnnobootError(f"bad config: key '{section}.{key}' is '{value}'; choose one of {', '.join(allowed)}")
-                if hasattr(option_class, "check"):
-                    option_class.check(cfg, option_class in selected)
+    for section, option_class in _unique_option_classes(per_method):
+        for key, allowed in getattr(option_class, "CHOICES", {}).items():
+            value = getattr(getattr(cfg, section), key)
+            if value not in allowed:
+                raise AnnobootError(f"bad config: key '{section}.{key}' is '{value}'; choose one of {', '.join(allowed)}")
+        if hasattr(option_class, "check"):
+            option_class.check(cfg, option_class in selected)
 
 
 def check_mix_weights(key: str, root: Optional[str], weights: List[float]) -> None:
