@@ -39,9 +39,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from annoboot.config import Config, ScenesConfig, load_config, to_dict
+from annoboot.config import Config, load_config, to_dict
 from annoboot.data.fashion_mnist import FashionMNISTSource
-from annoboot.data.scenes import CLASS_NAMES, SceneSource
+from annoboot.data.scenes import CLASS_NAMES, SceneSource, ScenesConfig
 from annoboot.eval.baselines import PixelEncoder
 from annoboot.eval.image_text import evaluate_image_text, has_text_tower
 from annoboot.eval.scenes import scene_probes

@@ -14,49 +14,24 @@ from typing import Any, Dict, List, Optional, get_type_hints
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from annoboot.data.registry import SOURCE_REGISTRY, source_option_classes  # imports annoboot.data: every kind registers
 from annoboot.errors import AnnobootError
 
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-
-
 @dataclass
-class ScenesConfig:
-    """fmnist_scenes: canvases of several Fashion-MNIST items with weak captions (data/scenes.py).
+class SourceCoreConfig:
+    """Where images come from: the options every kind reads. Each kind adds the options only it
+    reads (a dataclass next to its code, data/registry.py); ``SourceConfig`` holds both. Sources
+    are decode-only: crops happen later, on the device."""
 
-    A scene of split s (``SourceConfig.split``) draws its items and clutter from the Fashion-MNIST
-    split s only. Scene i depends only on (seed, split, i): a limit keeps a prefix of the same set.
-    """
-
-    num_scenes: int = 20000
-    canvas: int = 96  # side of the square canvas in pixels
-    items: List[int] = field(default_factory=lambda: [2, 5])  # items per scene, inclusive range
-    item_size: List[int] = field(default_factory=lambda: [20, 56])  # side of a pasted item in px
-    max_overlap: float = 0.2  # largest share of the smaller of two item boxes they may share
-    clutter: int = 6  # background patches of other items per scene: uniform in [0, clutter]
-    clutter_contrast: float = 0.3  # their brightness relative to a pasted item
-    single_fraction: float = 0.0  # share of canvases holding one whole item (a mixed source)
-    seed: int = 0
-    pool_limit: Optional[int] = None  # use only the first N Fashion-MNIST images of the split
-
-
-@dataclass
-class SourceConfig:
-    """Where images come from. Sources are decode-only: crops happen later, on the device."""
-
-    # fashion_mnist | image_folder | webdataset | video_folder; captioned (image + text):
-    # captioned_folder (<image>.txt twins) | openclipart | tuxpaint (Debian packages)
-    # | fmnist_scenes (generated, see ``scenes``)
-    kind: str = "fashion_mnist"
+    kind: str = "fashion_mnist"  # a registered kind: annoboot.data.SOURCE_KINDS
     # None: the source's default location. webdataset: a shard pattern, e.g.
     # /data/cc12m/{000000..001242}.tar (several joined with '::').
     root: Optional[str] = None
     # fashion_mnist: train | test. Captioned folders: train | test | all, a fixed 90/10 split by
     # a hash of each file's relative path (stable when files are added).
     split: str = "train"
-    labels_from_subfolders: bool = False  # image_folder: class = first sub-folder (evaluation)
     limit: Optional[int] = None  # use only the first N images (smoke runs, tests)
     max_short_side: int = 256  # decoded images are downscaled so their short side is at most this
-    frame_stride: int = 1  # video_folder: keep every n-th frame
     # CPU decode workers for file-backed sources; None: this process's share of the cores,
     # split over its streams (data/workers.py)
     num_workers: Optional[int] = None
@@ -64,17 +39,40 @@ class SourceConfig:
     # decoded images fit in this many MB is decoded once and kept in memory, one copy per process
     # (data/cache.py); 0 decodes every epoch.
     cache_mb: int = 2048
-    scenes: ScenesConfig = field(default_factory=ScenesConfig)  # fmnist_scenes only
-    # webdataset: one weight per '::'-joined pattern; each pattern is then its own source and a
-    # sample comes from pattern i with probability w_i / sum(w). None: all shards pooled.
-    mix_weights: Optional[List[float]] = None
     # Stop with an error when more than this fraction of the images tried (checked from 256 on)
     # cannot be used; 1.0 stops only when nothing decodes (1,024 unusable images in a row, or an
     # epoch's worth if fewer).
     max_bad_fraction: float = 0.5
-    # webdataset: cpu (workers decode) | device (workers read bytes; JPEGs are decoded in a
-    # batch on the training device with torchvision/nvjpeg; other formats in the workers).
-    decode_on: str = "cpu"
+
+
+def _copy_field(f: Any) -> Any:
+    return field(default_factory=f.default_factory) if f.default is MISSING else field(default=f.default)
+
+
+def _columns(option_class: type, owners: Dict[str, type], section: str) -> List[tuple]:
+    """(name, type, field) of ``option_class``'s options; an option another class declares is refused."""
+    hints = get_type_hints(option_class)
+    columns = []
+    for f in fields(option_class):
+        owner = owners.setdefault(f.name, option_class)
+        if owner is not option_class:
+            raise AnnobootError(f"option '{section}.{f.name}' is declared by both {owner.__name__} and {option_class.__name__}")
+        columns.append((f.name, hints[f.name], _copy_field(f)))
+    return columns
+
+
+def _compose_source_config() -> type:
+    owners: Dict[str, type] = {}
+    columns = _columns(SourceCoreConfig, owners, "<source>")
+    for option_class in source_option_classes():
+        columns += _columns(option_class, owners, "<source>")
+    cls = make_dataclass("SourceConfig", columns)
+    cls.__module__ = __name__
+    cls.__doc__ = SourceCoreConfig.__doc__
+    return cls
+
+
+SourceConfig = _compose_source_config()
 
 
 @dataclass
@@ -191,7 +189,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-_CHOICES = {"train.precision": ("auto", "bf16", "fp32")}
+PRECISIONS = ("auto", "bf16", "fp32")  # train.precision
 # Sections a method can add options to, with their core dataclass.
 _EXTENSIBLE = {"model": ModelConfig, "views": ViewsConfig, "method": MethodConfig}
 _SCHEMA: Dict[str, type] = {}  # the composed dataclasses, built on first use (config_schema)
@@ -230,12 +228,7 @@ def config_schema() -> type:
                    for section, core in _EXTENSIBLE.items()}
         owners = {section: {f.name: core for f in fields(core)} for section, core in _EXTENSIBLE.items()}
         for section, option_class in _unique_option_classes(method_option_classes()):
-            hints = get_type_hints(option_class)
-            for f in fields(option_class):
-                owner = owners[section].setdefault(f.name, option_class)
-                if owner is not option_class:
-                    raise AnnobootError(f"option '{section}.{f.name}' is declared by both {owner.__name__} and {option_class.__name__}")
-                columns[section].append((f.name, hints[f.name], _copy_field(f)))
+            columns[section] += _columns(option_class, owners[section], section)
         columns["method"][0] = ("name", str, field(default=DEFAULT_METHOD))
         for section, core in _EXTENSIBLE.items():
             _SCHEMA[section] = _schema_class(f"Composed{core.__name__}", columns[section], core)
@@ -243,10 +236,6 @@ def config_schema() -> type:
             "ComposedConfig", [(name, _SCHEMA[name], field(default_factory=_SCHEMA[name])) for name in _EXTENSIBLE], Config
         )
     return _SCHEMA["config"]
-
-
-def _copy_field(f: Any) -> Any:
-    return field(default_factory=f.default_factory) if f.default is MISSING else field(default=f.default)
 
 
 def _schema_class(name: str, columns: List[tuple], base: type) -> type:
@@ -344,26 +333,15 @@ def validate(cfg: Config) -> None:
     of every registered method are checked by their own ``check`` (``selected``: whether the
     configured method uses them) and ``CHOICES``."""
     per_method = method_option_classes()
-    values = {
-        "data.annotation.kind": cfg.data.annotation.kind,
-        "train.precision": cfg.train.precision,
-    }
-    if cfg.data.bootstrap is not None:
-        values["data.bootstrap.kind"] = cfg.data.bootstrap.kind
-    from annoboot.data import SOURCE_KINDS  # the data package's own list
-
-    choices = {**_CHOICES, "data.annotation.kind": SOURCE_KINDS, "data.bootstrap.kind": SOURCE_KINDS}
-    for key, value in values.items():
-        allowed = choices[key]
-        if value not in allowed:
-            raise AnnobootError(f"bad config: key '{key}' is '{value}'; choose one of {', '.join(allowed)}")
+    if cfg.train.precision not in PRECISIONS:
+        raise AnnobootError(f"bad config: key 'train.precision' is '{cfg.train.precision}'; choose one of {', '.join(PRECISIONS)}")
     if cfg.method.name not in per_method:
         raise AnnobootError(f"bad config: key 'method.name' is '{cfg.method.name}'; choose one of {', '.join(per_method)}")
-    scene_sources = {"data.annotation": cfg.data.annotation, "data.bootstrap": cfg.data.bootstrap,
-                     "eval.train": cfg.eval.train, "eval.test": cfg.eval.test, "eval.retrieval": cfg.eval.retrieval}
-    for key, source in scene_sources.items():
-        if source is not None and source.kind == "fmnist_scenes":
-            check_scenes(source.scenes, f"{key}.scenes")
+    sources = {"data.annotation": cfg.data.annotation, "data.bootstrap": cfg.data.bootstrap,
+               "eval.train": cfg.eval.train, "eval.test": cfg.eval.test, "eval.retrieval": cfg.eval.retrieval}
+    for key, source in sources.items():
+        if source is not None:
+            check_source(source, key)
     if "decoder" in cfg.eval.probes:  # checked now, not after a run of pre-training
         from annoboot.eval.decoder_probe import check_decoder_options
 
@@ -372,9 +350,6 @@ def validate(cfg: Config) -> None:
     ratio = cfg.views.crop_ratio
     if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
         raise AnnobootError(f"bad config: key 'views.crop_ratio' must be [low, high] with 0 < low <= high, got {ratio}")
-    for stream, src in [("annotation", cfg.data.annotation), ("bootstrap", cfg.data.bootstrap)]:
-        if src is not None:
-            _validate_stream_source(f"data.{stream}", src)
     for key in ("steps", "batch_size", "ckpt_every", "log_every"):
         if getattr(cfg.train, key) <= 0:
             raise AnnobootError(f"bad config: key 'train.{key}' must be a positive integer, got {getattr(cfg.train, key)}")
@@ -388,54 +363,16 @@ def validate(cfg: Config) -> None:
             option_class.check(cfg, option_class in selected)
 
 
-def check_mix_weights(key: str, root: Optional[str], weights: List[float]) -> None:
-    """AnnobootError naming ``key`` unless ``weights`` fit the '::'-joined patterns of ``root``."""
-    patterns = (root or "").split("::")
-    if len(weights) != len(patterns):
-        raise AnnobootError(
-            f"bad config: key '{key}' has {len(weights)} weight(s) but the root joins {len(patterns)} "
-            "shard pattern(s) with '::'; give one weight per pattern"
-        )
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise AnnobootError(f"bad config: key '{key}' must be >= 0 with a positive sum, got {list(weights)}")
-
-
-def _validate_stream_source(key: str, src: SourceConfig) -> None:
-    if src.decode_on not in ("cpu", "device"):
-        raise AnnobootError(f"bad config: key '{key}.decode_on' is '{src.decode_on}'; choose one of cpu, device")
-    if src.kind != "webdataset" and (src.decode_on != "cpu" or src.mix_weights is not None):
-        raise AnnobootError(
-            f"bad config: '{key}.decode_on' and '{key}.mix_weights' apply to kind=webdataset only, not {src.kind}"
-        )
-    if src.mix_weights is not None:
-        check_mix_weights(f"{key}.mix_weights", src.root, src.mix_weights)
+def check_source(src: SourceConfig, key: str) -> None:
+    """AnnobootError naming ``key``.<option>: an unregistered kind, or a value its options refuse
+    (each registered kind's option class checks its own, told whether ``src.kind`` reads them)."""
+    if src.kind not in SOURCE_REGISTRY:
+        raise AnnobootError(f"bad config: key '{key}.kind' is '{src.kind}'; choose one of {', '.join(SOURCE_REGISTRY)}")
     if not 0 < src.max_bad_fraction <= 1:
         raise AnnobootError(f"bad config: key '{key}.max_bad_fraction' must be in (0, 1], got {src.max_bad_fraction}")
-
-
-def check_scenes(scenes: ScenesConfig, key: str = "scenes") -> None:
-    """AnnobootError naming ``key``.<option> when a scene setting cannot work."""
-    bad = None
-    if scenes.num_scenes < 1:
-        bad = f"'{key}.num_scenes' must be >= 1, got {scenes.num_scenes}"
-    elif scenes.canvas < 8:
-        bad = f"'{key}.canvas' must be >= 8 pixels, got {scenes.canvas}"
-    elif len(scenes.items) != 2 or not 1 <= scenes.items[0] <= scenes.items[1]:
-        bad = f"'{key}.items' must be [low, high] with 1 <= low <= high, got {scenes.items}"
-    elif len(scenes.item_size) != 2 or not 4 <= scenes.item_size[0] <= scenes.item_size[1] <= scenes.canvas:
-        bad = f"'{key}.item_size' must be [low, high] with 4 <= low <= high <= canvas ({scenes.canvas}), got {scenes.item_size}"
-    elif not 0 <= scenes.max_overlap <= 1:
-        bad = f"'{key}.max_overlap' must be in [0, 1], got {scenes.max_overlap}"
-    elif scenes.clutter < 0 or not 0 <= scenes.clutter_contrast <= 1:
-        bad = f"'{key}.clutter' must be >= 0 and '{key}.clutter_contrast' in [0, 1], got {scenes.clutter} and {scenes.clutter_contrast}"
-    elif scenes.clutter and scenes.canvas < 16:
-        bad = f"'{key}.clutter' needs '{key}.canvas' >= 16 (clutter patches are up to 16 px), got {scenes.canvas}"
-    elif not 0 <= scenes.single_fraction <= 1:
-        bad = f"'{key}.single_fraction' must be in [0, 1], got {scenes.single_fraction}"
-    elif scenes.pool_limit is not None and scenes.pool_limit < 1:
-        bad = f"'{key}.pool_limit' must be a positive number of images, got {scenes.pool_limit}"
-    if bad:
-        raise AnnobootError(f"bad config: key {bad}")
+    for option_class in source_option_classes():
+        if hasattr(option_class, "check"):
+            option_class.check(src, key, option_class is SOURCE_REGISTRY[src.kind].options)
 
 
 def to_yaml(cfg: Config) -> str:

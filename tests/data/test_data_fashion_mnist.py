@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers import needs_fashion_mnist
 
-from annoboot.config import FASHION_MNIST_ROOT
 from annoboot.data import FashionMNISTSource
+from annoboot.data.fashion_mnist import FASHION_MNIST_ROOT
 from annoboot.errors import AnnobootError
 
 

@@ -12,10 +12,10 @@ from helpers import (
     one_thread,  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
 )
 
-from annoboot.config import ScenesConfig, load_config
+from annoboot.config import load_config
 from annoboot.data import build_source
 from annoboot.data.fashion_mnist import FashionMNISTSource
-from annoboot.data.scenes import CHUNK, SceneSource, classes_in_caption, generate_scenes, resize_items, weak_caption
+from annoboot.data.scenes import CHUNK, SceneSource, ScenesConfig, classes_in_caption, generate_scenes, resize_items, weak_caption
 from annoboot.errors import AnnobootError
 
 SMALL = ScenesConfig(num_scenes=120, canvas=64, items=[2, 5], item_size=[14, 36], pool_limit=3000)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from helpers import one_thread  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
 
-from annoboot.config import EvalConfig, ScenesConfig
+from annoboot.config import EvalConfig
 from annoboot.data.fashion_mnist import FashionMNISTSource
-from annoboot.data.scenes import SceneSource
+from annoboot.data.scenes import SceneSource, ScenesConfig
 from annoboot.eval.scenes import BoxCropSource, box_probe, multilabel_probe
 from annoboot.models.encoder import build_encoder
 from annoboot.views import Normalize

@@ -7,52 +7,35 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from annoboot.batch import ImageBatch
-from annoboot.config import SourceConfig
 from annoboot.data.base import ImageSource
-from annoboot.data.captioned import CAPTIONED_SOURCES, CaptionedImagesSource
+# Each of these registers its kinds on import; the order is the order they are listed in messages.
 from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.image_folder import ImageFolderSource
-from annoboot.data.scenes import SceneSource
 from annoboot.data.shards import ShardStream
+from annoboot.data.video import VideoFramesSource
+from annoboot.data.scenes import SceneSource
+from annoboot.data.captioned import CaptionedImagesSource
+from annoboot.data.registry import SOURCE_REGISTRY
 from annoboot.data.stream import BatchStream, Tokenize, iter_eval_batches, pad_collate
 from annoboot.data.workers import decode_workers
 from annoboot.errors import AnnobootError
 
-SOURCE_KINDS = ("fashion_mnist", "image_folder", "webdataset", "video_folder", "fmnist_scenes", *CAPTIONED_SOURCES)
+if TYPE_CHECKING:  # config composes SourceConfig from the options the modules above register
+    from annoboot.config import SourceConfig
+
+SOURCE_KINDS = tuple(SOURCE_REGISTRY)
 
 
 def build_source(cfg: SourceConfig) -> ImageSource:
     """The source ``cfg`` describes; AnnobootError for an unknown kind or a missing root."""
-    if cfg.kind == "fashion_mnist":
-        return FashionMNISTSource(root=cfg.root, split=cfg.split, limit=cfg.limit)
-    if cfg.kind == "fmnist_scenes":
-        return SceneSource(cfg.scenes, split=cfg.split, root=cfg.root, limit=cfg.limit)
-    if cfg.kind == "image_folder":
-        if not cfg.root:
-            raise AnnobootError(
-                "data root is required for image_folder: set data.annotation.root=<dir> "
-                "(likewise data.bootstrap.root, eval.train.root, eval.test.root for those sources)"
-            )
-        return ImageFolderSource(
-            cfg.root,
-            labels_from_subfolders=cfg.labels_from_subfolders,
-            limit=cfg.limit,
-            max_short_side=cfg.max_short_side,
-        )
-    if cfg.kind == "video_folder":
-        if not cfg.root:
-            raise AnnobootError("video_folder needs data.<stream>.root=<folder of videos or one video file>")
-        from annoboot.data.video import VideoFramesSource  # PyAV is only needed for videos
-
-        return VideoFramesSource(cfg.root, stride=cfg.frame_stride, limit=cfg.limit, max_short_side=cfg.max_short_side)
-    if cfg.kind in CAPTIONED_SOURCES:
-        return CAPTIONED_SOURCES[cfg.kind](cfg.root, split=cfg.split, limit=cfg.limit, max_short_side=cfg.max_short_side)
-    if cfg.kind == "webdataset":
-        raise AnnobootError("webdataset shards are streamed for training only; evaluate on an indexable source")
-    raise AnnobootError(f"unknown data source kind '{cfg.kind}'; choose one of {', '.join(SOURCE_KINDS)}")
+    if cfg.kind not in SOURCE_REGISTRY:
+        raise AnnobootError(f"unknown data source kind '{cfg.kind}'; choose one of {', '.join(SOURCE_KINDS)}")
+    return SOURCE_REGISTRY[cfg.kind].build(cfg)
 
 
 def build_stream(
@@ -92,8 +75,6 @@ def build_stream(
             f"this method trains on captions but {source.name} (kind={cfg.kind}) has none: use a captioned source "
             "(captioned_folder, openclipart, tuxpaint, fmnist_scenes) or webdataset shards with .txt members"
         )
-    if cfg.decode_on != "cpu" or cfg.mix_weights is not None:
-        raise AnnobootError(f"decode_on and mix_weights apply to webdataset shards only, not to kind={cfg.kind}")
     workers = decode_workers(cfg.num_workers, decoding_streams) if source.needs_decode_workers else 0
     return BatchStream(
         source, batch_size, seed, device=device, num_workers=workers, rank=rank, world_size=world_size,
@@ -110,7 +91,9 @@ __all__ = [
     "ImageSource",
     "SOURCE_KINDS",
     "SceneSource",
+    "SOURCE_REGISTRY",
     "ShardStream",
+    "VideoFramesSource",
     "build_source",
     "build_stream",
     "decode_workers",

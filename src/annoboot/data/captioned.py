@@ -27,6 +27,7 @@ from annoboot.data.base import ImageSource
 from annoboot.data.captions import caption_from_txt_twin, clean_caption
 from annoboot.data.decode import load_image_file
 from annoboot.data.image_folder import find_image_files
+from annoboot.data.registry import register_source
 from annoboot.errors import AnnobootError
 
 logger = logging.getLogger(__name__)
@@ -229,3 +230,8 @@ def tuxpaint(root: Optional[str] = None, split: str = "train", limit: Optional[i
 
 
 CAPTIONED_SOURCES = {"captioned_folder": captioned_folder, "openclipart": openclipart, "tuxpaint": tuxpaint}
+
+for _kind, _build in CAPTIONED_SOURCES.items():
+    register_source(_kind)(
+        lambda cfg, build=_build: build(cfg.root, split=cfg.split, limit=cfg.limit, max_short_side=cfg.max_short_side)
+    )

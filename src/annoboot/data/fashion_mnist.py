@@ -16,10 +16,11 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from annoboot.config import FASHION_MNIST_ROOT
 from annoboot.data.base import InMemoryImageSource
+from annoboot.data.registry import register_source
 from annoboot.errors import AnnobootError
 
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # the Debian package dataset-fashion-mnist
 FASHION_MNIST_CLASSES: List[str] = [
     "T-shirt/top",
     "Trouser",
@@ -141,3 +142,7 @@ class FashionMNISTSource(InMemoryImageSource):
         self._images = torch.from_numpy(images).unsqueeze(1)
         self.labels = torch.from_numpy(labels.astype(np.int64))
 
+
+@register_source("fashion_mnist")
+def build_fashion_mnist(cfg) -> FashionMNISTSource:
+    return FashionMNISTSource(root=cfg.root, split=cfg.split, limit=cfg.limit)

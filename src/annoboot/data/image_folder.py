@@ -19,6 +19,7 @@ import torch
 
 from annoboot.data.base import ImageSource
 from annoboot.data.decode import IMAGE_EXTENSIONS, load_image_file
+from annoboot.data.registry import register_source
 from annoboot.errors import AnnobootError
 
 logger = logging.getLogger(__name__)
@@ -143,3 +144,21 @@ class ImageFolderSource(ImageSource):
     def load(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
         """(image, None), or (None, :func:`failure_reason`) when the file cannot be decoded."""
         return load_image_file(self.paths[index], self.max_short_side)
+
+
+@dataclass
+class ImageFolderOptions:
+    """The options of kind image_folder."""
+
+    labels_from_subfolders: bool = False  # class = first sub-folder (evaluation)
+
+
+@register_source("image_folder", options=ImageFolderOptions)
+def build_image_folder(cfg) -> ImageFolderSource:
+    if not cfg.root:
+        raise AnnobootError(
+            "data root is required for image_folder: set data.annotation.root=<dir> "
+            "(likewise data.bootstrap.root, eval.train.root, eval.test.root for those sources)"
+        )
+    return ImageFolderSource(cfg.root, labels_from_subfolders=cfg.labels_from_subfolders, limit=cfg.limit,
+                             max_short_side=cfg.max_short_side)

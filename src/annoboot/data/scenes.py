@@ -25,17 +25,75 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from annoboot.config import ScenesConfig, check_scenes
 from annoboot.data.base import InMemoryImageSource
 from annoboot.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNISTSource
+from annoboot.data.registry import register_source
 from annoboot.errors import AnnobootError
+
+
+@dataclass
+class ScenesConfig:
+    """fmnist_scenes: canvases of several Fashion-MNIST items with weak captions (below).
+
+    A scene of split s (``SourceConfig.split``) draws its items and clutter from the Fashion-MNIST
+    split s only. Scene i depends only on (seed, split, i): a limit keeps a prefix of the same set.
+    """
+
+    num_scenes: int = 20000
+    canvas: int = 96  # side of the square canvas in pixels
+    items: List[int] = field(default_factory=lambda: [2, 5])  # items per scene, inclusive range
+    item_size: List[int] = field(default_factory=lambda: [20, 56])  # side of a pasted item in px
+    max_overlap: float = 0.2  # largest share of the smaller of two item boxes they may share
+    clutter: int = 6  # background patches of other items per scene: uniform in [0, clutter]
+    clutter_contrast: float = 0.3  # their brightness relative to a pasted item
+    single_fraction: float = 0.0  # share of canvases holding one whole item (a mixed source)
+    seed: int = 0
+    pool_limit: Optional[int] = None  # use only the first N Fashion-MNIST images of the split
+
+
+def check_scenes(scenes: ScenesConfig, key: str = "scenes") -> None:
+    """AnnobootError naming ``key``.<option> when a scene setting cannot work."""
+    bad = None
+    if scenes.num_scenes < 1:
+        bad = f"'{key}.num_scenes' must be >= 1, got {scenes.num_scenes}"
+    elif scenes.canvas < 8:
+        bad = f"'{key}.canvas' must be >= 8 pixels, got {scenes.canvas}"
+    elif len(scenes.items) != 2 or not 1 <= scenes.items[0] <= scenes.items[1]:
+        bad = f"'{key}.items' must be [low, high] with 1 <= low <= high, got {scenes.items}"
+    elif len(scenes.item_size) != 2 or not 4 <= scenes.item_size[0] <= scenes.item_size[1] <= scenes.canvas:
+        bad = f"'{key}.item_size' must be [low, high] with 4 <= low <= high <= canvas ({scenes.canvas}), got {scenes.item_size}"
+    elif not 0 <= scenes.max_overlap <= 1:
+        bad = f"'{key}.max_overlap' must be in [0, 1], got {scenes.max_overlap}"
+    elif scenes.clutter < 0 or not 0 <= scenes.clutter_contrast <= 1:
+        bad = f"'{key}.clutter' must be >= 0 and '{key}.clutter_contrast' in [0, 1], got {scenes.clutter} and {scenes.clutter_contrast}"
+    elif scenes.clutter and scenes.canvas < 16:
+        bad = f"'{key}.clutter' needs '{key}.canvas' >= 16 (clutter patches are up to 16 px), got {scenes.canvas}"
+    elif not 0 <= scenes.single_fraction <= 1:
+        bad = f"'{key}.single_fraction' must be in [0, 1], got {scenes.single_fraction}"
+    elif scenes.pool_limit is not None and scenes.pool_limit < 1:
+        bad = f"'{key}.pool_limit' must be a positive number of images, got {scenes.pool_limit}"
+    if bad:
+        raise AnnobootError(f"bad config: key {bad}")
+
+
+@dataclass
+class SceneSourceOptions:
+    """The options of kind fmnist_scenes (``data.<stream>.scenes.*``)."""
+
+    scenes: ScenesConfig = field(default_factory=ScenesConfig)
+
+    @staticmethod
+    def check(src, key: str, selected: bool) -> None:
+        if selected:
+            check_scenes(src.scenes, f"{key}.scenes")
+
 
 CHUNK = 1024  # scenes per random stream: makes scene i independent of the number of scenes
 _SPLIT_CODE = {"train": 0, "test": 1}
@@ -416,3 +474,8 @@ __all__ = [
     "resize_items",
     "weak_caption",
 ]
+
+
+@register_source("fmnist_scenes", options=SceneSourceOptions)
+def build_scene_source(cfg) -> SceneSource:
+    return SceneSource(cfg.scenes, split=cfg.split, root=cfg.root, limit=cfg.limit)

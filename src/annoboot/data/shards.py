@@ -37,6 +37,7 @@ import logging
 import os
 import random
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -46,7 +47,6 @@ from torch.utils.data import DataLoader, IterableDataset
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from annoboot.batch import ImageBatch
-from annoboot.config import check_mix_weights
 from annoboot.data.captions import sample_caption
 from annoboot.data.decode import (
     IMAGE_EXTENSIONS,
@@ -64,6 +64,7 @@ from annoboot.data.stream import (
     skip_reasons,
     with_caption_tokens,
 )
+from annoboot.data.registry import register_source
 from annoboot.errors import AnnobootError
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,46 @@ _SEED_STRIDE = 1_000_003
 # A reader stops after this many shard reads in a row that yielded no sample (see ShardFailures):
 # with even 80% of a set's shards broken, 50 in a row happen once in 10^5 reads.
 MAX_SHARD_FAILURES_IN_A_ROW = 50
+
+
+def check_mix_weights(key: str, root: Optional[str], weights: List[float]) -> None:
+    """AnnobootError naming ``key`` unless ``weights`` fit the '::'-joined patterns of ``root``."""
+    patterns = (root or "").split("::")
+    if len(weights) != len(patterns):
+        raise AnnobootError(
+            f"bad config: key '{key}' has {len(weights)} weight(s) but the root joins {len(patterns)} "
+            "shard pattern(s) with '::'; give one weight per pattern"
+        )
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise AnnobootError(f"bad config: key '{key}' must be >= 0 with a positive sum, got {list(weights)}")
+
+
+@dataclass
+class ShardOptions:
+    """The options of kind webdataset (``data.<stream>.mix_weights``, ``.decode_on``)."""
+
+    # One weight per '::'-joined pattern; each pattern is then its own source and a sample comes
+    # from pattern i with probability w_i / sum(w). None: all shards pooled.
+    mix_weights: Optional[List[float]] = None
+    # cpu (workers decode) | device (workers read bytes; JPEGs are decoded in a batch on the
+    # training device with torchvision/nvjpeg; other formats in the workers).
+    decode_on: str = "cpu"
+
+    @staticmethod
+    def check(src, key: str, selected: bool) -> None:
+        if src.decode_on not in ("cpu", "device"):
+            raise AnnobootError(f"bad config: key '{key}.decode_on' is '{src.decode_on}'; choose one of cpu, device")
+        if not selected and (src.decode_on != "cpu" or src.mix_weights is not None):
+            raise AnnobootError(
+                f"bad config: '{key}.decode_on' and '{key}.mix_weights' apply to kind=webdataset only, not {src.kind}"
+            )
+        if src.mix_weights is not None:
+            check_mix_weights(f"{key}.mix_weights", src.root, src.mix_weights)
+
+
+@register_source("webdataset", options=ShardOptions)
+def _shards_are_streamed(cfg):
+    raise AnnobootError("webdataset shards are streamed for training only; evaluate on an indexable source")
 
 
 def expand_shard_pattern(pattern: str) -> List[str]:

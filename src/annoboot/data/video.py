@@ -9,6 +9,7 @@ file. Decoding uses PyAV (FFmpeg).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -18,6 +19,7 @@ from PIL import Image
 
 from annoboot.data.base import ImageSource
 from annoboot.data.decode import capped_size
+from annoboot.data.registry import register_source
 from annoboot.errors import AnnobootError
 
 log = logging.getLogger(__name__)
@@ -103,3 +105,22 @@ class VideoFramesSource(ImageSource):
             image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
         # copy(): writable, even for a 1x1 frame whose transposed view is already contiguous
         return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
+
+
+@dataclass
+class VideoOptions:
+    """The options of kind video_folder."""
+
+    frame_stride: int = 1  # keep every n-th frame
+
+    @staticmethod
+    def check(src, key: str, selected: bool) -> None:
+        if selected and src.frame_stride < 1:
+            raise AnnobootError(f"bad config: key '{key}.frame_stride' must be >= 1, got {src.frame_stride}")
+
+
+@register_source("video_folder", options=VideoOptions)
+def build_video_frames(cfg) -> VideoFramesSource:
+    if not cfg.root:
+        raise AnnobootError("video_folder needs data.<stream>.root=<folder of videos or one video file>")
+    return VideoFramesSource(cfg.root, stride=cfg.frame_stride, limit=cfg.limit, max_short_side=cfg.max_short_side)
