@@ -22,12 +22,12 @@ import argparse
 import json
 import statistics
 import sys
-from datetime import date
 from pathlib import Path
 from typing import Dict, List
 
 import torch
-from _protocol import pretrained, run_config, spread
+from _harness import (ROOT, ab_pairs, add_arguments, floor_row, headline, parse_variant, print_table, run_config,
+                      run_row, user_overrides, write_json)
 
 from annoboot.config import Config, load_config
 from annoboot.data import build_source
@@ -35,18 +35,16 @@ from annoboot.eval import evaluate
 from annoboot.eval.knn import knn_accuracy
 from annoboot.eval.linear import linear_probe
 from annoboot.methods import build_method
+from annoboot.presets import QUICK_EVAL, QUICK_MODEL, QUICK_TRAIN, QUICK_WEIGHT_DECAY
 from annoboot.runs import evaluate_method
-from annoboot.train.runtime import describe, resolve_device
+from annoboot.train.runtime import resolve_device
 from annoboot.views import Normalize
 
-ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"cpu": "configs/cpu/fmnist_{method}.yaml", "gpu": "configs/fmnist_{method}.yaml", "quick": "configs/fmnist_{method}.yaml"}
-QUICK = [  # a smoke run of the code path: ViT-Tiny depth 4 at 8-px patches, 300 steps of 128
-    "model.backbone_kwargs={patch_size: 8, depth: 4}", "model.decoder_depth=2", "model.proj_hidden_dim=512",
-    "train.batch_size=128", "train.steps=300", "train.warmup_steps=30", "train.weight_decay=0.05",
-    "train.weight_decay_end=0.05", "eval.train.limit=20000", "eval.linear_epochs=20", "eval.map_epochs=5",
-]
+# A smoke run of the code path: ViT-Tiny depth 4 at 8-px patches, 300 steps of 128, probes on 20k.
+QUICK = [*QUICK_MODEL, "model.proj_hidden_dim=512", *QUICK_TRAIN, *QUICK_WEIGHT_DECAY, "eval.train.limit=20000", *QUICK_EVAL]
 PROBES = ("knn", "linear", "map")
+COLUMNS = [(title, lambda row, p=probe: row.get(p)) for title, probe in zip(("kNN", "linear", "MAP"), PROBES)]
 # Logged health figures reported at the end of each run (DINO's collapse monitors and the AB reward's width).
 MONITORS = ("dino/teacher_entropy", "dino/teacher_kl_uniform", "dino/student_feature_std", "ab/target_entropy")
 
@@ -59,13 +57,6 @@ def final_monitors(run_dir: str) -> Dict[str, float]:
         record = json.loads(line)
         found.update({k: record[k] for k in MONITORS if k in record})
     return found
-
-
-def parse_variant(text: str) -> Dict:
-    parts = text.split(":")
-    if len(parts) == 1:
-        return {"label": text, "method": text, "overrides": []}
-    return {"label": parts[0], "method": parts[1], "overrides": parts[2:]}
 
 
 def raw_pixel_floors(cfg: Config) -> Dict[str, float]:
@@ -89,69 +80,42 @@ def random_init(cfg: Config) -> Dict[str, float]:
     return {probe: results.get(probe) for probe in PROBES}
 
 
+def probes_and_monitors(method, cfg: Config, device) -> Dict:
+    ev = evaluate_method(method, cfg, device)
+    return {**{p: ev.get(p) for p in PROBES}, "monitors": final_monitors(cfg.train.out_dir)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, "runs/bench")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", default=["simclr", "ab_simclr"], help="method or label:method[:key=value...]")
-    parser.add_argument("--steps", type=int, help="override train.steps for every variant")
-    parser.add_argument("--no-floors", action="store_true", help="skip the random-init and raw-pixel rows")
-    parser.add_argument("--out-dir", default="runs/bench", help="runs are reused from here when their training matches")
-    parser.add_argument("--json", help="write all figures to this file")
-    parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
     args = parser.parse_args()
 
-    extra = (QUICK if args.recipe == "quick" else []) + list(args.overrides)
-    if args.steps:
-        extra.append(f"train.steps={args.steps}")
+    extra = (QUICK if args.recipe == "quick" else []) + user_overrides(args)
     runs: List[Dict] = []
-    cfg = None
     for variant in map(parse_variant, args.variants):
         for seed in args.seeds:
-            recipe = ROOT / RECIPES[args.recipe].format(method=variant["method"])
-            cfg = run_config(recipe, extra + variant["overrides"], seed, args.out_dir)
-            method, device, train_seconds = pretrained(cfg)
-            ev = evaluate_method(method, cfg, device)
-            runs.append({"variant": variant["label"], "method": cfg.method.name, "seed": seed, "steps": cfg.train.steps,
-                         "views_seen": method.views_per_step() * cfg.train.steps, "train_seconds": train_seconds,
-                         "probe_seconds": ev["seconds"], "run_dir": cfg.train.out_dir, **{p: ev.get(p) for p in PROBES},
-                         "monitors": final_monitors(cfg.train.out_dir)})
-            print(json.dumps(runs[-1]), flush=True)
-    assert cfg is not None
-    floors: Dict[str, Dict] = {}
+            cfg = run_config(ROOT / RECIPES[args.recipe].format(method=variant.recipe), extra + variant.overrides, seed, args.out_dir)
+            runs.append(run_row(variant, seed, cfg, probes_and_monitors))
     if not args.no_floors:
         simclr_recipe = ROOT / RECIPES[args.recipe].format(method="simclr")
-        untrained = [random_init(load_config(simclr_recipe, extra + [f"train.seed={s}", f"eval.seed={s}"])) for s in args.seeds]
-        floors["random init"] = {p: spread([r[p] for r in untrained]) if untrained[0][p] is not None else None for p in PROBES}
-        pixels = raw_pixel_floors(cfg)
-        floors["raw pixels"] = {"knn": (pixels["knn"], 0.0), "linear": (pixels["linear"], 0.0), "map": None}
+        for s in args.seeds:
+            runs.append(floor_row("random init", random_init(load_config(simclr_recipe, extra + [f"train.seed={s}", f"eval.seed={s}"])), s))
+        runs.append(floor_row("raw pixels", raw_pixel_floors(cfg), None))
 
-    device = describe(resolve_device(cfg.train.device), cfg.train.precision, cfg.train.compile)
-    print(f"\nFashion-MNIST probes  date={date.today()}  device={device}  recipe={args.recipe}  seeds={args.seeds}  "
-          f"overrides={extra}\nprobes: {cfg.eval.train.kind} {cfg.eval.train.split} (limit {cfg.eval.train.limit}) / "
-          f"{cfg.eval.test.kind} {cfg.eval.test.split}; mean ± half the range over seeds")
-    print(f"{'variant':<22}{'steps':>7}{'views seen':>12}{'train min':>11}" + "".join(f"{p:>15}" for p in ("kNN", "linear", "MAP")))
+    title = "Fashion-MNIST probes"
+    print_table(headline(title, recipe=args.recipe, seeds=args.seeds, overrides=extra)
+                + f"\nprobes: {cfg.eval.train.kind} {cfg.eval.train.split} (limit {cfg.eval.train.limit}) / "
+                f"{cfg.eval.test.kind} {cfg.eval.test.split}; mean ± half the range over seeds", runs, COLUMNS, ab_pairs(runs))
     by_variant: Dict[str, List[Dict]] = {}
     for run in runs:
-        by_variant.setdefault(run["variant"], []).append(run)
+        if run.get("monitors"):
+            by_variant.setdefault(run["variant"], []).append(run)
     for label, rs in by_variant.items():
-        cells = []
-        for probe in PROBES:
-            values = [r[probe] for r in rs if r[probe] is not None]
-            mean, half = spread(values) if values else (float("nan"), 0.0)
-            cells.append(f"{mean:7.2f} ±{half:4.2f}")
-        minutes = statistics.mean(r["train_seconds"] for r in rs) / 60
-        print(f"{label:<22}{rs[0]['steps']:>7}{rs[0]['views_seen'] / 1e6:>11.2f}M{minutes:>11.1f}" + "".join(f"{c:>15}" for c in cells))
-    for label, rs in by_variant.items():
-        if rs[0]["monitors"]:
-            print(f"  {label} at the last log step: " + ", ".join(
-                f"{k} {statistics.mean(r['monitors'][k] for r in rs):.3f}" for k in MONITORS if k in rs[0]["monitors"]))
-    for label, cells in floors.items():
-        text = "".join(f"{'-':>15}" if c is None else f"{c[0]:7.2f} ±{c[1]:4.2f}".rjust(15) for c in (cells[p] for p in PROBES))
-        print(f"{label:<22}{'-':>7}{'-':>12}{'-':>11}" + text)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "date": str(date.today()), "recipe": args.recipe,
-                                               "overrides": extra, "runs": runs, "floors": floors}, indent=2))
+        print(f"  {label} at the last log step: " + ", ".join(
+            f"{k} {statistics.mean(r['monitors'][k] for r in rs):.3f}" for k in MONITORS if k in rs[0]["monitors"]))
+    write_json(args.json, title, runs, recipe=args.recipe, seeds=args.seeds, overrides=extra)
     return 0
 
 

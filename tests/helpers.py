@@ -28,6 +28,7 @@ from annoboot.eval.features import extract_features
 from annoboot.eval.knn import knn_accuracy
 from annoboot.models import CaptionTokenizer
 from annoboot.models.encoder import build_encoder
+from annoboot.presets import DINO_TINY, TINY, TINY_TEXT  # noqa: F401 (the tests import them from here)
 from annoboot.views import Normalize
 
 # ---------------------------------------------------------------------------------------------
@@ -59,39 +60,7 @@ needs_openclipart = pytest.mark.skipif(
 # ---------------------------------------------------------------------------------------------
 # Configs small enough for CPU tests.
 
-# A ViT small enough for CPU tests: 16 tokens of width 192, 2 blocks. float32: bf16 on this
-# CPU costs each new set of shapes about 2 s of kernel set-up, which short runs never earn back;
-# the tests that train for many steps run at the default precision (bf16 where native).
-TINY = [
-    "train.precision=fp32",
-    "model.backbone=vit_tiny_patch16_224",
-    "model.backbone_kwargs={patch_size: 8, depth: 2}",
-    "model.decoder_depth=1",
-    "model.proj_hidden_dim=256",
-    "train.device=cpu",
-    "train.progress=false",
-    "train.warmup_steps=5",
-    "train.weight_decay=0.05",
-    "train.weight_decay_end=0.05",
-    "train.batch_size=64",
-    "data.annotation.limit=4000",
-    "eval.train.limit=4000",
-    "eval.test.limit=1000",
-    "eval.at_end=false",
-]
-
-# A text tower small enough for CPU tests (clip, ab_clip).
-TINY_TEXT = ["model.text_width=64", "model.text_depth=2", "model.text_heads=2", "model.embed_dim=64", "model.context_length=24"]
-
-# A DINO small enough for CPU: a narrow head, 256 prototypes, 2 local crops, no colour jitter
-# (kornia's hue jitter alone costs more than the model on CPU).
-DINO_TINY = [
-    "model.dino_hidden_dim=256",
-    "model.dino_bottleneck_dim=64",
-    "model.dino_prototypes=256",
-    "views.local_views=2",
-    "views.jitter_prob=0",
-]
+# The tiny model of the tests and the quick benchmarks' settings share src/annoboot/presets.py.
 
 TINY_VIT = ("vit_tiny_patch16_224", {"patch_size": 4, "depth": 2})
 

@@ -1,0 +1,198 @@
+"""The harness every accuracy benchmark shares: variants x seeds, each pre-trained once and
+probed, one table of mean ± half the range over seeds (steps, views seen and minutes on every
+row; the floors and the AB - base differences below), ``--json`` with the hardware string.
+
+A variant is a recipe plus overrides. Run directories are named by a hash of the training
+settings (:func:`training_key`), so a finished run is probed again instead of retrained, and
+two benchmarks asking for the same training share it when given the same ``--out-dir``.
+The ``--quick`` overrides of every benchmark are built from annoboot.presets, where the tests'
+tiny model is defined too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from annoboot.config import Config, load_config, to_dict
+from annoboot.methods import build_method
+from annoboot.train.checkpoint import latest_checkpoint, load_checkpoint
+from annoboot.train.runtime import describe, resolve_device
+from annoboot.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Variant:
+    """One pre-training setting: the recipe ``recipe`` (a name the benchmark resolves to a file)
+    with ``overrides`` on top."""
+
+    name: str
+    recipe: str
+    overrides: List[str] = field(default_factory=list)
+
+
+def parse_variant(text: str) -> Variant:
+    """``method`` or ``label:method[:key=value[:key=value...]]`` (overrides for that variant only)."""
+    parts = text.split(":")
+    return Variant(parts[0], parts[0] if len(parts) == 1 else parts[1], parts[2:])
+
+
+def only(variants: List[Variant], names: Optional[Sequence[str]]) -> List[Variant]:
+    if not names:
+        return variants
+    chosen = [v for v in variants if v.name in names]
+    if not chosen:
+        raise SystemExit(f"--only {list(names)}: no such variant (have {', '.join(v.name for v in variants)})")
+    return chosen
+
+
+def add_arguments(parser: argparse.ArgumentParser, out_dir: str, seeds: Sequence[int] = (0,)) -> None:
+    """The arguments every benchmark takes (a benchmark adds its own budget or recipe choice)."""
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    parser.add_argument("--steps", type=int, help="override train.steps for every variant")
+    parser.add_argument("--no-floors", action="store_true", help="leave out the random-init and raw-pixel rows")
+    parser.add_argument("--out-dir", default=out_dir, help="runs are reused from here when their training matches")
+    parser.add_argument("--json", help="write every figure to this file")
+    parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
+
+
+def user_overrides(args: argparse.Namespace) -> List[str]:
+    """The command line's overrides: applied after the benchmark's and the variant's own."""
+    return ([f"train.steps={args.steps}"] if args.steps else []) + list(args.overrides)
+
+
+# Options added after runs were saved under their keys: left out of the hash while they hold
+# these values (the behaviour those runs had), so the saved runs stay valid.
+KEY_NEUTRAL = {("method", "target_network"): "ema"}
+
+
+def training_key(cfg: Config) -> str:
+    """A short hash of everything that shapes training (not eval, logging or where it is written):
+    two benchmarks asking for the same training get the same run directory, and train it once."""
+    settings = to_dict(cfg)
+    settings.pop("eval")
+    for key in ("out_dir", "progress", "log_every", "ckpt_every", "keep_checkpoints"):
+        settings["train"].pop(key)
+    for (section, key), value in KEY_NEUTRAL.items():
+        if settings[section].get(key) == value:
+            settings[section].pop(key)
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def run_config(recipe: Path, overrides: Sequence[str], seed: int, out_dir: str) -> Config:
+    """``recipe`` with ``overrides`` and ``seed``, written to <out_dir>/<method>-<training key>_s<seed>."""
+    settings = list(overrides) + [f"train.seed={seed}", f"eval.seed={seed}", "train.progress=false", "eval.at_end=false"]
+    cfg = load_config(recipe, settings)
+    cfg.train.out_dir = f"{out_dir}/{cfg.method.name}-{training_key(cfg)}_s{seed}"
+    return cfg
+
+
+def pretrained(cfg: Config):
+    """(method, device, pre-training seconds): trained now, or loaded from a finished run of the
+    same training under train.out_dir (with its seconds as recorded when it was trained)."""
+    run_dir = Path(cfg.train.out_dir)
+    record = run_dir / "protocol_run.json"
+    found = latest_checkpoint(run_dir)
+    if found is not None and record.is_file():
+        state = load_checkpoint(found)
+        if state["step"] == cfg.train.steps:
+            device = resolve_device(cfg.train.device)
+            method = build_method(cfg)
+            method.load_state_dict(state["method"])
+            print(f"  reusing the finished run in {run_dir}", flush=True)
+            return method.to(device), device, json.loads(record.read_text())["train_seconds"]
+    start = time.perf_counter()
+    trainer = Trainer(cfg, overwrite=True)  # an unfinished run of a killed benchmark: its time would not count, start afresh
+    trainer.fit()
+    seconds = time.perf_counter() - start
+    record.write_text(json.dumps({"train_seconds": seconds}))
+    return trainer.method, trainer.device, seconds
+
+
+def run_row(variant: Variant, seed: int, cfg: Config, evaluate: Callable) -> Dict:
+    """Pre-train (or reuse) ``cfg`` and return its table row: ``evaluate(method, cfg, device)``'s
+    figures with the variant, seed, steps, views seen and seconds."""
+    method, device, train_seconds = pretrained(cfg)
+    start = time.perf_counter()
+    figures = evaluate(method, cfg, device)
+    row = {**figures, "variant": variant.name, "recipe": variant.recipe, "method": cfg.method.name, "seed": seed,
+           "steps": cfg.train.steps, "views_seen": method.views_per_step() * cfg.train.steps,
+           "train_seconds": train_seconds, "probe_seconds": time.perf_counter() - start, "run_dir": cfg.train.out_dir}
+    print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}, default=float), flush=True)
+    return row
+
+
+def floor_row(name: str, figures: Dict, seed: Optional[int]) -> Dict:
+    """A row of the table that was never pre-trained (random init, raw pixels)."""
+    return {**figures, "variant": name, "seed": seed, "steps": 0, "views_seen": 0, "train_seconds": 0.0}
+
+
+def spread(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and half the range."""
+    return statistics.mean(values), (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+
+
+def ab_pairs(rows: List[Dict]) -> List[tuple]:
+    """(base, ab_base) for every variant ab_<x> whose base <x> is in the table: AB - base rows."""
+    names = list(dict.fromkeys(row["variant"] for row in rows))
+    return [(name[3:], name) for name in names if name.startswith("ab_") and name[3:] in names]
+
+
+def hardware() -> str:
+    return describe(resolve_device("auto"), "auto", False)
+
+
+Column = Tuple[str, Callable[[Dict], Optional[float]]]  # title, figure of a row (None: not measured)
+
+
+def print_table(title: str, rows: List[Dict], columns: Sequence[Column], pairs: Sequence[tuple] = (),
+                width: int = 14, group_titles: Sequence[Tuple[str, int]] = ()) -> None:
+    """Mean ± half-range per variant over seeds; then the differences of the ``pairs`` (b, a): a - b.
+    ``group_titles``: (title, number of columns) printed above the column titles."""
+    by_variant: Dict[str, List[Dict]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(row)
+    lead = f"{'variant':<22}{'steps':>6}{'views':>7}{'min':>6}"
+    print(f"\n{title}")
+    if group_titles:
+        print(f"{'':<{len(lead)}}" + "".join(f"{t:>{width * n}}" for t, n in group_titles))
+    print(lead + "".join(f"{t:>{width}}" for t, _ in columns))
+    means: Dict[str, List[float]] = {}
+    for name, rs in by_variant.items():
+        cells, means[name] = [], []
+        for _, figure in columns:
+            values = [v for v in map(figure, rs) if v is not None]
+            mean, half = spread(values) if values else (float("nan"), 0.0)
+            means[name].append(mean)
+            cells.append("-" if not values else f"{mean:7.2f} ±{half:4.2f}")
+        minutes = statistics.mean(r["train_seconds"] for r in rs) / 60
+        trained = rs[0]["steps"] > 0
+        views = rs[0]["views_seen"]
+        views_text = (f"{views / 1e6:.2f}M" if views >= 1e5 else f"{views / 1e3:.1f}k") if trained else "-"
+        lead_cells = f"{rs[0]['steps']:>6}{views_text:>7}{minutes:>6.1f}" if trained else f"{'-':>6}{'-':>7}{'-':>6}"
+        print(f"{name:<22}{lead_cells}" + "".join(f"{c:>{width}}" for c in cells))
+    for base, other in pairs:
+        if base in means and other in means:
+            deltas = "".join(f"{b - a:>+{width}.2f}" for a, b in zip(means[base], means[other]))
+            print(f"{other + ' - ' + base:<{len(lead)}}{deltas}")
+
+
+def write_json(path: Optional[str], title: str, rows: List[Dict], **header) -> None:
+    """Every figure, with the hardware, date and the header's settings (seeds, overrides, ...)."""
+    if path:
+        Path(path).write_text(json.dumps({"title": title, "device": hardware(), "date": str(date.today()), **header,
+                                          "runs": rows}, indent=2, default=float))
+
+
+def headline(title: str, **settings) -> str:
+    """The table's first line: what ran, when, on what."""
+    return f"{title}  date={date.today()}  device={hardware()}  " + "  ".join(f"{k}={v}" for k, v in settings.items())
