@@ -31,14 +31,12 @@ from _harness import (ROOT, ab_pairs, add_arguments, floor_row, headline, parse_
 
 from annoboot.config import Config, load_config
 from annoboot.data import build_source
-from annoboot.eval import evaluate
 from annoboot.eval.knn import knn_accuracy
 from annoboot.eval.linear import linear_probe
 from annoboot.methods import build_method
 from annoboot.presets import QUICK_EVAL, QUICK_MODEL, QUICK_TRAIN, QUICK_WEIGHT_DECAY
-from annoboot.runs import evaluate_method
+from annoboot.runs import evaluate_encoder, evaluate_method
 from annoboot.train.runtime import resolve_device
-from annoboot.views import Normalize
 
 RECIPES = {"cpu": "configs/cpu/fmnist_{method}.yaml", "gpu": "configs/fmnist_{method}.yaml", "quick": "configs/fmnist_{method}.yaml"}
 # A smoke run of the code path: ViT-Tiny depth 4 at 8-px patches, 300 steps of 128, probes on 20k.
@@ -73,10 +71,7 @@ def random_init(cfg: Config) -> Dict[str, float]:
     """The probes on the recipe's encoder as initialised (seeded by train.seed), never trained."""
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    encoder = build_method(cfg).encoder.to(device)
-    normalize = Normalize(cfg.views.mean, cfg.views.std).to(device)
-    results = evaluate(encoder, build_source(cfg.eval.train), build_source(cfg.eval.test), cfg.eval, cfg.views.img_size,
-                       normalize, device)
+    results = evaluate_encoder(build_method(cfg).encoder.to(device), cfg, device)
     return {probe: results.get(probe) for probe in PROBES}
 
 
