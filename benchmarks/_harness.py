@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser, out_dir: str, seeds: Sequence
     parser.add_argument("--no-floors", action="store_true", help="leave out the random-init and raw-pixel rows")
     parser.add_argument("--out-dir", default=out_dir, help="runs are reused from here when their training matches")
     parser.add_argument("--json", help="write every figure to this file")
+    parser.add_argument("--weights", choices=("online", "ema"), default="online",
+                        help="the network probed: the online encoder, or the EMA target (the teacher the DINO "
+                             "paper probes); a finished run is probed again, not retrained")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
 
 
@@ -96,9 +99,10 @@ def run_config(recipe: Path, overrides: Sequence[str], seed: int, out_dir: str) 
     return cfg
 
 
-def pretrained(cfg: Config):
+def pretrained(cfg: Config, weights: str = "online"):
     """(method, device, pre-training seconds): trained now, or loaded from a finished run of the
-    same training under train.out_dir (with its seconds as recorded when it was trained)."""
+    same training under train.out_dir (with its seconds as recorded when it was trained).
+    ``weights``: "online", or "ema" for the run's EMA target network (refused where it keeps none)."""
     run_dir = Path(cfg.train.out_dir)
     record = run_dir / "protocol_run.json"
     found = latest_checkpoint(run_dir)
@@ -107,25 +111,35 @@ def pretrained(cfg: Config):
         if state["step"] == cfg.train.steps:
             device = resolve_device(cfg.train.device)
             method = build_method(cfg)
-            method.load_state_dict(state["method"])
-            print(f"  reusing the finished run in {run_dir}", flush=True)
+            method.load_state_dict(state[checkpoint_entry(cfg, weights, state.get("target") is not None)])
+            print(f"  reusing the finished run in {run_dir} ({weights} weights)", flush=True)
             return method.to(device), device, json.loads(record.read_text())["train_seconds"]
     start = time.perf_counter()
     trainer = Trainer(cfg, overwrite=True)  # an unfinished run of a killed benchmark: its time would not count, start afresh
+    checkpoint_entry(cfg, weights, trainer.target is not None)  # refuse before training, not after
     trainer.fit()
     seconds = time.perf_counter() - start
     record.write_text(json.dumps({"train_seconds": seconds}))
-    return trainer.method, trainer.device, seconds
+    return (trainer.method if weights == "online" else trainer.target), trainer.device, seconds
 
 
-def run_row(variant: Variant, seed: int, cfg: Config, evaluate: Callable) -> Dict:
+def checkpoint_entry(cfg: Config, weights: str, has_target: bool) -> str:
+    """The checkpoint entry holding ``weights``: "method" (online) or "target" (EMA)."""
+    if weights == "online":
+        return "method"
+    if not has_target:
+        raise SystemExit(f"--weights ema: {cfg.method.name} in {cfg.train.out_dir} keeps no EMA target network")
+    return "target"
+
+
+def run_row(variant: Variant, seed: int, cfg: Config, evaluate: Callable, weights: str = "online") -> Dict:
     """Pre-train (or reuse) ``cfg`` and return its table row: ``evaluate(method, cfg, device)``'s
-    figures with the variant, seed, steps, views seen and seconds."""
-    method, device, train_seconds = pretrained(cfg)
+    figures (of the ``weights`` network) with the variant, seed, steps, views seen and seconds."""
+    method, device, train_seconds = pretrained(cfg, weights)
     start = time.perf_counter()
     figures = evaluate(method, cfg, device)
     row = {**figures, "variant": variant.name, "recipe": variant.recipe, "method": cfg.method.name, "seed": seed,
-           "steps": cfg.train.steps, "views_seen": method.views_per_step() * cfg.train.steps,
+           "weights": weights, "steps": cfg.train.steps, "views_seen": method.views_per_step() * cfg.train.steps,
            "train_seconds": train_seconds, "probe_seconds": time.perf_counter() - start, "run_dir": cfg.train.out_dir}
     print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}, default=float), flush=True)
     return row

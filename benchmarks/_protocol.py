@@ -217,12 +217,12 @@ def run_protocol(args: argparse.Namespace, title: str, variants: List[Variant], 
     runs = []
     for variant in variants:
         for seed in args.seeds:
-            runs.append(run_row(variant, seed, variant_config(variant, seed, budget, user, args.out_dir), evaluate))
+            runs.append(run_row(variant, seed, variant_config(variant, seed, budget, user, args.out_dir), evaluate, args.weights))
             gc.collect()
     if not args.no_floors:
         runs += floor_figures(variants[0], args.seeds, budget, user, args.out_dir, data)
     overrides = list(budget.common) + user
-    print_table(headline(title, budget=args.budget, seeds=args.seeds, overrides=overrides)
+    print_table(headline(title, budget=args.budget, seeds=args.seeds, weights=args.weights, overrides=overrides)
                 + f"\nprobe sets: {data.describe()}; (c) is macro mAP over the 10 classes, others top-1 %", runs, pairs)
     write_json(args.json, title, runs, budget=args.budget, seeds=args.seeds, overrides=overrides)
     return 0

@@ -59,7 +59,7 @@ def main() -> int:
     for method in args.methods:
         for seed in args.seeds:
             cfg = run_config(ROOT / "configs" / f"openclipart_{method}.yaml", extra, seed, args.out_dir)
-            runs.append(run_row(Variant(method, f"openclipart_{method}"), seed, cfg, lambda m, c, d: figures(evaluate_method(m, c, d))))
+            runs.append(run_row(Variant(method, f"openclipart_{method}"), seed, cfg, lambda m, c, d: figures(evaluate_method(m, c, d)), args.weights))
     if not args.no_floors:  # probed with the same code and split: the untrained method (per seed) and raw pixels
         for seed in args.seeds:
             cfg = load_config(ROOT / "configs" / f"openclipart_{args.methods[-1]}.yaml", extra + [f"train.seed={seed}", f"eval.seed={seed}"])
@@ -70,7 +70,7 @@ def main() -> int:
         runs.append(floor_row("raw pixels", figures(evaluate_encoder(PixelEncoder(cfg.views.mean, cfg.views.std, patch), cfg, device)), None))
     chance = runs[0]
     title = f"{args.data}: CLIP vs ABCLIP"
-    print_table(headline(title, seeds=args.seeds, overrides=extra) + f"\nchance: zero-shot {chance.get('zero_shot_chance', 0):.2f}, "
+    print_table(headline(title, seeds=args.seeds, weights=args.weights, overrides=extra) + f"\nchance: zero-shot {chance.get('zero_shot_chance', 0):.2f}, "
                 f"retrieval R@1 {chance.get('chance_r1', 0):.2f} over {chance.get('num_pairs')} pairs", runs, COLUMNS,
                 ab_pairs(runs), width=13)
     write_json(args.json, title, runs, seeds=args.seeds, overrides=extra)

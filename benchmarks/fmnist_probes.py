@@ -92,7 +92,7 @@ def main() -> int:
     for variant in map(parse_variant, args.variants):
         for seed in args.seeds:
             cfg = run_config(ROOT / RECIPES[args.recipe].format(method=variant.recipe), extra + variant.overrides, seed, args.out_dir)
-            runs.append(run_row(variant, seed, cfg, probes_and_monitors))
+            runs.append(run_row(variant, seed, cfg, probes_and_monitors, args.weights))
     if not args.no_floors:
         simclr_recipe = ROOT / RECIPES[args.recipe].format(method="simclr")
         for s in args.seeds:
@@ -100,7 +100,7 @@ def main() -> int:
         runs.append(floor_row("raw pixels", raw_pixel_floors(cfg), None))
 
     title = "Fashion-MNIST probes"
-    print_table(headline(title, recipe=args.recipe, seeds=args.seeds, overrides=extra)
+    print_table(headline(title, recipe=args.recipe, seeds=args.seeds, weights=args.weights, overrides=extra)
                 + f"\nprobes: {cfg.eval.train.kind} {cfg.eval.train.split} (limit {cfg.eval.train.limit}) / "
                 f"{cfg.eval.test.kind} {cfg.eval.test.split}; mean ± half the range over seeds", runs, COLUMNS, ab_pairs(runs))
     by_variant: Dict[str, List[Dict]] = {}
