@@ -5,6 +5,8 @@ row; the floors and the AB - base differences below), ``--json`` with the hardwa
 A variant is a recipe plus overrides. Run directories are named by a hash of the training
 settings (:func:`training_key`), so a finished run is probed again instead of retrained, and
 two benchmarks asking for the same training share it when given the same ``--out-dir``.
+``--weights ema`` probes each run's EMA target instead of its online network (the DINO paper
+probes its teacher); rerun with it after a run with the default, the runs are only probed again.
 The ``--quick`` overrides of every benchmark are built from annoboot.presets, where the tests'
 tiny model is defined too.
 """
