@@ -6,6 +6,7 @@ PASS or FAIL, the figures measured and what they should be. Paste the table into
 
     python scripts/gpu_smoke.py                        # a GPU machine: about 15 minutes
     python scripts/gpu_smoke.py --only methods resume  # some checks
+    python scripts/gpu_smoke.py --only methods --methods ab_clip  # one method
     python scripts/gpu_smoke.py --cpu                  # the same checks on the CPU, tiny: ~1.5 min
 
 Checks:
@@ -109,6 +110,7 @@ class Check:
 class Smoke:
     def __init__(self, args: argparse.Namespace, work: Path):
         self.cpu, self.seconds, self.work = args.cpu, args.seconds, work
+        self.method_names = args.methods
         self.device = "cpu" if args.cpu else "cuda"
         self.gpus = 0 if args.cpu else torch.cuda.device_count()
 
@@ -151,7 +153,7 @@ class Smoke:
 
     def methods(self) -> List[Check]:
         checks = []
-        for method in RECIPES:
+        for method in self.method_names:
             if method.endswith("clip") and not Path("/usr/share/openclipart").is_dir():
                 checks.append(Check(f"methods/{method}", None, {"why": "Open Clip Art not installed"}))
                 continue
@@ -279,10 +281,9 @@ class Smoke:
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",  # a free port: two runs at once (or another job's rendezvous) never clash
             "--nproc_per_node",
             str(nproc),
-            "--master_port",
-            str(29700 + nproc),
             str(Path(__file__).resolve()),
             *args,
         ]
@@ -392,6 +393,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="run every check on the CPU with tiny models")
     parser.add_argument("--only", nargs="+", choices=list(names), default=list(names))
+    parser.add_argument("--methods", nargs="+", choices=list(RECIPES), default=list(RECIPES),
+                        help="the methods the 'methods' check trains")
     parser.add_argument("--seconds", type=float, default=120.0, help="training time per method on a GPU")
     parser.add_argument("--out", type=Path, help="also write the checks as JSON here")
     parser.add_argument("--work-dir", type=Path, help="keep runs and shards here (default: a temporary folder)")

@@ -1,10 +1,20 @@
 """Shared fixtures. Constants, skip markers and plain helper functions live in helpers.py
 (``from helpers import TINY, needs_fmnist``); tests/ is on pytest's pythonpath (pyproject.toml)."""
 
+import os
+
 import pytest
+import torch
 from helpers import TINY
 
 from annoboot.config import load_config
+
+# Under pytest-xdist (scripts/test.sh runs one worker per core) each worker, and every process
+# its tests start, computes on one thread: two workers of two threads each on 2 cores would
+# fight over them (spinning OpenMP threads slow small ops down a hundredfold).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

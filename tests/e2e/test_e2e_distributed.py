@@ -38,7 +38,7 @@ def run_worker(tmp_path, method, nproc):
     extra = CAPTIONED if method.endswith("clip") else []
     overrides = TINY + DETERMINISTIC + extra + [f"train.out_dir={tmp_path / f'run{nproc}'}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(29600 + nproc),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(WORKER), str(out), method, *overrides]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
