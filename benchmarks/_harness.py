@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from annoboot.config import Config, load_config, to_dict
-from annoboot.methods import build_method
-from annoboot.train.checkpoint import latest_checkpoint, load_checkpoint
+from annoboot.errors import AnnobootError
+from annoboot.runs import load_run
+from annoboot.train.checkpoint import checkpoint_step, latest_checkpoint
 from annoboot.train.runtime import describe, resolve_device
 from annoboot.train.trainer import Trainer
 
@@ -108,30 +109,21 @@ def pretrained(cfg: Config, weights: str = "online"):
     run_dir = Path(cfg.train.out_dir)
     record = run_dir / "protocol_run.json"
     found = latest_checkpoint(run_dir)
-    if found is not None and record.is_file():
-        state = load_checkpoint(found)
-        if state["step"] == cfg.train.steps:
-            device = resolve_device(cfg.train.device)
-            method = build_method(cfg)
-            method.load_state_dict(state[checkpoint_entry(cfg, weights, state.get("target") is not None)])
-            print(f"  reusing the finished run in {run_dir} ({weights} weights)", flush=True)
-            return method.to(device), device, json.loads(record.read_text())["train_seconds"]
+    if found is not None and record.is_file() and checkpoint_step(found) == cfg.train.steps:
+        try:
+            _, method, device = load_run(found, weights)  # the weights asked for, verified
+        except AnnobootError as exc:  # e.g. --weights ema on a run without a target: one line, no traceback
+            raise SystemExit(str(exc)) from None
+        print(f"  reusing the finished run in {run_dir} ({weights} weights)", flush=True)
+        return method, device, json.loads(record.read_text())["train_seconds"]
     start = time.perf_counter()
     trainer = Trainer(cfg, overwrite=True)  # an unfinished run of a killed benchmark: its time would not count, start afresh
-    checkpoint_entry(cfg, weights, trainer.target is not None)  # refuse before training, not after
+    if weights == "ema" and trainer.target is None:  # refuse before training, not after
+        raise SystemExit(f"--weights ema: {cfg.method.name} keeps no EMA target network")
     trainer.fit()
     seconds = time.perf_counter() - start
     record.write_text(json.dumps({"train_seconds": seconds}))
     return (trainer.method if weights == "online" else trainer.target), trainer.device, seconds
-
-
-def checkpoint_entry(cfg: Config, weights: str, has_target: bool) -> str:
-    """The checkpoint entry holding ``weights``: "method" (online) or "target" (EMA)."""
-    if weights == "online":
-        return "method"
-    if not has_target:
-        raise SystemExit(f"--weights ema: {cfg.method.name} in {cfg.train.out_dir} keeps no EMA target network")
-    return "target"
 
 
 def run_row(variant: Variant, seed: int, cfg: Config, evaluate: Callable, weights: str = "online") -> Dict:
