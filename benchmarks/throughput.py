@@ -48,7 +48,7 @@ import torch
 from annoboot.config import Config, load_config
 from annoboot.models import build_encoder
 from annoboot.train.runtime import autocast_context, describe, prepare_for_device
-from annoboot.train.ema import ema_update
+from annoboot.train.ema import ema_update, make_target
 from annoboot.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +165,17 @@ def ab_step_parts(trainer: Trainer, count: int) -> Dict[str, float]:
         with torch.no_grad(), amp():
             target.td_targets(ann_views[:num_annotations], boot_views, moves)
 
+    # Tried and dropped (docs/results.md): a bf16 copy of the target, refreshed after each EMA
+    # update, to skip the casts autocast makes inside its forward.
+    bf16_target = make_target(target).to(torch.bfloat16).train(method.target_batch_statistics)
+
+    def target_forward_bf16_copy() -> None:
+        with torch.no_grad():
+            bf16_target.td_targets(ann_views[:num_annotations].bfloat16(), boot_views.bfloat16(), moves)
+
+    def refresh_bf16_copy() -> None:
+        torch._foreach_copy_(list(bf16_target.parameters()), list(target.parameters()))
+
     def value_decoder() -> None:
         with amp():
             logits = method.value_function.logits(tokens, moves, keys)
@@ -176,6 +187,8 @@ def ab_step_parts(trainer: Trainer, count: int) -> Dict[str, float]:
     pieces = {"whole step (Trainer.train_step)": trainer.train_step, "rendering the views": render,
               f"online encoder fwd+bwd ({views.shape[0]} views)": online_encoder,
               f"EMA target td_targets ({num_annotations + boot_views.shape[0]} views)": target_forward,
+              "the same on a bf16 copy of the target, no autocast (dropped)": target_forward_bf16_copy,
+              "refreshing that copy after the EMA update (dropped)": refresh_bf16_copy,
               "value decoder fwd+bwd": value_decoder, "EMA update": ema, "AdamW step": trainer.optimizer.step}
     results = {}
     for name, piece in pieces.items():
