@@ -23,6 +23,7 @@ change in machine load falls on all of them alike; each figure is the median ste
   python benchmarks/throughput.py                         # GPU: ViT-S/16 at 224 px, batch 256
   python benchmarks/throughput.py --dino                  # + DINO's multi-crop step and its bound
   python benchmarks/throughput.py --quick --clip          # + CLIP's and ABCLIP's steps (EMA and online target) on captioned scenes
+  python benchmarks/throughput.py --quick --clip --clip-data openclipart   # the same on Open Clip Art, as captioned_probes.py --quick trains
 
 With --dino, DINO's trainer step (configs/fmnist_dino.yaml with the same encoder: 2 global and
 ``views.local_views`` local crops rendered on the device, student and EMA teacher, head,
@@ -47,6 +48,7 @@ import torch
 
 from annoboot.config import Config, load_config
 from annoboot.models import build_encoder
+from annoboot.presets import QUICK_MODEL, QUICK_TEXT, QUICK_TRAIN
 from annoboot.train.runtime import autocast_context, describe, prepare_for_device
 from annoboot.train.ema import ema_update, make_target
 from annoboot.train.trainer import Trainer
@@ -56,6 +58,11 @@ CPU_RECIPES = {"simclr": "configs/cpu/fmnist_simclr.yaml", "ab_simclr": "configs
 GPU_RECIPES = {"simclr": "configs/fmnist_simclr.yaml", "ab_simclr": "configs/fmnist_ab_simclr.yaml"}
 # --clip: image-text steps (text tower, captions tokenised in the stream) on generated captioned scenes.
 CLIP_RECIPES = {"clip": "configs/cpu/scenes_clip.yaml", "ab_clip": "configs/cpu/scenes_ab_clip.yaml"}
+# --clip-data openclipart: the recipes benchmarks/captioned_probes.py --quick trains (PNG drawings of
+# mixed sizes packed into one canvas per batch, captions of a larger vocabulary); the first 1,500
+# training images keep the decode before timing short.
+OPENCLIPART_RECIPES = {"clip": "configs/openclipart_clip.yaml", "ab_clip": "configs/openclipart_ab_clip.yaml"}
+OPENCLIPART_QUICK = [*QUICK_MODEL, "views.img_size=32", *QUICK_TEXT, *QUICK_TRAIN, "data.annotation.limit=1500"]
 # GPU: the paper's encoder on 256 x 256 Fashion-MNIST-sized inputs would be silly; ViT-S/16 at
 # 224 px on upsampled images measures what the step costs at that scale.
 GPU_OVERRIDES = ["model.backbone=vit_small_patch16_224", "model.backbone_kwargs={}", "views.img_size=224",
@@ -221,9 +228,11 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
             info["bound"] = {"views": info[name]["views"], "images": 0, "recipe": "encoder only"}
     assert device is not None
     order = ["bound", "simclr", "ab_simclr"]
+    clip_recipes, clip_common = (OPENCLIPART_RECIPES, OPENCLIPART_QUICK) if args.clip_data == "openclipart" else (CLIP_RECIPES, [])
     for name in ["ab_simclr"] + (["ab_clip"] if args.clip else []):  # TD targets from the online forward
-        recipe = {**recipes, **CLIP_RECIPES}[name]
-        cfg = load_config(ROOT / recipe, common + ["method.target_network=online", f"train.out_dir={out_dir}/{name}_online"])
+        recipe = {**recipes, **clip_recipes}[name]
+        extra = clip_common if name == "ab_clip" else []
+        cfg = load_config(ROOT / recipe, extra + common + ["method.target_network=online", f"train.out_dir={out_dir}/{name}_online"])
         steps[f"{name}_online"], trainer = trainer_step(cfg)
         info[f"{name}_online"] = {"views": trainer.method.views_per_step(), "images": sum(trainer.method.batch_sizes().values()),
                                   "recipe": f"{recipe} method.target_network=online"}
@@ -241,8 +250,8 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
         order += ["bound_multicrop", "dino"]
     if args.clip:
         for name in ("clip", "ab_clip"):
-            recipe = CLIP_RECIPES[name]
-            cfg = load_config(ROOT / recipe, common + [f"train.out_dir={out_dir}/{name}"])
+            recipe = clip_recipes[name]
+            cfg = load_config(ROOT / recipe, clip_common + common + [f"train.out_dir={out_dir}/{name}"])
             steps[name], trainer = trainer_step(cfg)
             info[name] = {"views": trainer.method.views_per_step(), "images": sum(trainer.method.batch_sizes().values()),
                           "recipe": recipe}
@@ -300,6 +309,8 @@ def main() -> int:
     parser.add_argument("--dino", action="store_true", help="also time DINO's multi-crop step against its bound")
     parser.add_argument("--clip", action="store_true",
                         help="also time CLIP's and ABCLIP's steps on the captioned-scene recipes (configs/cpu/scenes_*)")
+    parser.add_argument("--clip-data", choices=["scenes", "openclipart"], default="scenes",
+                        help="with --clip: captioned scenes, or Open Clip Art with the recipes captioned_probes.py --quick trains")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="also profile this many steps of each method")
     parser.add_argument("--parts", type=int, default=0, metavar="RUNS",
                         help="also time the pieces of the ABSimCLR step alone (render, encoder, target, decoder, EMA, AdamW)")
