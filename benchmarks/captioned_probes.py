@@ -23,11 +23,11 @@ from _harness import (ROOT, Variant, ab_pairs, add_arguments, floor_row, headlin
 from annoboot.config import load_config
 from annoboot.eval.baselines import PixelEncoder
 from annoboot.methods import build_method
-from annoboot.presets import QUICK_EVAL, QUICK_MODEL, QUICK_TEXT, QUICK_TRAIN
+from annoboot.presets import QUICK_CAPTIONED, QUICK_EVAL
 from annoboot.runs import evaluate_encoder, evaluate_method
 from annoboot.train.runtime import resolve_device
 
-QUICK = [*QUICK_MODEL, "views.img_size=32", *QUICK_TEXT, *QUICK_TRAIN, "train.lr=1e-3", "data.annotation.num_workers=2",
+QUICK = [*QUICK_CAPTIONED, "data.annotation.num_workers=2",
          "eval.train.num_workers=2", "eval.test.num_workers=2", *QUICK_EVAL]
 COLUMNS = [(title, lambda row, k=key: row.get(k)) for title, key in [
     ("zero-shot", "zero_shot"), ("i->t R@1", "image_to_text_r1"), ("i->t R@5", "image_to_text_r5"), ("t->i R@1", "text_to_image_r1"),

@@ -48,7 +48,7 @@ import torch
 
 from annoboot.config import Config, load_config
 from annoboot.models import build_encoder
-from annoboot.presets import QUICK_MODEL, QUICK_TEXT, QUICK_TRAIN
+from annoboot.presets import QUICK_CAPTIONED
 from annoboot.train.runtime import autocast_context, describe, prepare_for_device
 from annoboot.train.ema import ema_update, make_target
 from annoboot.train.trainer import Trainer
@@ -62,7 +62,7 @@ CLIP_RECIPES = {"clip": "configs/cpu/scenes_clip.yaml", "ab_clip": "configs/cpu/
 # mixed sizes packed into one canvas per batch, captions of a larger vocabulary); the first 1,500
 # training images keep the decode before timing short.
 OPENCLIPART_RECIPES = {"clip": "configs/openclipart_clip.yaml", "ab_clip": "configs/openclipart_ab_clip.yaml"}
-OPENCLIPART_QUICK = [*QUICK_MODEL, "views.img_size=32", *QUICK_TEXT, *QUICK_TRAIN, "data.annotation.limit=1500"]
+OPENCLIPART_QUICK = [*QUICK_CAPTIONED, "data.annotation.limit=1500"]
 # GPU: the paper's encoder on 256 x 256 Fashion-MNIST-sized inputs would be silly; ViT-S/16 at
 # 224 px on upsampled images measures what the step costs at that scale.
 GPU_OVERRIDES = ["model.backbone=vit_small_patch16_224", "model.backbone_kwargs={}", "views.img_size=224",

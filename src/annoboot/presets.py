@@ -22,6 +22,9 @@ QUICK_TRAIN = ["train.batch_size=128", "train.steps=300", "train.warmup_steps=30
 QUICK_WEIGHT_DECAY = ["train.weight_decay=0.05", "train.weight_decay_end=0.05"]
 QUICK_EVAL = ["eval.linear_epochs=20", "eval.map_epochs=5"]
 QUICK_TEXT = ["model.text_width=128", "model.text_depth=2", "model.text_heads=2", "model.embed_dim=128"]
+# --quick training on a captioned set (Open Clip Art, Tux Paint): benchmarks/captioned_probes.py
+# trains it, benchmarks/throughput.py --clip-data openclipart times its step.
+QUICK_CAPTIONED = [*QUICK_MODEL, "views.img_size=32", *QUICK_TEXT, *QUICK_TRAIN, "train.lr=1e-3"]
 QUICK_DINO = [
     "views.local_size=16",
     "model.dino_hidden_dim=512",
