@@ -27,12 +27,15 @@ def test_short_run_learns(tiny_config, method):
     # ABSimCLR keeps the full base batch for its SimCLR loss here (the published split halves
     # it), so that 60 CPU steps move the encoder as far as SimCLR's do; 4 bootstrap images (16 crops).
     extra = ["method.annotation_fraction=1.0", "method.bootstrap_fraction=0.0625"] if method == "ab_simclr" else []
-    cfg = tiny_config(f"method.name={method}", "train.steps=60", "train.log_every=10", "train.precision=auto", *extra)
+    # SimCLR's kNN gain at 60 steps sat at the threshold and depended on the thread count (+2.3 on
+    # one thread, +1.4 on two: `scripts/test.sh -n 0` failed); at 100 steps it is +5.4 to +5.6.
+    steps = 100 if method == "simclr" else 60
+    cfg = tiny_config(f"method.name={method}", f"train.steps={steps}", "train.log_every=10", "train.precision=auto", *extra)
     trainer = Trainer(cfg)
     knn_before = knn_of(trainer.method.encoder, cfg)
     last = trainer.fit()
     losses = logged_losses(trainer.run_dir, "loss/total")
-    assert len(losses) == 6
+    assert len(losses) == steps // 10
     assert losses[-1] < losses[0] - 0.3, losses
     knn_after = knn_of(trainer.method.encoder, cfg)
     assert knn_after > knn_before + 2.0, (knn_before, knn_after)
