@@ -40,7 +40,9 @@ from _harness import ROOT, Variant, floor_row, headline, only, run_config, run_r
 
 from annoboot.config import Config
 from annoboot.data.fashion_mnist import FashionMNISTSource
-from annoboot.data.scenes import CLASS_NAMES, SceneSource, ScenesConfig
+from annoboot.data.scene_captions import CLASS_NAMES
+from annoboot.data.scene_generator import ScenesConfig
+from annoboot.data.scenes import SceneSource
 from annoboot.eval.baselines import PixelEncoder
 from annoboot.eval.image_text import evaluate_image_text, has_text_tower
 from annoboot.eval.scenes import scene_probes

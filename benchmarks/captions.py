@@ -42,7 +42,7 @@ def caption_statistics(scenes: dict, batch: int = 128, batches: int = 200) -> st
     names, and how many captions of a random annotation batch name each class."""
     import random
 
-    from annoboot.data.scenes import ScenesConfig
+    from annoboot.data.scene_generator import ScenesConfig
     from annoboot.data.scenes import SceneSource
 
     generated = SceneSource(ScenesConfig(**scenes), "train").scenes

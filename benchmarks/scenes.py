@@ -1,7 +1,7 @@
 """Protocol 2 (issue 6): SimCLR vs ABSimCLR (and DINO vs ABDINO) pre-trained on unlabeled scenes.
 
 Scenes: 96 px canvases of 2-5 Fashion-MNIST train items at random positions and sizes (20-56
-px) over faint clutter (``kind: fmnist_scenes``, data/scenes.py); labels, boxes and captions are
+px) over faint clutter (``kind: fmnist_scenes``, data/scene_generator.py); labels, boxes and captions are
 not used in pre-training. Every method starts from its configs/fmnist_<method>.yaml recipe with
 the same encoder (ViT-Tiny, 8-px patches at 64 px), views and budget (3000 steps of base batch
 512; AB methods split it as published: 256 annotation + 64 bootstrap images). The frozen

@@ -23,7 +23,7 @@ from annoboot.batch import ImageBatch
 from annoboot.data import build_source
 from annoboot.data.base import ImageSource, InMemoryImageSource
 from annoboot.data.fashion_mnist import FASHION_MNIST_ROOT
-from annoboot.data.scenes import ScenesConfig
+from annoboot.data.scene_generator import ScenesConfig
 from annoboot.eval.features import extract_features
 from annoboot.eval.knn import knn_accuracy
 from annoboot.models import CaptionTokenizer

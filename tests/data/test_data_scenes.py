@@ -1,4 +1,4 @@
-"""Specifications of the Fashion-MNIST scene generator (data/scenes.py): scenes, boxes, weak
+"""Specifications of the Fashion-MNIST scene generator (data/scene_generator.py, data/scene_captions.py, data/scenes.py): scenes, boxes, weak
 captions, and the scene settings of a config."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from helpers import (
 from annoboot.config import load_config
 from annoboot.data import build_source
 from annoboot.data.fashion_mnist import FashionMNISTSource
-from annoboot.data.scenes import CHUNK, SceneSource, ScenesConfig, classes_in_caption, generate_scenes, resize_items, weak_caption
+from annoboot.data.scene_captions import classes_in_caption, weak_caption
+from annoboot.data.scene_generator import CHUNK, ScenesConfig, generate_scenes, resize_items
+from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 
 SMALL = ScenesConfig(num_scenes=120, canvas=64, items=[2, 5], item_size=[14, 36], pool_limit=3000)

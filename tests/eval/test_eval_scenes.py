@@ -7,7 +7,8 @@ from helpers import one_thread  # noqa: F401  (an autouse fixture: tiny workload
 
 from annoboot.config import EvalConfig
 from annoboot.data.fashion_mnist import FashionMNISTSource
-from annoboot.data.scenes import SceneSource, ScenesConfig
+from annoboot.data.scene_generator import ScenesConfig
+from annoboot.data.scenes import SceneSource
 from annoboot.eval.scenes import BoxCropSource, box_probe, multilabel_probe
 from annoboot.models.encoder import build_encoder
 from annoboot.views import Normalize

@@ -1,86 +1,21 @@
-"""Non-object-centric scenes made from real Fashion-MNIST photos, with weak captions.
+"""Fashion-MNIST scenes as an image source (kind ``fmnist_scenes``): non-object-centric canvases
+of several real items with weak captions, made by data/scene_generator.py.
 
-A scene is a square grayscale canvas holding several Fashion-MNIST items at random positions
-and sizes over a black background with faint clutter (patches cut from other items). Each
-scene keeps, for evaluation only, the box (normalised xyxy) and label of every item, and has a
-weak caption that names some, not all, of its item classes in varied wording.
-
-Rules the generator keeps (tests/data/test_data_scenes.py checks them):
-
-- a scene of split s draws its items and clutter from the Fashion-MNIST split s and no other:
-  :func:`generate_scenes` only ever sees one pool, and :class:`SceneSource` builds that pool
-  from its own split, so a test item never reaches a training scene;
-- everything is a function of (seed, split, scene index): scenes are generated in chunks of
-  :data:`CHUNK` with their own random streams, so scene i is the same whatever the number of
-  scenes asked for (a limit keeps a prefix of the same set);
-- a caption names only classes present in its scene; when a scene holds two or more distinct
-  classes it names at least one and leaves at least one out (a scene of one class names it).
-  A named class is named with its true count when a count is given ("two sneakers").
-
-Generation is vectorised per item layer (every scene's k-th item is placed and pasted at
-once), so 20k scenes of 96 px take a few seconds on one CPU core.
+Each scene keeps, for evaluation only, the box and label of every item; a scene of split s
+holds items of the Fashion-MNIST split s only (the source builds its pool from its own split).
 """
 
 from __future__ import annotations
 
-import random
-import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from annoboot.data.base import InMemoryImageSource
 from annoboot.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNISTSource
 from annoboot.data.registry import register_source
+from annoboot.data.scene_generator import ScenesConfig, check_scenes, generate_scenes
 from annoboot.errors import AnnobootError
-
-
-@dataclass
-class ScenesConfig:
-    """fmnist_scenes: canvases of several Fashion-MNIST items with weak captions (below).
-
-    A scene of split s (``SourceConfig.split``) draws its items and clutter from the Fashion-MNIST
-    split s only. Scene i depends only on (seed, split, i): a limit keeps a prefix of the same set.
-    """
-
-    num_scenes: int = 20000
-    canvas: int = 96  # side of the square canvas in pixels
-    items: List[int] = field(default_factory=lambda: [2, 5])  # items per scene, inclusive range
-    item_size: List[int] = field(default_factory=lambda: [20, 56])  # side of a pasted item in px
-    max_overlap: float = 0.2  # largest share of the smaller of two item boxes they may share
-    clutter: int = 6  # background patches of other items per scene: uniform in [0, clutter]
-    clutter_contrast: float = 0.3  # their brightness relative to a pasted item
-    single_fraction: float = 0.0  # share of canvases holding one whole item (a mixed source)
-    seed: int = 0
-    pool_limit: Optional[int] = None  # use only the first N Fashion-MNIST images of the split
-
-
-def check_scenes(scenes: ScenesConfig, key: str = "scenes") -> None:
-    """AnnobootError naming ``key``.<option> when a scene setting cannot work."""
-    bad = None
-    if scenes.num_scenes < 1:
-        bad = f"'{key}.num_scenes' must be >= 1, got {scenes.num_scenes}"
-    elif scenes.canvas < 8:
-        bad = f"'{key}.canvas' must be >= 8 pixels, got {scenes.canvas}"
-    elif len(scenes.items) != 2 or not 1 <= scenes.items[0] <= scenes.items[1]:
-        bad = f"'{key}.items' must be [low, high] with 1 <= low <= high, got {scenes.items}"
-    elif len(scenes.item_size) != 2 or not 4 <= scenes.item_size[0] <= scenes.item_size[1] <= scenes.canvas:
-        bad = f"'{key}.item_size' must be [low, high] with 4 <= low <= high <= canvas ({scenes.canvas}), got {scenes.item_size}"
-    elif not 0 <= scenes.max_overlap <= 1:
-        bad = f"'{key}.max_overlap' must be in [0, 1], got {scenes.max_overlap}"
-    elif scenes.clutter < 0 or not 0 <= scenes.clutter_contrast <= 1:
-        bad = f"'{key}.clutter' must be >= 0 and '{key}.clutter_contrast' in [0, 1], got {scenes.clutter} and {scenes.clutter_contrast}"
-    elif scenes.clutter and scenes.canvas < 16:
-        bad = f"'{key}.clutter' needs '{key}.canvas' >= 16 (clutter patches are up to 16 px), got {scenes.canvas}"
-    elif not 0 <= scenes.single_fraction <= 1:
-        bad = f"'{key}.single_fraction' must be in [0, 1], got {scenes.single_fraction}"
-    elif scenes.pool_limit is not None and scenes.pool_limit < 1:
-        bad = f"'{key}.pool_limit' must be a positive number of images, got {scenes.pool_limit}"
-    if bad:
-        raise AnnobootError(f"bad config: key {bad}")
 
 
 @dataclass
@@ -93,308 +28,6 @@ class SceneSourceOptions:
     def check(src, key: str, selected: bool) -> None:
         if selected:
             check_scenes(src.scenes, f"{key}.scenes")
-
-
-CHUNK = 1024  # scenes per random stream: makes scene i independent of the number of scenes
-_SPLIT_CODE = {"train": 0, "test": 1}
-_PLACEMENT_TRIES = 16  # candidate positions per item; the first within max_overlap wins
-_CLUTTER_SIDE = (8, 16)  # clutter patches: square cuts of an item, side in px (inclusive)
-# Pasted items are blended with alpha = min(1, pixel / _OPAQUE): their dark surround lets the
-# background show through, their body (pixels >= _OPAQUE) replaces it exactly.
-_OPAQUE = 48.0
-
-
-@dataclass
-class SceneSet:
-    """Generated scenes, all on CPU.
-
-    images: (N, 1, H, W) uint8 canvases.
-    item_scene: (M,) int64 scene of each item, ascending; items of a scene in paste order
-        (a later item lies over an earlier one).
-    item_boxes: (M, 4) float32 normalised xyxy of the square each item was pasted into.
-    item_labels: (M,) int64 Fashion-MNIST class of each item.
-    item_indices: (M,) int64 index of each item in its pool (the Fashion-MNIST split).
-    clutter_scene, clutter_indices: (Q,) int64 scene and pool index of each clutter patch.
-    captions: N strings; named_classes: N sorted lists of the class ids each caption names.
-    """
-
-    images: torch.Tensor
-    item_scene: torch.Tensor
-    item_boxes: torch.Tensor
-    item_labels: torch.Tensor
-    item_indices: torch.Tensor
-    clutter_scene: torch.Tensor
-    clutter_indices: torch.Tensor
-    captions: List[str]
-    named_classes: List[List[int]]
-
-
-def resize_items(images: torch.Tensor, side: int) -> torch.Tensor:
-    """(n, h, w) uint8 -> (n, side, side) uint8, bilinear with antialiasing when shrinking."""
-    if images.shape[0] == 0:
-        return images.new_zeros((0, side, side))
-    resized = F.interpolate(
-        images[:, None].float(), size=(side, side), mode="bilinear", antialias=True, align_corners=False
-    )
-    return resized[:, 0].round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _region_index(scene: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, side: int):
-    """Advanced-index triple addressing the (n, side, side) squares at (y0, x0) of n scenes."""
-    steps = torch.arange(side)
-    rows = (y0[:, None] + steps)[:, :, None]
-    cols = (x0[:, None] + steps)[:, None, :]
-    return scene[:, None, None], rows, cols
-
-
-def _place_items(
-    rng: np.random.Generator, sides: np.ndarray, present: np.ndarray, canvas: int, max_overlap: float
-) -> np.ndarray:
-    """Top-left corners (n, K, 2) as (x, y): each item tries a few positions and keeps the first
-    whose box shares at most ``max_overlap`` of the smaller box with every earlier item, else
-    the try with the least overlap."""
-    n, k_max = sides.shape
-    corners = np.zeros((n, k_max, 2), dtype=np.int64)
-    for k in range(k_max):
-        side = sides[:, k]
-        high = (canvas - side + 1)[:, None]
-        xs = rng.integers(0, high, size=(n, _PLACEMENT_TRIES))
-        ys = rng.integers(0, high, size=(n, _PLACEMENT_TRIES))
-        if k == 0:
-            choice = np.zeros(n, dtype=np.int64)
-        else:
-            prev_side = sides[:, :k, None]  # (n, k, 1) against (n, 1, T) candidates
-            px, py = corners[:, :k, 0, None], corners[:, :k, 1, None]
-            cx, cy, cs = xs[:, None, :], ys[:, None, :], side[:, None, None]
-            ix = np.clip(np.minimum(px + prev_side, cx + cs) - np.maximum(px, cx), 0, None)
-            iy = np.clip(np.minimum(py + prev_side, cy + cs) - np.maximum(py, cy), 0, None)
-            share = ix * iy / np.minimum(prev_side, cs) ** 2
-            share = np.where(present[:, :k, None], share, 0.0).max(axis=1)  # (n, T)
-            fits = share <= max_overlap
-            choice = np.where(fits.any(axis=1), fits.argmax(axis=1), share.argmin(axis=1))
-        rows = np.arange(n)
-        corners[:, k, 0] = xs[rows, choice]
-        corners[:, k, 1] = ys[rows, choice]
-    return corners
-
-
-def _generate_chunk(
-    pool_images: torch.Tensor, pool_labels: torch.Tensor, cfg: ScenesConfig, split: str, chunk: int, num: int
-) -> SceneSet:
-    streams = np.random.SeedSequence([cfg.seed, _SPLIT_CODE[split], chunk]).spawn(2)
-    rng = np.random.default_rng(streams[0])
-    caption_rng = random.Random(int(streams[1].generate_state(1)[0]))
-    canvas, pool_size = cfg.canvas, pool_images.shape[0]
-    k_max = cfg.items[1]
-
-    # Layout: draws for a whole chunk and every slot (so a shorter last chunk is a prefix of a
-    # full one), used where the scene exists and has that many items.
-    num_items = rng.integers(cfg.items[0], cfg.items[1] + 1, size=CHUNK)
-    single = rng.random(CHUNK) < cfg.single_fraction
-    num_items[single] = 1
-    sides = rng.integers(cfg.item_size[0], cfg.item_size[1] + 1, size=(CHUNK, k_max))
-    sides[single, 0] = canvas  # a single item fills its canvas: an object-centric image
-    item_pool = rng.integers(0, pool_size, size=(CHUNK, k_max))
-    present = np.arange(k_max)[None, :] < num_items[:, None]
-    corners = _place_items(rng, sides, present, canvas, cfg.max_overlap)  # a canvas-wide item sits at (0, 0)
-
-    c_max = cfg.clutter
-    num_clutter = np.where(single, 0, rng.integers(0, c_max + 1, size=CHUNK))
-    c_side = rng.integers(_CLUTTER_SIDE[0], _CLUTTER_SIDE[1] + 1, size=(CHUNK, c_max))
-    c_pool = rng.integers(0, pool_size, size=(CHUNK, c_max))
-    c_src_y = rng.integers(0, 28 - c_side + 1)  # where the patch is cut from its 28x28 item
-    c_src_x = rng.integers(0, 28 - c_side + 1)
-    c_dst_y = rng.integers(0, canvas - c_side + 1)
-    c_dst_x = rng.integers(0, canvas - c_side + 1)
-    c_present = np.arange(c_max)[None, :] < num_clutter[:, None]
-
-    num_items, single, sides, item_pool, present, corners = (
-        a[:num] for a in (num_items, single, sides, item_pool, present, corners))
-    num_clutter, c_side, c_pool, c_src_y, c_src_x, c_dst_y, c_dst_x, c_present = (
-        a[:num] for a in (num_clutter, c_side, c_pool, c_src_y, c_src_x, c_dst_y, c_dst_x, c_present))
-
-    images = torch.zeros((num, canvas, canvas), dtype=torch.uint8)
-    # Clutter first, max-composited at low contrast: faint texture, no clean object.
-    for j in range(c_max):
-        for side in np.unique(c_side[c_present[:, j], j]):
-            scenes = np.nonzero(c_present[:, j] & (c_side[:, j] == side))[0]
-            pool_at, src_y, src_x, dst_y, dst_x = (
-                torch.from_numpy(a[scenes, j]) for a in (c_pool, c_src_y, c_src_x, c_dst_y, c_dst_x)
-            )
-            patch = pool_images[pool_at][_region_index(torch.arange(len(scenes)), src_y, src_x, int(side))]
-            patch = (patch.float() * cfg.clutter_contrast).round_().to(torch.uint8)
-            where = _region_index(torch.from_numpy(scenes), dst_y, dst_x, int(side))
-            images[where] = torch.maximum(images[where], patch)
-    # Items in layer order, so a later item lies over an earlier one.
-    for k in range(k_max):
-        for side in np.unique(sides[present[:, k], k]):
-            scenes = np.nonzero(present[:, k] & (sides[:, k] == side))[0]
-            item = resize_items(pool_images[torch.from_numpy(item_pool[scenes, k])], int(side)).float()
-            y0, x0 = torch.from_numpy(corners[scenes, k, 1]), torch.from_numpy(corners[scenes, k, 0])
-            where = _region_index(torch.from_numpy(scenes), y0, x0, int(side))
-            alpha = (item / _OPAQUE).clamp_(max=1.0)
-            images[where] = (alpha * item + (1 - alpha) * images[where].float()).round_().to(torch.uint8)
-
-    scene_of, slot_of = np.nonzero(present)  # scene-major, slots in paste order
-    x0, y0, side = corners[scene_of, slot_of, 0], corners[scene_of, slot_of, 1], sides[scene_of, slot_of]
-    boxes = np.stack([x0, y0, x0 + side, y0 + side], axis=1).astype(np.float32) / canvas
-    indices = item_pool[scene_of, slot_of]
-    labels = pool_labels[torch.from_numpy(indices)]
-    clutter_scene, clutter_slot = np.nonzero(c_present)
-
-    captions, named = [], []
-    per_scene = labels.split(num_items.tolist())
-    for scene_labels in per_scene:
-        text, classes = weak_caption(scene_labels.tolist(), caption_rng)
-        captions.append(text)
-        named.append(classes)
-    return SceneSet(
-        images=images[:, None],
-        item_scene=torch.from_numpy(scene_of.astype(np.int64)),
-        item_boxes=torch.from_numpy(boxes),
-        item_labels=labels,
-        item_indices=torch.from_numpy(indices.astype(np.int64)),
-        clutter_scene=torch.from_numpy(clutter_scene.astype(np.int64)),
-        clutter_indices=torch.from_numpy(c_pool[clutter_scene, clutter_slot].astype(np.int64)),
-        captions=captions,
-        named_classes=named,
-    )
-
-
-def generate_scenes(
-    pool_images: torch.Tensor,
-    pool_labels: torch.Tensor,
-    cfg: ScenesConfig,
-    split: str,
-    num_scenes: Optional[int] = None,
-) -> SceneSet:
-    """The first ``num_scenes`` (default ``cfg.num_scenes``) scenes of ``split`` from one pool.
-
-    pool_images: (P, 28, 28) or (P, 1, 28, 28) uint8 items, all of ``split``; pool_labels: (P,).
-    Items and clutter are drawn from this pool only (with replacement).
-    """
-    check_scenes(cfg)
-    if split not in _SPLIT_CODE:
-        raise AnnobootError(f"scene split '{split}' does not exist; choose one of {', '.join(_SPLIT_CODE)}")
-    if pool_images.ndim == 4:
-        pool_images = pool_images[:, 0]
-    if pool_images.ndim != 3 or pool_images.shape[1:] != (28, 28) or pool_images.dtype != torch.uint8:
-        raise AnnobootError(
-            f"scene pool must be (P, 28, 28) uint8 Fashion-MNIST items, "
-            f"got {tuple(pool_images.shape)} {pool_images.dtype}"
-        )
-    if pool_images.shape[0] == 0 or pool_labels.shape != (pool_images.shape[0],):
-        raise AnnobootError(
-            f"scene pool needs one label per item and at least one item, got {pool_images.shape[0]} items "
-            f"and labels of shape {tuple(pool_labels.shape)}"
-        )
-    total = cfg.num_scenes if num_scenes is None else num_scenes
-    chunks = []
-    for chunk, start in enumerate(range(0, total, CHUNK)):
-        chunks.append(_generate_chunk(pool_images, pool_labels.long(), cfg, split, chunk, min(CHUNK, total - start)))
-    offsets = np.cumsum([0] + [c.images.shape[0] for c in chunks])
-    return SceneSet(
-        images=torch.cat([c.images for c in chunks]),
-        item_scene=torch.cat([c.item_scene + int(o) for c, o in zip(chunks, offsets)]),
-        item_boxes=torch.cat([c.item_boxes for c in chunks]),
-        item_labels=torch.cat([c.item_labels for c in chunks]),
-        item_indices=torch.cat([c.item_indices for c in chunks]),
-        clutter_scene=torch.cat([c.clutter_scene + int(o) for c, o in zip(chunks, offsets)]),
-        clutter_indices=torch.cat([c.clutter_indices for c in chunks]),
-        captions=[text for c in chunks for text in c.captions],
-        named_classes=[named for c in chunks for named in c.named_classes],
-    )
-
-
-# ------------------------------------------------------------------------------ captions
-
-# Per class: (singular, plural) names. Each word names one class only, and no name holds
-# another class's name as a whole word, so a caption's classes can be read back from its text.
-CLASS_NAMES: Dict[int, List[Tuple[str, str]]] = {
-    0: [("t-shirt", "t-shirts"), ("tee", "tees"), ("top", "tops")],
-    1: [("pair of trousers", "pairs of trousers"), ("pair of pants", "pairs of pants"),
-        ("pair of jeans", "pairs of jeans")],
-    2: [("pullover", "pullovers"), ("sweater", "sweaters"), ("jumper", "jumpers")],
-    3: [("dress", "dresses"), ("gown", "gowns"), ("frock", "frocks")],
-    4: [("coat", "coats"), ("jacket", "jackets"), ("overcoat", "overcoats")],
-    5: [("sandal", "sandals"), ("flip-flop", "flip-flops")],
-    6: [("shirt", "shirts"), ("blouse", "blouses"), ("button-up shirt", "button-up shirts")],
-    7: [("sneaker", "sneakers"), ("trainer", "trainers"), ("running shoe", "running shoes")],
-    8: [("bag", "bags"), ("handbag", "handbags"), ("purse", "purses")],
-    9: [("ankle boot", "ankle boots"), ("boot", "boots")],
-}
-_COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
-# {items}: the named phrases joined ("a coat, two bags and a dress"). {first}/{rest}: the first
-# phrase without its article and the others joined; used only when two or more are named.
-_TEMPLATES = (
-    "a photo with {items}",
-    "a picture of {items}",
-    "{items}",
-    "{items} on a dark background",
-    "you can see {items} here",
-    "a cluttered shot showing {items}",
-    "some clothes, among them {items}",
-    "a grainy photo containing {items}",
-    "{items}, and other stuff",
-    "a flat lay of {items}",
-    "spotted: {items}",
-    "there is {items} in this one",
-)
-_PAIR_TEMPLATES = ("someone's {first} next to {rest}", "{first} lying beside {rest}")
-
-
-def _with_article(noun: str) -> str:
-    return ("an " if noun[0] in "aeiou" else "a ") + noun
-
-
-def _join(phrases: Sequence[str]) -> str:
-    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-
-
-def weak_caption(labels: Sequence[int], rng: random.Random) -> Tuple[str, List[int]]:
-    """A caption naming some classes of a scene whose items have ``labels``, and those classes.
-
-    With two or more distinct classes, between 1 and (distinct - 1) of them are named; with one
-    class, it is named. A named class appears with its true count ("two sneakers"), as a plain
-    plural ("sneakers") when it occurs more than once, or with an article ("a sneaker").
-    Returns (caption, sorted class ids named).
-    """
-    counts: Dict[int, int] = {}
-    for label in labels:
-        counts[int(label)] = counts.get(int(label), 0) + 1
-    classes = list(counts)
-    chosen = classes if len(classes) == 1 else rng.sample(classes, rng.randint(1, len(classes) - 1))
-    bare, full = [], []
-    for label in chosen:
-        singular, plural = rng.choice(CLASS_NAMES[label])
-        count = counts[label]
-        if count == 1:
-            bare.append(singular)
-            full.append(_with_article(singular))
-        else:
-            phrase = f"{_COUNT_WORDS.get(count, str(count))} {plural}" if rng.random() < 0.5 else plural
-            bare.append(phrase)
-            full.append(phrase)
-    if len(chosen) >= 2 and rng.random() < 0.25:
-        text = rng.choice(_PAIR_TEMPLATES).format(first=bare[0], rest=_join(full[1:]))
-    else:
-        text = rng.choice(_TEMPLATES).format(items=_join(full))
-    return text, sorted(chosen)
-
-
-def classes_in_caption(caption: str) -> List[int]:
-    """The class ids whose names occur in ``caption`` as whole words (the inverse of
-    :func:`weak_caption` for its own vocabulary)."""
-    found = set()
-    for label, names in CLASS_NAMES.items():
-        for singular, plural in names:
-            for name in (singular, plural):
-                if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", caption):
-                    found.add(label)
-    return sorted(found)
-
-
-# ------------------------------------------------------------------------------- source
 
 
 class SceneSource(InMemoryImageSource):
@@ -447,7 +80,6 @@ class SceneSource(InMemoryImageSource):
         self.item_indices = list(scenes.item_indices.split(counts))
         self.labels = torch.stack([_largest_item_label(b, l) for b, l in zip(self.item_boxes, self.item_labels)])
 
-
     def multi_hot(self) -> torch.Tensor:
         """(N, 10) float32: 1 where the scene holds an item of that class."""
         targets = torch.zeros(len(self), len(self.class_names or FASHION_MNIST_CLASSES))
@@ -464,16 +96,7 @@ def _largest_item_label(boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return labels[last_largest]
 
 
-__all__ = [
-    "CHUNK",
-    "CLASS_NAMES",
-    "SceneSet",
-    "SceneSource",
-    "classes_in_caption",
-    "generate_scenes",
-    "resize_items",
-    "weak_caption",
-]
+__all__ = ["SceneSource", "SceneSourceOptions"]
 
 
 @register_source("fmnist_scenes", options=SceneSourceOptions)
