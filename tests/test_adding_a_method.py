@@ -8,6 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import TINY, needs_fmnist
 
 from annoboot.config import forget_schema, load_config
@@ -60,3 +61,30 @@ def test_an_unregistered_method_leaves_the_schema_and_its_options():
         load_config(None, ["method.name=simsiam"])
     with pytest.raises(AnnobootError, match="simsiam_dim"):
         load_config(None, ["model.simsiam_dim=128"])
+
+
+def test_the_tutorial_probe_registers_checks_its_option_and_scores_separable_features():
+    from annoboot.config import EvalConfig
+    from annoboot.eval.features import Features
+    from annoboot.eval.fitting import SINGLE_LABEL
+    from annoboot.eval.probes import run_probes
+    from annoboot.eval.registry import PROBE_REGISTRY
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S) if "register_probe" in b)
+    try:
+        exec(compile(block, str(DOC), "exec"), {})
+        assert load_config(None, [*TINY, "eval.probes=[knn,centroid]"]).eval.probes == ["knn", "centroid"]
+        with pytest.raises(AnnobootError, match="eval.knn_temperature"):
+            load_config(None, [*TINY, "eval.probes=[centroid]", "eval.knn_temperature=0"])
+        # Each class a direction plus noise: the nearest class mean is right every time.
+        generator = torch.Generator().manual_seed(0)
+        labels = torch.arange(60) % 3
+        pooled = 5 * torch.eye(3)[labels] + 0.1 * torch.randn(60, 3, generator=generator)
+        train, test = Features(pooled[:45], None, labels[:45]), Features(pooled[45:], None, labels[45:])
+        results = run_probes(train, test, train.labels, test.labels, 3, EvalConfig(probes=["centroid"]), SINGLE_LABEL, "cpu")
+        assert results["centroid"] == 100.0
+        renamed = run_probes(train, test, train.labels, (test.labels + 1) % 3, 3, EvalConfig(probes=["centroid"]),
+                             SINGLE_LABEL, "cpu")
+        assert renamed["centroid"] == 0.0  # scored against the test labels given
+    finally:
+        PROBE_REGISTRY.pop("centroid", None)

@@ -342,10 +342,9 @@ def validate(cfg: Config) -> None:
     for key, source in sources.items():
         if source is not None:
             check_source(source, key)
-    if "decoder" in cfg.eval.probes:  # checked now, not after a run of pre-training
-        from annoboot.eval.decoder_probe import check_decoder_options
+    from annoboot.eval.probes import check_probe_config  # the probe registry: checked now, not after pre-training
 
-        check_decoder_options(cfg.eval)
+    check_probe_config(cfg.eval)
     check_scale("views.crop_scale", cfg.views.crop_scale)
     ratio = cfg.views.crop_ratio
     if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:

@@ -115,7 +115,7 @@ def format_results_table(results: Dict[str, Any], title: str) -> str:
     """
     details = results.get("details", {})
     rows = [(probe, f"{results[probe]:.2f}", _describe(probe, details[probe]) if probe in details else "")
-            for probe in PROBES if probe in results]
+            for probe in [*details, *(p for p in PROBES if p not in details)] if probe in results]
     header = ("probe", "top-1 %", "settings")
     extra = [("zero-shot", "")] if "zero_shot" in results else []
     widths = [max(len(row[i]) for row in [header, *rows, *extra]) for i in range(2)]

@@ -13,15 +13,16 @@ over the mini-batches and the val split picks the one reported.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from annoboot.config import EvalConfig
 from annoboot.errors import AnnobootError
 from annoboot.eval.fitting import SINGLE_LABEL, check_probe_inputs, fit_and_select, seeded_heads
 from annoboot.eval.map_probe import default_num_heads
+from annoboot.eval.registry import register_probe, require_learning_rates
+from annoboot.eval.token_sets import pack_token_sets, unpack_token_sets
 
 
 class DecoderLayer(nn.Module):
@@ -42,11 +43,11 @@ class DecoderLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor, padding: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.self_norm(queries)
         queries = queries + self.self_attention(x, x, x, need_weights=False)[0]
         x = self.cross_norm(queries)
-        queries = queries + self.cross_attention(x, memory, memory, need_weights=False)[0]
+        queries = queries + self.cross_attention(x, memory, memory, key_padding_mask=padding, need_weights=False)[0]
         return queries + self.mlp(self.mlp_norm(queries))
 
 
@@ -67,6 +68,8 @@ class DecoderHead(nn.Module):
         num_queries: Q learned queries.
         num_heads: attention heads; default :func:`~annoboot.eval.map_probe.default_num_heads` (d).
         mlp_ratio: hidden width of each MLP relative to d.
+        masked: the input is a packed token set (B, T, D + 1) (eval/token_sets.py): the queries
+            read the marked tokens only.
     """
 
     def __init__(
@@ -78,8 +81,10 @@ class DecoderHead(nn.Module):
         num_queries: int = 1,
         num_heads: Optional[int] = None,
         mlp_ratio: float = 4.0,
+        masked: bool = False,
     ):
         super().__init__()
+        self.masked = masked
         dim = token_dim if dim is None else dim
         if dim < 1 or depth < 1 or num_queries < 1:
             raise ValueError(f"DecoderHead: width {dim}, depth {depth} and {num_queries} queries must all be >= 1")
@@ -95,11 +100,15 @@ class DecoderHead(nn.Module):
         self.classifier = nn.Linear(dim, num_classes)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) tokens -> (B, d) mean of the decoded queries, before the classifier."""
+        """(B, T, D) tokens (or a packed (B, T, D + 1) set when ``masked``) -> (B, d) mean of the
+        decoded queries, before the classifier."""
+        padding = None
+        if self.masked:
+            tokens, padding = unpack_token_sets(tokens)
         memory = self.project(self.token_norm(tokens))
         queries = self.queries.expand(tokens.shape[0], -1, -1)
         for layer in self.layers:
-            queries = layer(queries, memory)
+            queries = layer(queries, memory, padding)
         return self.out_norm(queries).mean(dim=1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -131,6 +140,8 @@ def decoder_probe(
     weight_decay: float = 0.0,
     progress: bool = False,
     task: Any = SINGLE_LABEL,
+    train_valid: Optional[torch.Tensor] = None,
+    test_valid: Optional[torch.Tensor] = None,
 ) -> Dict[str, object]:
     """Train one :class:`DecoderHead` per learning rate on frozen tokens; report the best.
 
@@ -167,13 +178,17 @@ def decoder_probe(
     device = torch.device(device)
     token_dim = train_tokens.shape[2]
     width = decoder_width(dim, token_dim)
-    heads = seeded_heads(lambda: DecoderHead(token_dim, num_classes, width, depth, num_queries, num_heads), len(lrs), seed, device)
+    masked = train_valid is not None
+    if masked:
+        train_tokens, test_tokens = pack_token_sets(train_tokens, train_valid), pack_token_sets(test_tokens, test_valid)
+    heads = seeded_heads(lambda: DecoderHead(token_dim, num_classes, width, depth, num_queries, num_heads, masked=masked),
+                         len(lrs), seed, device)
     return fit_and_select(heads, lrs, train_tokens, train_y, test_tokens, test_y, epochs, batch_size, val_fraction, seed,
                           device, weight_decay, task, task.chunk_size(batch_size, tokens=True),
                           "decoder probe" if progress else None)
 
 
-def check_decoder_options(cfg: EvalConfig) -> None:
+def check_decoder_options(cfg: Any) -> None:
     """AnnobootError naming the ``eval.decoder_probe_*`` key whose value cannot work."""
     for key in ("depth", "queries", "epochs"):
         value = getattr(cfg, f"decoder_probe_{key}")
@@ -184,8 +199,17 @@ def check_decoder_options(cfg: EvalConfig) -> None:
             f"bad config: key 'eval.decoder_probe_dim' must be a positive width or null (the token width), "
             f"got {cfg.decoder_probe_dim}"
         )
-    if not cfg.decoder_probe_lrs or min(cfg.decoder_probe_lrs) <= 0:
-        raise AnnobootError(
-            f"bad config: key 'eval.decoder_probe_lrs' must be a non-empty list of positive learning rates, "
-            f"got {list(cfg.decoder_probe_lrs)}"
-        )
+    require_learning_rates(cfg, "decoder_probe_lrs")
+
+
+@register_probe("decoder", reads_tokens=True, check=check_decoder_options)
+def fit_decoder_probe(train, test, train_targets, test_targets, num_outputs: int, cfg: Any, common: Dict) -> Tuple[Dict, Dict]:
+    """The registered probe "decoder" on tokens, or on each example's marked tokens when the
+    features carry a mask (eval.decoder_probe_*)."""
+    outcome = decoder_probe(train.tokens, train_targets, test.tokens, test_targets, num_outputs,
+                            tuple(cfg.decoder_probe_lrs), cfg.decoder_probe_epochs, cfg.decoder_probe_depth,
+                            cfg.decoder_probe_queries, cfg.decoder_probe_dim, train_valid=train.token_mask,
+                            test_valid=test.token_mask, **common)
+    details = {"epochs": cfg.decoder_probe_epochs, "num_tokens": train.tokens.shape[1], "depth": cfg.decoder_probe_depth,
+               "queries": cfg.decoder_probe_queries, "dim": decoder_width(cfg.decoder_probe_dim, train.tokens.shape[2])}
+    return outcome, {**details, **outcome}

@@ -29,11 +29,14 @@ class Features:
     pooled: (N, D) float32, the encoder's pooled vector (kNN, linear probe).
     tokens: (N, T, D) float16, the encoder's tokens (MAP probe), or None when not kept.
     labels: (N,) int64.
+    token_mask: (N, T) bool, the tokens a token probe may read of each example (e.g. those inside
+        an item's box, eval/in_context.py), or None: all of them.
     """
 
     pooled: torch.Tensor
     tokens: Optional[torch.Tensor]
     labels: torch.Tensor
+    token_mask: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.labels.shape[0]

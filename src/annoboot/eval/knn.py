@@ -8,8 +8,12 @@ processed in chunks, so memory is ``chunk_size * N`` similarities rather than ``
 
 from __future__ import annotations
 
+from typing import Any, Dict, Tuple
+
 import torch
 import torch.nn.functional as F
+
+from annoboot.eval.registry import register_probe, require_positive
 
 
 def knn_predict(
@@ -89,3 +93,16 @@ def knn_accuracy(
     if predictions.numel() == 0:
         raise ValueError("knn_accuracy: no test features")
     return 100.0 * (predictions == test_labels.to(predictions.device)).float().mean().item()
+
+
+def _check_knn_options(cfg: Any) -> None:
+    require_positive(cfg, "knn_k", "knn_temperature")
+
+
+@register_probe("knn", check=_check_knn_options)
+def knn_probe(train, test, train_targets, test_targets, num_outputs: int, cfg: Any, common: Dict) -> Tuple[Dict, Dict]:
+    """The registered probe "knn": the task's kNN vote on pooled features (eval.knn_k, eval.knn_temperature)."""
+    outcome = common["task"].knn(train.pooled, train_targets, test.pooled, test_targets, num_outputs, cfg.knn_k,
+                                 cfg.knn_temperature, common["device"])
+    return outcome, {"k": min(cfg.knn_k, len(train)), "temperature": cfg.knn_temperature}
+

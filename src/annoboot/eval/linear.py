@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from annoboot.eval.fitting import SINGLE_LABEL, check_probe_inputs, fit_and_select
+from annoboot.eval.registry import register_probe, require_learning_rates, require_positive
 
 
 def standardise(train_x: torch.Tensor, test_x: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -88,4 +89,17 @@ def linear_probe(
                           task.chunk_size(batch_size, tokens=False), "linear probe" if progress else None)
 
 
-__all__ = ["linear_probe", "standardise", "zero_linear_heads"]
+def _check_linear_options(cfg: Any) -> None:
+    require_positive(cfg, "linear_epochs")
+    require_learning_rates(cfg, "linear_lrs")
+
+
+@register_probe("linear", check=_check_linear_options)
+def fit_linear_probe(train, test, train_targets, test_targets, num_outputs: int, cfg: Any, common: Dict) -> Tuple[Dict, Dict]:
+    """The registered probe "linear" on pooled features (eval.linear_lrs, eval.linear_epochs)."""
+    outcome = linear_probe(train.pooled, train_targets, test.pooled, test_targets, num_outputs, tuple(cfg.linear_lrs),
+                           cfg.linear_epochs, **common)
+    return outcome, {"epochs": cfg.linear_epochs, **outcome}
+
+
+__all__ = ["fit_linear_probe", "linear_probe", "standardise", "zero_linear_heads"]

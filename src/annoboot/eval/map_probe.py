@@ -12,12 +12,14 @@ one head per learning rate trains in the same pass and the val split picks the o
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from annoboot.eval.fitting import SINGLE_LABEL, check_probe_inputs, fit_and_select, seeded_heads
+from annoboot.eval.registry import register_probe, require_learning_rates, require_positive
+from annoboot.eval.token_sets import pack_token_sets, unpack_token_sets
 
 
 def default_num_heads(dim: int) -> int:
@@ -39,10 +41,14 @@ class MAPHead(nn.Module):
         num_classes: C.
         num_heads: attention heads; default :func:`default_num_heads` (D).
         mlp_ratio: hidden width of the MLP relative to D.
+        masked: the input is a packed token set (B, T, D + 1) (eval/token_sets.py): the query
+            attends to the marked tokens only.
     """
 
-    def __init__(self, dim: int, num_classes: int, num_heads: Optional[int] = None, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, num_classes: int, num_heads: Optional[int] = None, mlp_ratio: float = 4.0,
+                 masked: bool = False):
         super().__init__()
+        self.masked = masked
         num_heads = default_num_heads(dim) if num_heads is None else num_heads
         if dim % num_heads:
             raise ValueError(f"MAPHead: {num_heads} heads do not divide the token width {dim}")
@@ -56,10 +62,14 @@ class MAPHead(nn.Module):
         self.classifier = nn.Linear(dim, num_classes)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) tokens -> (B, D) pooled vector, before the classifier."""
+        """(B, T, D) tokens (or a packed (B, T, D + 1) set when ``masked``) -> (B, D) pooled
+        vector, before the classifier."""
+        padding = None
+        if self.masked:
+            tokens, padding = unpack_token_sets(tokens)
         keys = self.token_norm(tokens)
         query = self.query.expand(tokens.shape[0], -1, -1)
-        pooled, _ = self.attention(query, keys, keys, need_weights=False)  # (B, 1, D)
+        pooled, _ = self.attention(query, keys, keys, key_padding_mask=padding, need_weights=False)  # (B, 1, D)
         pooled = pooled + self.mlp(self.mlp_norm(pooled))
         return pooled[:, 0]
 
@@ -83,6 +93,8 @@ def map_probe(
     weight_decay: float = 0.0,
     progress: bool = False,
     task: Any = SINGLE_LABEL,
+    train_valid: Optional[torch.Tensor] = None,
+    test_valid: Optional[torch.Tensor] = None,
 ) -> Dict[str, object]:
     """Train one :class:`MAPHead` per learning rate on frozen tokens; report the best.
 
@@ -107,6 +119,8 @@ def map_probe(
         progress: show a progress bar while the heads train.
         task: ``fitting.SINGLE_LABEL``, or ``multilabel.MULTI_LABEL`` with (N, C) multi-hot
             targets and C = num_classes (keys then "test_map", "test_f1", "val_map", ...).
+        train_valid, test_valid: (N, T) / (M, T) bool, the tokens each example's query may read
+            (e.g. those inside an item's box); None: all of them.
 
     Returns:
         {"test_acc": %, "val_acc": %, "best_lr": float, "val_acc_by_lr": {"0.0003": %, ...}}.
@@ -116,7 +130,25 @@ def map_probe(
         raise ValueError(f"map_probe: tokens must be (N, T, D), got {tuple(train_tokens.shape)}")
     device = torch.device(device)
     dim = train_tokens.shape[2]
-    heads = seeded_heads(lambda: MAPHead(dim, num_classes, num_heads), len(lrs), seed, device)
+    masked = train_valid is not None
+    if masked:
+        train_tokens, test_tokens = pack_token_sets(train_tokens, train_valid), pack_token_sets(test_tokens, test_valid)
+    heads = seeded_heads(lambda: MAPHead(dim, num_classes, num_heads, masked=masked), len(lrs), seed, device)
     return fit_and_select(heads, lrs, train_tokens, train_y, test_tokens, test_y, epochs, batch_size, val_fraction, seed,
                           device, weight_decay, task, task.chunk_size(batch_size, tokens=True),
                           "MAP probe" if progress else None)
+
+
+def _check_map_options(cfg: Any) -> None:
+    require_positive(cfg, "map_epochs")
+    require_learning_rates(cfg, "map_lrs")
+
+
+@register_probe("map", reads_tokens=True, check=_check_map_options)
+def fit_map_probe(train, test, train_targets, test_targets, num_outputs: int, cfg: Any, common: Dict) -> Tuple[Dict, Dict]:
+    """The registered probe "map" on tokens, or on each example's marked tokens when the
+    features carry a mask (eval.map_lrs, eval.map_epochs)."""
+    outcome = map_probe(train.tokens, train_targets, test.tokens, test_targets, num_outputs, tuple(cfg.map_lrs),
+                        cfg.map_epochs, train_valid=train.token_mask, test_valid=test.token_mask, **common)
+    return outcome, {"epochs": cfg.map_epochs, "num_tokens": train.tokens.shape[1], **outcome}
+

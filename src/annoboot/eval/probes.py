@@ -1,6 +1,9 @@
 """The evaluation suite: kNN, linear, MAP and decoder probes of frozen features, for any task.
 
-:func:`run_probes` runs the probes ``EvalConfig.probes`` names on features extracted once
+Probes are chosen by name from a registry (eval/registry.py) that each probe's module fills,
+with the check of its own options; :func:`check_probe_config` runs when a config loads, so an
+unknown probe or a bad probe option stops before training. :func:`run_probes` runs the probes
+``EvalConfig.probes`` names on features extracted once
 (:class:`~annoboot.eval.features.Features`: pooled vectors, and tokens when a token probe is
 asked for), with the settings of ``EvalConfig``. The task says what the probes predict:
 single-label classification (``fitting.SINGLE_LABEL``: :func:`annoboot.eval.evaluate`) or
@@ -14,27 +17,34 @@ from typing import Any, Dict
 
 import torch
 
-from annoboot.config import EvalConfig
 from annoboot.errors import AnnobootError
-from annoboot.eval.decoder_probe import check_decoder_options, decoder_probe, decoder_width
+
+# Every probe module registers its probe on import (eval/registry.py).
+from annoboot.eval import decoder_probe, knn, linear, map_probe  # noqa: F401
 from annoboot.eval.features import Features
-from annoboot.eval.linear import linear_probe
-from annoboot.eval.map_probe import map_probe
+from annoboot.eval.registry import PROBE_REGISTRY
 
-PROBES = ("knn", "linear", "map", "decoder")
-TOKEN_PROBES = ("map", "decoder")  # the probes that read tokens (N, T, D), not the pooled vector
+PROBES = tuple(PROBE_REGISTRY)
+TOKEN_PROBES = tuple(name for name, probe in PROBE_REGISTRY.items() if probe.reads_tokens)  # read (N, T, D) tokens
 
 
-def check_probe_config(cfg: EvalConfig) -> None:
-    """AnnobootError naming an unknown probe or a bad decoder-probe option, before any feature is extracted."""
-    unknown = [name for name in cfg.probes if name not in PROBES]
+def check_probe_config(cfg: Any) -> None:
+    """AnnobootError naming an unknown probe in ``eval.probes`` or a bad option of a probe it
+    names (each probe's own check), before any feature is extracted or any step trained."""
+    unknown = [name for name in cfg.probes if name not in PROBE_REGISTRY]
     if unknown:
-        raise AnnobootError(f"eval.probes holds unknown probe(s) {', '.join(unknown)}; choose from {', '.join(PROBES)}")
-    check_decoder_options(cfg)
+        raise AnnobootError(
+            f"bad config: key 'eval.probes' holds unknown probe(s) {', '.join(map(str, unknown))}; "
+            f"choose from {', '.join(sorted(PROBE_REGISTRY))}"
+        )
+    for name in dict.fromkeys(cfg.probes):
+        check = PROBE_REGISTRY[name].check
+        if check is not None:
+            check(cfg)
 
 
-def wants_tokens(cfg: EvalConfig) -> bool:
-    return any(name in cfg.probes for name in TOKEN_PROBES)
+def wants_tokens(cfg: Any) -> bool:
+    return any(PROBE_REGISTRY[name].reads_tokens for name in cfg.probes if name in PROBE_REGISTRY)
 
 
 def run_probes(
@@ -43,12 +53,13 @@ def run_probes(
     train_targets: torch.Tensor,
     test_targets: torch.Tensor,
     num_outputs: int,
-    cfg: EvalConfig,
+    cfg: Any,
     task: Any,
     device: torch.device,
     progress: bool = False,
 ) -> Dict[str, Any]:
-    """The probes of ``cfg.probes`` on extracted features, with ``task``'s targets and metric.
+    """The probes of ``cfg.probes`` (an ``EvalConfig``) on extracted features, with ``task``'s
+    targets and metric, in the order ``cfg.probes`` names them (each is seeded on its own).
 
     Returns {probe: the task's test metric (top-1 % or macro mAP %) for each probe run,
     "details": {probe: its settings and val results}}, and, for tasks that report more than
@@ -57,37 +68,16 @@ def run_probes(
     metric = f"test_{task.metric}"
     results: Dict[str, Any] = {}
     details: Dict[str, Any] = {}
-
-    def record(probe: str, outcome: Dict[str, Any], settings: Dict[str, Any]) -> None:
-        results[probe] = outcome[metric]
+    common = {"val_fraction": cfg.val_fraction, "seed": cfg.seed, "device": device, "progress": progress, "task": task}
+    for name in dict.fromkeys(cfg.probes):
+        probe = PROBE_REGISTRY[name]
+        if probe.reads_tokens and (train.tokens is None or test.tokens is None):
+            raise ValueError(f"probe '{name}' reads tokens: extract the features with keep_tokens=True")
+        outcome, details[name] = probe.fit(train, test, train_targets, test_targets, num_outputs, cfg, common)
+        results[name] = outcome[metric]
         for key, value in outcome.items():
             if key.startswith("test_") and key != metric:
-                results.setdefault(key[len("test_"):], {})[probe] = value
-        details[probe] = settings if probe == "knn" else {**settings, **outcome}
-
-    if "knn" in cfg.probes:
-        outcome = task.knn(train.pooled, train_targets, test.pooled, test_targets, num_outputs, cfg.knn_k,
-                           cfg.knn_temperature, device)
-        record("knn", outcome, {"k": min(cfg.knn_k, len(train)), "temperature": cfg.knn_temperature})
-    common = {"val_fraction": cfg.val_fraction, "seed": cfg.seed, "device": device, "progress": progress, "task": task}
-    if "linear" in cfg.probes:
-        outcome = linear_probe(train.pooled, train_targets, test.pooled, test_targets, num_outputs, tuple(cfg.linear_lrs),
-                               cfg.linear_epochs, **common)
-        record("linear", outcome, {"epochs": cfg.linear_epochs})
-    if "map" in cfg.probes or "decoder" in cfg.probes:
-        assert train.tokens is not None and test.tokens is not None, "token probes need features with tokens"
-        tokens = {"num_tokens": train.tokens.shape[1]}
-    if "map" in cfg.probes:
-        outcome = map_probe(train.tokens, train_targets, test.tokens, test_targets, num_outputs, tuple(cfg.map_lrs),
-                            cfg.map_epochs, **common)
-        record("map", outcome, {"epochs": cfg.map_epochs, **tokens})
-    if "decoder" in cfg.probes:
-        outcome = decoder_probe(train.tokens, train_targets, test.tokens, test_targets, num_outputs,
-                                tuple(cfg.decoder_probe_lrs), cfg.decoder_probe_epochs, cfg.decoder_probe_depth,
-                                cfg.decoder_probe_queries, cfg.decoder_probe_dim, **common)
-        record("decoder", outcome, {"epochs": cfg.decoder_probe_epochs, **tokens, "depth": cfg.decoder_probe_depth,
-                                    "queries": cfg.decoder_probe_queries,
-                                    "dim": decoder_width(cfg.decoder_probe_dim, train.tokens.shape[2])})
+                results.setdefault(key[len("test_"):], {})[name] = value
     results["details"] = details
     return results
 
