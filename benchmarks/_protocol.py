@@ -44,8 +44,10 @@ from annoboot.data.scene_captions import CLASS_NAMES
 from annoboot.data.scene_generator import ScenesConfig
 from annoboot.data.scenes import SceneSource
 from annoboot.eval.baselines import PixelEncoder
+from annoboot.eval import evaluate
 from annoboot.eval.image_text import evaluate_image_text, has_text_tower
-from annoboot.eval.scenes import scene_probes
+from annoboot.eval.in_context import in_context_probe, scene_probe_in_context
+from annoboot.eval.scenes import box_probe, multilabel_probe
 from annoboot.methods import build_method
 from annoboot.presets import QUICK_DINO, QUICK_EVAL, QUICK_MODEL, QUICK_TRAIN, QUICK_WEIGHT_DECAY
 from annoboot.train.runtime import resolve_device
@@ -91,12 +93,25 @@ BUDGETS = {
     "quick": Budget(QUICK, QUICK_SCENES, QUICK_PROBES, "configs"),
 }
 
+# Probe families: (a) items; (b) the item in a box, cropped and resized; (c) the classes of a
+# scene resized to the views' size; in context (issue 30): (b') the item in a box read from the
+# tokens of the whole scene at its own resolution, (c') the classes of a scene at its own
+# resolution (eval/in_context.py).
 FAMILIES = ("items", "boxes", "multilabel")
+CONTEXT_FAMILIES = ("items", "in_context", "scenes_in_context")
 PROBES = ("knn", "linear", "map")
 OPTIONAL_PROBES = ("decoder",)  # a column only when eval.probes asks for it (eval.probes=[knn,linear,map,decoder])
 PROBE_TITLES = {"knn": "kNN", "linear": "linear", "map": "MAP", "decoder": "decoder"}
-FAMILY_TITLES = {"items": "(a) items top-1", "boxes": "(b) box top-1", "multilabel": "(c) scene mAP"}
+FAMILY_TITLES = {"items": "(a) items top-1", "boxes": "(b) box top-1", "multilabel": "(c) scene mAP",
+                 "in_context": "(b') in context top-1", "scenes_in_context": "(c') scene mAP in context"}
 FLOORS = ("random init", "raw pixels")
+# Scene settings other than the budget's own (--scenes): the crowded preset (data/scene_generator.py)
+# and its control without the background.
+SCENE_CHOICES = {
+    "crowded": {"preset": "crowded", "num_scenes": 20000},
+    "crowded_plain": {"preset": "crowded", "num_scenes": 20000, "background": "none"},
+    "crowded_plaid": {"preset": "crowded", "num_scenes": 20000, "background": "plaid"},
+}
 
 
 def scene_source(key: str, scenes: Dict, split: str = "train", **extra) -> List[str]:
@@ -113,6 +128,22 @@ def add_arguments(parser: argparse.ArgumentParser, out_dir: str) -> None:
                         help="cpu: configs/cpu recipes (~20 min per run on 2 cores); gpu: configs/ on a GPU; quick: a smoke run")
     parser.add_argument("--quick", action="store_const", const="quick", dest="budget", help="the same as --budget quick")
     parser.add_argument("--only", nargs="+", help="run only the variants of these names")
+    parser.add_argument("--scenes", choices=["budget", *SCENE_CHOICES], default="budget",
+                        help="the scenes to pre-train on and probe: the budget's (default) or a crowded preset")
+    parser.add_argument("--families", nargs="+", choices=sorted(FAMILY_TITLES),
+                        help="probe families (default: items boxes multilabel for the budget's scenes; items "
+                             "in_context scenes_in_context for the crowded ones)")
+
+
+def scenes_of(args: argparse.Namespace) -> Dict:
+    """The scene settings of ``--scenes``: the budget's dict, or a crowded preset."""
+    return dict(budget_of(args).scenes if args.scenes == "budget" else SCENE_CHOICES[args.scenes])
+
+
+def families_of(args: argparse.Namespace) -> Sequence[str]:
+    if args.families:
+        return tuple(args.families)
+    return FAMILIES if args.scenes == "budget" else CONTEXT_FAMILIES
 
 
 def budget_of(args: argparse.Namespace) -> Budget:
@@ -127,9 +158,11 @@ def recipe_path(budget: Budget, recipe: str) -> Path:
 
 class ProbeData:
     """The probe sources, built once and shared by every run: Fashion-MNIST items (train, test)
-    and pure scenes (no single-item canvases) of the train and test splits."""
+    and pure scenes (no single-item canvases) of the train and test splits; ``families`` the
+    probe families run on them."""
 
-    def __init__(self, scenes: Dict, sizes: Dict):
+    def __init__(self, scenes: Dict, sizes: Dict, families: Sequence[str] = FAMILIES):
+        self.families = tuple(families)
         self.item_train = FashionMNISTSource(split="train", limit=sizes["item_train"])
         self.item_test = FashionMNISTSource(split="test")
         probe_scenes = ScenesConfig(**{**scenes, "single_fraction": 0.0})
@@ -149,13 +182,33 @@ def variant_config(variant: Variant, seed: int, budget: Budget, user: Sequence[s
     return run_config(recipe_path(budget, variant.recipe), list(budget.common) + variant.overrides + list(user), seed, out_dir)
 
 
+def family_results(family: str, encoder, cfg: Config, data: ProbeData, normalize: Normalize, device) -> Dict:
+    """One probe family's results (eval/scenes.py, eval/in_context.py) on ``encoder``."""
+    size, ev = cfg.views.img_size, cfg.eval
+    if family == "items":
+        return evaluate(encoder, data.item_train, data.item_test, ev, size, normalize, device)
+    if family == "boxes":
+        return box_probe(encoder, data.scene_train, data.scene_test, ev, size, normalize, device, data.box_train)
+    if family == "multilabel":
+        return multilabel_probe(encoder, data.scene_train, data.scene_test, ev, size, normalize, device)
+    if family == "in_context":
+        return in_context_probe(encoder, data.scene_train, data.scene_test, ev, normalize, device, data.box_train)
+    if family == "scenes_in_context":
+        return scene_probe_in_context(encoder, data.scene_train, data.scene_test, ev, normalize, device)
+    raise ValueError(f"unknown probe family {family}")
+
+
 def probe_figures(encoder, cfg: Config, data: ProbeData, device) -> Dict:
     normalize = Normalize(cfg.views.mean, cfg.views.std).to(device)
-    results = scene_probes(encoder, data.item_train, data.item_test, data.scene_train, data.scene_test,
-                           cfg.eval, cfg.views.img_size, normalize, device, data.box_train)
-    figures = {family: {probe: results[family].get(probe) for probe in PROBES + OPTIONAL_PROBES
-                        if probe in PROBES or probe in results[family]} for family in FAMILIES}
-    figures["multilabel_f1"] = results["multilabel"]["f1"]
+    figures: Dict = {}
+    for family in data.families:
+        result = family_results(family, encoder, cfg, data, normalize, device)
+        figures[family] = {probe: result.get(probe) for probe in PROBES + OPTIONAL_PROBES
+                           if probe in PROBES or probe in result}
+        if "f1" in result:
+            figures[f"{family}_f1"] = result["f1"]
+        if "context" in result:
+            figures[family]["context"] = result["context"]
     return figures
 
 
@@ -198,12 +251,12 @@ def renamed_for_prompts(source: FashionMNISTSource) -> FashionMNISTSource:
     return renamed
 
 
-def print_table(title: str, runs: List[Dict], pairs: Sequence[tuple] = ()) -> None:
-    """The scene table: (a) items, (b) boxes, (c) scenes, each by the probes that ran; zero-shot
-    where measured."""
-    probes = [p for p in PROBES + OPTIONAL_PROBES if p in PROBES or any(r[f].get(p) is not None for r in runs for f in FAMILIES)]
-    columns = [(PROBE_TITLES[probe], lambda r, f=family, p=probe: r[f].get(p)) for family in FAMILIES for probe in probes]
-    groups = [(FAMILY_TITLES[family], len(probes)) for family in FAMILIES]
+def print_table(title: str, runs: List[Dict], pairs: Sequence[tuple] = (), families: Sequence[str] = FAMILIES) -> None:
+    """The scene table: each probe family (e.g. (a) items, (b) boxes, (c) scenes) by the probes
+    that ran; zero-shot where measured."""
+    probes = [p for p in PROBES + OPTIONAL_PROBES if p in PROBES or any(r[f].get(p) is not None for r in runs for f in families)]
+    columns = [(PROBE_TITLES[probe], lambda r, f=family, p=probe: r[f].get(p)) for family in families for probe in probes]
+    groups = [(FAMILY_TITLES[family], len(probes)) for family in families]
     if any("image_text" in run for run in runs):
         columns.append(("zero-shot", lambda r: r.get("image_text", {}).get("zero_shot")))
     harness.print_table(title, runs, columns, pairs, group_titles=groups)
@@ -214,7 +267,7 @@ def run_protocol(args: argparse.Namespace, title: str, variants: List[Variant], 
     """Every variant x seed, the floors, then the table. Returns the process exit status."""
     budget, user = budget_of(args), user_overrides(args)
     variants = only(variants, args.only)
-    data = ProbeData(scenes, budget.probes)
+    data = ProbeData(scenes, budget.probes, families_of(args))
     evaluate = scene_evaluation(data, image_text)
     runs = []
     for variant in variants:
@@ -224,10 +277,14 @@ def run_protocol(args: argparse.Namespace, title: str, variants: List[Variant], 
     if not args.no_floors:
         runs += floor_figures(variants[0], args.seeds, budget, user, args.out_dir, data)
     overrides = list(budget.common) + user
-    print_table(headline(title, budget=args.budget, seeds=args.seeds, weights=args.weights, overrides=overrides)
-                + f"\nprobe sets: {data.describe()}; (c) is macro mAP over the 10 classes, others top-1 %", runs, pairs)
-    write_json(args.json, title, runs, budget=args.budget, seeds=args.seeds, overrides=overrides)
+    print_table(headline(title, budget=args.budget, scenes=args.scenes, seeds=args.seeds, weights=args.weights,
+                         overrides=overrides)
+                + f"\nprobe sets: {data.describe()}; scene mAP is macro mAP over the 10 classes, others top-1 %", runs, pairs,
+                data.families)
+    write_json(args.json, title, runs, budget=args.budget, scene_settings=scenes, families=list(data.families),
+               seeds=args.seeds, overrides=overrides)
     return 0
 
 
-__all__ = ["BUDGETS", "ROOT", "Variant", "add_arguments", "budget_of", "print_table", "run_protocol", "scene_source"]
+__all__ = ["BUDGETS", "ROOT", "SCENE_CHOICES", "Variant", "add_arguments", "budget_of", "families_of", "print_table",
+           "run_protocol", "scene_source", "scenes_of"]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _protocol import Variant, add_arguments, budget_of, run_protocol, scene_source
+from _protocol import Variant, add_arguments, run_protocol, scene_source, scenes_of
 
 ABLATIONS = {
     "ab_simclr": [],
@@ -48,7 +48,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, "runs/bench")
     args = parser.parse_args()
-    scenes = budget_of(args).scenes
+    scenes = scenes_of(args)
     data = scene_source("data.annotation", scenes)
     variants = [Variant("simclr", "fmnist_simclr", data)]
     variants += [Variant(name, "fmnist_ab_simclr", data + overrides) for name, overrides in ABLATIONS.items()]

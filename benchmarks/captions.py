@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _protocol import Variant, add_arguments, budget_of, run_protocol, scene_source
+from _protocol import Variant, add_arguments, run_protocol, scene_source, scenes_of
 
 from annoboot.methods import METHODS
 
@@ -70,7 +70,7 @@ def main() -> int:
     missing = [name for name in ("clip", "ab_clip") if name not in METHODS]
     if missing:
         raise SystemExit(f"method(s) {', '.join(missing)} are not registered in annoboot.methods yet")
-    scenes = budget_of(args).scenes
+    scenes = scenes_of(args)
     data = scene_source("data.annotation", scenes) + EVAL + (QUICK_TEXT if args.budget == "quick" else [])
     # CPU: configs/cpu/scenes_{clip,ab_clip}.yaml (text tower and steps sized for 2 cores);
     # otherwise the Open Clip Art recipes' text tower and optimiser on the scenes.

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _protocol import Variant, add_arguments, budget_of, run_protocol, scene_source
+from _protocol import Variant, add_arguments, run_protocol, scene_source, scenes_of
 
 FASHION_MNIST_TRAIN = 60000
 
@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--single-sources", action="store_true", help="also train on items only and on scenes only")
     parser.add_argument("--mix-fraction", type=float, help="share of single items in the mixture (default: the union)")
     args = parser.parse_args()
-    scenes = budget_of(args).scenes
+    scenes = scenes_of(args)
     base, ab = args.base, f"ab_{args.base}"
     num_scenes = scenes["num_scenes"]
     fraction = args.mix_fraction

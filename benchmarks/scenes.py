@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _protocol import Variant, add_arguments, budget_of, run_protocol, scene_source
+from _protocol import Variant, add_arguments, run_protocol, scene_source, scenes_of
 
 
 def main() -> int:
@@ -31,7 +31,7 @@ def main() -> int:
     add_arguments(parser, "runs/bench")
     parser.add_argument("--dino", action="store_true", help="also run DINO vs ABDINO")
     args = parser.parse_args()
-    scenes = budget_of(args).scenes
+    scenes = scenes_of(args)
     data = scene_source("data.annotation", scenes)
     methods = ["simclr", "ab_simclr"] + (["dino", "ab_dino"] if args.dino else [])
     variants = [Variant(method, f"fmnist_{method}", data) for method in methods]

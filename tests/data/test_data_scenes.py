@@ -7,6 +7,8 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from helpers import (
     needs_fmnist,
     one_thread,  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
@@ -156,3 +158,92 @@ def test_bad_scene_settings_name_the_option():
         load_config(None, ["data.bootstrap={kind: fmnist_scenes}", "data.bootstrap.scenes.item_size=[20, 200]"])
     with pytest.raises(AnnobootError, match="data.annotation.scenes.items"):
         load_config(None, ["data.annotation.kind=fmnist_scenes", "data.annotation.scenes.items=[3, 1]"])
+
+
+def random_pool(size: int = 300, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (size, 28, 28), generator=generator, dtype=torch.uint8), torch.arange(size) % 10
+
+
+def test_the_classic_preset_reproduces_the_scenes_made_before_presets_and_backgrounds():
+    import hashlib
+
+    cfg = ScenesConfig(num_scenes=1100, canvas=48, item_size=[10, 24], clutter=3, single_fraction=0.2)
+    scenes = generate_scenes(*random_pool(), cfg, "train")
+    digest = hashlib.sha1(scenes.images.numpy().tobytes() + scenes.item_boxes.numpy().tobytes()
+                          + "|".join(scenes.captions).encode()).hexdigest()
+    assert digest == "cf0d003760aaea02d3d27b182013491de800683f"  # the generator of commit 1cb8980, same settings
+
+
+def test_a_preset_fills_the_options_not_given_and_a_given_option_overrides_it():
+    crowded = ScenesConfig(preset="crowded").resolved()
+    assert (crowded.canvas, crowded.items, crowded.item_size, crowded.background) == (64, [4, 6], [12, 20], "grating")
+    assert ScenesConfig(preset="crowded", items=[2, 3], background="none").resolved().items == [2, 3]
+    assert ScenesConfig().resolved().canvas == 96 and ScenesConfig().resolved().background == "none"
+    with pytest.raises(AnnobootError, match="scenes.preset.*crowded"):
+        load_config(None, ["data.annotation.kind=fmnist_scenes", "data.annotation.scenes.preset=crowed"])
+    cfg = load_config(None, ["data.annotation.kind=fmnist_scenes", "data.annotation.scenes.preset=crowded",
+                             "data.annotation.scenes.num_scenes=30", "data.annotation.scenes.background=plaid"])
+    assert cfg.data.annotation.scenes.background == "plaid" and cfg.data.annotation.scenes.canvas is None
+
+
+@pytest.mark.parametrize("background", ["grating", "plaid"])
+def test_a_background_is_shared_by_the_scene_and_says_nothing_about_its_items(background):
+    cfg = ScenesConfig(preset="crowded", background=background, num_scenes=40)
+    images, labels = random_pool()
+    scenes = generate_scenes(images, labels, cfg, "train")
+    relabelled = generate_scenes(255 - images, (labels + 3) % 10, cfg, "train")  # other items, other classes
+    outside = torch.ones_like(scenes.images, dtype=torch.bool)
+    for scene, box in zip(scenes.item_scene.tolist(), (scenes.item_boxes * 64).round().long().tolist()):
+        outside[scene, 0, box[1]:box[3], box[0]:box[2]] = False
+    assert torch.equal(scenes.images[outside], relabelled.images[outside])  # the same backgrounds
+    per_scene = [scenes.images[i][outside[i]].float() for i in range(40)]
+    assert all(values.std() > 5 for values in per_scene)  # a pattern, not a flat grey
+    assert len({round(float(values.mean()), 1) for values in per_scene}) > 30  # each scene its own
+    another_seed = generate_scenes(images, labels, ScenesConfig(**{**cfg.__dict__, "seed": 1}), "train")
+    assert not torch.equal(scenes.images, another_seed.images)
+
+
+def test_single_item_canvases_stay_on_black_under_a_background_setting():
+    cfg = ScenesConfig(preset="crowded", single_fraction=1.0, num_scenes=20)
+    images, labels = random_pool()
+    images[:, :7] = 0  # every item's top quarter is black: the canvas shows there
+    scenes = generate_scenes(images, labels, cfg, "train")
+    assert int(scenes.images[:, 0, :8].max()) == 0
+
+
+@pytest.mark.parametrize("option, value", [("background", "stripes"), ("background_level", "[0.5, 0.2]"),
+                                           ("background_contrast", "[0.1, 1.5]"), ("background_period", "[1.0, 4.0]")])
+def test_a_bad_background_option_names_its_key(option, value):
+    with pytest.raises(AnnobootError, match=f"data.annotation.scenes.{option}"):
+        load_config(None, ["data.annotation.kind=fmnist_scenes", f"data.annotation.scenes.{option}={value}"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    canvas=st.integers(24, 72),
+    items=st.tuples(st.integers(1, 6), st.integers(0, 3)),
+    item_size=st.tuples(st.integers(4, 16), st.integers(0, 8)),
+    background=st.sampled_from(["none", "grating", "plaid"]),
+    level=st.tuples(st.floats(0, 1), st.floats(0, 1)).map(sorted),
+    period=st.tuples(st.floats(2, 30), st.floats(2, 30)).map(sorted),
+    single_fraction=st.floats(0, 1),
+    seed=st.integers(0, 2**31),
+)
+def test_any_valid_scene_setting_gives_deterministic_scenes_whose_boxes_fit(canvas, items, item_size, background, level,
+                                                                             period, single_fraction, seed):
+    cfg = ScenesConfig(preset="crowded", num_scenes=12, canvas=canvas, items=[items[0], items[0] + items[1]],
+                       item_size=[item_size[0], min(canvas, item_size[0] + item_size[1])], background=background,
+                       background_level=list(level), background_period=list(period), single_fraction=single_fraction,
+                       seed=seed)
+    images, labels = random_pool(60, seed=seed % 7)
+    scenes = generate_scenes(images, labels, cfg, "test")
+    again = generate_scenes(images, labels, cfg, "test", num_scenes=5)
+    assert scenes.images.shape == (12, 1, canvas, canvas)
+    assert torch.equal(scenes.images[:5], again.images) and scenes.captions[:5] == again.captions
+    counts = torch.bincount(scenes.item_scene, minlength=12)
+    assert bool(((counts >= 1) & (counts <= cfg.items[1])).all())
+    sides = (scenes.item_boxes[:, 2:] - scenes.item_boxes[:, :2]) * canvas
+    assert bool((scenes.item_boxes >= 0).all() and (scenes.item_boxes <= 1).all())
+    assert bool(((sides.round() >= cfg.item_size[0]) | (sides.round() == canvas)).all())  # a single item fills the canvas
+    assert torch.equal(scenes.item_labels, labels[scenes.item_indices])

@@ -21,9 +21,11 @@ once), so 20k scenes of 96 px take a few seconds on one CPU core.
 
 from __future__ import annotations
 
+import copy
+import math
 import random
-from dataclasses import dataclass, field
-from typing import List, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,28 +35,77 @@ from annoboot.data.scene_captions import weak_caption
 from annoboot.errors import AnnobootError
 
 
+# Named layouts: the values a ScenesConfig option left at None takes (``scenes.preset``).
+SCENE_PRESETS: Dict[str, Dict[str, Any]] = {
+    # The first scenes: 2-5 items of 20-56 px on a 96-px black canvas with faint clutter. Crop
+    # consistency still works on them: one item covers a quarter of most SimCLR crops.
+    "classic": {
+        "canvas": 96, "items": [2, 5], "item_size": [20, 56], "max_overlap": 0.2, "clutter": 6,
+        "clutter_contrast": 0.3, "background": "none", "background_level": [0.2, 0.6],
+        "background_contrast": [0.1, 0.3], "background_period": [4.0, 16.0],
+    },
+    # Scenes where crop consistency is misled (docs/results.md, "Scenes where crop consistency
+    # fails"): 4-6 small items with little overlap, so two crops of a scene seldom show the same
+    # item, over a background grating of the scene's own orientation, period, phase, level and
+    # contrast: shared by every crop of the scene, drawn apart from its items, so it says
+    # nothing about their classes.
+    "crowded": {
+        "canvas": 64, "items": [4, 6], "item_size": [12, 20], "max_overlap": 0.05, "clutter": 0,
+        "clutter_contrast": 0.3, "background": "grating", "background_level": [0.2, 0.6],
+        "background_contrast": [0.1, 0.3], "background_period": [4.0, 16.0],
+    },
+}
+BACKGROUNDS = ("none", "grating", "plaid")
+
+
 @dataclass
 class ScenesConfig:
     """fmnist_scenes: canvases of several Fashion-MNIST items with weak captions (below).
 
     A scene of split s (``SourceConfig.split``) draws its items and clutter from the Fashion-MNIST
     split s only. Scene i depends only on (seed, split, i): a limit keeps a prefix of the same set.
+    ``preset`` names a layout (:data:`SCENE_PRESETS`): every option below left at None takes
+    the preset's value, an option given overrides it (:meth:`resolved`).
     """
 
+    preset: str = "classic"  # classic | crowded
     num_scenes: int = 20000
-    canvas: int = 96  # side of the square canvas in pixels
-    items: List[int] = field(default_factory=lambda: [2, 5])  # items per scene, inclusive range
-    item_size: List[int] = field(default_factory=lambda: [20, 56])  # side of a pasted item in px
-    max_overlap: float = 0.2  # largest share of the smaller of two item boxes they may share
-    clutter: int = 6  # background patches of other items per scene: uniform in [0, clutter]
-    clutter_contrast: float = 0.3  # their brightness relative to a pasted item
-    single_fraction: float = 0.0  # share of canvases holding one whole item (a mixed source)
+    canvas: Optional[int] = None  # side of the square canvas in pixels
+    items: Optional[List[int]] = None  # items per scene, inclusive range
+    item_size: Optional[List[int]] = None  # side of a pasted item in px, inclusive range
+    max_overlap: Optional[float] = None  # largest share of the smaller of two item boxes they may share
+    clutter: Optional[int] = None  # background patches of other items per scene: uniform in [0, clutter]
+    clutter_contrast: Optional[float] = None  # their brightness relative to a pasted item
+    # Per-scene background under the items, independent of them: none (black), grating (one
+    # sinusoid of random orientation and phase), plaid (the sum of three).
+    background: Optional[str] = None
+    background_level: Optional[List[float]] = None  # mean grey, fraction of white: [low, high]
+    background_contrast: Optional[List[float]] = None  # sinusoid amplitude, fraction of white: [low, high]
+    background_period: Optional[List[float]] = None  # sinusoid period in px: [low, high]
+    # Share of canvases holding one whole item on black (an items source mixed into the scenes).
+    single_fraction: float = 0.0
     seed: int = 0
     pool_limit: Optional[int] = None  # use only the first N Fashion-MNIST images of the split
+
+    def resolved(self) -> "ScenesConfig":
+        """A copy with every option the preset sets filled in (AnnobootError for an unknown preset)."""
+        if self.preset not in SCENE_PRESETS:
+            raise AnnobootError(f"bad config: key 'scenes.preset' is '{self.preset}'; choose one of {', '.join(SCENE_PRESETS)}")
+        preset = SCENE_PRESETS[self.preset]
+        return replace(self, **{name: copy.deepcopy(value) for name, value in preset.items() if getattr(self, name) is None})
+
+
+def _range_error(key: str, pair: Sequence[float], low: float, high: float) -> Optional[str]:
+    if len(pair) != 2 or not low <= pair[0] <= pair[1] <= high:
+        return f"'{key}' must be [low, high] with {low:g} <= low <= high <= {high:g}, got {list(pair)}"
+    return None
 
 
 def check_scenes(scenes: ScenesConfig, key: str = "scenes") -> None:
     """AnnobootError naming ``key``.<option> when a scene setting cannot work."""
+    if scenes.preset not in SCENE_PRESETS:
+        raise AnnobootError(f"bad config: key '{key}.preset' is '{scenes.preset}'; choose one of {', '.join(SCENE_PRESETS)}")
+    scenes = scenes.resolved()
     bad = None
     if scenes.num_scenes < 1:
         bad = f"'{key}.num_scenes' must be >= 1, got {scenes.num_scenes}"
@@ -70,13 +121,18 @@ def check_scenes(scenes: ScenesConfig, key: str = "scenes") -> None:
         bad = f"'{key}.clutter' must be >= 0 and '{key}.clutter_contrast' in [0, 1], got {scenes.clutter} and {scenes.clutter_contrast}"
     elif scenes.clutter and scenes.canvas < 16:
         bad = f"'{key}.clutter' needs '{key}.canvas' >= 16 (clutter patches are up to 16 px), got {scenes.canvas}"
+    elif scenes.background not in BACKGROUNDS:
+        bad = f"'{key}.background' is '{scenes.background}'; choose one of {', '.join(BACKGROUNDS)}"
+    elif error := (_range_error(f"{key}.background_level", scenes.background_level, 0, 1)
+                   or _range_error(f"{key}.background_contrast", scenes.background_contrast, 0, 1)
+                   or _range_error(f"{key}.background_period", scenes.background_period, 2, float("inf"))):
+        bad = error
     elif not 0 <= scenes.single_fraction <= 1:
         bad = f"'{key}.single_fraction' must be in [0, 1], got {scenes.single_fraction}"
     elif scenes.pool_limit is not None and scenes.pool_limit < 1:
         bad = f"'{key}.pool_limit' must be a positive number of images, got {scenes.pool_limit}"
     if bad:
         raise AnnobootError(f"bad config: key {bad}")
-
 
 
 CHUNK = 1024  # scenes per random stream: makes scene i independent of the number of scenes
@@ -162,10 +218,40 @@ def _place_items(
     return corners
 
 
+_PLAID_COMPONENTS = 3
+
+
+def scene_backgrounds(rng: np.random.Generator, cfg: ScenesConfig) -> torch.Tensor:
+    """(CHUNK, canvas, canvas) uint8 backgrounds of one chunk, drawn from ``rng`` alone.
+
+    grating: level + contrast * sin(2 pi (x cos t + y sin t) / period + phase), with level,
+    contrast, period (all uniform in their ranges), orientation t and phase uniform per scene;
+    plaid: the sum of three such sinusoids of the scene's level, each a third of its contrast.
+    none: black. Clipped to [0, 255].
+    """
+    side = cfg.canvas
+    if cfg.background == "none":
+        return torch.zeros((CHUNK, side, side), dtype=torch.uint8)
+    components = _PLAID_COMPONENTS if cfg.background == "plaid" else 1
+    level = rng.uniform(*cfg.background_level, size=(CHUNK, 1, 1))
+    contrast = rng.uniform(*cfg.background_contrast, size=(CHUNK, 1, 1)) / components
+    coords = np.arange(side, dtype=np.float64) + 0.5
+    value = np.repeat(level, side, axis=1).repeat(side, axis=2)
+    for _ in range(components):
+        angle = rng.uniform(0, math.pi, size=(CHUNK, 1, 1))
+        period = rng.uniform(*cfg.background_period, size=(CHUNK, 1, 1))
+        phase = rng.uniform(0, 2 * math.pi, size=(CHUNK, 1, 1))
+        along = coords[None, None, :] * np.cos(angle) + coords[None, :, None] * np.sin(angle)
+        value = value + contrast * np.sin(2 * math.pi * along / period + phase)
+    return torch.from_numpy(np.clip(np.round(value * 255), 0, 255).astype(np.uint8))
+
+
 def _generate_chunk(
     pool_images: torch.Tensor, pool_labels: torch.Tensor, cfg: ScenesConfig, split: str, chunk: int, num: int
 ) -> SceneSet:
-    streams = np.random.SeedSequence([cfg.seed, _SPLIT_CODE[split], chunk]).spawn(2)
+    # Three streams: layout, captions, background (the third leaves the first two, and so
+    # scenes without a background, as they were before backgrounds existed).
+    streams = np.random.SeedSequence([cfg.seed, _SPLIT_CODE[split], chunk]).spawn(3)
     rng = np.random.default_rng(streams[0])
     caption_rng = random.Random(int(streams[1].generate_state(1)[0]))
     canvas, pool_size = cfg.canvas, pool_images.shape[0]
@@ -197,7 +283,8 @@ def _generate_chunk(
     num_clutter, c_side, c_pool, c_src_y, c_src_x, c_dst_y, c_dst_x, c_present = (
         a[:num] for a in (num_clutter, c_side, c_pool, c_src_y, c_src_x, c_dst_y, c_dst_x, c_present))
 
-    images = torch.zeros((num, canvas, canvas), dtype=torch.uint8)
+    images = scene_backgrounds(np.random.default_rng(streams[2]), cfg)[:num]
+    images[torch.from_numpy(single)] = 0  # a single item stands for the items source: on black
     # Clutter first, max-composited at low contrast: faint texture, no clean object.
     for j in range(c_max):
         for side in np.unique(c_side[c_present[:, j], j]):
@@ -258,6 +345,7 @@ def generate_scenes(
     Items and clutter are drawn from this pool only (with replacement).
     """
     check_scenes(cfg)
+    cfg = cfg.resolved()
     if split not in _SPLIT_CODE:
         raise AnnobootError(f"scene split '{split}' does not exist; choose one of {', '.join(_SPLIT_CODE)}")
     if pool_images.ndim == 4:
@@ -290,4 +378,5 @@ def generate_scenes(
     )
 
 
-__all__ = ["CHUNK", "SceneSet", "ScenesConfig", "check_scenes", "generate_scenes", "resize_items"]
+__all__ = ["BACKGROUNDS", "CHUNK", "SCENE_PRESETS", "SceneSet", "ScenesConfig", "check_scenes", "generate_scenes",
+           "resize_items", "scene_backgrounds"]

@@ -57,6 +57,7 @@ class SceneSource(InMemoryImageSource):
     ):
         cfg = cfg or ScenesConfig()
         check_scenes(cfg)
+        cfg = cfg.resolved()  # the settings as generated, the preset's values filled in
         if limit is not None and limit <= 0:
             raise AnnobootError(f"fmnist_scenes limit must be a positive number of scenes, got {limit}")
         if pool is None:

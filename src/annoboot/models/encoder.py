@@ -86,6 +86,16 @@ class Encoder(nn.Module):
         return EncoderOutput(tokens=tokens, pooled=pooled)
 
 
+def rebuild_backbone(encoder: Encoder, **extra_kwargs: Any) -> nn.Module:
+    """A twin of ``encoder``'s timm backbone built with ``extra_kwargs`` added (e.g.
+    ``dynamic_img_size=True``), holding the same weights, on the same device, in the same mode."""
+    kwargs = {**encoder.create_kwargs, **extra_kwargs}
+    backbone = timm.create_model(encoder.backbone_name, pretrained=False, num_classes=0, **kwargs)
+    backbone.load_state_dict(encoder.backbone.state_dict())
+    reference = next(encoder.backbone.parameters())
+    return backbone.to(reference.device, reference.dtype).train(encoder.backbone.training)
+
+
 def build_encoder(name: str, img_size: int, backbone_kwargs: Dict[str, Any] | None = None) -> Encoder:
     backbone, kwargs = _create(name, img_size, backbone_kwargs)
     return Encoder(backbone, name, kwargs)
