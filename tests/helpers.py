@@ -264,9 +264,9 @@ def capture_bootstrap_objective(monkeypatch, method_module) -> List[dict]:
     calls: List[dict] = []
     real = method_module.bootstrap_objective
 
-    def spy(logits, targets, boxes, drop_self_pairs):
-        calls.append({"logits": logits.detach(), "targets": targets})
-        return real(logits, targets, boxes, drop_self_pairs)
+    def spy(logits, targets, boxes, drop_self_pairs, target_boxes=None):
+        calls.append({"logits": logits.detach(), "targets": targets, "boxes": boxes, "target_boxes": target_boxes})
+        return real(logits, targets, boxes, drop_self_pairs, target_boxes)
 
     monkeypatch.setattr(method_module, "bootstrap_objective", spy)
     return calls

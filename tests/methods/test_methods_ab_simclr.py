@@ -118,3 +118,55 @@ def test_an_online_target_run_trains_without_an_ema_copy(tiny_config):
     assert trainer.target is None
     last = trainer.fit()
     assert last["loss/bootstrap"] > 0 and "ema/target_online_distance" not in last
+
+
+ASYMMETRIC = ["method.name=ab_simclr", "views.bootstrap_views=4", "views.bootstrap_source_views=1",
+              "views.bootstrap_source_scale=[0.6, 1.0]", "views.bootstrap_scale=[0.05, 0.2]"]
+
+
+@pytest.mark.parametrize("target_network", ["ema", "online"])
+def test_asymmetric_moves_lead_from_wide_source_views_to_small_target_views(tiny_config, monkeypatch, target_network):
+    calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
+    cfg = tiny_config(*ASYMMETRIC, f"method.target_network={target_network}", "train.steps=2", "train.log_every=2")
+    trainer = Trainer(cfg)
+    last = trainer.fit()
+    assert torch.isfinite(torch.tensor(last["loss/total"])) and last["loss/bootstrap"] > 0
+    images, annotations = trainer.method.batch_sizes()["bootstrap"], trainer.method.batch_sizes()["annotation"]
+    step = calls[0]
+    assert step["logits"].shape == (images, 1, 3, annotations)  # 1 source x 3 targets per image
+    assert step["targets"].shape == (images, 3, annotations)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    assert step["boxes"].shape == (images, 1, 4) and step["target_boxes"].shape == (images, 3, 4)
+    assert area(step["boxes"]).min() >= 0.6 - 1e-4 and area(step["target_boxes"]).max() <= 0.2 + 1e-4
+
+
+def test_asymmetric_rewards_are_those_of_the_target_views(tiny_config, monkeypatch):
+    """Target views that are copies of annotation views must be rewarded with those annotations:
+    the reward is computed on the target views, in their order, not on the source views."""
+    from annoboot.batch import ImageBatch
+
+    torch.manual_seed(0)
+    cfg = tiny_config(*ASYMMETRIC, "method.target_network=online")
+    method = build_method(cfg)
+    sizes = method.batch_sizes()
+    count, images = sizes["annotation"], sizes["bootstrap"]
+    annotation_views = torch.randn(2 * count, 3, 32, 32)
+    monkeypatch.setattr(method, "annotation_views", lambda batch: annotation_views)
+    copied = torch.stack([(torch.arange(3) + n) % count for n in range(images)])  # image n's targets: annotations n, n+1, n+2
+    views = torch.cat([torch.randn(images, 1, 3, 32, 32), annotation_views[copied]], 1).flatten(0, 1)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]] + [[0.1, 0.1, 0.4, 0.4]] * 3).expand(images, 4, 4)
+    monkeypatch.setattr(ab_simclr_module, "bootstrap_views", lambda *args, **kwargs: (views, boxes))
+    calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
+    batch = lambda n: ImageBatch(torch.zeros(n, 1, 32, 32, dtype=torch.uint8), torch.full((n, 2), 32))  # noqa: E731
+    method.training_step({"annotation": batch(count), "bootstrap": batch(images)}, None)
+    assert torch.equal(calls[0]["targets"].argmax(-1), copied)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["views.bootstrap_source_views=4"], "bootstrap_source_views"),
+    (["views.bootstrap_source_views=1", "method.gamma=0.5"], "gamma"),
+    (["views.bootstrap_source_views=1", "views.bootstrap_source_scale=[0.5, 1.5]"], "crop scales"),
+])
+def test_asymmetric_settings_that_cannot_work_are_refused_at_load(override, message):
+    with pytest.raises(AnnobootError, match=message):
+        load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_views=4", *override])

@@ -8,17 +8,23 @@
 - Q(l | x, a): softmax_l(t_AB * phi_AB(x, a) . psi_AB(l)), phi_AB from the value decoder;
 - target: (1 - gamma) p_ema(l | x') + gamma AGG_a' Q_ema(l | x', a'), no gradient; with
   method.target_network=online the same from the online network's forward (momentum 0).
+- asymmetric moves (views.bootstrap_source_views > 0, not in the paper): of the V bootstrap
+  crops of an image, the first few are large source views (with gradient, the value decoder
+  reads them) and the rest small target views (a forward without gradient for the reward), so
+  every move leads from a wide view to a small region: Q(l | x_source, a_{source->target}).
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from dataclasses import dataclass, field
+from typing import Dict, List
 
 import torch
 
 from annoboot import distributed
 from annoboot.batch import ImageBatch
-from annoboot.config import Config
+from annoboot.config import Config, check_scale
+from annoboot.errors import AnnobootError
 from annoboot.methods.base import Method, StepOutput, merge_options, register_method
 from annoboot.methods.bootstrapping import (
     BOOTSTRAP_OPTIONS,
@@ -35,9 +41,35 @@ from annoboot.models import Projector
 from annoboot.objectives import annotation_distribution, nt_xent
 
 
+@dataclass
+class AsymmetricMoveOptions:
+    """views.*: asymmetric moves (ABSimCLR). 0 source views: every bootstrap view is the source
+    and the target of a move to every other (the published recipe). S > 0: the first S of the
+    ``bootstrap_views`` crops, drawn from ``bootstrap_source_scale``, are sources (gradient, value
+    decoder); the other V - S, drawn from ``bootstrap_scale``, are targets only (reward from a
+    forward without gradient): S x (V - S) moves per image, each from a wide view to a smaller one."""
+
+    bootstrap_source_views: int = 0
+    bootstrap_source_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
+
+    @staticmethod
+    def check(cfg: Config, selected: bool) -> None:
+        v, m = cfg.views, cfg.method
+        check_scale("views.bootstrap_source_scale", v.bootstrap_source_scale)
+        if not selected or v.bootstrap_source_views == 0:
+            return
+        if not 0 < v.bootstrap_source_views < v.bootstrap_views:
+            raise AnnobootError(f"bad config: key 'views.bootstrap_source_views' must be 0 or in [1, views.bootstrap_views - 1] "
+                                f"= [1, {v.bootstrap_views - 1}], got {v.bootstrap_source_views}")
+        if m.gamma != 0 or m.drop_self_pairs:
+            raise AnnobootError("bad config: key 'views.bootstrap_source_views' > 0 (asymmetric moves) needs method.gamma=0 "
+                                "and method.drop_self_pairs=false: target views are not sources, so they have no next moves "
+                                "and no move to themselves")
+
+
 @register_method("ab_simclr")
 class ABSimCLR(SimCLR):
-    config_options = merge_options(SimCLR.config_options, BOOTSTRAP_OPTIONS)
+    config_options = merge_options(SimCLR.config_options, BOOTSTRAP_OPTIONS, {"views": (AsymmetricMoveOptions,)})
     online_targets = True
     # The reward's BatchNorm uses the running statistics of the online projector, which
     # normalises annotation views only: a view's reward then depends on that view alone, not on
@@ -61,40 +93,54 @@ class ABSimCLR(SimCLR):
         return ab_batch_sizes(self.cfg, self.views_per_image())
 
     def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
-        m = self.cfg.method
+        m, v = self.cfg.method, self.cfg.views
         num_annotations = len(batches["annotation"])
+        sources = v.bootstrap_source_views  # 0: every view a source and a target
         ann_views = self.annotation_views(batches["annotation"])  # (2A, ...): view 1 of all, then view 2
-        boot_views, boxes = bootstrap_views(batches["bootstrap"], self.cfg, self.normalize)  # (N*V, ...)
-        out = self.encoder(torch.cat([ann_views, boot_views]))  # one encoder call for both batches
+        boot_views, boxes = bootstrap_views(batches["bootstrap"], self.cfg, self.normalize, sources,
+                                            v.bootstrap_source_scale)  # (N*V, ...)
+        if sources:
+            per_image = boot_views.unflatten(0, (boxes.shape[0], boxes.shape[1]))
+            source_views, target_views = per_image[:, :sources].flatten(0, 1), per_image[:, sources:].flatten(0, 1)
+            source_boxes, target_boxes = boxes[:, :sources], boxes[:, sources:]
+        else:
+            source_views, target_views, source_boxes, target_boxes = boot_views, boot_views, boxes, None
+        out = self.encoder(torch.cat([ann_views, source_views]))  # one encoder call for both batches
         ann_pooled = out.pooled[: 2 * num_annotations]
-        moves = self.value_function.moves(boxes)
+        moves = self.value_function.moves_between(source_boxes, boxes[:, sources:])
         with torch.no_grad():
             if target is None:  # method.target_network=online: this forward's features, no gradient
+                if sources:
+                    target_out = self.encoder(target_views)
+                    target_pooled, target_tokens = target_out.pooled, target_out.tokens
+                else:
+                    target_pooled, target_tokens = out.pooled[2 * num_annotations :], out.tokens[2 * num_annotations :]
                 # Before the base loss's projector call updates the BatchNorm statistics: the
                 # reward then normalises as a target holding this step's weights would.
-                pooled = torch.cat([ann_pooled[:num_annotations], out.pooled[2 * num_annotations :]])
+                pooled = torch.cat([ann_pooled[:num_annotations], target_pooled])
                 with frozen_statistics(self):
-                    targets = self.targets_from_features(pooled, out.tokens[2 * num_annotations :], num_annotations, moves)
+                    targets = self.targets_from_features(pooled, target_tokens, num_annotations, moves)
             else:
                 assert isinstance(target, ABSimCLR), "ABSimCLR's target network must be an ABSimCLR"
-                targets = target.td_targets(ann_views[:num_annotations], boot_views, moves)
+                targets = target.td_targets(ann_views[:num_annotations], target_views, moves)
 
         # Base loss: SimCLR on the annotation batch.
         z1, z2 = self.projector(ann_pooled).chunk(2)
         base_loss = nt_xent(z1, z2, m.temperature, gather_distributed=True)
 
-        # Q(l | x_s, a_{s->t}) for all view pairs; l_i := view 1 of annotation image i, over the
-        # annotation batches of all ranks.
+        # Q(l | x_s, a_{s->t}) for every move from a source view to a target view; l_i := view 1
+        # of annotation image i, over the annotation batches of all ranks.
         keys = distributed.gather_with_grad(self.ab_annotation_head(ann_pooled[:num_annotations]))
         logits = self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys)
-        ab_loss, metrics = bootstrap_objective(logits, targets, boxes, m.drop_self_pairs)
+        ab_loss, metrics = bootstrap_objective(logits, targets, source_boxes, m.drop_self_pairs, target_boxes)
 
         loss = base_loss + ab_loss_weight(self.cfg, step) * ab_loss
         metrics.update({"loss/simclr": base_loss.detach(), "ab/scale": self.value_function.scale().detach()})
         return StepOutput(loss, metrics)
 
     def td_targets(self, annotation_views: torch.Tensor, boot_views: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
-        """Called on the EMA model: (1 - gamma) p(l | x_t) + gamma AGG Q(l | x_t, .) as (N, V, L)."""
+        """Called on the EMA model: (1 - gamma) p(l | x_t) + gamma AGG Q(l | x_t, .) as (N, V, L)
+        for the target views ``boot_views`` (N*V, ...)."""
         num_annotations = annotation_views.shape[0]
         out = self.encoder(torch.cat([annotation_views, boot_views]))
         return self.targets_from_features(out.pooled, out.tokens[num_annotations:], num_annotations, moves)

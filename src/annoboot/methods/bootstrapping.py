@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from annoboot.actions import action_tokens, box_iou, pairwise_relative_boxes, sample_crop_boxes
+from annoboot.actions import action_tokens, box_iou, relative_box, sample_crop_boxes
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
 from annoboot.errors import AnnobootError
@@ -131,8 +131,12 @@ class ValueFunction(nn.Module):
         return tokens
 
     def moves(self, boxes_xyxy: torch.Tensor) -> torch.Tensor:
-        """(N, V, 4) view boxes -> (N, V_source, V_target, 4) action token ids."""
-        return self.move_tokens(pairwise_relative_boxes(boxes_xyxy))
+        """(N, V, 4) view boxes -> (N, V_source, V_target, 4) action token ids, all pairs."""
+        return self.moves_between(boxes_xyxy, boxes_xyxy)
+
+    def moves_between(self, source_xyxy: torch.Tensor, target_xyxy: torch.Tensor) -> torch.Tensor:
+        """(N, S, 4) source boxes, (N, T, 4) target boxes -> (N, S, T, 4) action token ids."""
+        return self.move_tokens(relative_box(source_xyxy[:, :, None, :], target_xyxy[:, None, :, :]))
 
     def score(self, phi: torch.Tensor, annotation_keys: torch.Tensor) -> torch.Tensor:
         """Decoder outputs phi_AB (..., d), annotation keys psi_AB (L, d) -> logits (..., L):
@@ -142,10 +146,11 @@ class ValueFunction(nn.Module):
         return self.scale() * float32_matmul(phi, psi.T)
 
     def logits(self, source_tokens: torch.Tensor, moves: torch.Tensor, annotation_keys: torch.Tensor) -> torch.Tensor:
-        """source_tokens (N*V, T, D), moves (N, V, V, 4), annotation_keys psi_AB (L, d) -> (N, V, V, L)."""
-        n, v = moves.shape[:2]
-        phi = self.decoder(source_tokens, moves.flatten(0, 1))  # (N*V, V, d)
-        return self.score(phi, annotation_keys).view(n, v, v, -1)
+        """source_tokens (N*S, T, D) of the source views, moves (N, S, V, 4) from each source view
+        to V target views, annotation_keys psi_AB (L, d) -> (N, S, V, L)."""
+        n, s, v = moves.shape[:3]
+        phi = self.decoder(source_tokens, moves.flatten(0, 1))  # (N*S, V, d)
+        return self.score(phi, annotation_keys).view(n, s, v, -1)
 
 
 def ema_targets(
@@ -160,12 +165,13 @@ def ema_targets(
 
         y(l | x_t) = (1 - gamma) p(l | x_t) + gamma AGG_a Q(l | x_t, a)
 
-    reward: (N*V, L) or (N, V, L) p(l | x_t) of the bootstrap views; source_tokens, moves: the
-    EMA model's tokens of those views and their moves; ``annotation_keys`` gives psi_AB (L, d),
-    called only when gamma > 0 (the published gamma = 0 needs no value prediction).
+    reward: (N*V, L) or (N, V, L) p(l | x_t) of the target views; source_tokens, moves: the
+    EMA model's tokens of those views and their moves on (used only when gamma > 0);
+    ``annotation_keys`` gives psi_AB (L, d), called only when gamma > 0 (the published gamma = 0
+    needs no value prediction).
     """
     m = cfg.method
-    reward = reward.view(moves.shape[0], moves.shape[1], -1)
+    reward = reward.view(moves.shape[0], -1, reward.shape[-1])
     next_values = None
     if m.gamma > 0:
         next_values = torch.softmax(value_function.logits(source_tokens, moves, annotation_keys()).float(), dim=-1)
@@ -210,31 +216,41 @@ def ab_loss_weight(cfg: Config, step: int) -> float:
     return m.ab_weight * (min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0)
 
 
-def bootstrap_views(batch: ImageBatch, cfg: Config, normalize: Normalize) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Plain crops (no flip, no colour; method.md section 3).
+def bootstrap_views(batch: ImageBatch, cfg: Config, normalize: Normalize, sources: int = 0,
+                    source_scale: Optional[List[float]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Plain crops (no flip, no colour; method.md section 3), ``views.bootstrap_views`` per image.
 
+    With ``sources`` > 0 the first ``sources`` crops of each image are drawn from
+    ``source_scale`` and the others from ``views.bootstrap_scale`` (asymmetric moves).
     Returns views (N*V, 3, S, S) image-major and their boxes (N, V, 4).
     """
     v = cfg.views
-    boxes = sample_crop_boxes(batch.sizes, v.bootstrap_views, v.bootstrap_scale, v.crop_ratio)
+    if sources:
+        boxes = torch.cat([sample_crop_boxes(batch.sizes, sources, source_scale, v.crop_ratio),
+                           sample_crop_boxes(batch.sizes, v.bootstrap_views - sources, v.bootstrap_scale, v.crop_ratio)], 1)
+    else:
+        boxes = sample_crop_boxes(batch.sizes, v.bootstrap_views, v.bootstrap_scale, v.crop_ratio)
     return normalize(render_views(batch, boxes, v.img_size)), boxes
 
 
 def bootstrap_objective(
-    logits: torch.Tensor, targets: torch.Tensor, boxes: torch.Tensor, drop_self_pairs: bool
+    logits: torch.Tensor, targets: torch.Tensor, boxes: torch.Tensor, drop_self_pairs: bool,
+    target_boxes: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """The TD loss and its health metrics.
 
-    logits (N, V, V, L) predicted Q; targets (N, V, L) from the EMA model; boxes (N, V, 4).
-    Metrics: the loss, the targets' entropy and top-1 agreement bucketed by source/target IoU
-    (rate metrics ``ab_agreement/iou_<bucket>``: hits over view pairs).
+    logits (N, S, V, L) predicted Q from S source views to V target views; targets (N, V, L)
+    from the EMA model; boxes (N, S, 4) of the source views, and ``target_boxes`` (N, V, 4) of
+    the targets (None: the sources are the targets, all pairs). Metrics: the loss, the
+    targets' entropy and top-1 agreement bucketed by source/target IoU (rate metrics
+    ``ab_agreement/iou_<bucket>``: hits over view pairs).
     """
     loss = bootstrap_loss(logits, targets, drop_self_pairs)
     metrics = {
         "loss/bootstrap": loss.detach(),
         "ab/target_entropy": -(targets * targets.clamp_min(1e-12).log()).sum(-1).mean(),
     }
-    iou = box_iou(boxes[:, :, None], boxes[:, None, :])
+    iou = box_iou(boxes[:, :, None], (boxes if target_boxes is None else target_boxes)[:, None, :])
     hits, counts = agreement_by_iou(logits.detach(), targets, iou, IOU_EDGES)
     for name, h, c in zip(IOU_NAMES, hits, counts):
         metrics.update(rate_metric(f"ab_agreement/iou_{name}", h, c))
