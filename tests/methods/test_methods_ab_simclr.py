@@ -170,3 +170,45 @@ def test_asymmetric_rewards_are_those_of_the_target_views(tiny_config, monkeypat
 def test_asymmetric_settings_that_cannot_work_are_refused_at_load(override, message):
     with pytest.raises(AnnobootError, match=message):
         load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_views=4", *override])
+
+
+QUEUE = ["method.name=ab_simclr", "method.target_network=online", "method.annotation_queue=48"]
+
+
+def test_the_annotation_queue_fills_with_past_annotations_and_widens_the_reward(tiny_config, monkeypatch):
+    calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
+    cfg = tiny_config(*QUEUE, "train.steps=4", "train.log_every=4")
+    trainer = Trainer(cfg)
+    per_step = trainer.method.batch_sizes()["annotation"]
+    assert per_step * 3 > 48 > per_step  # the queue fills within the run and then wraps
+    trainer.fit()
+    # Step t rewards the step's annotations and min(48, t * A) queued ones.
+    widths = [call["targets"].shape[-1] for call in calls]
+    assert widths == [per_step + min(48, t * per_step) for t in range(4)]
+    assert all(call["logits"].shape[-1] == width for call, width in zip(calls, widths))
+    queue = trainer.method.queue_keys
+    assert bool((queue.norm(dim=1) > 0).all())  # every row written
+
+
+def test_the_queued_rows_are_the_latest_annotations_in_ring_order(tiny_config):
+    method = build_method(tiny_config(*QUEUE))
+    per_step = method.batch_sizes()["annotation"]
+    for step in range(4):  # each step enqueues A rows of its own value
+        method._to_enqueue = (torch.full((per_step, method.queue_embeddings.shape[1]), float(step + 1)),
+                              torch.full((per_step, method.queue_keys.shape[1]), float(-(step + 1))))
+        method.after_backward(step)
+    expected = torch.tensor([(step * per_step + i) for step in range(4) for i in range(per_step)]) % 48
+    latest = torch.zeros(48)
+    for position, row in enumerate(expected.tolist()):
+        latest[row] = position // per_step + 1
+    assert torch.equal(method.queue_embeddings[:, 0], latest) and torch.equal(method.queue_keys[:, 0], -latest)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["method.annotation_queue=-1"], "annotation_queue"),
+    (["method.annotation_queue=4096", "method.target_network=ema"], "target_network=online"),
+    (["method.annotation_queue=2", "method.target_network=online"], "at least one step"),
+])
+def test_queue_settings_that_cannot_work_are_refused_at_load(override, message):
+    with pytest.raises(AnnobootError, match=message):
+        load_config(None, [*TINY, "method.name=ab_simclr", *override])

@@ -67,9 +67,33 @@ class AsymmetricMoveOptions:
                                 "and no move to themselves")
 
 
+@dataclass
+class AnnotationQueueOptions:
+    """method.*: a queue of past annotations (ABSimCLR). 0: the annotations are the step's
+    annotation batch (published). K > 0: also the K most recent earlier annotation images, each
+    kept as its reward embedding (the projector's output) and its psi_AB key, both without
+    gradient; the queue fills over the first K / A steps. Online target only (a queue of EMA
+    embeddings would go stale at the EMA's own pace)."""
+
+    annotation_queue: int = 0
+
+    @staticmethod
+    def check(cfg: Config, selected: bool) -> None:
+        m = cfg.method
+        if m.annotation_queue < 0:
+            raise AnnobootError(f"bad config: key 'method.annotation_queue' must be >= 0, got {m.annotation_queue}")
+        if selected and m.annotation_queue and m.target_network != "online":
+            raise AnnobootError("bad config: key 'method.annotation_queue' > 0 needs method.target_network=online")
+        per_step = round(cfg.train.batch_size * m.annotation_fraction)
+        if selected and 0 < m.annotation_queue < per_step:
+            raise AnnobootError(f"bad config: key 'method.annotation_queue' must hold at least one step's annotation "
+                                f"images ({per_step}), got {m.annotation_queue}")
+
+
 @register_method("ab_simclr")
 class ABSimCLR(SimCLR):
-    config_options = merge_options(SimCLR.config_options, BOOTSTRAP_OPTIONS, {"views": (AsymmetricMoveOptions,)})
+    config_options = merge_options(SimCLR.config_options, BOOTSTRAP_OPTIONS,
+                                   {"views": (AsymmetricMoveOptions,), "method": (AnnotationQueueOptions,)})
     online_targets = True
     # The reward's BatchNorm uses the running statistics of the online projector, which
     # normalises annotation views only: a view's reward then depends on that view alone, not on
@@ -83,6 +107,11 @@ class ABSimCLR(SimCLR):
         model = cfg.model
         self.value_function = ValueFunction(cfg, self.encoder.width, model.proj_dim)
         self.ab_annotation_head = Projector(self.encoder.width, model.proj_hidden_dim, model.proj_dim, model.projector_bn)  # psi_AB
+        if cfg.method.annotation_queue:  # ring buffers; step t writes rows [t * A, (t + 1) * A) mod K
+            self.register_buffer("queue_embeddings", torch.zeros(cfg.method.annotation_queue, model.proj_dim))
+            self.register_buffer("queue_keys", torch.zeros(cfg.method.annotation_queue, model.proj_dim))
+        self._step_annotations = None  # this step's reward embeddings of its annotations, to enqueue
+        self._to_enqueue = None
 
     def annotation_keys(self, annotations: torch.Tensor) -> torch.Tensor:
         """psi_AB of annotation images: views (L, 3, S, S) in [0, 1] -> (L, proj_dim)."""
@@ -119,7 +148,7 @@ class ABSimCLR(SimCLR):
                 # reward then normalises as a target holding this step's weights would.
                 pooled = torch.cat([ann_pooled[:num_annotations], target_pooled])
                 with frozen_statistics(self):
-                    targets = self.targets_from_features(pooled, target_tokens, num_annotations, moves)
+                    targets = self.targets_from_features(pooled, target_tokens, num_annotations, moves, step)
             else:
                 assert isinstance(target, ABSimCLR), "ABSimCLR's target network must be an ABSimCLR"
                 targets = target.td_targets(ann_views[:num_annotations], target_views, moves)
@@ -131,6 +160,9 @@ class ABSimCLR(SimCLR):
         # Q(l | x_s, a_{s->t}) for every move from a source view to a target view; l_i := view 1
         # of annotation image i, over the annotation batches of all ranks.
         keys = distributed.gather_with_grad(self.ab_annotation_head(ann_pooled[:num_annotations]))
+        if m.annotation_queue:
+            self._to_enqueue = (self._step_annotations, keys.detach())  # written after backward (after_backward)
+            keys = torch.cat([keys, self.queue_keys[: self.queue_filled(step, keys.shape[0])].to(keys.dtype)])
         logits = self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys)
         ab_loss, metrics = bootstrap_objective(logits, targets, source_boxes, m.drop_self_pairs, target_boxes)
 
@@ -146,12 +178,33 @@ class ABSimCLR(SimCLR):
         return self.targets_from_features(out.pooled, out.tokens[num_annotations:], num_annotations, moves)
 
     def targets_from_features(self, pooled: torch.Tensor, boot_tokens: torch.Tensor, num_annotations: int,
-                              moves: torch.Tensor) -> torch.Tensor:
+                              moves: torch.Tensor, step: int = 0) -> torch.Tensor:
         """TD targets from pooled features (the first ``num_annotations`` of annotation views,
-        the rest of the bootstrap views) and the bootstrap views' tokens, as (N, V, L)."""
+        the rest of the bootstrap views) and the bootstrap views' tokens, as (N, V, L); with an
+        annotation queue, L also counts the queued annotations (after the batch's)."""
         m = self.cfg.method
         z = self.projector(pooled)  # BatchNorm in eval mode: running statistics (see above)
         annotations = distributed.gather(z[:num_annotations])
+        if m.annotation_queue:
+            self._step_annotations = annotations
+            queued = self.queue_embeddings[: self.queue_filled(step, annotations.shape[0])]
+            annotations = torch.cat([annotations, queued.to(annotations.dtype)])
         reward = annotation_distribution(z[num_annotations:], annotations, m.temperature)
         return ema_targets(self.cfg, reward, self.value_function, boot_tokens, moves,
                            lambda: distributed.gather(self.ab_annotation_head(pooled[:num_annotations])))
+
+    def queue_filled(self, step: int, per_step: int) -> int:
+        """Queued annotations in use at ``step`` (0-based): every earlier step enqueued ``per_step``."""
+        return min(self.cfg.method.annotation_queue, step * per_step)
+
+    def after_backward(self, step: int) -> None:
+        """Enqueue this step's annotations (reward embeddings, psi_AB keys), overwriting the oldest.
+        After backward: the step's graph read the queue, so it changes only now."""
+        if self._to_enqueue is None:
+            return
+        embeddings, keys = self._to_enqueue
+        self._to_enqueue = None
+        rows = (step * keys.shape[0] + torch.arange(keys.shape[0], device=keys.device)) % self.cfg.method.annotation_queue
+        self.queue_embeddings[rows] = embeddings.to(self.queue_embeddings.dtype)
+        self.queue_keys[rows] = keys.to(self.queue_keys.dtype)
+
