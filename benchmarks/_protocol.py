@@ -44,10 +44,8 @@ from annoboot.data.scene_captions import CLASS_NAMES
 from annoboot.data.scene_generator import ScenesConfig
 from annoboot.data.scenes import SceneSource
 from annoboot.eval.baselines import PixelEncoder
-from annoboot.eval import evaluate
 from annoboot.eval.image_text import evaluate_image_text, has_text_tower
-from annoboot.eval.in_context import in_context_probe, scene_probe_in_context
-from annoboot.eval.scenes import box_probe, multilabel_probe
+from annoboot.eval.scene_suite import scene_family
 from annoboot.methods import build_method
 from annoboot.presets import QUICK_DINO, QUICK_EVAL, QUICK_MODEL, QUICK_TRAIN, QUICK_WEIGHT_DECAY
 from annoboot.train.runtime import resolve_device
@@ -182,27 +180,12 @@ def variant_config(variant: Variant, seed: int, budget: Budget, user: Sequence[s
     return run_config(recipe_path(budget, variant.recipe), list(budget.common) + variant.overrides + list(user), seed, out_dir)
 
 
-def family_results(family: str, encoder, cfg: Config, data: ProbeData, normalize: Normalize, device) -> Dict:
-    """One probe family's results (eval/scenes.py, eval/in_context.py) on ``encoder``."""
-    size, ev = cfg.views.img_size, cfg.eval
-    if family == "items":
-        return evaluate(encoder, data.item_train, data.item_test, ev, size, normalize, device)
-    if family == "boxes":
-        return box_probe(encoder, data.scene_train, data.scene_test, ev, size, normalize, device, data.box_train)
-    if family == "multilabel":
-        return multilabel_probe(encoder, data.scene_train, data.scene_test, ev, size, normalize, device)
-    if family == "in_context":
-        return in_context_probe(encoder, data.scene_train, data.scene_test, ev, normalize, device, data.box_train)
-    if family == "scenes_in_context":
-        return scene_probe_in_context(encoder, data.scene_train, data.scene_test, ev, normalize, device)
-    raise ValueError(f"unknown probe family {family}")
-
-
 def probe_figures(encoder, cfg: Config, data: ProbeData, device) -> Dict:
     normalize = Normalize(cfg.views.mean, cfg.views.std).to(device)
     figures: Dict = {}
     for family in data.families:
-        result = family_results(family, encoder, cfg, data, normalize, device)
+        result = scene_family(family, encoder, data.scene_train, data.scene_test, cfg.eval, cfg.views.img_size,
+                              normalize, device, data.item_train, data.item_test, data.box_train)
         figures[family] = {probe: result.get(probe) for probe in PROBES + OPTIONAL_PROBES
                            if probe in PROBES or probe in result}
         if "f1" in result:

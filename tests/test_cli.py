@@ -77,3 +77,24 @@ def test_openclipart_ab_clip_recipe_runs_end_to_end_from_the_cli(tmp_path, capsy
     assert 0 <= results["zero_shot"] <= 100 and results["zero_shot_chance"] == pytest.approx(100 / 22)
     assert results["retrieval"]["num_pairs"] == 40
     assert "zero-shot" in capsys.readouterr().out
+
+
+@needs_fmnist
+def test_eval_of_a_run_on_crowded_scenes_reports_the_in_context_probes(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", *TINY, "method.name=simclr", "train.steps=2", f"train.out_dir={run}", "eval.at_end=false"]) == 0
+    scenes = ["eval.train.kind=fmnist_scenes", "eval.test.kind=fmnist_scenes", "eval.test.split=test",
+              "eval.train.scenes.preset=crowded", "eval.test.scenes.preset=crowded", "eval.train.scenes.num_scenes=60",
+              "eval.test.scenes.num_scenes=30", "eval.train.scenes.pool_limit=600", "eval.test.scenes.pool_limit=600",
+              "eval.probes=[knn,linear]", "eval.linear_epochs=2", "eval.knn_k=5"]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--out", str(tmp_path / "eval.json"), *scenes]) == 0
+    printed = capsys.readouterr().out
+    assert "(b') in context top-1 %" in printed and "(c') scenes in context mAP %" in printed
+    results = json.loads((tmp_path / "eval.json").read_text())
+    in_context = results["scene_probes"]["in_context"]
+    assert in_context["context"]["resolution"] == 64 and 0 <= in_context["linear"] <= 100
+    assert in_context["num_test"] >= 30 * 4  # every item of the 30 test scenes (4 to 6 each)
+    assert set(results["scene_probes"]) == {"in_context", "scenes_in_context"}
+    assert main(["eval", str(run), *scenes, "eval.scene_probes=[in_contxt]"]) != 0
+    assert "eval.scene_probes" in capsys.readouterr().err

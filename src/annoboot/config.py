@@ -175,6 +175,12 @@ class EvalConfig:
         default_factory=lambda: ["a photo of a {}.", "a picture of a {}.", "an image of the {}.", "a {}."]
     )
     retrieval: Optional[SourceConfig] = None  # e.g. kind=openclipart split=test limit=1000
+    # When eval.train and eval.test are fmnist_scenes sources, these probe families also run
+    # (eval/scene_suite.py): in_context (the item in a box read from the whole scene's tokens),
+    # scenes_in_context (the classes a scene holds, at its own resolution), boxes (box crops),
+    # multilabel (scenes resized), items (Fashion-MNIST items); [] for none.
+    scene_probes: List[str] = field(default_factory=lambda: ["in_context", "scenes_in_context"])
+    scene_probe_train_items: Optional[int] = 15000  # train items of the box families (null: all)
     at_end: bool = True  # run the probes when pre-training finishes
     seed: int = 0
 

@@ -12,10 +12,13 @@ import torch
 from annoboot import distributed
 from annoboot.config import Config, config_from_saved
 from annoboot.data import build_source
+from annoboot.data.fashion_mnist import FashionMNISTSource
+from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 from annoboot.eval import evaluate, format_results_table
 from annoboot.eval.image_text import evaluate_image_text, has_text_tower
 from annoboot.eval.localisation import localisation_score
+from annoboot.eval.scene_suite import format_scene_results, scene_family
 from annoboot.export import export_backbone, load_snippet
 from annoboot.methods import Method, build_method
 from annoboot.models.encoder import Encoder
@@ -28,11 +31,23 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_encoder(encoder: Encoder, cfg: Config, device: torch.device, progress: bool = False) -> dict:
-    """Run the probes of ``cfg.eval`` on a frozen encoder (``progress``: bars while they run)."""
+    """Run the probes of ``cfg.eval`` on a frozen encoder (``progress``: bars while they run):
+    on the whole images of eval.train / eval.test, and, where both are fmnist_scenes sources,
+    the scene probe families of ``eval.scene_probes`` under "scene_probes"."""
     train_source = build_source(cfg.eval.train)
     test_source = build_source(cfg.eval.test)
     normalize = Normalize(cfg.views.mean, cfg.views.std).to(device)
-    return evaluate(encoder, train_source, test_source, cfg.eval, cfg.views.img_size, normalize, device, progress)
+    results = evaluate(encoder, train_source, test_source, cfg.eval, cfg.views.img_size, normalize, device, progress)
+    if cfg.eval.scene_probes and isinstance(train_source, SceneSource) and isinstance(test_source, SceneSource):
+        items = {}
+        if "items" in cfg.eval.scene_probes:
+            items = {"item_train": FashionMNISTSource(split="train"), "item_test": FashionMNISTSource(split="test")}
+        results["scene_probes"] = {
+            family: scene_family(family, encoder, train_source, test_source, cfg.eval, cfg.views.img_size, normalize,
+                                 device, max_box_train_items=cfg.eval.scene_probe_train_items, progress=progress, **items)
+            for family in cfg.eval.scene_probes
+        }
+    return results
 
 
 def evaluate_method(method: Method, cfg: Config, device: torch.device, progress: bool = False) -> dict:
@@ -76,6 +91,8 @@ def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict
         results = evaluate_method(trainer.method, cfg, trainer.device, progress=cfg.train.progress)
         write_json(trainer.run_dir / "eval.json", results)
         print(format_results_table(results, f"{cfg.method.name} on {cfg.data.annotation.kind}, step {trainer.step}"))
+        for line in format_scene_results(results.get("scene_probes", {})):
+            print(line)
         summary["eval"] = results
     return summary
 
@@ -111,6 +128,8 @@ def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "on
     if out is not None:
         write_json(Path(out), results)
     print(format_results_table(results, f"{cfg.method.name} ({weights} weights) from {path}"))
+    for line in format_scene_results(results.get("scene_probes", {})):
+        print(line)
     if "localisation" in results:
         loc = results["localisation"]
         print(f"value-map localisation over {loc['items']} scene items: top move in the item's box {loc['hit_rate']:.1f}% "

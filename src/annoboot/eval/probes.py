@@ -22,7 +22,7 @@ from annoboot.errors import AnnobootError
 # Every probe module registers its probe on import (eval/registry.py).
 from annoboot.eval import decoder_probe, knn, linear, map_probe  # noqa: F401
 from annoboot.eval.features import Features
-from annoboot.eval.registry import PROBE_REGISTRY
+from annoboot.eval.registry import PROBE_REGISTRY, SCENE_PROBE_FAMILIES
 
 PROBES = tuple(PROBE_REGISTRY)
 TOKEN_PROBES = tuple(name for name, probe in PROBE_REGISTRY.items() if probe.reads_tokens)  # read (N, T, D) tokens
@@ -41,6 +41,14 @@ def check_probe_config(cfg: Any) -> None:
         check = PROBE_REGISTRY[name].check
         if check is not None:
             check(cfg)
+    families = getattr(cfg, "scene_probes", ())
+    unknown = [name for name in families if name not in SCENE_PROBE_FAMILIES]
+    if unknown:
+        raise AnnobootError(f"bad config: key 'eval.scene_probes' holds unknown probe famil(ies) {', '.join(map(str, unknown))}; "
+                            f"choose from {', '.join(SCENE_PROBE_FAMILIES)}")
+    items = getattr(cfg, "scene_probe_train_items", None)
+    if items is not None and items < 1:
+        raise AnnobootError(f"bad config: key 'eval.scene_probe_train_items' must be a positive count or null (all), got {items}")
 
 
 def wants_tokens(cfg: Any) -> bool:

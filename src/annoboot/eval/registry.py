@@ -28,6 +28,10 @@ class Probe:
 
 PROBE_REGISTRY: Dict[str, Probe] = {}
 
+# The scene probe families (eval/scene_suite.py), named here so that a config's
+# eval.scene_probes is checked at load without importing the probes that run them.
+SCENE_PROBE_FAMILIES = ("items", "boxes", "multilabel", "in_context", "scenes_in_context")
+
 
 def register_probe(name: str, reads_tokens: bool = False, check: Optional[Callable[[Any], None]] = None):
     """Decorator: make ``fit`` the probe ``eval.probes=[..., <name>]``; ``check`` validates its
@@ -55,4 +59,4 @@ def require_learning_rates(cfg: Any, key: str) -> None:
         raise AnnobootError(f"bad config: key 'eval.{key}' must be a non-empty list of positive learning rates, got {rates}")
 
 
-__all__ = ["PROBE_REGISTRY", "Probe", "register_probe", "require_learning_rates", "require_positive"]
+__all__ = ["PROBE_REGISTRY", "Probe", "SCENE_PROBE_FAMILIES", "register_probe", "require_learning_rates", "require_positive"]

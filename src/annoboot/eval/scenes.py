@@ -12,18 +12,20 @@ when ``cfg.probes`` names it):
     the average precision, in %), with the per-scene F1 at threshold 0.5 alongside.
 
 Probe scenes of split train hold only Fashion-MNIST train items and test scenes only test items.
+The same questions asked of the whole scene's features, in context, are in eval/in_context.py;
+eval/scene_suite.py runs any set of these probe families by name.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import torch
 
 from annoboot.batch import ImageBatch
 from annoboot.config import EvalConfig
-from annoboot.data.base import ImageSource, InMemoryImageSource
+from annoboot.data.base import InMemoryImageSource
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 from annoboot.eval import evaluate
@@ -122,51 +124,8 @@ def multilabel_probe(
     return results
 
 
-def scene_probes(
-    encoder: Encoder,
-    item_train: ImageSource,
-    item_test: ImageSource,
-    scene_train: SceneSource,
-    scene_test: SceneSource,
-    cfg: EvalConfig,
-    img_size: int,
-    normalize: Normalize,
-    device: torch.device | str,
-    max_box_train_items: Optional[int] = None,
-    which: Sequence[str] = ("items", "boxes", "multilabel"),
-) -> Dict[str, Dict[str, Any]]:
-    """Probes (a) "items", (b) "boxes" and (c) "multilabel" (those in ``which``) of one encoder."""
-    results: Dict[str, Dict[str, Any]] = {}
-    if "items" in which:
-        results["items"] = evaluate(encoder, item_train, item_test, cfg, img_size, normalize, device)
-    if "boxes" in which:
-        results["boxes"] = box_probe(
-            encoder, scene_train, scene_test, cfg, img_size, normalize, device, max_box_train_items
-        )
-    if "multilabel" in which:
-        results["multilabel"] = multilabel_probe(encoder, scene_train, scene_test, cfg, img_size, normalize, device)
-    return results
-
-
-def format_scene_results(results: Dict[str, Dict[str, Any]]) -> List[str]:
-    """One line per probe family: '(a) items top-1 %  kNN 71.2  linear 72.0  MAP 79.1' ... (and
-    'decoder 80.3' when it ran)."""
-    names = {"items": "(a) items top-1 %", "boxes": "(b) boxes top-1 %", "multilabel": "(c) scenes mAP %"}
-    lines = []
-    for family, result in results.items():
-        cells = "  ".join(
-            f"{label} {result[key]:.2f}"
-            for key, label in (("knn", "kNN"), ("linear", "linear"), ("map", "MAP"), ("decoder", "decoder"))
-            if key in result
-        )
-        lines.append(f"{names.get(family, family):<20} {cells}")
-    return lines
-
-
 __all__ = [
     "BoxCropSource",
     "box_probe",
-    "format_scene_results",
     "multilabel_probe",
-    "scene_probes",
 ]
