@@ -16,18 +16,23 @@ each by kNN / linear / MAP, mean ± half the range over seeds, with the random-i
 raw-pixel floors. Probe scenes: 5,000 train / 2,000 test crowded scenes with the background
 (15,000 train items for (b')), test items only in test scenes.
 
-Tables (``--table``):
-  premise    SimCLR on items, on crowded scenes, and on crowded scenes without the background
-             (the control): does crop consistency lose on these scenes what it learns on items?
-  ab         SimCLR on crowded scenes against the ABSimCLR levers of issue 30 (lever overrides
-             below), and decoupled ABSimCLR (annotations from items, bootstrap crops from the
-             scenes) against SimCLR on items and on the mixture of items and scenes.
-``--variants label:recipe[:key=value...]`` runs others (data: the crowded scenes unless a
-variant overrides data.annotation).
+Variants (``VARIANTS``; the levers are docs/method.md section 4b), each a configs/cpu recipe with
+overrides: simclr/items, simclr/crowded, simclr/crowded_plain (the scenes without background),
+simclr/mixture (SimCLR on items and crowded scenes in one source, 3 items to 1 scene);
+ab/small_online (SimCLR's 256 images x 2 views whole + 32 bootstrap images x 4 crops, online
+target), ab/asym (the same with asymmetric moves: 1 wide source view, 3 small target views),
+ab/queue (+ 4,096 queued annotations), ab/decoupled* (annotations and reward from Fashion-MNIST
+items, bootstrap crops from the crowded scenes). Tables (``--table``) are lists of them:
+  premise    SimCLR on items, on crowded scenes and on crowded scenes without the background;
+  screen     the AB levers, one seed, beside the premise table's SimCLR rows;
+  ab         the chosen AB recipes against SimCLR on crowded scenes, on items and the mixture.
+``--views N`` gives every variant the steps that make N views seen (equal views: an AB step
+renders more views than a SimCLR step); ``--variants`` picks variants by name.
 
-  python benchmarks/crowded_scenes.py --table premise --seeds 0 1 --steps 2000
-  python benchmarks/crowded_scenes.py --table ab --seeds 0 1
-  python benchmarks/crowded_scenes.py --quick --table premise --seeds 0 --steps 20      # smoke run
+  python benchmarks/crowded_scenes.py --table premise --seeds 0 1 --views 1.28e6
+  python benchmarks/crowded_scenes.py --table screen --seeds 0 --views 1.28e6
+  python benchmarks/crowded_scenes.py --table ab --seeds 0 1 --views 2.56e6
+  python benchmarks/crowded_scenes.py --quick --table premise --seeds 0 --views 5000      # smoke run
 
 Runtime (2-core CPU, encoder-only bound about 237 ms per 512 views): SimCLR 5,000 steps is
 about 20 min plus 3-4 min of probes; see docs/results.md for each table's measured minutes.
@@ -39,66 +44,87 @@ import argparse
 import sys
 from typing import Dict, List
 
-from _harness import parse_variant
-from _protocol import SCENE_CHOICES, Variant, add_arguments, run_protocol, scene_source
+from _protocol import SCENE_CHOICES, Variant, add_arguments, budget_of, recipe_path, run_protocol, scene_source
+
+from annoboot.config import load_config
+from annoboot.methods import build_method
 
 ITEMS = ["data.annotation.kind=fashion_mnist"]  # the scene options stay in the config, unread
-BASE_WHOLE = ["method.annotation_fraction=1.0"]  # SimCLR's 256 images x 2 views intact
+# The levers (docs/method.md 4b).
+SMALL_ONLINE = ["method.annotation_fraction=1.0", "method.bootstrap_fraction=0.125", "method.target_network=online"]
+ASYMMETRIC = ["views.bootstrap_source_views=1", "views.bootstrap_source_scale=[0.5, 1.0]", "views.bootstrap_scale=[0.05, 0.2]"]
+QUEUE = ["method.annotation_queue=4096"]
 
 
-def premise_variants(scenes: Dict) -> List[Variant]:
+def variants_of(scenes: Dict) -> Dict[str, Variant]:
     crowded = scene_source("data.annotation", scenes)
     plain = scene_source("data.annotation", {**scenes, "background": "none"})
-    return [
-        Variant("simclr/items", "fmnist_simclr", crowded + ITEMS),
-        Variant("simclr/crowded", "fmnist_simclr", crowded),
-        Variant("simclr/crowded_plain", "fmnist_simclr", plain),
-    ]
-
-
-def ab_variants(scenes: Dict) -> List[Variant]:
-    crowded = scene_source("data.annotation", scenes)
     mixture = scene_source("data.annotation", {**scenes, "num_scenes": 80000, "single_fraction": 0.75})
-    boot = scene_source("data.bootstrap", scenes)
-    small_online = BASE_WHOLE + ["method.bootstrap_fraction=0.125", "method.target_network=online"]
-    return [
-        Variant("simclr/crowded", "fmnist_simclr", crowded),
-        Variant("ab_simclr/small_online", "fmnist_ab_simclr", crowded + small_online),
-        Variant("ab_simclr/decoupled", "fmnist_ab_simclr", crowded + ITEMS + boot + small_online),
-        Variant("simclr/items", "fmnist_simclr", crowded + ITEMS),
-        Variant("simclr/mixture", "fmnist_simclr", mixture),
-    ]
+    decoupled = crowded + ITEMS + scene_source("data.bootstrap", scenes)
+    named = {
+        "simclr/items": ("fmnist_simclr", crowded + ITEMS),
+        "simclr/crowded": ("fmnist_simclr", crowded),
+        "simclr/crowded_plain": ("fmnist_simclr", plain),
+        "simclr/mixture": ("fmnist_simclr", mixture),
+        "ab/small_online": ("fmnist_ab_simclr", crowded + SMALL_ONLINE),
+        "ab/asym": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC),
+        "ab/queue": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + QUEUE),
+        "ab/decoupled": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE),
+        "ab/decoupled_asym": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC),
+        "ab/decoupled_asym_queue": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC + QUEUE),
+    }
+    return {name: Variant(name, recipe, overrides) for name, (recipe, overrides) in named.items()}
 
 
-TABLES = {"premise": premise_variants, "ab": ab_variants}
+TABLES = {
+    "premise": ["simclr/items", "simclr/crowded", "simclr/crowded_plain"],
+    "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
+    "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym"],
+}
 TITLES = {
     "premise": "Crowded scenes, the premise: SimCLR on items vs on crowded scenes (with and without background)",
-    "ab": "Crowded scenes: SimCLR vs the ABSimCLR levers, decoupled vs items and the mixture",
+    "screen": "Crowded scenes: the ABSimCLR levers, screened",
+    "ab": "Crowded scenes: SimCLR vs ABSimCLR, decoupled ABSimCLR vs items and the mixture",
 }
+
+
+def with_equal_views(variants: List[Variant], views: float, args: argparse.Namespace) -> List[Variant]:
+    """Each variant with the train.steps that make ``views`` views seen (its own views per step)."""
+    budget, out = budget_of(args), []
+    for variant in variants:
+        cfg = load_config(recipe_path(budget, variant.recipe), list(budget.common) + variant.overrides + list(args.overrides))
+        steps = max(1, round(views / build_method(cfg).views_per_step()))
+        out.append(Variant(variant.name, variant.recipe, variant.overrides + [f"train.steps={steps}"]))
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, "runs/bench")
     parser.add_argument("--table", choices=sorted(TABLES), default="premise")
-    parser.add_argument("--variants", nargs="+", help="label:recipe[:key=value...] on the crowded scenes, instead of a table")
+    parser.add_argument("--variants", nargs="+", help="variants by name (instead of a table's)")
+    parser.add_argument("--views", type=float, help="views seen by every variant (sets each one's train.steps)")
     parser.set_defaults(scenes="crowded")
     args = parser.parse_args()
     if args.scenes == "budget":
         raise SystemExit("--scenes budget: this protocol is for the crowded scenes (crowded, crowded_plain, crowded_plaid)")
+    if args.views and args.steps:
+        raise SystemExit("--views and --steps both set the steps: give one")
     scenes = dict(SCENE_CHOICES[args.scenes])
     if args.budget == "quick":
         scenes["num_scenes"] = 6000
-    if args.variants:
-        data = scene_source("data.annotation", scenes)
-        variants = [Variant(v.name, v.recipe, data + v.overrides) for v in map(parse_variant, args.variants)]
-        title = "Crowded scenes: " + ", ".join(v.name for v in variants)
-    else:
-        variants, title = TABLES[args.table](scenes), TITLES[args.table]
-    names = [v.name for v in variants]
+    known = variants_of(scenes)
+    names = args.variants or TABLES[args.table]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    variants = [known[name] for name in names]
+    if args.views:
+        variants = with_equal_views(variants, args.views, args)
+    title = TITLES[args.table] if not args.variants else "Crowded scenes: " + ", ".join(names)
     pairs = [(base, other) for base in ("simclr/crowded", "simclr/items", "simclr/mixture") if base in names
-             for other in names if other.startswith("ab_")]
-    if args.table == "premise" and not args.variants:
+             for other in names if other.startswith("ab/")]
+    if not args.variants and args.table == "premise":
         pairs = [("simclr/items", "simclr/crowded"), ("simclr/items", "simclr/crowded_plain"),
                  ("simclr/crowded_plain", "simclr/crowded")]
     return run_protocol(args, title, variants, scenes, pairs)
