@@ -14,7 +14,8 @@ Every row is timed in one process on the same device, on the same recipe's encod
 The rows are timed in interleaved rounds (bound, simclr, ab_simclr, bound, ...) so that a
 change in machine load falls on all of them alike; each figure is the median step time over
 ``--rounds x --steps`` steps after ``--warmup`` untimed ones. Reported: views/s, simclr / bound
-(target >= 0.85) and the ABSimCLR / SimCLR cost per view (target <= 1.3), with either target.
+(target >= 0.85) and the ABSimCLR / SimCLR cost per view with either target (the 1.3 target of
+the EMA recipe as published is retired; issue 30 asks at most 1.2 of the AB recipe in use, --pair).
 
   python benchmarks/throughput.py --quick                 # the CPU recipe (configs/cpu), 2 cores
   python benchmarks/throughput.py --quick --precision fp32 bf16 --compile both
@@ -24,6 +25,8 @@ change in machine load falls on all of them alike; each figure is the median ste
   python benchmarks/throughput.py --dino                  # + DINO's multi-crop step and its bound
   python benchmarks/throughput.py --quick --clip          # + CLIP's and ABCLIP's steps (EMA and online target) on captioned scenes
   python benchmarks/throughput.py --quick --clip --clip-data openclipart   # the same on Open Clip Art, as captioned_probes.py --quick trains
+  python benchmarks/throughput.py --quick --pair configs/cpu/scenes_simclr.yaml configs/cpu/scenes_ab_simclr.yaml
+                                                          # + a SimCLR recipe and an AB recipe on their own data, per view
 
 With --dino, DINO's trainer step (configs/fmnist_dino.yaml with the same encoder: 2 global and
 ``views.local_views`` local crops rendered on the device, student and EMA teacher, head,
@@ -248,6 +251,13 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
         steps["bound_multicrop"] = multicrop_bound_step(cfg, cfg.train.batch_size, device)
         info["bound_multicrop"] = {"views": info["dino"]["views"], "images": 0, "recipe": "encoder only, DINO's crops"}
         order += ["bound_multicrop", "dino"]
+    if args.pair:  # two recipes as they are (their data, views and levers), e.g. the crowded-scene recipes
+        for name, recipe in zip(("pair_base", "pair_ab"), args.pair):
+            cfg = load_config(ROOT / recipe, common + [f"train.out_dir={out_dir}/{name}"])
+            steps[name], trainer = trainer_step(cfg)
+            info[name] = {"views": trainer.method.views_per_step(), "images": sum(trainer.method.batch_sizes().values()),
+                          "recipe": recipe}
+        order += ["pair_base", "pair_ab"]
     if args.clip:
         for name in ("clip", "ab_clip"):
             recipe = clip_recipes[name]
@@ -282,6 +292,9 @@ def measure(args: argparse.Namespace, precision: str, compile_: bool, out_dir: s
         results["summary"]["ab_clip_cost_per_view_over_clip"] = results["clip"]["views_per_s"] / results["ab_clip"]["views_per_s"]
         results["summary"]["ab_clip_online_cost_per_view_over_clip"] = (
             results["clip"]["views_per_s"] / results["ab_clip_online"]["views_per_s"])
+    if args.pair:
+        results["summary"]["pair_ab_cost_per_view_over_base"] = (
+            results["pair_base"]["views_per_s"] / results["pair_ab"]["views_per_s"])
     if args.dino:
         results["summary"]["dino_over_multicrop_bound"] = results["dino"]["views_per_s"] / results["bound_multicrop"]["views_per_s"]
     if args.parts:
@@ -311,6 +324,8 @@ def main() -> int:
                         help="also time CLIP's and ABCLIP's steps on the captioned-scene recipes (configs/cpu/scenes_*)")
     parser.add_argument("--clip-data", choices=["scenes", "openclipart"], default="scenes",
                         help="with --clip: captioned scenes, or Open Clip Art with the recipes captioned_probes.py --quick trains")
+    parser.add_argument("--pair", nargs=2, metavar=("BASE_RECIPE", "AB_RECIPE"),
+                        help="also time these two recipes as they are and print the AB step's cost per view over the base's")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="also profile this many steps of each method")
     parser.add_argument("--parts", type=int, default=0, metavar="RUNS",
                         help="also time the pieces of the ABSimCLR step alone (render, encoder, target, decoder, EMA, AdamW)")
@@ -330,19 +345,22 @@ def main() -> int:
                       f"recipes={'configs/cpu' if args.quick else 'ViT-S/16 @ 224'}  overrides={args.overrides}")
                 print(f"{'step':<12}{'views':>7}{'ms/step':>10}{'views/s':>10}{'first step s':>14}{'min-max ms':>16}")
                 for name in ("bound", "simclr", "ab_simclr", "ab_simclr_online", "bound_multicrop", "dino", "clip", "ab_clip",
-                             "ab_clip_online"):
+                             "ab_clip_online", "pair_base", "pair_ab"):
                     if name not in results:
                         continue
                     r = results[name]
                     print(f"{name:<12}{r['views']:>7}{1000 * r['step_s']:>10.1f}{r['views_per_s']:>10.0f}"
                           f"{r['first_step_s']:>14.2f}{1000 * r['spread_s'][0]:>8.0f}-{1000 * r['spread_s'][1]:.0f}")
                 print(f"simclr / bound (views/s): {s['simclr_over_bound']:.2f}   (target >= 0.85)")
-                print(f"ab_simclr / simclr cost per view: {s['ab_cost_per_view_over_simclr']:.2f}   (target <= 1.3)")
+                print(f"ab_simclr / simclr cost per view: {s['ab_cost_per_view_over_simclr']:.2f}   (EMA target as published)")
                 print(f"ab_simclr_online / simclr cost per view: {s['ab_online_cost_per_view_over_simclr']:.2f}   "
                       "(method.target_network=online)")
                 if "ab_clip_cost_per_view_over_clip" in s:
                     print(f"ab_clip / clip cost per view: {s['ab_clip_cost_per_view_over_clip']:.2f}   "
                           f"online target: {s['ab_clip_online_cost_per_view_over_clip']:.2f}")
+                if "pair_ab_cost_per_view_over_base" in s:
+                    print(f"pair: {args.pair[1]} / {args.pair[0]} cost per view: {s['pair_ab_cost_per_view_over_base']:.2f}   "
+                          "(target <= 1.2)")
                 if "dino_over_multicrop_bound" in s:
                     print(f"dino / multi-crop bound (views/s): {s['dino_over_multicrop_bound']:.2f}   (target >= 0.7)")
     if args.json:
