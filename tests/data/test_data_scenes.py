@@ -23,6 +23,7 @@ from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 
 SMALL = ScenesConfig(num_scenes=120, canvas=64, items=[2, 5], item_size=[14, 36], pool_limit=3000)
+CROWDED = ScenesConfig(preset="crowded", num_scenes=120, pool_limit=3000)  # 4-6 items of 12-20 px over a grating
 
 
 def constant_pool(value: int, size: int = 50):
@@ -73,27 +74,31 @@ def test_scenes_use_only_their_own_pool_for_items_and_clutter():
 
 
 @needs_fmnist
-def test_a_scene_source_draws_items_from_its_own_split_only(fmnist_train, fmnist_test):
+@pytest.mark.parametrize("settings", [SMALL, CROWDED], ids=["classic", "crowded"])
+def test_a_scene_source_draws_items_from_its_own_split_only(fmnist_train, fmnist_test, settings):
     for split, pool in (("train", fmnist_train), ("test", fmnist_test)):
-        scenes = SceneSource(SMALL, split, pool=pool)
+        scenes = SceneSource(settings, split, pool=pool)
         assert scenes.pool_split == split
         flat = scenes.scenes
-        assert int(flat.item_indices.max()) < len(pool) and int(flat.clutter_indices.max()) < len(pool)
+        assert int(flat.item_indices.max()) < len(pool)
+        assert flat.clutter_indices.numel() == 0 or int(flat.clutter_indices.max()) < len(pool)  # crowded: no clutter
         assert torch.equal(flat.item_labels, pool.labels[flat.item_indices])
     with pytest.raises(AnnobootError, match="split 'test'"):
-        SceneSource(SMALL, "train", pool=fmnist_test)
+        SceneSource(settings, "train", pool=fmnist_test)
 
 
 @needs_fmnist
-def test_boxes_lie_in_the_canvas_and_frame_the_pasted_item(fmnist_train):
-    scenes = SceneSource(SMALL, "train", pool=fmnist_train)
-    canvas = SMALL.canvas
+@pytest.mark.parametrize("settings", [SMALL, CROWDED], ids=["classic", "crowded"])
+def test_boxes_lie_in_the_canvas_and_frame_the_pasted_item(fmnist_train, settings):
+    scenes = SceneSource(settings, "train", pool=fmnist_train)
+    resolved = settings.resolved()
+    canvas = resolved.canvas
     for i, (boxes, indices) in enumerate(zip(scenes.item_boxes, scenes.item_indices)):
-        assert SMALL.items[0] <= len(boxes) <= SMALL.items[1]
+        assert resolved.items[0] <= len(boxes) <= resolved.items[1]
         assert (boxes >= 0).all() and (boxes <= 1).all() and (boxes[:, 2:] > boxes[:, :2]).all()
         # The last item pasted is covered by nothing: its opaque pixels are on the canvas as resized.
         x0, y0, x1, y1 = (boxes[-1] * canvas).round().long().tolist()
-        assert x1 - x0 == y1 - y0 and SMALL.item_size[0] <= x1 - x0 <= SMALL.item_size[1]
+        assert x1 - x0 == y1 - y0 and resolved.item_size[0] <= x1 - x0 <= resolved.item_size[1]
         item = resize_items(fmnist_train.in_memory()[indices[-1 :], 0], x1 - x0)[0]
         region = scenes.in_memory()[i, 0, y0:y1, x0:x1]
         opaque = item >= 48
