@@ -78,7 +78,8 @@ def user_overrides(args: argparse.Namespace) -> List[str]:
 
 # Options added after runs were saved under their keys: left out of the hash while they hold
 # these values (the behaviour those runs had), so the saved runs stay valid.
-KEY_NEUTRAL = {("method", "target_network"): "ema"}
+KEY_NEUTRAL = {("method", "target_network"): "ema", ("method", "annotation_queue"): 0,
+               ("views", "bootstrap_source_views"): 0, ("views", "bootstrap_source_scale"): [0.5, 1.0]}
 
 
 def training_key(cfg: Config) -> str:

@@ -107,6 +107,12 @@ FLOORS = ("random init", "raw pixels")
 # and its control without the background.
 SCENE_CHOICES = {
     "crowded": {"preset": "crowded", "num_scenes": 20000},
+    # Designs tried for the premise (docs/experiments/crowded_scenes.md): the first crowded
+    # preset, 64-px canvases of 12-20 px items; the same layout at twice the resolution.
+    "crowded_64": {"preset": "crowded", "num_scenes": 20000, "canvas": 64, "item_size": [12, 20]},
+    "crowded_128": {"preset": "crowded", "num_scenes": 20000, "canvas": 128, "item_size": [24, 40]},
+    "crowded_128_dense": {"preset": "crowded", "num_scenes": 20000, "canvas": 128, "items": [5, 8],
+                          "item_size": [20, 32], "background_contrast": [0.2, 0.4]},
     "crowded_plain": {"preset": "crowded", "num_scenes": 20000, "background": "none"},
     "crowded_plaid": {"preset": "crowded", "num_scenes": 20000, "background": "plaid"},
 }
