@@ -23,8 +23,9 @@ from datetime import date
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from annoboot.config import Config, load_config, to_dict
+from annoboot.config import Config, to_dict
 from annoboot.errors import AnnobootError
+from annoboot.recipe import load_config
 from annoboot.runs import load_run
 from annoboot.train.checkpoint import checkpoint_step, latest_checkpoint
 from annoboot.train.runtime import describe, resolve_device

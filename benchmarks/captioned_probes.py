@@ -17,13 +17,24 @@ import argparse
 import sys
 
 import torch
-from _harness import (ROOT, Variant, ab_pairs, add_arguments, floor_row, headline, print_table, run_config, run_row,
-                      user_overrides, write_json)
+from _harness import (
+    ROOT,
+    Variant,
+    ab_pairs,
+    add_arguments,
+    floor_row,
+    headline,
+    print_table,
+    run_config,
+    run_row,
+    user_overrides,
+    write_json,
+)
 
-from annoboot.config import load_config
 from annoboot.eval.baselines import PixelEncoder
 from annoboot.methods import build_method
 from annoboot.presets import QUICK_CAPTIONED, QUICK_EVAL
+from annoboot.recipe import load_config
 from annoboot.runs import evaluate_encoder, evaluate_method
 from annoboot.train.runtime import resolve_device
 

@@ -46,8 +46,8 @@ from typing import Dict, List
 
 from _protocol import SCENE_CHOICES, Variant, add_arguments, budget_of, recipe_path, run_protocol, scene_source
 
-from annoboot.config import load_config
 from annoboot.methods import build_method
+from annoboot.recipe import load_config
 
 # Fashion-MNIST items, the recipes' own source: no scene option in the config, so an items run
 # is the same run (and is trained once) whatever the scenes it is probed on.

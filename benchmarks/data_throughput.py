@@ -51,9 +51,9 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from annoboot.config import load_config
 from annoboot.methods import build_method
 from annoboot.objectives import nt_xent
+from annoboot.recipe import load_config
 from annoboot.train.runtime import autocast_context
 from annoboot.train.trainer import Trainer
 

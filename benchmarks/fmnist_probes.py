@@ -26,15 +26,27 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-from _harness import (ROOT, ab_pairs, add_arguments, floor_row, headline, parse_variant, print_table, run_config,
-                      run_row, user_overrides, write_json)
+from _harness import (
+    ROOT,
+    ab_pairs,
+    add_arguments,
+    floor_row,
+    headline,
+    parse_variant,
+    print_table,
+    run_config,
+    run_row,
+    user_overrides,
+    write_json,
+)
 
-from annoboot.config import Config, load_config
+from annoboot.config import Config
 from annoboot.data import build_source
 from annoboot.eval.knn import knn_accuracy
 from annoboot.eval.linear import linear_probe
 from annoboot.methods import build_method
 from annoboot.presets import QUICK_EVAL, QUICK_MODEL, QUICK_TRAIN, QUICK_WEIGHT_DECAY
+from annoboot.recipe import load_config
 from annoboot.runs import evaluate_encoder, evaluate_method
 from annoboot.train.runtime import resolve_device
 

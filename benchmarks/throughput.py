@@ -49,11 +49,12 @@ from typing import Callable, Dict, List
 
 import torch
 
-from annoboot.config import Config, load_config
+from annoboot.config import Config
 from annoboot.models import build_encoder
 from annoboot.presets import QUICK_CAPTIONED
-from annoboot.train.runtime import autocast_context, describe, prepare_for_device
+from annoboot.recipe import load_config
 from annoboot.train.ema import ema_update, make_target
+from annoboot.train.runtime import autocast_context, describe, prepare_for_device
 from annoboot.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent

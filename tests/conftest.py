@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import TINY
 
-from annoboot.config import load_config
+from annoboot.recipe import load_config
 
 # Under pytest-xdist (scripts/test.sh runs one worker per core) each worker, and every process
 # its tests start, computes on one thread: two workers of two threads each on 2 cores would

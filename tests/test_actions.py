@@ -13,7 +13,7 @@ from annoboot.actions import (
     sample_crop_boxes,
     token_range_needed,
 )
-from annoboot.config import load_config
+from annoboot.recipe import load_config
 
 
 @pytest.mark.parametrize("size_hw", [(32, 32), (120, 300), (300, 90)])

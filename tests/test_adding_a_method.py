@@ -11,9 +11,9 @@ import pytest
 import torch
 from helpers import TINY, needs_fmnist
 
-from annoboot.config import forget_schema, load_config
 from annoboot.errors import AnnobootError
 from annoboot.methods import METHODS
+from annoboot.recipe import forget_schema, load_config
 from annoboot.train.trainer import Trainer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding_a_method.md"

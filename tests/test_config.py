@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from annoboot.config import Config, load_config
+from annoboot.config import Config
 from annoboot.errors import AnnobootError
+from annoboot.recipe import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +96,7 @@ def test_the_clip_and_abclip_recipes_differ_only_in_the_method():
 
 @pytest.mark.parametrize("weights, problem", [([1.0], "1 weight"), ([1.0, -0.5], ">= 0"), ([0.0, 0.0], "positive sum")])
 def test_mix_weights_are_checked_against_the_patterns(tmp_path, weights, problem):
-    from annoboot.config import load_config
+    from annoboot.recipe import load_config
 
     overrides = ["data.bootstrap.kind=webdataset", f"data.bootstrap.root={tmp_path / 'a.tar'}::{tmp_path / 'b.tar'}",
                  f"data.bootstrap.mix_weights=[{', '.join(map(str, weights))}]"]

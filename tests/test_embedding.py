@@ -13,9 +13,10 @@ from PIL import Image
 
 import annoboot
 from annoboot import cli, embedding
-from annoboot.config import SourceConfig, load_config
+from annoboot.config import SourceConfig
 from annoboot.data import build_source
 from annoboot.errors import AnnobootError
+from annoboot.recipe import load_config
 from annoboot.train import Trainer
 
 pytestmark = needs_fmnist

@@ -9,8 +9,8 @@ import torch
 from helpers import TINY, needs_fmnist
 
 from annoboot import runs
-from annoboot.config import load_config
 from annoboot.errors import AnnobootError
+from annoboot.recipe import load_config
 from annoboot.train import Trainer
 from annoboot.train.checkpoint import checkpoint_path, load_checkpoint
 

@@ -20,7 +20,7 @@ Names are imported on first use, so ``import annoboot`` stays fast.
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_config": ("annoboot.config", "load_config"),
+    "load_config": ("annoboot.recipe", "load_config"),
     "pretrain": ("annoboot.runs", "pretrain"),
     "evaluate": ("annoboot.runs", "evaluate_run"),
     "export_encoder": ("annoboot.runs", "export_run"),  # not "export": the name of a submodule

@@ -117,7 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from pathlib import Path
 
         from annoboot import runs
-        from annoboot.config import load_config
+        from annoboot.recipe import load_config
 
         if args.command == "pretrain":
             if args.resume and args.overwrite:
@@ -158,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.command == "export":
             runs.export_run(args.run, args.out, args.weights)
         elif args.command == "viz":
-            from annoboot.viz import visualize_run
+            from annoboot.runs import visualize_run
 
             for path in visualize_run(args.run, args.out, args.image_index, args.annotation, args.grid, args.box_scale,
                                       args.weights, args.overrides, args.curves_only):

@@ -1,21 +1,22 @@
-"""Typed run configuration: dataclasses, YAML recipes and ``key=value`` overrides.
+"""The typed run configuration: the core sections' dataclasses and the checks of their values.
 
-One config system (OmegaConf structured configs): a recipe YAML is merged onto the dataclass
-defaults, then command-line overrides onto that. Unknown keys and values of the wrong type are
-rejected with an :class:`AnnobootError` naming the key, the value and where it came from.
+What each method, source kind and probe adds lives next to its code (its option dataclasses
+and their checks); annoboot/recipe.py composes this schema with theirs, reads YAML recipes and
+``key=value`` overrides, and validates (one config system: OmegaConf structured configs).
+``SourceConfig`` is composed here from the source registry (data/registry.py, a leaf), so that
+the core sections can name it.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass, make_dataclass
-from pathlib import Path
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from typing import Any, Dict, List, Optional, get_type_hints
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import OmegaConf
 
 from annoboot.data.registry import SOURCE_REGISTRY, source_option_classes  # imports annoboot.data: every kind registers
 from annoboot.errors import AnnobootError
+
 
 @dataclass
 class SourceCoreConfig:
@@ -196,67 +197,6 @@ class Config:
 
 
 PRECISIONS = ("auto", "bf16", "fp32")  # train.precision
-# Sections a method can add options to, with their core dataclass.
-_EXTENSIBLE = {"model": ModelConfig, "views": ViewsConfig, "method": MethodConfig}
-_SCHEMA: Dict[str, type] = {}  # the composed dataclasses, built on first use (config_schema)
-
-
-def forget_schema() -> None:
-    """Drop the composed schema: a method registered since gets its options into the next one."""
-    _SCHEMA.clear()
-
-
-def method_option_classes() -> Dict[str, Dict[str, tuple]]:
-    """method name -> section -> its option dataclasses (imports the registered methods)."""
-    from annoboot.methods import METHODS
-
-    return {name: dict(cls.config_options) for name, cls in METHODS.items()}
-
-
-def _unique_option_classes(per_method: Dict[str, Dict[str, tuple]]) -> List[tuple]:
-    """(section, option class) of every registered method, each class once, in registration order."""
-    seen: Dict[type, str] = {}
-    for options in per_method.values():
-        for section, classes in options.items():
-            for option_class in classes:
-                seen.setdefault(option_class, section)
-    return [(section, option_class) for option_class, section in seen.items()]
-
-
-def config_schema() -> type:
-    """The Config dataclass of this installation: the core sections, with the options of every
-    registered method added to the model, views and method sections. One flat namespace per
-    section, so recipes, overrides, saved configs and run hashes read as before."""
-    if not _SCHEMA:
-        from annoboot.methods import DEFAULT_METHOD
-
-        columns = {section: [(f.name, get_type_hints(core)[f.name], _copy_field(f)) for f in fields(core)]
-                   for section, core in _EXTENSIBLE.items()}
-        owners = {section: {f.name: core for f in fields(core)} for section, core in _EXTENSIBLE.items()}
-        for section, option_class in _unique_option_classes(method_option_classes()):
-            columns[section] += _columns(option_class, owners[section], section)
-        columns["method"][0] = ("name", str, field(default=DEFAULT_METHOD))
-        for section, core in _EXTENSIBLE.items():
-            _SCHEMA[section] = _schema_class(f"Composed{core.__name__}", columns[section], core)
-        _SCHEMA["config"] = _schema_class(
-            "ComposedConfig", [(name, _SCHEMA[name], field(default_factory=_SCHEMA[name])) for name in _EXTENSIBLE], Config
-        )
-    return _SCHEMA["config"]
-
-
-def _schema_class(name: str, columns: List[tuple], base: type) -> type:
-    cls = make_dataclass(name, columns, bases=(base,))
-    cls.__module__ = __name__  # picklable by name: the module's __getattr__ returns it
-    return cls
-
-
-def __getattr__(name: str) -> type:
-    if name.startswith("Composed"):
-        config_schema()
-        for cls in _SCHEMA.values():
-            if cls.__name__ == name:
-                return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_scale(key: str, pair: List[float]) -> None:
@@ -267,90 +207,12 @@ def check_scale(key: str, pair: List[float]) -> None:
         raise AnnobootError("bad config: crop scales are fractions of the image area and must be <= 1")
 
 
-def _explain(exc: OmegaConfBaseException, origin: str) -> AnnobootError:
-    key = getattr(exc, "full_key", None) or "?"
-    msg = (getattr(exc, "msg", None) or str(exc)).strip().splitlines()[0]
-    return AnnobootError(f"bad config in {origin}: key '{key}': {msg}")
-
-
-def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]] = None) -> Config:
-    """Defaults <- recipe YAML at ``path`` <- ``key=value`` overrides; validated and typed."""
-    cfg = OmegaConf.structured(config_schema())
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise AnnobootError(f"config file not found: {path}")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        except OmegaConfBaseException as exc:
-            raise _explain(exc, str(path)) from None
-        except Exception as exc:  # YAML syntax errors
-            raise AnnobootError(f"cannot parse config file {path}: {exc}") from None
-    return _finish(_apply_overrides(cfg, overrides))
-
-
-def config_from_saved(saved: Dict[str, Any], overrides: Optional[List[str]] = None, origin: str = "a saved config") -> Config:
-    """The config stored in a checkpoint, with ``key=value`` overrides (e.g. for evaluation)."""
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(config_schema()), saved)
-    except OmegaConfBaseException as exc:
-        # Typically a key a newer or older annoboot wrote; name it rather than fail deep inside.
-        raise _explain(exc, f"{origin} (written by another annoboot version?)") from None
-    return _finish(_apply_overrides(cfg, overrides))
-
-
-def _apply_overrides(cfg: DictConfig, overrides: Optional[List[str]]) -> DictConfig:
-    for item in overrides or []:
-        if "=" not in item:
-            raise AnnobootError(f"override '{item}' is not of the form key=value (e.g. train.steps=100)")
-    try:
-        for item in overrides or []:
-            parsed = OmegaConf.from_dotlist([item])
-            key = item.split("=", 1)[0]
-            value = OmegaConf.select(parsed, key)
-            if isinstance(value, ListConfig) or (isinstance(value, DictConfig) and not _is_structured(cfg, key)):
-                # Set, not merge: `model.backbone_kwargs={}` must replace the recipe's dict.
-                OmegaConf.update(cfg, key, value, merge=False)
-            else:
-                cfg = OmegaConf.merge(cfg, parsed)
-    except OmegaConfBaseException as exc:
-        raise _explain(exc, "command-line overrides") from None
-    return cfg
-
-
-def _is_structured(cfg: DictConfig, key: str) -> bool:
-    """Whether ``key`` is a dataclass field (e.g. ``eval.retrieval``), which a dict merges into."""
-    parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-    if not isinstance(parent, DictConfig) or leaf not in parent:
-        return False
-    node = parent._get_node(leaf)
-    return is_dataclass(node._metadata.ref_type) or is_dataclass(OmegaConf.get_type(node))
-
-
-def _finish(cfg: DictConfig) -> Config:
-    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    validate(config)
-    return config
-
-
-def validate(cfg: Config) -> None:
-    """Checks that types alone cannot express; raises AnnobootError naming the key. The options
-    of every registered method are checked by their own ``check`` (``selected``: whether the
-    configured method uses them) and ``CHOICES``."""
-    per_method = method_option_classes()
+def check_core(cfg: Config) -> None:
+    """The checks of the core sections' values that types alone cannot express (AnnobootError
+    naming the key). Options of methods, sources and probes are checked by their owners
+    (annoboot.recipe.validate calls every check)."""
     if cfg.train.precision not in PRECISIONS:
         raise AnnobootError(f"bad config: key 'train.precision' is '{cfg.train.precision}'; choose one of {', '.join(PRECISIONS)}")
-    if cfg.method.name not in per_method:
-        raise AnnobootError(f"bad config: key 'method.name' is '{cfg.method.name}'; choose one of {', '.join(per_method)}")
-    sources = {"data.annotation": cfg.data.annotation, "data.bootstrap": cfg.data.bootstrap,
-               "eval.train": cfg.eval.train, "eval.test": cfg.eval.test, "eval.retrieval": cfg.eval.retrieval}
-    for key, source in sources.items():
-        if source is not None:
-            check_source(source, key)
-    from annoboot.eval.probes import check_probe_config  # the probe registry: checked now, not after pre-training
-
-    check_probe_config(cfg.eval)
     check_scale("views.crop_scale", cfg.views.crop_scale)
     ratio = cfg.views.crop_ratio
     if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
@@ -358,14 +220,6 @@ def validate(cfg: Config) -> None:
     for key in ("steps", "batch_size", "ckpt_every", "log_every"):
         if getattr(cfg.train, key) <= 0:
             raise AnnobootError(f"bad config: key 'train.{key}' must be a positive integer, got {getattr(cfg.train, key)}")
-    selected = {c for classes in per_method[cfg.method.name].values() for c in classes}
-    for section, option_class in _unique_option_classes(per_method):
-        for key, allowed in getattr(option_class, "CHOICES", {}).items():
-            value = getattr(getattr(cfg, section), key)
-            if value not in allowed:
-                raise AnnobootError(f"bad config: key '{section}.{key}' is '{value}'; choose one of {', '.join(allowed)}")
-        if hasattr(option_class, "check"):
-            option_class.check(cfg, option_class in selected)
 
 
 def check_source(src: SourceConfig, key: str) -> None:

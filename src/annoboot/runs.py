@@ -7,10 +7,12 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
+
 import torch
 
 from annoboot import distributed
-from annoboot.config import Config, config_from_saved
+from annoboot.config import Config
 from annoboot.data import build_source
 from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.scenes import SceneSource
@@ -19,9 +21,11 @@ from annoboot.eval import evaluate, format_results_table
 from annoboot.eval.image_text import evaluate_image_text, has_text_tower
 from annoboot.eval.localisation import localisation_score
 from annoboot.eval.scene_suite import format_scene_results, scene_family
+from annoboot.eval.value_maps import compute_value_map, load_image, require_value_function
 from annoboot.export import export_backbone, load_snippet
 from annoboot.methods import Method, build_method
 from annoboot.models.encoder import Encoder
+from annoboot.recipe import config_from_saved
 from annoboot.train.checkpoint import load_checkpoint
 from annoboot.train.runtime import eager, resolve_device
 from annoboot.train.trainer import RunInterrupted, Trainer
@@ -154,4 +158,77 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-__all__ = ["RunInterrupted", "evaluate_encoder", "evaluate_method", "evaluate_run", "export_run", "load_run", "pretrain"]
+def run_directory(run: str | Path) -> Path:
+    """The run directory of a run directory or of one of its checkpoint files."""
+    path = Path(run)
+    if not path.exists():
+        raise AnnobootError(f"run not found: {path} (give a run directory or a checkpoint file)")
+    if path.is_file():
+        path = path.parent
+        if path.name == "checkpoints":
+            path = path.parent
+    return path
+
+
+def visualize_run(
+    run: str | Path,
+    out: str | Path,
+    image_index: int = 0,
+    annotation: Optional[int] = None,
+    grid: int = 8,
+    box_scale: Optional[float] = None,
+    weights: str = "online",
+    overrides: Optional[List[str]] = None,
+    curves_only: bool = False,
+) -> List[Path]:
+    """Write curves.png, agreement.png (runs that log agreement) and, for ab_* runs, value_map.png
+    with its raw grid (value_map.npy, value_map.json) into ``out``; returns the paths written.
+
+    The value map's image is ``image_index`` of the run's eval.test source.
+    """
+    from annoboot.viz import display_image, plot_agreement, plot_curves, plot_value_map, read_metrics  # matplotlib: on use
+
+    run_dir = run_directory(run)
+    out = Path(out)
+    method = None
+    if not curves_only:
+        cfg, method, device = load_run(run, weights, overrides)
+        require_value_function(method)  # fail before drawing anything
+    records = read_metrics(run_dir / "metrics.jsonl")
+    written = [plot_curves(records, out / "curves.png", title=run_dir.name)]
+    agreement = plot_agreement(records, out / "agreement.png", title=f"{run_dir.name}: bootstrap agreement by IoU")
+    if agreement is not None:
+        written.append(agreement)
+    if method is None:
+        return written
+
+    source = build_source(cfg.eval.test)
+    image = load_image(source, image_index, device)
+    vmap = compute_value_map(method, source, image, annotation, grid, box_scale)
+    name = vmap.annotations.names[vmap.chosen]
+    about = f"image {image_index}" + (f" ({image.label_name})" if image.label_name else "")
+    title = f"{cfg.method.name}, {weights} weights: {about}"
+    written.append(plot_value_map(display_image(image.batch), vmap.grid, vmap.boxes.numpy(), vmap.annotations,
+                                  vmap.chosen, out / "value_map.png", title))
+    np.save(out / "value_map.npy", vmap.grid)
+    written.append(out / "value_map.npy")
+    meta = {
+        "run": str(run),
+        "weights": weights,
+        "method": cfg.method.name,
+        "image_source": source.name,
+        "image_index": image_index,
+        "image_label": image.label_name,
+        "annotation_index": vmap.chosen,
+        "annotation": name,
+        "annotations": vmap.annotations.names,
+        "grid": grid,
+        "boxes_xyxy": vmap.boxes.tolist(),  # (G, G, 4), row i top to bottom, column j left to right
+        "probability": vmap.grid.tolist(),  # (G, G): Q(annotation | whole image, move to box [i][j])
+    }
+    (out / "value_map.json").write_text(json.dumps(meta, indent=1))
+    written.append(out / "value_map.json")
+    return written
+
+
+__all__ = ["RunInterrupted", "evaluate_encoder", "evaluate_method", "evaluate_run", "export_run", "load_run", "pretrain", "run_directory", "visualize_run"]

@@ -6,11 +6,12 @@ from dataclasses import dataclass, fields
 import pytest
 
 from annoboot import config
-from annoboot.config import SourceConfig, load_config
+from annoboot.config import SourceConfig
 from annoboot.data import SOURCE_KINDS, build_source
 from annoboot.data.registry import SOURCE_REGISTRY, SourceKind, source_option_classes
 from annoboot.data.scenes import SceneSourceOptions
 from annoboot.errors import AnnobootError
+from annoboot.recipe import load_config
 
 
 def test_every_registered_option_is_a_source_config_field():

@@ -7,20 +7,20 @@ import random
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from helpers import (
     needs_fmnist,
     one_thread,  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from annoboot.config import load_config
 from annoboot.data import build_source
 from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.scene_captions import classes_in_caption, weak_caption
 from annoboot.data.scene_generator import CHUNK, ScenesConfig, generate_scenes, resize_items
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
+from annoboot.recipe import load_config
 
 SMALL = ScenesConfig(num_scenes=120, canvas=64, items=[2, 5], item_size=[14, 36], pool_limit=3000)
 CROWDED = ScenesConfig(preset="crowded", num_scenes=120, pool_limit=3000)  # 4-6 items of 12-20 px over a grating

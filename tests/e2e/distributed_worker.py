@@ -8,7 +8,7 @@ import sys
 import torch
 
 from annoboot import distributed
-from annoboot.config import load_config
+from annoboot.recipe import load_config
 from annoboot.train import Trainer
 
 

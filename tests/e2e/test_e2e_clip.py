@@ -3,9 +3,10 @@
 import pytest
 from helpers import TINY, TINY_TEXT, needs_tuxpaint
 
-from annoboot.config import SourceConfig, load_config
+from annoboot.config import SourceConfig
 from annoboot.data import build_source
 from annoboot.eval.image_text import retrieval_recall
+from annoboot.recipe import load_config
 
 CLIP_TINY = TINY + TINY_TEXT + ["data.annotation.kind=tuxpaint", "data.annotation.limit=null", "data.annotation.num_workers=0"]
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 from helpers import SCENES, TINY, needs_fmnist
 
-from annoboot.config import load_config
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 from annoboot.eval.localisation import centres_inside, localisation_score, score_moves, summarise
 from annoboot.methods import build_method
-from annoboot.viz.value_map import grid_boxes
+from annoboot.recipe import load_config
+from annoboot.eval.value_maps import grid_boxes
 
 
 def test_a_value_function_that_knows_the_box_scores_every_item_and_a_constant_one_scores_chance():

@@ -15,13 +15,14 @@ from helpers import (
     tiny_vit,
 )
 
-from annoboot.config import EvalConfig, load_config
+from annoboot.config import EvalConfig
 from annoboot.errors import AnnobootError
 from annoboot.eval import evaluate
 from annoboot.eval.decoder_probe import DecoderHead
 from annoboot.eval.map_probe import MAPHead
 from annoboot.eval.registry import PROBE_REGISTRY, register_probe
 from annoboot.eval.token_sets import pack_token_sets
+from annoboot.recipe import load_config
 from annoboot.views import Normalize
 
 

@@ -5,8 +5,8 @@ from helpers import TINY, TINY_TEXT, TUXPAINT_ROOT, capture_bootstrap_objective,
 
 import annoboot.methods.ab_clip as ab_clip_module
 from annoboot.batch import ImageBatch
-from annoboot.config import load_config
 from annoboot.methods import ABCLIP, build_method
+from annoboot.recipe import load_config
 
 
 @needs_fmnist

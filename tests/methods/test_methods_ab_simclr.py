@@ -5,9 +5,9 @@ import torch
 from helpers import TINY, capture_bootstrap_objective, needs_fmnist
 
 import annoboot.methods.ab_simclr as ab_simclr_module
-from annoboot.config import load_config
 from annoboot.errors import AnnobootError
 from annoboot.methods import build_method
+from annoboot.recipe import load_config
 from annoboot.train import Trainer
 from annoboot.train.ema import make_target
 

@@ -3,9 +3,9 @@
 import pytest
 from helpers import TINY, TINY_TEXT, needs_fmnist
 
-from annoboot.config import load_config
 from annoboot.errors import AnnobootError
 from annoboot.methods import build_method
+from annoboot.recipe import load_config
 
 pytestmark = needs_fmnist
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from helpers import one_thread  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
 
-from annoboot.config import load_config
 from annoboot.methods.bootstrapping import ValueFunction
+from annoboot.recipe import load_config
 
 
 def test_without_action_tokens_every_move_is_the_same_token():

@@ -4,8 +4,8 @@ import torch
 from helpers import TINY, TINY_TEXT
 
 from annoboot.batch import ImageBatch
-from annoboot.config import load_config
 from annoboot.methods import build_method
+from annoboot.recipe import load_config
 
 
 def test_clip_reads_the_tokens_its_stream_made():

@@ -37,10 +37,10 @@ def test_dino_head_logits_and_value_scoring_stay_float32_under_cpu_bf16_autocast
     # the same (autocast) inputs.
     import torch.nn.functional as F
 
-    from annoboot.config import load_config
     from annoboot.methods.bootstrapping import ValueFunction
     from annoboot.models import DINOHead
     from annoboot.objectives import caption_distribution
+    from annoboot.recipe import load_config
 
     torch.manual_seed(0)
     head = DINOHead(in_dim=64, hidden_dim=64, bottleneck_dim=32, num_prototypes=256)

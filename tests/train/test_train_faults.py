@@ -10,9 +10,9 @@ import torch
 from helpers import TINY, logged_steps, needs_fmnist
 
 from annoboot import cli
-from annoboot.config import load_config
 from annoboot.errors import AnnobootError
 from annoboot.models.encoder import build_encoder
+from annoboot.recipe import load_config
 from annoboot.train import Trainer
 from annoboot.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from annoboot.train.trainer import RunInterrupted

@@ -10,11 +10,12 @@ from helpers import SCENES, TINY, TINY_TEXT, needs_fmnist
 from matplotlib.image import imread
 
 from annoboot.cli import main
-from annoboot.config import load_config, to_dict
+from annoboot.config import to_dict
 from annoboot.data import build_source
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 from annoboot.methods import build_method
+from annoboot.recipe import load_config
 from annoboot.runs import load_run, pretrain
 from annoboot.train.checkpoint import save_checkpoint
 from annoboot.views import render_full_images

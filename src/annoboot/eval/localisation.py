@@ -85,7 +85,7 @@ def localisation_score(method, source, grid: int = 8, box_scale: Optional[float]
 
     Image annotations: the crops of every item of a block of scenes, each item scored by its own
     crop; caption annotations: one prompt per class name, each class of a scene scored once."""
-    from annoboot.viz.value_map import default_box_scale, grid_boxes, load_image, value_probabilities
+    from annoboot.eval.value_maps import default_box_scale, grid_boxes, load_image, value_probabilities
     from annoboot.views import render_views
 
     name, kind = method.cfg.method.name, getattr(method, "annotation_kind", None)

@@ -10,16 +10,16 @@ from annoboot.errors import AnnobootError
 from annoboot.methods.ab_clip import ABCLIP
 from annoboot.methods.ab_dino import ABDINO
 from annoboot.methods.ab_simclr import ABSimCLR
-from annoboot.methods.base import METHOD_REGISTRY, Method, StepOutput, register_method
+from annoboot.methods.base import Method, StepOutput
 from annoboot.methods.clip import CLIP
 from annoboot.methods.dino import DINO
+from annoboot.methods.registry import DEFAULT_METHOD, METHOD_REGISTRY, register_method
 from annoboot.methods.simclr import SimCLR
 
 for _module in pkgutil.iter_modules(__path__):  # methods added as files of this package
     importlib.import_module(f"{__name__}.{_module.name}")
 
 METHODS = METHOD_REGISTRY  # name -> Method subclass
-DEFAULT_METHOD = "ab_simclr"  # method.name when a config names none
 
 
 def build_method(cfg: Config) -> Method:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Dict, List, Optional, Tuple, Type
+from typing import Callable, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
+from annoboot.methods.registry import METHOD_REGISTRY, register_method  # noqa: F401 (re-exported)
 from annoboot.models.encoder import Encoder
 
 # A metric the logger reports as a rate over its interval (summed numerator / summed
@@ -22,24 +23,6 @@ RATE_NUMERATOR, RATE_DENOMINATOR = "#numerator", "#denominator"
 def rate_metric(name: str, numerator: torch.Tensor, denominator: torch.Tensor) -> Dict[str, torch.Tensor]:
     """The two sums of rate metric ``name``, for :attr:`StepOutput.metrics`."""
     return {name + RATE_NUMERATOR: numerator, name + RATE_DENOMINATOR: denominator}
-
-
-# Every method by its method.name, filled by @register_method (annoboot.methods imports the modules).
-METHOD_REGISTRY: Dict[str, Type["Method"]] = {}
-
-
-def register_method(name: str):
-    """Class decorator: make a :class:`Method` subclass the method ``method.name=<name>``; its
-    ``config_options`` join the config schema (annoboot.config builds it from this registry)."""
-
-    def register(cls: Type["Method"]) -> Type["Method"]:
-        from annoboot.config import forget_schema
-
-        METHOD_REGISTRY[name] = cls
-        forget_schema()
-        return cls
-
-    return register
 
 
 OptionSections = Dict[str, Tuple[type, ...]]
