@@ -5,7 +5,7 @@ Pre-trains each method from configs/openclipart_{clip,ab_clip}.yaml for every se
 Paint stamps with --data tuxpaint) and prints one table with the mean and spread over seeds:
 zero-shot top-1 over the set's categories, image->text and text->image recall@1/5 on the
 held-out split, and kNN / linear / MAP of the frozen image encoder (categories as labels).
-Figures go to docs/results.md by hand, with the printed header.
+Figures go to docs/experiments/ by hand, with the printed header (a summary line in docs/results.md).
 
   python benchmarks/captioned_probes.py --seeds 0 1               # GPU recipe
   python benchmarks/captioned_probes.py --quick --data tuxpaint   # small CPU version of the same code

@@ -35,7 +35,7 @@ renders more views than a SimCLR step); ``--variants`` picks variants by name.
   python benchmarks/crowded_scenes.py --quick --table premise --seeds 0 --views 5000      # smoke run
 
 Runtime (2-core CPU, encoder-only bound about 237 ms per 512 views): SimCLR 5,000 steps is
-about 20 min plus 3-4 min of probes; see docs/results.md for each table's measured minutes.
+about 20 min plus 3-4 min of probes; see docs/experiments/crowded_scenes.md for each table's measured minutes.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Fashion-MNIST test set (weighted kNN k=20 T=0.07, linear, MAP; the recipe's eval
 prints one table: steps, views seen, pre-training minutes, then mean ± half the range over
 seeds. The same run adds the floors, probed with the same code and split: a randomly
 initialised encoder of the recipe's shape (per seed) and raw pixels (kNN and linear on the
-784 pixel values). Figures go to docs/results.md by hand, with the printed header.
+784 pixel values). Figures go to docs/experiments/ by hand, with the printed header (a summary line in docs/results.md).
 
   python benchmarks/fmnist_probes.py --recipe cpu --seeds 0 1     # configs/cpu, 2-core CPU (~1.5 h)
   python benchmarks/fmnist_probes.py --recipe gpu --seeds 0 1     # configs/fmnist_*.yaml on a GPU

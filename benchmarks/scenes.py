@@ -15,7 +15,7 @@ benchmarks/_protocol.py. The table prints the mean ± half the range over seeds 
 
 Expected H100 runtime (an estimate, not yet measured: no GPU was lent when this was written):
 about 4-6 min per run of 3000 steps (64 tokens per view, ~1000 views per step) plus about 1 min
-of probes (60k items, 60k box crops, 20k scenes). Results go to docs/results.md by hand.
+of probes (60k items, 60k box crops, 20k scenes). Results go to docs/experiments/ by hand.
 """
 
 from __future__ import annotations

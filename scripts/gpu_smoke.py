@@ -44,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
 from annoboot import distributed  # noqa: E402
-from annoboot.config import Config, load_config  # noqa: E402
+from annoboot.config import Config  # noqa: E402
+from annoboot.recipe import load_config  # noqa: E402
 from annoboot.data import ShardStream  # noqa: E402
 from annoboot.data.fashion_mnist import FashionMNISTSource  # noqa: E402
 from annoboot.data.tools import folder_to_shards  # noqa: E402

@@ -44,7 +44,7 @@ SCENE_PRESETS: Dict[str, Dict[str, Any]] = {
         "clutter_contrast": 0.3, "background": "none", "background_level": [0.2, 0.6],
         "background_contrast": [0.1, 0.3], "background_period": [4.0, 16.0],
     },
-    # Scenes where crop consistency is misled (docs/results.md, "Scenes where crop consistency
+    # Scenes where crop consistency is misled (docs/experiments/crowded_scenes.md, "Scenes where crop consistency
     # fails"): 4-6 small items with little overlap, so two crops of a scene seldom show the same
     # item, over a background grating of the scene's own orientation, period, phase, level and
     # contrast: shared by every crop of the scene, drawn apart from its items, so it says

@@ -63,7 +63,7 @@ class TextEncoder(nn.Module):
     ``fused_attn`` (as timm's attention has it; the trainer switches it off on CPU): True runs
     ``nn.TransformerEncoder`` (PyTorch's fused attention kernel), False the same layers with
     the explicit softmax(q k^T / sqrt(d) + causal mask) v, whose backward on CPU is several
-    times faster at caption lengths (docs/results.md, "The training step"). Same weights, same
+    times faster at caption lengths (docs/experiments/speed.md, "The training step"). Same weights, same
     function.
     """
 
