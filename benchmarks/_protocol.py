@@ -113,6 +113,11 @@ SCENE_CHOICES = {
     "crowded_128": {"preset": "crowded", "num_scenes": 20000, "canvas": 128, "item_size": [24, 40]},
     "crowded_128_dense": {"preset": "crowded", "num_scenes": 20000, "canvas": 128, "items": [5, 8],
                           "item_size": [20, 32], "background_contrast": [0.2, 0.4]},
+    # A plaid (three sinusoids) is a background whose identity survives SimCLR's augmentations:
+    # crops rescale every period alike (their ratios stay), a flip mirrors every orientation
+    # alike, colour jitter scales every amplitude alike.
+    "crowded_128_plaid": {"preset": "crowded", "num_scenes": 20000, "canvas": 128, "item_size": [24, 40],
+                          "background": "plaid", "background_contrast": [0.2, 0.4]},
     "crowded_plain": {"preset": "crowded", "num_scenes": 20000, "background": "none"},
     "crowded_plaid": {"preset": "crowded", "num_scenes": 20000, "background": "plaid"},
 }
