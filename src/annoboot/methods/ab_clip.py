@@ -21,12 +21,10 @@ import torch
 from annoboot import distributed
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.methods.base import Method, StepOutput, merge_options, register_method
+from annoboot.methods.base import Method, StepOutput, register_method
 from annoboot.methods.bootstrapping import (
-    BOOTSTRAP_OPTIONS,
+    AnnotationBootstrapping,
     ValueFunction,
-    ab_batch_sizes,
-    ab_loss_weight,
     bootstrap_objective,
     bootstrap_views,
     ema_targets,
@@ -37,8 +35,8 @@ from annoboot.objectives import caption_distribution, clip_loss
 
 
 @register_method("ab_clip")
-class ABCLIP(CLIP):
-    config_options = merge_options(CLIP.config_options, BOOTSTRAP_OPTIONS)
+class ABCLIP(AnnotationBootstrapping, CLIP):
+    config_options = AnnotationBootstrapping.options_with(CLIP.config_options)
     online_targets = True
     annotation_kind = "caption"
 
@@ -53,9 +51,6 @@ class ABCLIP(CLIP):
         """psi_AB of captions: L strings -> (L, embed_dim)."""
         tokens = self.tokenizer(list(annotations)).to(self.normalize.mean.device)
         return self.ab_text_head(self.text_encoder(tokens))
-
-    def batch_sizes(self) -> Dict[str, int]:
-        return ab_batch_sizes(self.cfg, self.views_per_image())
 
     def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
         m = self.cfg.method
@@ -84,10 +79,8 @@ class ABCLIP(CLIP):
                 targets = target.td_targets(tokens, boot_views, moves)
         ab_loss, metrics = bootstrap_objective(logits, targets, boxes, m.drop_self_pairs)
 
-        metrics.update(
-            {"loss/clip": base_loss.detach(), "clip/logit_scale": scale.detach(), "ab/scale": self.value_function.scale().detach()}
-        )
-        return StepOutput(base_loss + ab_loss_weight(self.cfg, step) * ab_loss, metrics)
+        metrics.update({"loss/clip": base_loss.detach(), "clip/logit_scale": scale.detach()})
+        return self.bootstrapped_step(base_loss, ab_loss, metrics, step)
 
     def td_targets(self, tokens: torch.Tensor, boot_views: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
         """Called on the EMA model: (1 - gamma) p(l | x_t) + gamma AGG Q(l | x_t, .) as (N, V, L)."""

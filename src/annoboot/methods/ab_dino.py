@@ -21,12 +21,10 @@ from torch import nn
 
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
-from annoboot.methods.base import Method, StepOutput, merge_options, register_method
+from annoboot.methods.base import Method, StepOutput, register_method
 from annoboot.methods.bootstrapping import (
-    BOOTSTRAP_OPTIONS,
+    AnnotationBootstrapping,
     ValueFunction,
-    ab_batch_sizes,
-    ab_loss_weight,
     bootstrap_objective,
     bootstrap_views,
     ema_targets,
@@ -36,8 +34,8 @@ from annoboot.objectives import teacher_distribution
 
 
 @register_method("ab_dino")
-class ABDINO(DINO):
-    config_options = merge_options(DINO.config_options, BOOTSTRAP_OPTIONS)
+class ABDINO(AnnotationBootstrapping, DINO):
+    config_options = AnnotationBootstrapping.options_with(DINO.config_options)
     annotation_kind = "prototype"
 
     def __init__(self, cfg: Config):
@@ -50,9 +48,6 @@ class ABDINO(DINO):
     def annotation_keys(self, annotations: None = None) -> torch.Tensor:
         """psi_AB of the K prototypes: (K, bottleneck), ABDINO's own embeddings."""
         return self.ab_prototypes
-
-    def batch_sizes(self) -> Dict[str, int]:
-        return ab_batch_sizes(self.cfg, self.views_per_image())
 
     def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
         assert isinstance(target, ABDINO), "ABDINO needs its EMA target network"
@@ -72,8 +67,7 @@ class ABDINO(DINO):
         ab_loss, ab_metrics = bootstrap_objective(logits, targets, boxes, m.drop_self_pairs)
 
         metrics.update(ab_metrics)
-        metrics["ab/scale"] = self.value_function.scale().detach()
-        return StepOutput(base_loss + ab_loss_weight(self.cfg, step) * ab_loss, metrics)
+        return self.bootstrapped_step(base_loss, ab_loss, metrics, step)
 
     def teacher_outputs(
         self, global_views: torch.Tensor, boot_views: torch.Tensor, moves: torch.Tensor, teacher_temp: float

@@ -25,12 +25,10 @@ from annoboot import distributed
 from annoboot.batch import ImageBatch
 from annoboot.config import Config, check_scale
 from annoboot.errors import AnnobootError
-from annoboot.methods.base import Method, StepOutput, merge_options, register_method
+from annoboot.methods.base import Method, StepOutput, register_method
 from annoboot.methods.bootstrapping import (
-    BOOTSTRAP_OPTIONS,
+    AnnotationBootstrapping,
     ValueFunction,
-    ab_batch_sizes,
-    ab_loss_weight,
     bootstrap_objective,
     bootstrap_views,
     ema_targets,
@@ -91,9 +89,9 @@ class AnnotationQueueOptions:
 
 
 @register_method("ab_simclr")
-class ABSimCLR(SimCLR):
-    config_options = merge_options(SimCLR.config_options, BOOTSTRAP_OPTIONS,
-                                   {"views": (AsymmetricMoveOptions,), "method": (AnnotationQueueOptions,)})
+class ABSimCLR(AnnotationBootstrapping, SimCLR):
+    config_options = AnnotationBootstrapping.options_with(
+        SimCLR.config_options, {"views": (AsymmetricMoveOptions,), "method": (AnnotationQueueOptions,)})
     online_targets = True
     # The reward's BatchNorm uses the running statistics of the online projector, which
     # normalises annotation views only: a view's reward then depends on that view alone, not on
@@ -117,9 +115,6 @@ class ABSimCLR(SimCLR):
         """psi_AB of annotation images: views (L, 3, S, S) in [0, 1] -> (L, proj_dim)."""
         pooled = torch.cat([self.encoder(self.normalize(chunk)).pooled for chunk in annotations.split(256)])
         return self.ab_annotation_head(pooled)
-
-    def batch_sizes(self) -> Dict[str, int]:
-        return ab_batch_sizes(self.cfg, self.views_per_image())
 
     def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
         m, v = self.cfg.method, self.cfg.views
@@ -166,9 +161,8 @@ class ABSimCLR(SimCLR):
         logits = self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys)
         ab_loss, metrics = bootstrap_objective(logits, targets, source_boxes, m.drop_self_pairs, target_boxes)
 
-        loss = base_loss + ab_loss_weight(self.cfg, step) * ab_loss
-        metrics.update({"loss/simclr": base_loss.detach(), "ab/scale": self.value_function.scale().detach()})
-        return StepOutput(loss, metrics)
+        metrics["loss/simclr"] = base_loss.detach()
+        return self.bootstrapped_step(base_loss, ab_loss, metrics, step)
 
     def td_targets(self, annotation_views: torch.Tensor, boot_views: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
         """Called on the EMA model: (1 - gamma) p(l | x_t) + gamma AGG Q(l | x_t, .) as (N, V, L)

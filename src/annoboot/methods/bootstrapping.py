@@ -24,7 +24,7 @@ from annoboot.actions import action_tokens, box_iou, relative_box, sample_crop_b
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
 from annoboot.errors import AnnobootError
-from annoboot.methods.base import EMATargetOptions, rate_metric
+from annoboot.methods.base import EMATargetOptions, OptionSections, StepOutput, merge_options, rate_metric
 from annoboot.models import LogitScale, ValueDecoder
 from annoboot.objectives import agreement_by_iou, bootstrap_loss, td_target
 from annoboot.objectives.precision import float32_matmul
@@ -102,6 +102,34 @@ BOOTSTRAP_OPTIONS = {
     "model": (ValueDecoderOptions,),
     "views": (BootstrapViewOptions,),
 }
+
+
+class AnnotationBootstrapping:
+    """What every AB<base> method adds to its base method, written once: the option classes, the
+    split of the base batch into the two streams, and the closing sum of the step
+
+        L = L_base(annotation batch) + ab_weight(step) * L_AB(bootstrap batch).
+
+    Mixed in before the base: ``class ABSimCLR(AnnotationBootstrapping, SimCLR)``. The method
+    file keeps only what differs: what an annotation is, the reward, psi_AB.
+    """
+
+    cfg: Config
+    value_function: "ValueFunction"
+
+    @staticmethod
+    def options_with(base_options: OptionSections, *extra: OptionSections) -> OptionSections:
+        """The base method's option classes, the bootstrap ones and ``extra``, each once."""
+        return merge_options(base_options, BOOTSTRAP_OPTIONS, *extra)
+
+    def batch_sizes(self) -> Dict[str, int]:
+        return ab_batch_sizes(self.cfg, self.views_per_image())  # type: ignore[attr-defined]
+
+    def bootstrapped_step(self, base_loss: torch.Tensor, ab_loss: torch.Tensor, metrics: Dict[str, torch.Tensor],
+                          step: int) -> StepOutput:
+        """The step's total loss and its metrics, with the value function's learned scale t_AB."""
+        metrics["ab/scale"] = self.value_function.scale().detach()
+        return StepOutput(base_loss + ab_loss_weight(self.cfg, step) * ab_loss, metrics)
 
 
 class ValueFunction(nn.Module):
