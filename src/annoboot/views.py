@@ -48,6 +48,13 @@ def render_views(batch: ImageBatch, boxes_xyxy_norm: torch.Tensor, out_size: int
     return views
 
 
+def render_view_major(batch: ImageBatch, boxes_xyxy_norm: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Views (V*B, C, S, S) of the boxes (B, V, 4), view-major: rows [0, B) are every image's
+    first view (the layout contrastive losses pair), channels as the batch's (rgb=False)."""
+    views = render_views(batch, boxes_xyxy_norm, out_size, rgb=False)  # image-major (B*V)
+    return views.view(len(batch), boxes_xyxy_norm.shape[1], *views.shape[1:]).transpose(0, 1).flatten(0, 1)
+
+
 def full_image_boxes(num_images: int, num_views: int = 1, device: torch.device | str = "cpu") -> torch.Tensor:
     """(B, V, 4) boxes covering each whole image."""
     return torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).expand(num_images, num_views, 4).contiguous()

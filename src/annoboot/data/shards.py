@@ -57,6 +57,7 @@ from annoboot.data.decode import (
     open_image,
 )
 from annoboot.data.stream import (
+    SEED_STRIDE,
     SkipCounter,
     Tokenize,
     _collate_to_tuple,
@@ -71,7 +72,6 @@ log = logging.getLogger(__name__)
 
 # Every extension the folder source (and so ``data write-shards``) takes is an image member.
 IMAGE_KEYS = tuple(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
-_SEED_STRIDE = 1_000_003
 
 # A reader stops after this many shard reads in a row that yielded no sample (see ShardFailures):
 # with even 80% of a set's shards broken, 50 in a row happen once in 10^5 reads.
@@ -378,7 +378,7 @@ class ShardStream:
         self._iterator: Optional[Iterator] = None
 
     def _pipeline(self) -> wds.DataPipeline:
-        seed = (self.seed * _SEED_STRIDE + self._generation) * 7919 + self.rank
+        seed = (self.seed * SEED_STRIDE + self._generation) * 7919 + self.rank
         if self.mix_weights is None:
             # deterministic: the seed mixes in rank and worker id, not the clock
             samples = [

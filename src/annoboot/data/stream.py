@@ -24,7 +24,7 @@ from annoboot.errors import AnnobootError
 logger = logging.getLogger(__name__)
 
 # Spreads nearby (seed, epoch) pairs apart so that seed s, epoch 1 is not seed s + 1, epoch 0.
-_SEED_STRIDE = 1_000_003
+SEED_STRIDE = 1_000_003
 
 # Captions -> (B, L) int64 token ids: the method's tokenizer, which streams run where they decode.
 Tokenize = Callable[[List[str]], torch.Tensor]
@@ -32,7 +32,7 @@ Tokenize = Callable[[List[str]], torch.Tensor]
 
 def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
     """(N,) int64 permutation of the source's indices visited in ``epoch``."""
-    generator = torch.Generator().manual_seed(seed * _SEED_STRIDE + epoch)
+    generator = torch.Generator().manual_seed(seed * SEED_STRIDE + epoch)
     return torch.randperm(num_images, generator=generator)
 
 

@@ -27,7 +27,7 @@ from annoboot.errors import AnnobootError
 from annoboot.methods.base import EMATargetOptions, Method, StepOutput, register_method
 from annoboot.models import DINOHead, Encoder, build_encoder
 from annoboot.objectives import dino_loss, entropy, kl_to_uniform, teacher_distribution, update_center
-from annoboot.views import Normalize, SimCLRAugment, render_views
+from annoboot.views import Normalize, SimCLRAugment, render_view_major
 
 
 @dataclass
@@ -126,9 +126,7 @@ class DINO(Method):
         return global_views, self._augmented_views(batch, local_boxes, v.local_size)
 
     def _augmented_views(self, batch: ImageBatch, boxes: torch.Tensor, size: int) -> torch.Tensor:
-        views = render_views(batch, boxes, size, rgb=False)  # image-major (B*V)
-        views = views.view(len(batch), boxes.shape[1], *views.shape[1:]).transpose(0, 1).flatten(0, 1)
-        return self.normalize(self.augment(views))
+        return self.normalize(self.augment(render_view_major(batch, boxes, size)))
 
     def teacher_logits(self, global_views: torch.Tensor) -> torch.Tensor:
         """Called on the EMA model: prototype logits (2B, K) of the global views."""

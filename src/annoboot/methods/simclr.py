@@ -13,7 +13,7 @@ from annoboot.config import Config
 from annoboot.methods.base import Method, StepOutput, register_method
 from annoboot.models import Projector, build_encoder
 from annoboot.objectives import nt_xent
-from annoboot.views import Normalize, SimCLRAugment, render_views
+from annoboot.views import Normalize, SimCLRAugment, render_view_major
 
 
 @dataclass
@@ -53,9 +53,7 @@ class SimCLR(Method):
         """Two SimCLR views per image, view-major: (2B, 3, S, S), rows [0, B) are view 1."""
         v = self.cfg.views
         boxes = sample_crop_boxes(batch.sizes, 2, v.crop_scale, v.crop_ratio)
-        views = render_views(batch, boxes, v.img_size, rgb=False)  # image-major (B*2)
-        views = views.view(len(batch), 2, *views.shape[1:]).transpose(0, 1).flatten(0, 1)
-        return self.normalize(self.augment(views))
+        return self.normalize(self.augment(render_view_major(batch, boxes, v.img_size)))
 
     def training_step(self, batches: Dict[str, ImageBatch], target: Method | None = None, step: int = 0) -> StepOutput:
         views = self.annotation_views(batches["annotation"])

@@ -23,6 +23,7 @@ from annoboot.config import Config, SourceConfig, to_dict, to_yaml
 from annoboot.data import BatchStream, ShardStream, build_source, build_stream, decode_workers
 from annoboot.data.base import ImageSource
 from annoboot.data.cache import cache_decoded
+from annoboot.data.stream import SEED_STRIDE
 from annoboot.errors import AnnobootError
 from annoboot.methods import Method, build_method
 from annoboot.train.checkpoint import latest_checkpoint, list_checkpoints, load_latest_valid, nonfinite_tensors, save_checkpoint
@@ -198,7 +199,7 @@ class Trainer:
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
         else:  # another world size: the model and data resume exactly, augmentations reseed
             log.warning("checkpoint has RNG states of %d ranks, this run has %d: reseeding", len(rngs), self.dist.world_size)
-            torch.manual_seed(self.cfg.train.seed + self.dist.rank + 1_000_003 * self.step)
+            torch.manual_seed(self.cfg.train.seed + self.dist.rank + SEED_STRIDE * self.step)
 
     def save(self) -> None:
         """Every rank calls this; rank 0 writes the one checkpoint, loadable on any world size.
