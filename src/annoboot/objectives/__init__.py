@@ -1,6 +1,6 @@
 """Pure losses: functions of tensors, no trainer, config or I/O."""
 
-from annoboot.objectives.bootstrap import (
+from annoboot.objectives.td import (
     aggregate_next_values,
     agreement_by_iou,
     bootstrap_loss,

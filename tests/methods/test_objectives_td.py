@@ -1,4 +1,4 @@
-"""annoboot.objectives.bootstrap: TD targets, the bootstrap loss and agreement by IoU."""
+"""annoboot.objectives.td: TD targets, the bootstrap loss and agreement by IoU."""
 
 import math
 
