@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from annoboot.config import Config, to_dict
 from annoboot.errors import AnnobootError
 from annoboot.recipe import load_config
-from annoboot.runs import load_run
+from annoboot.commands import load_run
 from annoboot.train.checkpoint import checkpoint_step, latest_checkpoint
 from annoboot.train.runtime import describe, resolve_device
 from annoboot.train.trainer import Trainer

@@ -35,7 +35,7 @@ from annoboot.eval.baselines import PixelEncoder
 from annoboot.methods import build_method
 from annoboot.presets import QUICK_CAPTIONED, QUICK_EVAL
 from annoboot.recipe import load_config
-from annoboot.runs import evaluate_encoder, evaluate_method
+from annoboot.commands import evaluate_encoder, evaluate_method
 from annoboot.train.runtime import resolve_device
 
 QUICK = [*QUICK_CAPTIONED, "data.annotation.num_workers=2",

@@ -47,7 +47,7 @@ from annoboot.eval.linear import linear_probe
 from annoboot.methods import build_method
 from annoboot.presets import QUICK_EVAL, QUICK_MODEL, QUICK_TRAIN, QUICK_WEIGHT_DECAY
 from annoboot.recipe import load_config
-from annoboot.runs import evaluate_encoder, evaluate_method
+from annoboot.commands import evaluate_encoder, evaluate_method
 from annoboot.train.runtime import resolve_device
 
 RECIPES = {"cpu": "configs/cpu/fmnist_{method}.yaml", "gpu": "configs/fmnist_{method}.yaml", "quick": "configs/fmnist_{method}.yaml"}

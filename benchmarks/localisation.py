@@ -16,7 +16,7 @@ import time
 
 from annoboot.data.scenes import SceneSource
 from annoboot.eval.localisation import localisation_score
-from annoboot.runs import load_run
+from annoboot.commands import load_run
 
 
 def main() -> None:

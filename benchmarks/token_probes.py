@@ -35,7 +35,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.run:
-        from annoboot.runs import load_run
+        from annoboot.commands import load_run
 
         cfg, method, _ = load_run(args.run, "online", ["train.device=cpu"])
         encoder, img_size, normalize = method.encoder, cfg.views.img_size, method.normalize

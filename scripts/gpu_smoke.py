@@ -49,7 +49,7 @@ from annoboot.recipe import load_config  # noqa: E402
 from annoboot.data import ShardStream  # noqa: E402
 from annoboot.data.fashion_mnist import FashionMNISTSource  # noqa: E402
 from annoboot.data.tools import folder_to_shards  # noqa: E402
-from annoboot.runs import evaluate_encoder  # noqa: E402
+from annoboot.commands import evaluate_encoder  # noqa: E402
 from annoboot.train import Trainer  # noqa: E402
 
 RECIPES = {

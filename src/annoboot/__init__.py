@@ -21,10 +21,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load_config": ("annoboot.recipe", "load_config"),
-    "pretrain": ("annoboot.runs", "pretrain"),
-    "evaluate": ("annoboot.runs", "evaluate_run"),
-    "export_encoder": ("annoboot.runs", "export_run"),  # not "export": the name of a submodule
-    "load_run": ("annoboot.runs", "load_run"),
+    "pretrain": ("annoboot.commands", "pretrain"),
+    "evaluate": ("annoboot.commands", "evaluate_run"),
+    "export_encoder": ("annoboot.commands", "export_run"),  # not "export": the name of a submodule
+    "load_run": ("annoboot.commands", "load_run"),
     "load_encoder": ("annoboot.embedding", "load_encoder"),
     "embed_folder": ("annoboot.embedding", "embed_folder"),
     "find_similar": ("annoboot.embedding", "find_similar"),

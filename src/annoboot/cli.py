@@ -1,4 +1,4 @@
-"""The ``annoboot`` command line: a thin layer over :mod:`annoboot.runs`."""
+"""The ``annoboot`` command line: a thin layer over :mod:`annoboot.commands`."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Imported here so that `annoboot --help` stays fast.
         from pathlib import Path
 
-        from annoboot import runs
+        from annoboot import commands as runs
         from annoboot.recipe import load_config
 
         if args.command == "pretrain":
@@ -158,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.command == "export":
             runs.export_run(args.run, args.out, args.weights)
         elif args.command == "viz":
-            from annoboot.runs import visualize_run
+            from annoboot.commands import visualize_run
 
             for path in visualize_run(args.run, args.out, args.image_index, args.annotation, args.grid, args.box_scale,
                                       args.weights, args.overrides, args.curves_only):

@@ -112,7 +112,7 @@ def load_encoder(path: str | Path, weights: str = "online", device: str | None =
     path = Path(path)
     if path.suffix == ".safetensors":
         return _load_exported(path, device)
-    from annoboot.runs import load_run  # the trainer's imports, only when a run is loaded
+    from annoboot.commands import load_run  # the trainer's imports, only when a run is loaded
 
     overrides = [] if device is None else [f"train.device={device}"]
     cfg, method, resolved = load_run(path, weights, overrides)

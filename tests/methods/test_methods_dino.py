@@ -89,7 +89,7 @@ def test_compiled_dino_specialises_each_crop_size_once_and_probes_run_eager(tiny
     # DINO's two crop sizes: one static graph each, compiled once. Probing the compiled encoder
     # afterwards (new batch sizes) used to compile a dynamic-shape graph on top (measured before
     # the fix: a 4th graph, dynamic); it must run eagerly and compile nothing.
-    from annoboot.runs import evaluate_method
+    from annoboot.commands import evaluate_method
 
     recorder = _GraphRecorder()
     compile_ = torch.compile

@@ -16,7 +16,7 @@ from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 from annoboot.methods import build_method
 from annoboot.recipe import load_config
-from annoboot.runs import load_run, pretrain
+from annoboot.commands import load_run, pretrain
 from annoboot.train.checkpoint import save_checkpoint
 from annoboot.views import render_full_images
 from annoboot.viz import annotation_keys, compute_value_map, grid_boxes, load_image, value_probabilities

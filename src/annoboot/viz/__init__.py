@@ -7,7 +7,7 @@ without a display and leaves pyplot's global state alone.
 from __future__ import annotations
 
 # Value maps are computed by eval/value_maps.py (re-exported here for drawing them); the command
-# that draws a run's pictures is annoboot.runs.visualize_run.
+# that draws a run's pictures is annoboot.commands.visualize_run.
 from annoboot.eval.value_maps import (
     ANNOTATION_SETS,
     AnnotationSet,

@@ -1,4 +1,4 @@
-"""What the CLI commands do, as functions: pre-train a run, evaluate or export its encoder."""
+"""The `annoboot` commands as functions: pre-train a run, evaluate, export or draw its encoder."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""annoboot.runs: checkpoints that do not fit give one-line errors; exports get the usual file mode."""
+"""annoboot.commands: checkpoints that do not fit give one-line errors; exports get the usual file mode."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import TINY, needs_fmnist
 
-from annoboot import runs
+from annoboot import commands
 from annoboot.errors import AnnobootError
 from annoboot.recipe import load_config
 from annoboot.train import Trainer
@@ -31,21 +31,21 @@ def test_checkpoints_that_do_not_fit_give_one_line_errors(trained_checkpoint, tm
     unknown["train"]["from_the_future"] = 1
     torch.save({**state, "config": unknown}, tmp_path / "unknown_key.pt")
     with pytest.raises(AnnobootError, match=r"unknown_key\.pt.*another annoboot version.*train\.from_the_future"):
-        runs.load_run(tmp_path / "unknown_key.pt")
+        commands.load_run(tmp_path / "unknown_key.pt")
 
     deeper = json.loads(json.dumps(state["config"]))
     deeper["model"]["backbone_kwargs"]["depth"] = 3
     torch.save({**state, "config": deeper}, tmp_path / "other_model.pt")
     with pytest.raises(AnnobootError, match=r"online weights in .*other_model\.pt do not match the model its config builds"):
-        runs.export_run(tmp_path / "other_model.pt", tmp_path / "out.safetensors")
+        commands.export_run(tmp_path / "other_model.pt", tmp_path / "out.safetensors")
 
     torch.save({"method": state["method"]}, tmp_path / "no_config.pt")
     with pytest.raises(AnnobootError, match=r"no_config\.pt is not an annoboot training checkpoint"):
-        runs.evaluate_run(tmp_path / "no_config.pt", None)
+        commands.evaluate_run(tmp_path / "no_config.pt", None)
 
 
 def test_exports_get_the_usual_file_mode(trained_checkpoint, tmp_path):
-    written = runs.export_run(trained_checkpoint, tmp_path / "backbone.safetensors")
+    written = commands.export_run(trained_checkpoint, tmp_path / "backbone.safetensors")
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask
