@@ -17,6 +17,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+SLOW_TEST_TIMEOUT = 1200  # seconds; pyproject.toml sets 300 for every other test
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT))
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     def make(*overrides: str):
