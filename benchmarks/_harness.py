@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from annoboot.config import Config, to_dict
 from annoboot.errors import AnnobootError
 from annoboot.recipe import load_config
+from annoboot.tables import format_table
 from annoboot.commands import load_run
 from annoboot.train.checkpoint import checkpoint_step, latest_checkpoint
 from annoboot.train.runtime import describe, resolve_device
@@ -167,15 +168,13 @@ Column = Tuple[str, Callable[[Dict], Optional[float]]]  # title, figure of a row
 def print_table(title: str, rows: List[Dict], columns: Sequence[Column], pairs: Sequence[tuple] = (),
                 width: int = 14, group_titles: Sequence[Tuple[str, int]] = ()) -> None:
     """Mean ± half-range per variant over seeds; then the differences of the ``pairs`` (b, a): a - b.
-    ``group_titles``: (title, number of columns) printed above the column titles."""
+    ``group_titles``: (title, number of columns) printed above the column titles. Printed by the
+    library's table printer (annoboot.tables, also behind ``annoboot compare``)."""
     by_variant: Dict[str, List[Dict]] = {}
     for row in rows:
         by_variant.setdefault(row["variant"], []).append(row)
-    lead = f"{'variant':<22}{'steps':>6}{'views':>7}{'min':>6}"
-    print(f"\n{title}")
-    if group_titles:
-        print(f"{'':<{len(lead)}}" + "".join(f"{t:>{width * n}}" for t, n in group_titles))
-    print(lead + "".join(f"{t:>{width}}" for t, _ in columns))
+    header = ["variant", "steps", "views", "min", *(t for t, _ in columns)]
+    body: List[List[str]] = []
     means: Dict[str, List[float]] = {}
     for name, rs in by_variant.items():
         cells, means[name] = [], []
@@ -185,15 +184,17 @@ def print_table(title: str, rows: List[Dict], columns: Sequence[Column], pairs: 
             means[name].append(mean)
             cells.append("-" if not values else f"{mean:7.2f} ±{half:4.2f}")
         minutes = statistics.mean(r["train_seconds"] for r in rs) / 60
-        trained = rs[0]["steps"] > 0
         views = rs[0]["views_seen"]
-        views_text = (f"{views / 1e6:.2f}M" if views >= 1e5 else f"{views / 1e3:.1f}k") if trained else "-"
-        lead_cells = f"{rs[0]['steps']:>6}{views_text:>7}{minutes:>6.1f}" if trained else f"{'-':>6}{'-':>7}{'-':>6}"
-        print(f"{name:<22}{lead_cells}" + "".join(f"{c:>{width}}" for c in cells))
+        if rs[0]["steps"] > 0:
+            lead = [str(rs[0]["steps"]), f"{views / 1e6:.2f}M" if views >= 1e5 else f"{views / 1e3:.1f}k", f"{minutes:.1f}"]
+        else:  # never trained: a floor row
+            lead = ["-", "-", "-"]
+        body.append([name, *lead, *cells])
     for base, other in pairs:
         if base in means and other in means:
-            deltas = "".join(f"{b - a:>+{width}.2f}" for a, b in zip(means[base], means[other]))
-            print(f"{other + ' - ' + base:<{len(lead)}}{deltas}")
+            body.append([f"{other} - {base}", "", "", "", *(f"{b - a:+.2f}" for a, b in zip(means[base], means[other]))])
+    print(f"\n{title}")
+    print(format_table(header, body, widths=[22, 6, 7, 6, *[width] * len(columns)], group_titles=group_titles))
 
 
 def write_json(path: Optional[str], title: str, rows: List[Dict], **header) -> None:

@@ -19,6 +19,7 @@ EPILOG = """examples:
   annoboot export runs/quickstart --out backbone.safetensors
   annoboot embed runs/quickstart /data/photos --out photos.npz
   annoboot similar photos.npz /data/photos/cat.jpg --k 8 --out cat_neighbours.png
+  annoboot compare runs/lr3e-4 runs/lr1e-3 runs/gamma0.5 --format md
   annoboot data write-shards /data/photos shards/train-%06d.tar
   annoboot data write-shards /usr/share/openclipart shards/clipart-%06d.tar --captions openclipart
   annoboot data inspect /data/photos
@@ -96,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--weights", choices=["online", "ema"], default="online")
+
+    p = sub.add_parser("compare", help="runs side by side: steps, views, wall time, every probe, the options that differ")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (their config.yaml, metrics.jsonl, eval.json)")
+    p.add_argument("--format", choices=["text", "md", "csv", "json"], default="text", help="table layout (default: aligned text)")
     return parser
 
 
@@ -157,6 +162,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"wrote {sheet} and {listing}")
         elif args.command == "export":
             runs.export_run(args.run, args.out, args.weights)
+        elif args.command == "compare":
+            from annoboot.compare import compare_runs, format_comparison
+
+            print(format_comparison(compare_runs(args.runs), args.format))
         elif args.command == "viz":
             from annoboot.commands import visualize_run
 

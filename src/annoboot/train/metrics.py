@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -64,8 +64,14 @@ class RunLogger:
         purge = start_step + 1 if start_step > 0 else None
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
         path = self.run_dir / "metrics.jsonl"
+        # Wall time and views seen add up over the run's resumes (the time a killed process spent
+        # after its last checkpoint is not counted: that work is done again).
+        self.train_seconds, self.views_seen = 0.0, 0.0
         if purge is not None and path.exists():
-            _drop_rows_after(path, start_step)
+            kept = _drop_rows_after(path, start_step)
+            if kept:
+                self.train_seconds = float(kept[-1].get("time/train_seconds", 0.0))
+                self.views_seen = float(kept[-1].get("progress/views_seen", 0.0))
         self.jsonl = open(path, "a", encoding="utf-8")
         # A slow moving average of step times (about the last 50 steps) keeps the ETA steady.
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not show_progress, unit="step", dynamic_ncols=True,
@@ -80,6 +86,10 @@ class RunLogger:
         scalars = dict(scalars)
         scalars["speed/images_per_s"] = steps * images_per_step / seconds
         scalars["speed/views_per_s"] = steps * views_per_step / seconds
+        self.train_seconds += seconds
+        self.views_seen += steps * views_per_step
+        scalars["time/train_seconds"] = self.train_seconds
+        scalars["progress/views_seen"] = self.views_seen
         self.last_time, self.last_step = now, step
         for key, value in scalars.items():
             self.writer.add_scalar(key, value, step)
@@ -99,15 +109,19 @@ class RunLogger:
         self.jsonl.close()
 
 
-def _drop_rows_after(path: Path, step: int) -> None:
-    """Keep the rows of ``path`` (JSON lines with a "step") up to ``step``; rewritten atomically."""
-    kept = []
+def _drop_rows_after(path: Path, step: int) -> List[dict]:
+    """Keep the rows of ``path`` (JSON lines with a "step") up to ``step``; rewritten atomically.
+    Returns the rows kept."""
+    kept, rows = [], []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
+            row = json.loads(line)
         except ValueError:  # a line cut short by the kill
             continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line)
+            rows.append(row)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
     tmp.replace(path)
+    return rows
