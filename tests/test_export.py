@@ -8,7 +8,9 @@ import pytest
 import timm
 import torch
 from helpers import (
+    TINY,
     TINY_VIT,
+    needs_fmnist,
     one_thread,  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
 )
 
@@ -48,3 +50,93 @@ def test_exported_backbone_reloads_in_timm_with_the_same_features(tmp_path, name
             name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=0, **encoder.create_kwargs
         ).eval()
         torch.testing.assert_close(direct(images), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model hub's folder layout: timm alone rebuilds the model and its transform.
+
+TIMM_ALONE = """
+import json, sys
+import numpy as np, timm, torch
+from PIL import Image
+folder, images, out = sys.argv[1], sys.argv[2:-1], sys.argv[-1]
+model = timm.create_model("local-dir:" + folder, pretrained=True).eval()
+transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+with torch.no_grad():
+    features = model(torch.stack([transform(Image.open(p).convert("RGB")) for p in images]))
+np.save(out, torch.nn.functional.normalize(features, dim=1).numpy())
+assert not any(name.split(".")[0] == "annoboot" for name in sys.modules), "annoboot was imported"
+"""
+
+
+@pytest.fixture(scope="module")
+def probed_run(tmp_path_factory):
+    from annoboot import commands
+    from annoboot.recipe import load_config
+
+    run = tmp_path_factory.mktemp("hub") / "run"
+    cfg = load_config(None, TINY + ["method.name=simclr", "train.steps=3", f"train.out_dir={run}", "eval.at_end=true",
+                                    "eval.probes=[knn]", "eval.train.limit=300", "eval.test.limit=100",
+                                    "data.annotation.limit=500", "train.batch_size=16"])
+    commands.pretrain(cfg, command="annoboot pretrain (test)")
+    return run
+
+
+@needs_fmnist
+def test_exported_folder_loads_in_timm_alone_with_its_transform(probed_run, tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    from annoboot import commands, load_encoder
+
+    folder = commands.export_run(probed_run, tmp_path / "hub")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["num_classes"] == 0 and config["architecture"] == "vit_tiny_patch16_224"
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]  # the training size, not timm's 224 default
+    assert config["pretrained_cfg"]["mean"] == [0.5, 0.5, 0.5] and config["pretrained_cfg"]["crop_mode"] == "squash"
+
+    # One image at the training size (no resampling on either side), one large and not square.
+    small = tmp_path / "small.png"
+    Image.fromarray(skimage.data.astronaut()).resize((32, 32), Image.Resampling.BILINEAR).save(small)
+    large = tmp_path / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).save(large)
+    out = tmp_path / "timm.npy"
+    done = subprocess.run([sys.executable, "-c", TIMM_ALONE, str(folder), str(small), str(large), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    from_timm = torch.from_numpy(np.load(out))
+    from_run = load_encoder(probed_run, device="cpu").embed([small, large])
+    torch.testing.assert_close(from_timm[0], from_run[0], atol=2e-3, rtol=0)  # fp32 both; same pixels in
+    assert float(from_timm[1] @ from_run[1]) > 0.995  # PIL's and annoboot's bilinear resampling differ slightly
+    # annoboot reads the folder too, through timm, with the same features.
+    torch.testing.assert_close(load_encoder(folder, device="cpu").embed([small, large]), from_run, atol=1e-5, rtol=0)
+
+
+@needs_fmnist
+def test_model_card_and_single_file_carry_what_the_run_was(probed_run, tmp_path):
+    from safetensors import safe_open
+
+    from annoboot import commands
+    from annoboot.errors import AnnobootError
+
+    card = (commands.export_run(probed_run, tmp_path / "hub") / "README.md").read_text()
+    figures = json.loads((probed_run / "eval.json").read_text())
+    assert "license: mit" in card and "Fashion-MNIST" in card
+    assert f"| knn | {figures['knn']:.2f} |" in card and "annoboot pretrain (test)" in card
+    assert "| steps | 3 |" in card and "| views seen | 96 |" in card  # 3 steps x 16 images x 2 views
+    assert "| hardware | CPU" in card or "| hardware | " in card
+
+    single = commands.export_run(probed_run, tmp_path / "backbone.safetensors")
+    with safe_open(str(single), "pt") as f:
+        data = json.loads(f.metadata()["data_config"])
+    assert data["input_size"] == [3, 32, 32] and data["mean"] == [0.5, 0.5, 0.5]
+    assert json.loads(metadata_path(single).read_text())["data_config"]["crop_mode"] == "squash"
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(AnnobootError, match="a_file exists and is not a folder"):
+        commands.export_run(probed_run, tmp_path / "a_file")

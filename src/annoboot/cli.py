@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from typing import List, Optional
 
@@ -16,6 +17,7 @@ EPILOG = """examples:
   annoboot pretrain --config configs/fmnist_ab_simclr.yaml --resume
   annoboot pretrain --config configs/quickstart.yaml --overwrite   # replace the run in train.out_dir
   annoboot eval runs/quickstart --out runs/quickstart/eval.json
+  annoboot export runs/quickstart --out exported/quickstart           # timm.create_model("local-dir:exported/quickstart")
   annoboot export runs/quickstart --out backbone.safetensors
   annoboot embed runs/quickstart /data/photos --out photos.npz
   annoboot similar photos.npz /data/photos/cat.jpg --k 8 --out cat_neighbours.png
@@ -93,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curves-only", action="store_true", help="skip the value map (runs without a value function)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.device=cpu eval.test.root=...")
 
-    p = sub.add_parser("export", help="write a run's backbone as timm-loadable safetensors")
+    p = sub.add_parser("export", help="write a run's backbone for timm: a hub folder with its transform and card, or one file")
     p.add_argument("run", help="run directory or checkpoint file")
-    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--out", required=True, help="a folder (model.safetensors, config.json, README.md: timm's local-dir: "
+                   "and the model hub's layout) or a .safetensors file (with a .json beside it)")
     p.add_argument("--weights", choices=["online", "ema"], default="online")
 
     p = sub.add_parser("compare", help="runs side by side: steps, views, wall time, every probe, the options that differ")
@@ -117,6 +120,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The command as typed, recorded beside the figures it measures (eval.json).
+    command = "annoboot " + " ".join(shlex.quote(arg) for arg in (sys.argv[1:] if argv is None else argv))
     try:
         # Imported here so that `annoboot --help` stays fast.
         from pathlib import Path
@@ -127,12 +132,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "pretrain":
             if args.resume and args.overwrite:
                 raise AnnobootError("--resume continues the run in train.out_dir and --overwrite moves it aside: pass one")
-            runs.pretrain(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
+            runs.pretrain(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite,
+                          command=command)
         elif args.command == "eval":
             out = args.out
             if out is None and Path(args.run).is_dir():
                 out = str(Path(args.run) / "eval.json")
-            runs.evaluate_run(args.run, out, args.weights, args.overrides)
+            runs.evaluate_run(args.run, out, args.weights, args.overrides, command=command)
         elif args.command == "data":
             from annoboot.data import tools
 

@@ -22,7 +22,9 @@ from annoboot.eval.image_text import evaluate_image_text, has_text_tower
 from annoboot.eval.localisation import localisation_score
 from annoboot.eval.scene_suite import format_scene_results, scene_family
 from annoboot.eval.value_maps import compute_value_map, load_image, require_value_function
-from annoboot.export import export_backbone, load_snippet
+from annoboot.compare import run_summary
+from annoboot.export import CARD_FILE, CONFIG_FILE, SUFFIX, WEIGHTS_FILE, data_config, export_backbone, export_folder, load_snippet
+from annoboot.model_card import data_licence, model_card
 from annoboot.methods import Method, build_method
 from annoboot.models.encoder import Encoder
 from annoboot.recipe import config_from_saved
@@ -74,11 +76,12 @@ def evaluate_method(method: Method, cfg: Config, device: torch.device, progress:
     return results
 
 
-def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
+def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False, command: Optional[str] = None) -> dict:
     """Pre-train, then (if ``eval.at_end``) probe the encoder; returns the run's summary.
 
     ``resume``: continue from the newest valid checkpoint in ``train.out_dir``; ``overwrite``:
-    move a run already in that folder aside instead of refusing it. Raises RunInterrupted
+    move a run already in that folder aside instead of refusing it; ``command``: the command line,
+    recorded in eval.json beside the figures it measured. Raises RunInterrupted
     (an AnnobootError with ``exit_code`` 130/143) when SIGINT/SIGTERM stopped the run after
     its checkpoint was saved.
     """
@@ -93,6 +96,8 @@ def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict
     if cfg.eval.at_end and trainer.step >= cfg.train.steps and trainer.dist.is_main:  # probes: rank 0 only
         log.info("probing the encoder: %s", ", ".join(cfg.eval.probes))
         results = evaluate_method(trainer.method, cfg, trainer.device, progress=cfg.train.progress)
+        if command:
+            results["command"] = command
         write_json(trainer.run_dir / "eval.json", results)
         print(format_results_table(results, f"{cfg.method.name} on {cfg.data.annotation.kind}, step {trainer.step}"))
         for line in format_scene_results(results.get("scene_probes", {})):
@@ -124,11 +129,14 @@ def load_run(path: str | Path, weights: str = "online", overrides: Optional[List
     return cfg, method.to(device).eval(), device
 
 
-def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "online", overrides: Optional[List[str]] = None) -> dict:
+def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "online", overrides: Optional[List[str]] = None,
+                 command: Optional[str] = None) -> dict:
     cfg, method, device = load_run(path, weights, overrides)
     results = evaluate_method(method, cfg, device, progress=True)
     results["checkpoint"] = str(path)
     results["weights"] = weights
+    if command:
+        results["command"] = command
     if out is not None:
         write_json(Path(out), results)
     print(format_results_table(results, f"{cfg.method.name} ({weights} weights) from {path}"))
@@ -143,11 +151,23 @@ def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "on
 
 
 def export_run(path: str | Path, out: str | Path, weights: str = "online") -> Path:
+    """The run's backbone: ``out`` ending in .safetensors is one file (and its .json), any other
+    ``out`` a folder in the model hub's layout with a model card (annoboot.export)."""
     cfg, method, _ = load_run(path, weights)
     encoder = method.encoder
     convention = {"img_size": cfg.views.img_size, "mean": list(cfg.views.mean), "std": list(cfg.views.std)}
-    written = export_backbone(encoder, out, encoder.backbone_name, encoder.create_kwargs, convention)
-    print(f"wrote {written}\nload it with:\n{load_snippet(written, encoder.backbone_name, encoder.create_kwargs)}")
+    if Path(out).suffix == SUFFIX:
+        written = export_backbone(encoder, out, encoder.backbone_name, encoder.create_kwargs, convention)
+        print(f"wrote {written}\nload it with:\n{load_snippet(written, encoder.backbone_name, encoder.create_kwargs)}")
+        return written
+    summary = run_summary(run_directory(path))
+    licence = data_licence(cfg)
+    card = model_card(summary, cfg, weights, encoder, licence)
+    written = export_folder(encoder, out, data_config(cfg.views.img_size, cfg.views.mean, cfg.views.std), card,
+                            tag=f"annoboot-{cfg.method.name}", licence=licence.spdx)
+    print(f"wrote {written} ({WEIGHTS_FILE}, {CONFIG_FILE}, {CARD_FILE})\nload it with:\n"
+          f"  import timm\n  model = timm.create_model('local-dir:{Path(written).resolve()}', pretrained=True).eval()\n"
+          f"  transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))")
     return written
 
 

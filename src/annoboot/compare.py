@@ -65,7 +65,7 @@ def _read_json(path: Path) -> Dict[str, Any]:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise AnnobootError(f"{path}: not a readable JSON file ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise AnnobootError(f"{path}: expected a JSON object of probe results, found {type(data).__name__}")
+        raise AnnobootError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
 
 
@@ -85,7 +85,8 @@ def _last_metrics(path: Path) -> Dict[str, Any]:
 
 def run_summary(run: str | Path) -> Dict[str, Any]:
     """One run folder -> {"run", "method", "data", "steps", "views_seen", "train_seconds",
-    "figures", "options", "evaluated"}; AnnobootError naming the folder when it is not a run."""
+    "figures", "evaluated", "eval_command", "hardware", "options"}; AnnobootError naming the
+    folder when it is not a run. Figures a run did not log (older runs) are None."""
     folder = Path(run)
     config_path = folder / "config.yaml"
     if not folder.is_dir():
@@ -109,6 +110,9 @@ def run_summary(run: str | Path) -> Dict[str, Any]:
         described += f" + {kinds[1]} (bootstrap)"
     last = _last_metrics(folder / "metrics.jsonl")
     eval_path = folder / "eval.json"
+    environment_path = folder / "environment.json"
+    environment = _read_json(environment_path) if environment_path.exists() else {}
+    results = _read_json(eval_path) if eval_path.exists() else {}
     return {
         "run": str(run),
         "method": config["method"].get("name", "?"),
@@ -116,8 +120,10 @@ def run_summary(run: str | Path) -> Dict[str, Any]:
         "steps": last.get("step"),
         "views_seen": last.get("progress/views_seen"),
         "train_seconds": last.get("time/train_seconds"),
-        "figures": probe_figures(_read_json(eval_path)) if eval_path.exists() else {},
+        "figures": probe_figures(results),
         "evaluated": eval_path.exists(),
+        "eval_command": results.get("command"),
+        "hardware": environment.get("hardware"),
         "options": options,
     }
 

@@ -33,6 +33,7 @@ from annoboot.data.image_folder import ImageFolderSource
 from annoboot.data.stream import pad_collate
 from annoboot.data.workers import decode_workers
 from annoboot.errors import AnnobootError
+from annoboot.export import is_exported_folder
 from annoboot.models.encoder import Encoder
 from annoboot.train.runtime import autocast_context, resolve_device
 from annoboot.views import Normalize, render_full_images
@@ -104,7 +105,8 @@ def _as_uint8(image: ImageLike, img_size: int) -> torch.Tensor:
 
 
 def load_encoder(path: str | Path, weights: str = "online", device: str | None = None) -> PretrainedEncoder:
-    """A run directory, a checkpoint file or an exported ``.safetensors`` -> PretrainedEncoder.
+    """A run directory, a checkpoint file, an exported ``.safetensors`` or an exported folder
+    (``annoboot export RUN --out FOLDER``) -> PretrainedEncoder.
 
     ``weights``: 'online' or 'ema' (runs and checkpoints only). ``device``: e.g. 'cpu', 'cuda';
     default: the run's ``train.device`` ('auto': a GPU when there is one).
@@ -112,6 +114,8 @@ def load_encoder(path: str | Path, weights: str = "online", device: str | None =
     path = Path(path)
     if path.suffix == ".safetensors":
         return _load_exported(path, device)
+    if is_exported_folder(path):
+        return _load_exported_folder(path, device)
     from annoboot.commands import load_run  # the trainer's imports, only when a run is loaded
 
     overrides = [] if device is None else [f"train.device={device}"]
@@ -146,6 +150,31 @@ def _load_exported(path: Path, device: str | None) -> PretrainedEncoder:
     encoder = Encoder(backbone, meta["backbone"], kwargs).to(resolved).eval()
     normalize = Normalize(meta.get("mean", defaults.mean), meta.get("std", defaults.std)).to(resolved)
     return PretrainedEncoder(encoder, img_size, normalize, resolved, str(path), "exported", meta["backbone"], kwargs)
+
+
+def _load_exported_folder(path: Path, device: str | None) -> PretrainedEncoder:
+    """A folder in the model hub's layout, read by timm itself (local-dir:), fed as its
+    pretrained_cfg says."""
+    import timm
+
+    try:
+        backbone = timm.create_model(f"local-dir:{path}", pretrained=True)
+    except Exception as exc:
+        raise AnnobootError(f"cannot load the exported folder {path} with timm: {str(exc).splitlines()[0]}") from None
+    cfg = backbone.pretrained_cfg
+    input_size = cfg.get("input_size") or (3, 224, 224)
+    if input_size[1] != input_size[2] or cfg.get("crop_mode", "squash") != "squash":
+        log.warning("%s: its transform (input %s, crop %s) is not annoboot's square resize; embed resizes to %d px squares",
+                    path, input_size, cfg.get("crop_mode"), input_size[1])
+    from annoboot.export import CONFIG_FILE
+
+    kwargs = dict(json.loads((path / CONFIG_FILE).read_text()).get("model_args", {}))
+    kwargs.pop("num_classes", None)
+    resolved = resolve_device(device or "auto")
+    name = cfg.get("architecture", "")
+    encoder = Encoder(backbone, name, kwargs).to(resolved).eval()
+    normalize = Normalize(cfg.get("mean"), cfg.get("std")).to(resolved)
+    return PretrainedEncoder(encoder, int(input_size[1]), normalize, resolved, str(path), "exported", name, kwargs)
 
 
 # ------------------------------------------------------------------ a folder

@@ -7,6 +7,7 @@ schedule, checkpoints and exact resume, metrics and progress. Methods only compu
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
+import timm
 import timm.optim
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -29,7 +31,7 @@ from annoboot.methods import Method, build_method
 from annoboot.train.checkpoint import latest_checkpoint, list_checkpoints, load_latest_valid, nonfinite_tensors, save_checkpoint
 from annoboot.train.ema import ema_update, make_target, relative_distance
 from annoboot.train.metrics import MetricAccumulator, RunLogger
-from annoboot.train.runtime import autocast_context, compile_for_training, prepare_for_device, resolve_device
+from annoboot.train.runtime import autocast_context, compile_for_training, describe, prepare_for_device, resolve_device
 from annoboot.train.schedules import cosine, ema_momentum, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -317,6 +319,11 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+            # Where the latest session ran (the model card and `annoboot compare` quote it).
+            environment = {"hardware": describe(self.device, t.precision, t.compile), "world_size": self.dist.world_size,
+                           "annoboot": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            (self.run_dir / "environment.json").write_text(json.dumps(environment, indent=2) + "\n")
         images_per_step = sum(self.method.batch_sizes().values())
         logger = RunLogger(self.run_dir, t.steps, self.step, t.progress) if main else None
         accumulator = MetricAccumulator()
