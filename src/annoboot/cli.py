@@ -21,6 +21,8 @@ EPILOG = """examples:
   annoboot export runs/quickstart --out backbone.safetensors
   annoboot embed runs/quickstart /data/photos --out photos.npz
   annoboot similar photos.npz /data/photos/cat.jpg --k 8 --out cat_neighbours.png
+  annoboot similar photos.npz --text "a red bag" --out red_bag.png       # CLIP / ABCLIP runs
+  annoboot zero-shot runs/scenes_clip /data/photos --labels "a bag,a shoe,a shirt" --out labels.json
   annoboot compare runs/lr3e-4 runs/lr1e-3 runs/gamma0.5 --format md
   annoboot data write-shards /data/photos shards/train-%06d.tar
   annoboot data write-shards /usr/share/openclipart shards/clipart-%06d.tar --captions openclipart
@@ -78,11 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=4096, help="images per resumable chunk")
     p.add_argument("--device", help="cpu, cuda, ... (default: the run's train.device)")
 
-    p = sub.add_parser("similar", help="nearest neighbours of an image in an embeddings file: PNG sheet and JSON")
+    p = sub.add_parser("similar", help="nearest neighbours of an image (or a sentence) in an embeddings file: PNG sheet and JSON")
     p.add_argument("embeddings", help=".npz written by `annoboot embed`")
-    p.add_argument("image", help="a file of the embedded folder, or any image (embedded now)")
+    p.add_argument("image", nargs="?", help="a file of the embedded folder, or any image (embedded now)")
+    p.add_argument("--text", help="rank by a sentence instead of an image (files embedded by a CLIP or ABCLIP run)")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--out", required=True, help="contact sheet .png; the neighbours go to the same name with .json")
+
+    p = sub.add_parser("zero-shot", help="label a folder's images from a list of labels (CLIP and ABCLIP runs)")
+    p.add_argument("encoder", help="run directory, checkpoint file or exported folder of a caption model")
+    p.add_argument("folder", help="folder of images (searched recursively)")
+    p.add_argument("--labels", help="comma-separated labels, e.g. 'a bag,a shoe,a shirt'")
+    p.add_argument("--labels-file", help="a text file of labels, one per line (# comments allowed)")
+    p.add_argument("--top", type=int, default=3, help="labels kept per image (default 3)")
+    p.add_argument("--out", help="JSON file of each image's top labels and scores (default: printed only)")
+    p.add_argument("--weights", choices=["online", "ema"], default="online")
+    p.add_argument("--device", help="cpu, cuda, ... (default: the run's train.device)")
 
     p = sub.add_parser("viz", help="draw a run's training curves, IoU agreement and (ab_* runs) a value map as PNGs")
     p.add_argument("run", help="run directory or checkpoint file")
@@ -158,7 +171,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             if args.k <= 0:
                 raise AnnobootError(f"--k must be a positive number of neighbours, got {args.k}")
-            query, neighbours, meta = embedding.find_similar(args.embeddings, args.image, args.k)
+            if (args.image is None) == (args.text is None):
+                raise AnnobootError("similar: give an image or --text \"a sentence\" (one of them)")
+            if args.text is not None:
+                from annoboot.text_search import find_by_text
+
+                matches, meta = find_by_text(args.embeddings, args.text, args.k)
+                query, neighbours = f"text: {args.text}", [embedding.Neighbour(m.name, m.score) for m in matches]
+            else:
+                query, neighbours, meta = embedding.find_similar(args.embeddings, args.image, args.k)
             sheet = embedding.contact_sheet(query, neighbours, meta["folder"], args.out)
             listing = Path(args.out).with_suffix(".json")
             listing.write_text(json.dumps({"query": query, "folder": meta["folder"],
@@ -166,6 +187,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             for n in neighbours:
                 print(f"{n.score:.4f}  {n.name}")
             print(f"wrote {sheet} and {listing}")
+        elif args.command == "zero-shot":
+            import json
+
+            from annoboot import embedding
+            from annoboot.text_search import parse_labels, zero_shot_folder
+
+            labels = parse_labels(args.labels, args.labels_file)
+            encoder = embedding.load_encoder(args.encoder, args.weights, args.device)
+            result = zero_shot_folder(encoder, args.folder, labels, args.top)
+            for item in result["images"]:
+                print(f"{item['image']}  " + ", ".join(f"{l['label']} {l['score']:.3f}" for l in item["labels"]))
+            skipped = sum(result["skipped"].values())
+            if skipped:
+                print(f"{skipped} file(s) skipped: {result['skipped']}")
+            if args.out:
+                Path(args.out).write_text(json.dumps(result, indent=2))
+                print(f"wrote {args.out}")
         elif args.command == "export":
             runs.export_run(args.run, args.out, args.weights)
         elif args.command == "compare":

@@ -25,6 +25,7 @@ from annoboot.eval.value_maps import compute_value_map, load_image, require_valu
 from annoboot.compare import run_summary
 from annoboot.export import CARD_FILE, CONFIG_FILE, SUFFIX, WEIGHTS_FILE, data_config, export_backbone, export_folder, load_snippet
 from annoboot.model_card import data_licence, model_card
+from annoboot.text_tower import save_text_tower, text_tower_of
 from annoboot.methods import Method, build_method
 from annoboot.models.encoder import Encoder
 from annoboot.recipe import config_from_saved
@@ -165,7 +166,11 @@ def export_run(path: str | Path, out: str | Path, weights: str = "online") -> Pa
     card = model_card(summary, cfg, weights, encoder, licence)
     written = export_folder(encoder, out, data_config(cfg.views.img_size, cfg.views.mean, cfg.views.std), card,
                             tag=f"annoboot-{cfg.method.name}", licence=licence.spdx)
-    print(f"wrote {written} ({WEIGHTS_FILE}, {CONFIG_FILE}, {CARD_FILE})\nload it with:\n"
+    files = [WEIGHTS_FILE, CONFIG_FILE, CARD_FILE]
+    tower = text_tower_of(method)
+    if tower is not None:  # caption models: the text half beside the image backbone
+        files += [p.name for p in save_text_tower(tower, written)]
+    print(f"wrote {written} ({', '.join(files)})\nload it with:\n"
           f"  import timm\n  model = timm.create_model('local-dir:{Path(written).resolve()}', pretrained=True).eval()\n"
           f"  transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))")
     return written

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from annoboot.export import is_exported_folder
 from annoboot.models.encoder import Encoder
 from annoboot.train.runtime import autocast_context, resolve_device
 from annoboot.views import Normalize, render_full_images
+
+if TYPE_CHECKING:  # imported where used: the text half needs open_clip's tokenizer
+    from annoboot.text_tower import TextTower
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class PretrainedEncoder:
     weights: str = "online"
     backbone: str = ""
     create_kwargs: Dict = field(default_factory=dict)
+    text: Optional["TextTower"] = None  # caption models (CLIP, ABCLIP): the text half of the joint space
 
     @property
     def model(self) -> torch.nn.Module:
@@ -76,9 +80,40 @@ class PretrainedEncoder:
 
     @torch.inference_mode()
     def embed_batch(self, batch: ImageBatch) -> torch.Tensor:
+        return self._pooled(batch)[0]
+
+    @torch.inference_mode()
+    def _pooled(self, batch: ImageBatch, joint: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(L2-normalised pooled features, and with ``joint`` their joint-space embeddings), CPU."""
         with autocast_context(self.device, "auto"):
             pooled = self.encoder(render_full_images(batch.to(self.device), self.img_size, self.normalize)).pooled
-        return F.normalize(pooled.float(), dim=1).cpu()
+        projected = self.text.project(pooled) if joint and self.text is not None else None
+        return F.normalize(pooled.float(), dim=1).cpu(), projected
+
+    def embed_joint_batch(self, batch: ImageBatch) -> torch.Tensor:
+        """(B, embed_dim) L2-normalised joint-space embeddings (caption models only)."""
+        if self.text is None:
+            from annoboot.text_tower import no_text_tower
+
+            raise no_text_tower(self.source)
+        return self._pooled(batch, joint=True)[1]
+
+    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, embed_dim) L2-normalised embeddings of sentences in the joint space, comparable
+        with :meth:`embed_joint` of images (CLIP and ABCLIP runs; a one-line error otherwise)."""
+        if self.text is None:
+            from annoboot.text_tower import no_text_tower
+
+            raise no_text_tower(self.source)
+        return self.text.embed_text(texts)
+
+    def embed_joint(self, images: Sequence[ImageLike], batch_size: int = 256) -> torch.Tensor:
+        """(N, embed_dim) L2-normalised joint-space embeddings of images (caption models only)."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            batch, _ = pad_collate([(_as_uint8(image, self.img_size), None) for image in images[start : start + batch_size]])
+            out.append(self.embed_joint_batch(batch))
+        return torch.cat(out) if out else torch.empty(0, self.text.settings["embed_dim"] if self.text else 0)
 
     def embed(self, images: Sequence[ImageLike], batch_size: int = 256) -> torch.Tensor:
         """(N, D) float32 L2-normalised embeddings of ``images``, in order (a bad file raises)."""
@@ -119,10 +154,12 @@ def load_encoder(path: str | Path, weights: str = "online", device: str | None =
     from annoboot.commands import load_run  # the trainer's imports, only when a run is loaded
 
     overrides = [] if device is None else [f"train.device={device}"]
+    from annoboot.text_tower import text_tower_of
+
     cfg, method, resolved = load_run(path, weights, overrides)
     encoder = method.encoder.eval()
     return PretrainedEncoder(encoder, cfg.views.img_size, Normalize(cfg.views.mean, cfg.views.std).to(resolved), resolved,
-                             str(path), weights, encoder.backbone_name, dict(encoder.create_kwargs))
+                             str(path), weights, encoder.backbone_name, dict(encoder.create_kwargs), text_tower_of(method))
 
 
 def _load_exported(path: Path, device: str | None) -> PretrainedEncoder:
@@ -174,7 +211,10 @@ def _load_exported_folder(path: Path, device: str | None) -> PretrainedEncoder:
     name = cfg.get("architecture", "")
     encoder = Encoder(backbone, name, kwargs).to(resolved).eval()
     normalize = Normalize(cfg.get("mean"), cfg.get("std")).to(resolved)
-    return PretrainedEncoder(encoder, int(input_size[1]), normalize, resolved, str(path), "exported", name, kwargs)
+    from annoboot.text_tower import load_text_tower
+
+    return PretrainedEncoder(encoder, int(input_size[1]), normalize, resolved, str(path), "exported", name, kwargs,
+                             load_text_tower(path, resolved))
 
 
 # ------------------------------------------------------------------ a folder
@@ -207,6 +247,11 @@ class _FolderFiles(Dataset):
         return image, reason, index
 
 
+def folder_batches(source: ImageFolderSource, indices: range, batch_size: int, workers: int = 0):
+    """(batch or None, indices of its images, [(index, reason) of the undecodable]) per batch."""
+    return DataLoader(_FolderFiles(source, indices), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+
+
 def _collate(items):
     good = [(image, None) for image, _, _ in items if image is not None]
     batch = pad_collate(good)[0] if good else None
@@ -236,7 +281,7 @@ def embed_folder(encoder: PretrainedEncoder, folder: str | Path, out: str | Path
     for c in range(chunks):
         indices = range(c * chunk_size, min((c + 1) * chunk_size, len(names)))
         part = parts / f"part-{c:06d}.npz"
-        if _part_matches(part, names[indices.start : indices.stop]):
+        if _part_matches(part, names[indices.start : indices.stop], joint=encoder.text is not None):
             reused += 1
         else:
             _embed_chunk(encoder, source, indices, names, part, batch_size, workers)
@@ -245,10 +290,12 @@ def embed_folder(encoder: PretrainedEncoder, folder: str | Path, out: str | Path
     if bar is not None:
         bar.close()
 
-    embeddings, kept, skipped = [], [], Counter()
+    embeddings, joint, kept, skipped = [], [], [], Counter()
     for c in range(chunks):
         with np.load(parts / f"part-{c:06d}.npz") as part:
             embeddings.append(part["embeddings"])
+            if encoder.text is not None:
+                joint.append(part["joint"])
             kept.extend(part["names"][part["kept"]].tolist())
             skipped.update(json.loads(str(part["skipped"])))
     if not kept:
@@ -256,40 +303,45 @@ def embed_folder(encoder: PretrainedEncoder, folder: str | Path, out: str | Path
     meta = {"encoder": encoder.source, "weights": encoder.weights, "img_size": encoder.img_size,
             "folder": str(root.resolve()), "skipped": dict(skipped)}
     tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, names=np.array(kept), embeddings=np.concatenate(embeddings), meta=np.array(json.dumps(meta)))
+    arrays = {"joint": np.concatenate(joint)} if joint else {}  # caption models: the joint space, for text search
+    np.savez(tmp, names=np.array(kept), embeddings=np.concatenate(embeddings), meta=np.array(json.dumps(meta)), **arrays)
     tmp.replace(out)
     shutil.rmtree(parts)
     return EmbedReport(out, len(kept), dict(skipped), time.perf_counter() - started, reused)
 
 
-def _part_matches(part: Path, names: List[str]) -> bool:
+def _part_matches(part: Path, names: List[str], joint: bool = False) -> bool:
     if not part.is_file():
         return False
     try:
         with np.load(part) as saved:
-            return saved["names"].tolist() == names
+            return saved["names"].tolist() == names and (not joint or "joint" in saved.files)
     except Exception:  # a part cut short: computed again
         return False
 
 
 def _embed_chunk(encoder: PretrainedEncoder, source: ImageFolderSource, indices: range, names: List[str], part: Path,
                  batch_size: int, workers: int) -> None:
-    loader = DataLoader(_FolderFiles(source, indices), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     vectors: List[torch.Tensor] = [torch.empty(0, encoder.encoder.width)]
+    joint: List[torch.Tensor] = [torch.empty(0, encoder.text.settings["embed_dim"])] if encoder.text is not None else []
     kept: List[int] = []
     reasons: Counter = Counter()
-    for batch, good, bad in loader:
+    for batch, good, bad in folder_batches(source, indices, batch_size, workers):
         for index, reason in bad:
             log.debug("skipping %s: %s", names[index], reason)
             reasons[reason or "unreadable"] += 1
         if batch is not None:
-            vectors.append(encoder.embed_batch(batch))
+            pooled, projected = encoder._pooled(batch, joint=encoder.text is not None)
+            vectors.append(pooled)
+            if projected is not None:
+                joint.append(projected)
             kept.extend(good)
     mask = np.zeros(len(indices), dtype=bool)
     mask[[i - indices.start for i in kept]] = True
     tmp = part.with_name(part.name + ".tmp.npz")
+    arrays = {"joint": torch.cat(joint).numpy()} if joint else {}
     np.savez(tmp, names=np.array(names[indices.start : indices.stop]), kept=mask, embeddings=torch.cat(vectors).numpy(),
-             skipped=np.array(json.dumps(dict(reasons))))
+             skipped=np.array(json.dumps(dict(reasons))), **arrays)
     tmp.replace(part)
 
 
@@ -349,7 +401,10 @@ def _relative_to(image: Path, folder: Path) -> Optional[str]:
 
 
 def contact_sheet(query: str, neighbours: List[Neighbour], folder: str | Path, out: str | Path, thumb: int = 112) -> Path:
-    """A PNG row: the query, then each neighbour with its cosine similarity."""
+    """A PNG row: the query (an image path, or "text: <sentence>" drawn as words), then each
+    neighbour with its cosine similarity."""
+    import textwrap
+
     from PIL import ImageDraw
 
     folder, out = Path(folder), Path(out)
@@ -358,6 +413,11 @@ def contact_sheet(query: str, neighbours: List[Neighbour], folder: str | Path, o
     sheet = Image.new("RGB", (thumb * len(tiles), thumb + label_h), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (path, label) in enumerate(tiles):
+        if i == 0 and query.startswith("text: "):
+            words = textwrap.wrap(query[len("text: "):], width=max(8, thumb // 7))
+            draw.multiline_text((4, 4), "\n".join(words[: max(1, thumb // 14)]), fill="black")
+            draw.text((4, thumb + 2), "query (text)", fill="black")
+            continue
         try:
             with Image.open(path) as im:
                 tile = im.convert("RGB")

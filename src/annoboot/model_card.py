@@ -83,6 +83,10 @@ def model_card(summary: Dict[str, Any], cfg: Config, weights: str, encoder: Enco
         'features = model(transform(Image.open("photo.jpg").convert("RGB")).unsqueeze(0))  # (1, D)',
         "```", "", "With annoboot: `annoboot.load_encoder(PATH_TO_THIS_FOLDER).embed([...])` or "
         "`annoboot embed PATH_TO_THIS_FOLDER IMAGES --out emb.npz`.", "",
+        *(["This is a caption model: `text_tower.safetensors` and `text_config.json` hold its text encoder (CLIP BPE "
+           "tokenizer), so `annoboot.load_encoder(PATH_TO_THIS_FOLDER).embed_text([\"a red bag\"])`, "
+           "`annoboot similar EMB --text \"a red bag\"` and `annoboot zero-shot PATH_TO_THIS_FOLDER IMAGES --labels a,b` "
+           "work from the folder.", ""] if getattr(cfg.method, "name", "") in ("clip", "ab_clip") else []),
         "## Probe figures", "",
     ]
     figures = summary.get("figures") or {}
