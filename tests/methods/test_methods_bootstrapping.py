@@ -176,3 +176,46 @@ def test_ab_loss_weight_ramps_linearly_over_its_warmup_fraction_then_holds():
     out = AnnotationBootstrapping.bootstrapped_step(method, torch.tensor(1.0), torch.tensor(3.0), {}, step=2)
     assert out.loss.item() == pytest.approx(1.0 + 0.4 * 3.0)  # weight 2 * 2 / 10
     assert out.metrics["ab/scale"].item() == pytest.approx(10.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# method.action_range against the images' aspect ratios.
+
+def test_moves_past_the_action_range_are_refused_with_the_range_they_need():
+    """On a 3:1 image (300 x 100 px) the crop (0, 0, 0.125, 0.4) covers 5% of the area at a
+    pixel aspect of 37.5 / 40, inside the default [3/4, 4/3]; the move from it to the whole
+    image is (0, 0, 8, 2.5), past R = 6, and its coordinate 8 would be clipped into the last bin.
+    Caught break: the watch removed (moves clipped without a word)."""
+    from annoboot.errors import AnnobootError
+
+    value_function = ValueFunction(load_config(None, []), token_width=8, annotation_dim=4)
+    assert value_function.value_range == 6.0 and value_function.largest_move is None
+    narrow_and_whole = torch.tensor([[[0.0, 0.0, 0.125, 0.4], [0.0, 0.0, 1.0, 1.0]]])
+    value_function.moves(narrow_and_whole)
+    assert value_function.largest_move.item() == pytest.approx(8.0)
+    with pytest.raises(AnnobootError, match=r"'method\.action_range' is 6, but moves .* reach 8\.00 .* "
+                                            r"set method\.action_range=8 or more"):
+        value_function.check_move_range(value_function.largest_move.item())
+    # Square quarters reach 2 (the move to the whole image, (0, 0, 2, 2)): nothing to refuse.
+    square = ValueFunction(load_config(None, []), token_width=8, annotation_dim=4)
+    square.moves(QUARTERS_AND_WHOLE[None])
+    assert square.largest_move.item() == pytest.approx(2.0)
+    square.check_move_range(square.largest_move.item())
+
+
+@pytest.mark.parametrize("width, height, reaches_past_6", [(64, 64, False), (112, 63, True), (96, 32, True)],
+                         ids=["square", "16:9", "3:1"])
+def test_default_bootstrap_crops_reach_past_the_default_range_only_on_non_square_images(width, height, reaches_past_6):
+    """The default crops (scale 0.05-1, ratio 3/4-4/3) stay within R = 6 on squares (at most
+    1 / sqrt(0.05 * 0.75) = 5.16) but not on 16:9 or 3:1 images (bounds 6.9 and 8.9; 6.3 and
+    8.1 reached by these 40000 crops)."""
+    from annoboot.actions import sample_crop_boxes
+
+    cfg = load_config(None, [])
+    torch.manual_seed(0)
+    boxes = sample_crop_boxes(torch.tensor([[height, width]] * 10000), 4, cfg.views.bootstrap_scale, cfg.views.crop_ratio)
+    value_function = ValueFunction(cfg, token_width=8, annotation_dim=4)
+    value_function.moves(boxes)
+    reach = value_function.largest_move.item()
+    assert (reach > 6.0) == reaches_past_6, reach
+    assert reach < {64: 5.17, 112: 6.9, 96: 8.95}[width]
