@@ -144,3 +144,15 @@ def test_a_scene_source_without_items_is_named():
     test = scenes("test", 3)
     with pytest.raises(Exception, match="no items"):
         in_context_features(PatchCentreClass(), test, NORMALIZE, max_items=0)
+
+
+def test_box_token_mask_reads_boxes_as_x0_y0_x1_y1_worked_by_hand():
+    """A 2 x 4 token grid (rows x cols), row-major: token centres at y = 0.25, 0.75 and
+    x = 0.125, 0.375, 0.625, 0.875. Box (0, 0, 0.5, 1) is the left half: tokens 0, 1, 4, 5;
+    box (0.5, 0.5, 1, 1) the bottom-right quarter: tokens 6, 7. Caught break: the coordinates
+    read as (y0, x0, y1, x1) (the left half becomes the top row, tokens 0-3)."""
+    from annoboot.eval.in_context import box_token_mask
+
+    mask = box_token_mask(torch.tensor([[0.0, 0.0, 0.5, 1.0], [0.5, 0.5, 1.0, 1.0]]), (2, 4))
+    assert mask.nonzero()[:, 1][mask.nonzero()[:, 0] == 0].tolist() == [0, 1, 4, 5]
+    assert mask.nonzero()[:, 1][mask.nonzero()[:, 0] == 1].tolist() == [6, 7]

@@ -40,3 +40,35 @@ def test_linear_probe_on_fashion_mnist_pixels_beats_70_percent():
         pixels(train), train.labels, pixels(test), test.labels, num_classes=10, epochs=10, batch_size=256
     )
     assert result["test_acc"] > 70
+
+
+def _two_clusters(num: int, seed: int):
+    """Class 0 at x0 = -3, class 1 at x0 = +3 (noise 0.1): linearly separable by hand."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(num) % 2
+    features = 0.1 * torch.randn(num, 4, generator=generator)
+    features[:, 0] += 6.0 * labels - 3.0
+    return features, labels
+
+
+def test_linearly_separable_features_score_100():
+    """Known answer: two clusters 6 apart with noise 0.1 are classified without a mistake."""
+    train_x, train_y = _two_clusters(200, seed=0)
+    test_x, test_y = _two_clusters(50, seed=1)
+    result = linear_probe(train_x, train_y, test_x, test_y, num_classes=2, lrs=(0.1,), epochs=10, batch_size=32)
+    assert result["test_acc"] == 100.0 and result["val_acc"] == 100.0
+
+
+def test_the_learning_rate_is_chosen_on_the_validation_split_even_when_test_favours_another():
+    """lr 0 leaves the head at zero (every row class 0); lr 0.1 learns the clusters (val 100).
+    The test split is all class 0 but sits on class 1's cluster: there the zero head scores 100
+    and the learned one 0. The probe must pick lr 0.1 on val and report its test score, 0.
+    Caught break: the learning rate selected on the test split."""
+    train_x, train_y = _two_clusters(200, seed=0)
+    test_x = _two_clusters(20, seed=1)[0][1::2]  # class 1's cluster ...
+    test_y = torch.zeros(10, dtype=torch.long)  # ... labelled class 0
+    result = linear_probe(train_x, train_y, test_x, test_y, num_classes=2, lrs=(0.0, 0.1), epochs=5, batch_size=32,
+                          val_fraction=0.25)
+    assert result["best_lr"] == 0.1 and result["val_acc"] == 100.0
+    assert result["val_acc_by_lr"]["0"] < 100.0  # the zero head is worse on val ...
+    assert result["test_acc"] == 0.0  # ... and the score reported is the val-chosen head's

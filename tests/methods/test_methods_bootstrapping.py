@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import one_thread  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
 
@@ -16,3 +17,205 @@ def test_without_action_tokens_every_move_is_the_same_token():
     assert with_moves.moves(boxes).unique().numel() > 1
     moves = without.moves(boxes)
     assert moves.shape == (1, 3, 3, 4) and moves.unique().numel() == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The TD target of an EMA model, worked by hand (method.md section 2).
+
+class _FixedValues:
+    """A value function whose EMA predictions Q(l | x_t, a_{t->t'}) are given: its logits are
+    log Q, so the softmax in ema_targets gives Q back. Checks it is handed the tokens and moves."""
+
+    def __init__(self, q, tokens, moves):
+        self.q, self.tokens, self.moves = q, tokens, moves
+
+    def logits(self, source_tokens, moves, annotation_keys):
+        assert source_tokens is self.tokens and moves is self.moves and annotation_keys.shape == (2, 5)
+        return self.q.log()
+
+
+def _two_images_three_views():
+    # Image 0: Q from view t to view t' (rows t, entries t'), 2 annotations. Image 1: the same
+    # with the annotations swapped, so averaging over images or swapping them shows.
+    q0 = torch.tensor([[[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]],
+                       [[0.3, 0.7], [0.5, 0.5], [0.1, 0.9]],
+                       [[0.5, 0.5], [0.7, 0.3], [0.4, 0.6]]])
+    q = torch.stack([q0, q0.flip(-1)])  # (N=2, V=3, V=3, L=2)
+    # The reward p(l | x_t) of the 6 target views, image-major as the encoder returns them.
+    reward = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.8], [0.6, 0.4], [1.0, 0.0]])
+    tokens, moves = torch.zeros(6, 1, 8), torch.zeros(2, 3, 3, 4, dtype=torch.long)
+    return q, reward, tokens, moves
+
+
+def test_ema_targets_with_gamma_mix_the_reward_with_the_mean_next_value_worked_by_hand():
+    """y(l | x_t) = 0.5 p(l | x_t) + 0.5 mean_{t' != t} Q(l | x_t, a_{t->t'}), per image.
+    Caught breaks: the reward read view-major instead of image-major; the mean taken over the
+    source axis instead of the next moves; the softmax over views instead of annotations."""
+    from annoboot.methods.bootstrapping import ema_targets
+
+    q, reward, tokens, moves = _two_images_three_views()
+    cfg = load_config(None, ["method.gamma=0.5", "method.aggregate=mean"])
+    y = ema_targets(cfg, reward, _FixedValues(q, tokens, moves), tokens, moves, lambda: torch.zeros(2, 5))
+    # Image 0, view 0: mean of Q to views 1, 2 = [(0.2 + 0.6) / 2, (0.8 + 0.4) / 2] = [0.4, 0.6];
+    # y = 0.5 [1, 0] + 0.5 [0.4, 0.6] = [0.7, 0.3]. View 1: moves to 0, 2 give [0.2, 0.8], so
+    # y = [0.1, 0.9]. View 2: moves to 0, 1 give [0.6, 0.4], y = 0.5 [0.5, 0.5] + that / 2.
+    # Image 1 (annotations swapped in Q): means [0.6, 0.4], [0.8, 0.2], [0.4, 0.6].
+    expected = torch.tensor([[[0.7, 0.3], [0.1, 0.9], [0.55, 0.45]],
+                             [[0.4, 0.6], [0.7, 0.3], [0.7, 0.3]]])
+    assert torch.allclose(y, expected, atol=1e-6), y
+
+
+def test_ema_targets_follow_the_configured_aggregate_and_skip_q_at_gamma_zero():
+    """aggregate=max: max over next moves per annotation, renormalised; gamma=0: the reward
+    alone, without calling psi_AB. Caught breaks: cfg.method.aggregate ignored (mean always);
+    Q evaluated (and psi_AB computed) at gamma 0."""
+    from annoboot.methods.bootstrapping import ema_targets
+
+    q, reward, tokens, moves = _two_images_three_views()
+    cfg = load_config(None, ["method.gamma=0.5", "method.aggregate=max"])
+    y = ema_targets(cfg, reward, _FixedValues(q, tokens, moves), tokens, moves, lambda: torch.zeros(2, 5))
+    # Image 0, view 2: max over moves to 0, 1 = [0.7, 0.5] -> [7/12, 5/12];
+    # y = 0.5 [0.5, 0.5] + 0.5 [7/12, 5/12] = [13/24, 11/24].
+    assert torch.allclose(y[0, 2], torch.tensor([13 / 24, 11 / 24]), atol=1e-6), y[0, 2]
+
+    def no_keys():
+        raise AssertionError("psi_AB computed at gamma 0")
+
+    y = ema_targets(load_config(None, ["method.gamma=0"]), reward, None, tokens, moves, no_keys)
+    assert torch.equal(y, reward.view(2, 3, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Q(l | x_s, a_{s->t}): which tokens and which move each entry reads.
+
+# Image 0's three views: top-left quarter, bottom-right quarter, whole image.
+QUARTERS_AND_WHOLE = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+# Their moves s -> t (the target in the source's frame), as tokens with 25 bins over [-6, 6]:
+# bin = floor((x + 6) / 12 * 25), so x = -1, 0, 0.5, 1, 2 -> 10, 12, 13, 14, 16 (no value on an edge).
+HAND_MOVE_TOKENS = torch.tensor([
+    [[12, 12, 14, 14], [14, 14, 16, 16], [12, 12, 16, 16]],  # from the top-left quarter: stay, (1, 1, 2, 2), (0, 0, 2, 2)
+    [[10, 10, 12, 12], [12, 12, 14, 14], [10, 10, 14, 14]],  # from the bottom-right quarter: (-1, -1, 0, 0), stay, (-1, -1, 1, 1)
+    [[12, 12, 13, 13], [13, 13, 14, 14], [12, 12, 14, 14]],  # from the whole image: (0, 0, .5, .5), (.5, .5, 1, 1), stay
+])
+
+
+def _value_function(*overrides):
+    torch.manual_seed(0)
+    cfg = load_config(None, ["method.action_bins=25", "method.action_range=6.0", *overrides])
+    return ValueFunction(cfg, token_width=8, annotation_dim=4).eval()
+
+
+def test_moves_are_the_target_boxes_in_the_source_frame_as_tokens_worked_by_hand():
+    """moves[n, s, t] is the move from view s to view t. Caught break: source and target
+    swapped in moves_between (the move t -> s)."""
+    boxes = torch.stack([QUARTERS_AND_WHOLE, QUARTERS_AND_WHOLE.flip(0)])  # image 1: the views reversed
+    moves = _value_function().moves(boxes)
+    assert moves.shape == (2, 3, 3, 4)
+    assert torch.equal(moves[0], HAND_MOVE_TOKENS)
+    assert torch.equal(moves[1], HAND_MOVE_TOKENS.flip(0, 1))
+
+
+def test_value_logits_read_view_s_tokens_with_the_move_s_to_t():
+    """logits[n, s, t] = Q(. | x_s, a_{s->t}): the decoder run on view s's own tokens with the
+    move s -> t alone. Every view has its own tokens, so reading view t's tokens, or the move
+    t -> s, or the views view-major, changes the entry. Caught breaks: the (N*S*V) output
+    reshaped (N, V, S) and transposed; source tokens read view-major."""
+    value_function = _value_function()
+    torch.manual_seed(1)
+    tokens = torch.randn(2 * 3, 5, 8)  # image-major: row n * 3 + s holds view s of image n
+    moves = torch.stack([HAND_MOVE_TOKENS, HAND_MOVE_TOKENS.flip(0, 1)])
+    keys = torch.randn(4, 4)
+    with torch.no_grad():
+        logits = value_function.logits(tokens, moves, keys)
+        assert logits.shape == (2, 3, 3, 4)
+        for n in range(2):
+            for s in range(3):
+                for t in range(3):
+                    alone = value_function.decoder(tokens[n * 3 + s][None], moves[n, s, t].view(1, 1, 4))
+                    expected = value_function.score(alone, keys)[0, 0]
+                    assert torch.allclose(logits[n, s, t], expected, atol=1e-5), (n, s, t)
+        # The entries differ from each other, so the comparison above can tell them apart.
+        assert (logits[0, 0, 1] - logits[0, 1, 0]).abs().max() > 1e-3
+        assert (logits[0, 0, 1] - logits[1, 0, 1]).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# The learned scale t_AB and the bootstrap loss weight.
+
+def test_logit_scale_is_capped_at_100_and_stops_its_gradient_there():
+    """t = exp(log t) capped at 100 (as in CLIP). Caught break: the clamp removed (t grows past 100)."""
+    from annoboot.models import LogitScale
+
+    assert LogitScale(10.0)().item() == pytest.approx(10.0)
+    over = LogitScale(1000.0)
+    value = over()
+    assert value.item() == pytest.approx(100.0)
+    value.backward()
+    assert over.log_scale.grad.item() == 0.0  # past the cap, no gradient pushes it further
+    assert LogitScale(50.0, max_value=20.0)().item() == pytest.approx(20.0)
+    # t_AB of the value function: initial method.ab_init_scale, capped at 100.
+    value_function = _value_function("method.ab_init_scale=7")
+    assert value_function.scale().item() == pytest.approx(7.0)
+    with torch.no_grad():
+        value_function.scale.log_scale.fill_(10.0)  # e^10 = 22026
+    assert value_function.scale().item() == pytest.approx(100.0)
+
+
+def test_ab_loss_weight_ramps_linearly_over_its_warmup_fraction_then_holds():
+    """ab_weight 2, warm-up 0.1 of 100 steps: 0 at step 0, 1 at step 5, 2 from step 10 on; the
+    step's loss is base + weight * bootstrap. Caught breaks: the ramp off by a step
+    ((step + 1) / ramp), no cap at ab_weight, the weight not applied in the total."""
+    from types import SimpleNamespace
+
+    from annoboot.methods.bootstrapping import AnnotationBootstrapping, ab_loss_weight
+
+    cfg = load_config(None, ["method.ab_weight=2.0", "method.ab_weight_warmup=0.1", "train.steps=100"])
+    assert [ab_loss_weight(cfg, step) for step in (0, 5, 10, 50, 99)] == pytest.approx([0.0, 1.0, 2.0, 2.0, 2.0])
+    assert ab_loss_weight(load_config(None, ["method.ab_weight=2.0"]), 0) == 2.0  # no warm-up: full weight at once
+    method = SimpleNamespace(cfg=cfg, value_function=_value_function())
+    out = AnnotationBootstrapping.bootstrapped_step(method, torch.tensor(1.0), torch.tensor(3.0), {}, step=2)
+    assert out.loss.item() == pytest.approx(1.0 + 0.4 * 3.0)  # weight 2 * 2 / 10
+    assert out.metrics["ab/scale"].item() == pytest.approx(10.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# method.action_range against the images' aspect ratios.
+
+def test_moves_past_the_action_range_are_refused_with_the_range_they_need():
+    """On a 3:1 image (300 x 100 px) the crop (0, 0, 0.125, 0.4) covers 5% of the area at a
+    pixel aspect of 37.5 / 40, inside the default [3/4, 4/3]; the move from it to the whole
+    image is (0, 0, 8, 2.5), past R = 6, and its coordinate 8 would be clipped into the last bin.
+    Caught break: the watch removed (moves clipped without a word)."""
+    from annoboot.errors import AnnobootError
+
+    value_function = ValueFunction(load_config(None, []), token_width=8, annotation_dim=4)
+    assert value_function.value_range == 6.0 and value_function.largest_move is None
+    narrow_and_whole = torch.tensor([[[0.0, 0.0, 0.125, 0.4], [0.0, 0.0, 1.0, 1.0]]])
+    value_function.moves(narrow_and_whole)
+    assert value_function.largest_move.item() == pytest.approx(8.0)
+    with pytest.raises(AnnobootError, match=r"'method\.action_range' is 6, but moves .* reach 8\.00 .* "
+                                            r"set method\.action_range=8 or more"):
+        value_function.check_move_range(value_function.largest_move.item())
+    # Square quarters reach 2 (the move to the whole image, (0, 0, 2, 2)): nothing to refuse.
+    square = ValueFunction(load_config(None, []), token_width=8, annotation_dim=4)
+    square.moves(QUARTERS_AND_WHOLE[None])
+    assert square.largest_move.item() == pytest.approx(2.0)
+    square.check_move_range(square.largest_move.item())
+
+
+@pytest.mark.parametrize("width, height, reaches_past_6", [(64, 64, False), (112, 63, True), (96, 32, True)],
+                         ids=["square", "16:9", "3:1"])
+def test_default_bootstrap_crops_reach_past_the_default_range_only_on_non_square_images(width, height, reaches_past_6):
+    """The default crops (scale 0.05-1, ratio 3/4-4/3) stay within R = 6 on squares (at most
+    1 / sqrt(0.05 * 0.75) = 5.16) but not on 16:9 or 3:1 images (bounds 6.9 and 8.9; 6.3 and
+    8.1 reached by these 40000 crops)."""
+    from annoboot.actions import sample_crop_boxes
+
+    cfg = load_config(None, [])
+    torch.manual_seed(0)
+    boxes = sample_crop_boxes(torch.tensor([[height, width]] * 10000), 4, cfg.views.bootstrap_scale, cfg.views.crop_ratio)
+    value_function = ValueFunction(cfg, token_width=8, annotation_dim=4)
+    value_function.moves(boxes)
+    reach = value_function.largest_move.item()
+    assert (reach > 6.0) == reaches_past_6, reach
+    assert reach < {64: 5.17, 112: 6.9, 96: 8.95}[width]

@@ -86,3 +86,41 @@ def test_agreement_by_iou_counts_pairs_per_bucket():
     hits, counts = agreement_by_iou(logits, target, iou, (0.0, 1e-6, 0.5, 1.0001))
     assert counts.tolist() == [2.0, 0.0, 2.0]
     assert hits.tolist() == [1.0, 0.0, 2.0]
+
+
+def test_bootstrap_loss_drop_self_pairs_divides_by_the_off_diagonal_pairs_of_every_image():
+    """The divisor pinned: with self pairs dropped the loss is the mean over N * V * (V - 1)
+    pairs, not over N * V * V (a zeroed diagonal), nor per image or per source view alone.
+    Caught breaks: dividing the off-diagonal sum by N * V * V; averaging over one image's pairs."""
+    # Target one-hot on annotation 0; logits (0, log k) cost -log(1 / (1 + k)) = log(1 + k):
+    # log 2 for image 0's moves, log 4 for image 1's, log 8 for every stay-here pair.
+    target = torch.tensor([1.0, 0.0]).expand(2, 3, 2)
+    logits = torch.zeros(2, 3, 3, 2)
+    logits[0, ..., 1] = math.log(1)
+    logits[1, ..., 1] = math.log(3)
+    logits[:, torch.arange(3), torch.arange(3), 1] = math.log(7)
+    log2 = math.log(2)
+    # Dropped: (6 log 2 + 6 log 4) / 12 = 1.5 log 2; kept: (6 + 12 + 18) log 2 / 18 = 2 log 2.
+    assert bootstrap_loss(logits, target, drop_self_pairs=True).item() == pytest.approx(1.5 * log2, rel=1e-6)
+    assert bootstrap_loss(logits, target, drop_self_pairs=False).item() == pytest.approx(2.0 * log2, rel=1e-6)
+
+
+def test_agreement_by_iou_puts_interior_edges_in_the_bucket_they_open():
+    """The published buckets (0, 0-0.2, 0.2-0.5, 0.5-0.8, 0.8-1): an IoU of exactly 0.2, 0.5 or 0.8
+    belongs to the bucket that starts there (edges[k] <= iou < edges[k+1]).
+    Caught breaks: ``iou > edge`` instead of ``>=`` (0.2, 0.5, 0.8 fall one bucket low); bucket
+    names out of step with the edges."""
+    from annoboot.methods.bootstrapping import IOU_EDGES, IOU_NAMES
+
+    assert IOU_NAMES == ("0", "0-0.2", "0.2-0.5", "0.5-0.8", "0.8-1")
+    # One image, 3 x 3 pairs; pair (s, t) has the IoU below. Targets: annotation 0 for every view.
+    iou = torch.tensor([[[0.0, 0.1, 0.2], [0.35, 0.5, 0.65], [0.8, 0.9, 1.0]]])
+    target = torch.tensor([1.0, 0.0]).expand(1, 3, 2)
+    logits = torch.zeros(1, 3, 3, 2)
+    logits[..., 0] = 1.0  # every prediction annotation 0 (a hit) ...
+    logits[0, 0, 2, 0] = -1.0  # ... but the pairs at IoU 0.2 and 0.8 miss
+    logits[0, 2, 0, 0] = -1.0
+    hits, counts = agreement_by_iou(logits, target, iou, IOU_EDGES)
+    # Buckets: {0}, {0.1}, {0.2, 0.35}, {0.5, 0.65}, {0.8, 0.9, 1.0}
+    assert counts.tolist() == [1.0, 1.0, 2.0, 2.0, 3.0]
+    assert hits.tolist() == [1.0, 1.0, 1.0, 2.0, 2.0]

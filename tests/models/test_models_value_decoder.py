@@ -67,3 +67,18 @@ def test_value_decoder_forward_and_backward_need_no_host_sync(fused, monkeypatch
         assert out.shape == (3, 4, 8)
     assert all(call.get("attn_mask") is None and not call.get("is_causal", False) for call in attention_calls)
     assert bool(attention_calls) == fused
+
+
+@pytest.mark.parametrize("memory_rows", [1, 2])
+def test_memory_of_another_batch_size_than_the_queries_is_refused(memory_rows):
+    """One source view's tokens per row of moves. 3 query rows over a memory of 1 x 6 tokens
+    would otherwise be reshaped into 3 rows of 2 tokens. Caught break: the check removed."""
+    from annoboot.models.value_decoder import CrossAttention
+
+    attention = CrossAttention(width=8, num_heads=2)
+    with pytest.raises(ValueError, match=rf"3 query rows \(sources of moves\) but memory for {memory_rows}"):
+        attention(torch.randn(3, 4, 8), torch.randn(memory_rows, 6, 8))
+    decoder = ValueDecoder(token_width=8, width=8, depth=1, num_heads=2, num_bins=16, out_dim=4)
+    with pytest.raises(ValueError, match="one memory per row of queries"):
+        decoder(torch.randn(memory_rows, 6, 8), torch.randint(0, 16, (3, 2, 4)))
+    assert attention(torch.randn(3, 4, 8), torch.randn(3, 6, 8)).shape == (3, 4, 8)

@@ -102,3 +102,27 @@ def test_only_streams_that_decode_share_the_cores_as_workers(tiny_config, tmp_pa
     trainer = Trainer(tiny_config("method.name=ab_simclr", bootstrap))
     assert trainer.streams["annotation"].num_workers == 0  # Fashion-MNIST, in memory
     assert trainer.streams["bootstrap"].num_workers == 7  # the one decoding stream: all cores but the loop's
+
+
+def test_moves_past_the_action_range_on_wide_images_stop_the_run_at_its_first_log(tiny_config, tmp_path):
+    """Bootstrap images of 10:1: their crops are narrow along the long side, so moves reach past
+    method.action_range = 6 (clipped into the edge bins; 4 images x 4 crops a step reach past 6
+    with probability 0.7). The run refuses at its first log step, naming the option and the
+    range needed; with R = 17 (above the bound 1 / sqrt(0.05 / (4/3 x 10)) = 16.3) it trains.
+    Caught break: the trainer's check removed (the run goes on with clipped moves)."""
+    from annoboot.errors import AnnobootError
+
+    folder = tmp_path / "wide"
+    _write_photos(folder, 24, size=(160, 16))
+    source = f"{{kind: image_folder, root: {folder}, num_workers: 0}}"
+    wide = [f"data.annotation={source}", f"data.bootstrap={source}", "train.batch_size=16",
+            "train.steps=2", "train.log_every=2"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny steps: a second thread only spins on a busy machine
+    try:
+        with pytest.raises(AnnobootError, match=r"'method\.action_range' is 6, but moves .* set method\.action_range=\d"):
+            Trainer(tiny_config("method.name=ab_simclr", *wide)).fit()
+        last = Trainer(tiny_config("method.name=ab_simclr", *wide, "method.action_range=17"), overwrite=True).fit()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.isfinite(torch.tensor(last["loss/total"]))

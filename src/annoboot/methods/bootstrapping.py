@@ -13,6 +13,7 @@ annotation keys the method supplies (a head over annotation views, a prototype m
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Dict, Iterator, List, Optional, Tuple
 
@@ -150,13 +151,29 @@ class ValueFunction(nn.Module):
             mlp_ratio=model.decoder_mlp_ratio,
         )
         self.scale = LogitScale(m.ab_init_scale)  # t_AB
+        # The largest |relative coordinate| of the moves tokenised so far, kept on the device and
+        # read only by check_move_range (no host sync per step); None before the first move.
+        self.largest_move: Optional[torch.Tensor] = None
 
     def move_tokens(self, relative_boxes: torch.Tensor) -> torch.Tensor:
         """(..., 4) target boxes in their source view's frame -> (..., 4) action token ids."""
         tokens = action_tokens(relative_boxes, self.num_bins, self.value_range)
         if not self.use_moves:  # ablation: one constant move, so Q predicts the average over moves
             return torch.zeros_like(tokens)
+        # Crops of non-square images are narrow along the long side, so their moves reach
+        # further than on squares (16:9 past the default R = 6): watched, as they would be clipped.
+        reach = relative_boxes.detach().abs().amax().float()
+        self.largest_move = reach if self.largest_move is None else torch.maximum(self.largest_move, reach)
         return tokens
+
+    def check_move_range(self, largest_move: float) -> None:
+        """Refuse to go on when a move reached past method.action_range: its coordinates were
+        clipped into the edge bins, so moves of different lengths became one token."""
+        if largest_move > self.value_range:
+            raise AnnobootError(
+                f"bad config: key 'method.action_range' is {self.value_range:g}, but moves between bootstrap crops "
+                f"reach {largest_move:.2f} (crops of non-square images are narrow along the long side) and were "
+                f"clipped; set method.action_range={math.ceil(largest_move * 10) / 10:g} or more")
 
     def moves(self, boxes_xyxy: torch.Tensor) -> torch.Tensor:
         """(N, V, 4) view boxes -> (N, V_source, V_target, 4) action token ids, all pairs."""

@@ -37,6 +37,11 @@ class CrossAttention(nn.Module):
 
     def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         batch, num_queries, width = queries.shape
+        # One memory per row of queries: a memory of another batch size would be reshaped into
+        # rows of the wrong length (one source's tokens split over three sources) without error.
+        if memory.shape[0] != batch:
+            raise ValueError(f"cross-attention needs one memory per row of queries: {batch} query rows "
+                             f"(sources of moves) but memory for {memory.shape[0]} (source views' tokens)")
         q = self.q(queries).view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv(memory).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.fused_attn:

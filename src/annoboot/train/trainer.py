@@ -223,6 +223,15 @@ class Trainer:
         if firsts:
             raise self._diverged(f"loss became non-finite at step {min(firsts) + 1}")
 
+    def check_move_range(self) -> None:
+        """Raise if an AB method's moves reached past method.action_range since the start (at log
+        steps only: one host read; collective, so every rank raises)."""
+        value_function = getattr(self.method, "value_function", None)
+        if value_function is None or value_function.largest_move is None:
+            return
+        reach = max(distributed.gather(value_function.largest_move.reshape(1)).tolist())
+        value_function.check_move_range(reach)
+
     def _diverged(self, what: str) -> AnnobootError:
         t = self.cfg.train
         latest = latest_checkpoint(self.run_dir)
@@ -347,6 +356,7 @@ class Trainer:
                         else:
                             last = scalars
                         self.check_finite()
+                        self.check_move_range()
                     # Ranks must agree to stop; under torch.distributed they compare at log steps.
                     stopping = stop.requested if self.dist.world_size == 1 else at_log and distributed.any_rank(stop.requested)
                     if self.step % t.ckpt_every == 0 or self.step == t.steps or stopping:
