@@ -9,12 +9,12 @@ from helpers import TINY
 
 from annoboot.recipe import load_config
 
-# Under pytest-xdist (scripts/test.sh runs one worker per core) each worker, and every process
-# its tests start, computes on one thread: two workers of two threads each on 2 cores would
-# fight over them (spinning OpenMP threads slow small ops down a hundredfold).
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+# Every test computes on one thread, whatever the runner: under pytest-xdist (scripts/test.sh
+# runs one worker per core) two workers of two threads each on 2 cores would fight over them
+# (spinning OpenMP threads slow small ops down a hundredfold), and the learning tests' margins
+# were measured on one thread: the same run on another thread count sums in another order.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 SLOW_TEST_TIMEOUT = 1200  # seconds; pyproject.toml sets 300 for every other test
