@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -30,6 +32,7 @@ from annoboot.methods import Method, build_method
 from annoboot.models.encoder import Encoder
 from annoboot.recipe import config_from_saved
 from annoboot.train.checkpoint import load_checkpoint
+from annoboot.train.run_lock import hold_run_lock, live_holder
 from annoboot.train.runtime import eager, resolve_device
 from annoboot.train.trainer import RunInterrupted, Trainer
 from annoboot.views import Normalize
@@ -86,6 +89,14 @@ def pretrain(cfg: Config, resume: bool = False, overwrite: bool = False, command
     (an AnnobootError with ``exit_code`` 130/143) when SIGINT/SIGTERM stopped the run after
     its checkpoint was saved.
     """
+    # Rank 0 owns the run folder from before the model is built to after the probes: a second
+    # process on it stops at once, naming this one (train/run_lock.py).
+    owner = hold_run_lock(cfg.train.out_dir) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    with owner:
+        return _pretrain(cfg, resume, overwrite, command)
+
+
+def _pretrain(cfg: Config, resume: bool, overwrite: bool, command: Optional[str]) -> dict:
     trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
     try:
         last = trainer.fit()
@@ -111,7 +122,12 @@ def load_run(path: str | Path, weights: str = "online", overrides: Optional[List
     """A run directory or checkpoint file -> (its config with overrides, method with weights loaded)."""
     if weights not in ("online", "ema"):
         raise AnnobootError(f"--weights must be 'online' or 'ema', got '{weights}'")
+    folder = Path(path) if Path(path).is_dir() else None
+    holder = live_holder(folder) if folder is not None else None
     state = load_checkpoint(path)
+    if holder is not None:
+        log.warning("%s is still training (pid %s on %s): reading its newest complete checkpoint, step %s",
+                    path, holder.get("pid", "?"), holder.get("host", "?"), state.get("step", "?"))
     if not isinstance(state.get("config"), dict) or "method" not in state:
         raise AnnobootError(f"{path} is not an annoboot training checkpoint (it holds no config or no weights)")
     cfg = config_from_saved(state["config"], overrides, origin=f"the config saved in {path}")

@@ -31,6 +31,7 @@ from annoboot.methods import Method, build_method
 from annoboot.train.checkpoint import latest_checkpoint, list_checkpoints, load_latest_valid, nonfinite_tensors, save_checkpoint
 from annoboot.train.ema import ema_update, make_target, relative_distance
 from annoboot.train.metrics import MetricAccumulator, RunLogger
+from annoboot.train.run_lock import LOCK_FILE, hold_run_lock
 from annoboot.train.runtime import autocast_context, compile_for_training, describe, prepare_for_device, resolve_device
 from annoboot.train.schedules import cosine, ema_momentum, warmup_cosine
 
@@ -266,8 +267,12 @@ class Trainer:
                 "--resume, choose another train.out_dir, or pass --overwrite to move it aside"
             )
         if self.dist.is_main:
+            # Every file but the lock this process holds (train/run_lock.py): it keeps guarding the folder.
             aside = self.run_dir.with_name(f"{self.run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-            self.run_dir.rename(aside)
+            aside.mkdir()
+            for entry in self.run_dir.iterdir():
+                if entry.name != LOCK_FILE:
+                    entry.rename(aside / entry.name)
             log.warning("--overwrite: moved the run previously in %s to %s", self.run_dir, aside)
 
     # ------------------------------------------------------------------ loop
@@ -319,7 +324,14 @@ class Trainer:
         return metrics
 
     def fit(self) -> Dict[str, float]:
-        """Train to ``train.steps``; returns the last logged scalars."""
+        """Train to ``train.steps``; returns the last logged scalars. Rank 0 holds the run
+        folder's lock throughout (a second process training there stops at once)."""
+        if not self.dist.is_main:
+            return self._fit()
+        with hold_run_lock(self.run_dir):
+            return self._fit()
+
+    def _fit(self) -> Dict[str, float]:
         t = self.cfg.train
         main = self.dist.is_main
         if self.step == 0:
