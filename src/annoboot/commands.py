@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
-
 import torch
 
 from annoboot import distributed
+from annoboot.compare import run_summary
 from annoboot.config import Config
 from annoboot.data import build_source
 from annoboot.data.fashion_mnist import FashionMNISTSource
@@ -24,13 +24,21 @@ from annoboot.eval.image_text import evaluate_image_text, has_text_tower
 from annoboot.eval.localisation import localisation_score
 from annoboot.eval.scene_suite import format_scene_results, scene_family
 from annoboot.eval.value_maps import compute_value_map, load_image, require_value_function
-from annoboot.compare import run_summary
-from annoboot.export import CARD_FILE, CONFIG_FILE, SUFFIX, WEIGHTS_FILE, data_config, export_backbone, export_folder, load_snippet
-from annoboot.model_card import data_licence, model_card
-from annoboot.text_tower import save_text_tower, text_tower_of
+from annoboot.export import (
+    CARD_FILE,
+    CONFIG_FILE,
+    SUFFIX,
+    WEIGHTS_FILE,
+    data_config,
+    export_backbone,
+    export_folder,
+    load_snippet,
+)
 from annoboot.methods import Method, build_method
+from annoboot.model_card import data_licence, model_card
 from annoboot.models.encoder import Encoder
 from annoboot.recipe import config_from_saved
+from annoboot.text_tower import save_text_tower, text_tower_of
 from annoboot.train.checkpoint import load_checkpoint
 from annoboot.train.run_lock import hold_run_lock, live_holder
 from annoboot.train.runtime import eager, resolve_device
@@ -227,7 +235,13 @@ def visualize_run(
 
     The value map's image is ``image_index`` of the run's eval.test source.
     """
-    from annoboot.viz import display_image, plot_agreement, plot_curves, plot_value_map, read_metrics  # matplotlib: on use
+    from annoboot.viz import (  # matplotlib: on use
+        display_image,
+        plot_agreement,
+        plot_curves,
+        plot_value_map,
+        read_metrics,
+    )
 
     run_dir = run_directory(run)
     out = Path(out)

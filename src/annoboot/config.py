@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from annoboot.data.registry import SOURCE_REGISTRY, source_option_classes  # imports annoboot.data: every kind registers
 from annoboot.errors import AnnobootError
+from annoboot.option_ranges import ANY, BELOW_ONE, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, Range, option
 
 
 @dataclass
@@ -31,23 +32,26 @@ class SourceCoreConfig:
     # fashion_mnist: train | test. Captioned folders: train | test | all, a fixed 90/10 split by
     # a hash of each file's relative path (stable when files are added).
     split: str = "train"
-    limit: Optional[int] = None  # use only the first N images (smoke runs, tests)
-    max_short_side: int = 256  # decoded images are downscaled so their short side is at most this
+    limit: Optional[int] = option(None, COUNT)  # use only the first N images (smoke runs, tests)
+    max_short_side: int = option(256, COUNT)  # decoded images are downscaled so their short side is at most this
     # CPU decode workers for file-backed sources; None: this process's share of the cores,
     # split over its streams (data/workers.py)
-    num_workers: Optional[int] = None
+    num_workers: Optional[int] = option(None, NON_NEGATIVE)
     # Training: a file-backed indexable source (image folder, captioned set, video frames) whose
     # decoded images fit in this many MB is decoded once and kept in memory, one copy per process
     # (data/cache.py); 0 decodes every epoch.
-    cache_mb: int = 2048
+    cache_mb: int = option(2048, NON_NEGATIVE)
     # Stop with an error when more than this fraction of the images tried (checked from 256 on)
     # cannot be used; 1.0 stops only when nothing decodes (1,024 unusable images in a row, or an
     # epoch's worth if fewer).
-    max_bad_fraction: float = 0.5
+    max_bad_fraction: float = option(0.5, FRACTION)
 
 
 def _copy_field(f: Any) -> Any:
-    return field(default_factory=f.default_factory) if f.default is MISSING else field(default=f.default)
+    """The field for a composed class: its default and its metadata (an option's range)."""
+    if f.default is MISSING:
+        return field(default_factory=f.default_factory, metadata=f.metadata)
+    return field(default=f.default, metadata=f.metadata)
 
 
 def _columns(option_class: type, owners: Dict[str, type], section: str) -> List[tuple]:
@@ -98,17 +102,17 @@ class ViewsConfig:
     """views.*: size, augmentation and normalisation of every view. Each method adds the options
     of its own views (bootstrap crops, multi-crop, ...: its ``config_options``)."""
 
-    img_size: int = 32  # side of every rendered view (and of evaluation images)
+    img_size: int = option(32, COUNT)  # side of every rendered view (and of evaluation images)
     # Augmented views: RandomResizedCrop + flip + colour jitter + grayscale (SimCLR's).
-    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
-    crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    flip_prob: float = 0.5
-    jitter_prob: float = 0.8
-    jitter_strength: float = 0.5  # SimCLR's s: brightness/contrast/saturation 0.8s, hue 0.2s
-    grayscale_prob: float = 0.2
+    crop_scale: List[float] = option(factory=lambda: [0.08, 1.0], range=FRACTION)
+    crop_ratio: List[float] = option(factory=lambda: [3 / 4, 4 / 3], range=POSITIVE)
+    flip_prob: float = option(0.5, PROBABILITY)
+    jitter_prob: float = option(0.8, PROBABILITY)
+    jitter_strength: float = option(0.5, NON_NEGATIVE)  # SimCLR's s: brightness/contrast/saturation 0.8s, hue 0.2s
+    grayscale_prob: float = option(0.2, PROBABILITY)
     # Mean/std used to normalise rendered views (the same at evaluation).
-    mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    mean: List[float] = option(factory=lambda: [0.5, 0.5, 0.5], range=ANY)
+    std: List[float] = option(factory=lambda: [0.5, 0.5, 0.5], range=POSITIVE)
 
 
 @dataclass
@@ -120,23 +124,23 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 256  # base batch (images); annotation-bootstrapping methods split it
-    lr: float = 1e-3
-    min_lr: float = 1e-6
-    warmup_steps: int = 100
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    grad_clip: Optional[float] = 3.0
+    steps: int = option(1000, COUNT)
+    batch_size: int = option(256, COUNT)  # base batch (images); annotation-bootstrapping methods split it
+    lr: float = option(1e-3, POSITIVE)
+    min_lr: float = option(1e-6, NON_NEGATIVE)
+    warmup_steps: int = option(100, NON_NEGATIVE)
+    weight_decay: float = option(0.04, NON_NEGATIVE)
+    weight_decay_end: float = option(0.4, NON_NEGATIVE)
+    betas: List[float] = option(factory=lambda: [0.9, 0.999], range=BELOW_ONE)
+    grad_clip: Optional[float] = option(3.0, POSITIVE)
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False
-    seed: int = 0
+    seed: int = option(0, NON_NEGATIVE)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out_dir: str = "runs/default"
-    ckpt_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 20
+    ckpt_every: int = option(500, COUNT)
+    keep_checkpoints: int = option(2, COUNT)
+    log_every: int = option(20, COUNT)
     progress: bool = True
 
 
@@ -146,29 +150,29 @@ class EvalConfig:
         default_factory=lambda: SourceConfig(kind="fashion_mnist", split="train")
     )
     test: SourceConfig = field(default_factory=lambda: SourceConfig(kind="fashion_mnist", split="test"))
-    batch_size: int = 512
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    linear_epochs: int = 30
+    batch_size: int = option(512, COUNT)
+    knn_k: int = option(20, COUNT)
+    knn_temperature: float = option(0.07, POSITIVE)
+    linear_epochs: int = option(30, COUNT)
     # Trained in one pass; standardised features: the best rate was at the top of [1e-3, 1e-2]
     # for short-trained encoders (val accuracy still rising), hence the wider grid.
-    linear_lrs: List[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
-    map_epochs: int = 10
-    map_lrs: List[float] = field(default_factory=lambda: [3e-4, 1e-3])
+    linear_lrs: List[float] = option(factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], range=POSITIVE)
+    map_epochs: int = option(10, COUNT)
+    map_lrs: List[float] = option(factory=lambda: [3e-4, 1e-3], range=POSITIVE)
     # Decoder probe (eval/decoder_probe.py), run when probes lists "decoder": layers of
     # self-attention over learned queries, cross-attention to the tokens and an MLP. Not a default
     # probe: on 2 CPU cores it adds about 40 s per 20k train images (MAP's 10 epochs: 57 s), a
     # third more evaluation time, and the recipes' documented runtimes and tables would change.
     # Depth 1 was 0.8 points worse and 4 queries no better but 1.7x slower (random-init ViT-Tiny).
-    decoder_probe_depth: int = 2
-    decoder_probe_queries: int = 1
+    decoder_probe_depth: int = option(2, COUNT)
+    decoder_probe_queries: int = option(1, COUNT)
     # Decoder width, capped at the token width; null: the token width. Narrower, the tokens are
     # projected down first: that bounds the cost for wide encoders (a CNN's 2048 channels), and at
     # ViT-Tiny's 192 it takes 2/3 of the time for 0.9 points less.
-    decoder_probe_dim: Optional[int] = 128
-    decoder_probe_epochs: int = 5
-    decoder_probe_lrs: List[float] = field(default_factory=lambda: [3e-4, 1e-3])
-    val_fraction: float = 0.1  # held out of the probe's train split to choose the learning rate
+    decoder_probe_dim: Optional[int] = option(128, COUNT)
+    decoder_probe_epochs: int = option(5, COUNT)
+    decoder_probe_lrs: List[float] = option(factory=lambda: [3e-4, 1e-3], range=POSITIVE)
+    val_fraction: float = option(0.1, Range(0, 1, low_open=True, high_open=True))  # held out of the probe's train split to choose the learning rate
     probes: List[str] = field(default_factory=lambda: ["knn", "linear", "map"])
     # Image-text evaluation of methods with a text tower: zero-shot classification of eval.test from its
     # class names in these prompts, and image<->text retrieval on a captioned source.
@@ -181,9 +185,9 @@ class EvalConfig:
     # scenes_in_context (the classes a scene holds, at its own resolution), boxes (box crops),
     # multilabel (scenes resized), items (Fashion-MNIST items); [] for none.
     scene_probes: List[str] = field(default_factory=lambda: ["in_context", "scenes_in_context"])
-    scene_probe_train_items: Optional[int] = 15000  # train items of the box families (null: all)
+    scene_probe_train_items: Optional[int] = option(15000, COUNT)  # train items of the box families (null: all)
     at_end: bool = True  # run the probes when pre-training finishes
-    seed: int = 0
+    seed: int = option(0, NON_NEGATIVE)
 
 
 @dataclass
@@ -208,8 +212,8 @@ def check_scale(key: str, pair: List[float]) -> None:
 
 
 def check_core(cfg: Config) -> None:
-    """The checks of the core sections' values that types alone cannot express (AnnobootError
-    naming the key). Options of methods, sources and probes are checked by their owners
+    """The checks of the core sections' values that types and declared ranges (option_ranges.py)
+    cannot express (AnnobootError naming the key). Options of methods, sources and probes are checked by their owners
     (annoboot.recipe.validate calls every check)."""
     if cfg.train.precision not in PRECISIONS:
         raise AnnobootError(f"bad config: key 'train.precision' is '{cfg.train.precision}'; choose one of {', '.join(PRECISIONS)}")
@@ -217,9 +221,6 @@ def check_core(cfg: Config) -> None:
     ratio = cfg.views.crop_ratio
     if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
         raise AnnobootError(f"bad config: key 'views.crop_ratio' must be [low, high] with 0 < low <= high, got {ratio}")
-    for key in ("steps", "batch_size", "ckpt_every", "log_every"):
-        if getattr(cfg.train, key) <= 0:
-            raise AnnobootError(f"bad config: key 'train.{key}' must be a positive integer, got {getattr(cfg.train, key)}")
 
 
 def check_source(src: SourceConfig, key: str) -> None:
@@ -227,8 +228,6 @@ def check_source(src: SourceConfig, key: str) -> None:
     (each registered kind's option class checks its own, told whether ``src.kind`` reads them)."""
     if src.kind not in SOURCE_REGISTRY:
         raise AnnobootError(f"bad config: key '{key}.kind' is '{src.kind}'; choose one of {', '.join(SOURCE_REGISTRY)}")
-    if not 0 < src.max_bad_fraction <= 1:
-        raise AnnobootError(f"bad config: key '{key}.max_bad_fraction' must be in (0, 1], got {src.max_bad_fraction}")
     for option_class in source_option_classes():
         if hasattr(option_class, "check"):
             option_class.check(src, key, option_class is SOURCE_REGISTRY[src.kind].options)

@@ -30,6 +30,7 @@ from annoboot.config import (
 from annoboot.errors import AnnobootError
 from annoboot.eval.probes import check_probe_config
 from annoboot.methods import DEFAULT_METHOD, METHODS
+from annoboot.option_ranges import check_ranges
 
 # Sections a method can add options to, with their core dataclass.
 _EXTENSIBLE = {"model": ModelConfig, "views": ViewsConfig, "method": MethodConfig}
@@ -169,8 +170,11 @@ def validate(cfg: Config) -> None:
     the key): the core sections' (config.check_core), each source's kind and options
     (config.check_source), each registered method's option classes (their ``check``, told
     whether the configured method uses them, and ``CHOICES``), and the probes'
-    (eval.probes.check_probe_config), all before anything is built or trained."""
+    (eval.probes.check_probe_config), all before anything is built or trained. First the range
+    every numeric option declares (option_ranges.py), so no check below meets a NaN or a
+    negative size."""
     per_method = method_option_classes()
+    check_ranges(cfg)
     check_core(cfg)
     if cfg.method.name not in per_method:
         raise AnnobootError(f"bad config: key 'method.name' is '{cfg.method.name}'; choose one of {', '.join(per_method)}")

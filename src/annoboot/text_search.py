@@ -10,8 +10,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from annoboot.embedding import folder_batches, load_embeddings, load_encoder, nearest
 from annoboot.config import EvalConfig
+from annoboot.embedding import folder_batches, load_embeddings, load_encoder, nearest
 from annoboot.errors import AnnobootError
 from annoboot.eval.image_text import zero_shot_classifier
 from annoboot.text_tower import no_text_tower

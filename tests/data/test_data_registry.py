@@ -44,12 +44,12 @@ def test_build_source_dispatches_by_kind():
 @pytest.mark.parametrize("overrides, message", [
     (["eval.test.kind=jpegs"], "key 'eval.test.kind' is 'jpegs'; choose one of fashion_mnist"),
     (["data.annotation.kind=video_folder", "data.annotation.root=v.mp4", "data.annotation.frame_stride=0"],
-     "key 'data.annotation.frame_stride' must be >= 1, got 0"),
+     "key 'data.annotation.frame_stride' is 0; out of range: it must be >= 1"),
     (["data.annotation.decode_on=device"], "'data.annotation.decode_on' and 'data.annotation.mix_weights' apply to kind=webdataset only"),
     (["data.bootstrap.kind=webdataset", "data.bootstrap.root=a.tar", "data.bootstrap.decode_on=gpu"],
      "key 'data.bootstrap.decode_on' is 'gpu'; choose one of cpu, device"),
     (["eval.train.kind=fmnist_scenes", "eval.train.scenes.items=[3, 2]"], "key 'eval.train.scenes.items' must be"),
-    (["eval.retrieval.kind=openclipart", "eval.retrieval.max_bad_fraction=0"], "key 'eval.retrieval.max_bad_fraction' must be in"),
+    (["eval.retrieval.kind=openclipart", "eval.retrieval.max_bad_fraction=0"], "key 'eval.retrieval.max_bad_fraction' is 0.0; out of range"),
 ])
 def test_each_kind_checks_its_own_options_naming_the_key(overrides, message):
     with pytest.raises(AnnobootError, match=message.replace("[", r"\[")):

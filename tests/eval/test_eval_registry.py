@@ -45,8 +45,14 @@ def test_a_bad_option_of_a_chosen_probe_stops_the_config_naming_it(option, value
 
 
 def test_an_option_of_a_probe_not_chosen_is_not_checked():
-    cfg = load_config(None, [*TINY, "eval.probes=[knn]", "eval.map_epochs=0"])
-    assert cfg.eval.map_epochs == 0
+    # The probe's own checks (here: a learning-rate grid to choose from) apply when it is chosen;
+    # an option's declared range (option_ranges.py) applies always, as its type does.
+    cfg = load_config(None, [*TINY, "eval.probes=[knn]", "eval.map_lrs=[]"])
+    assert cfg.eval.map_lrs == []
+    with pytest.raises(AnnobootError, match="eval.map_lrs"):
+        load_config(None, [*TINY, "eval.probes=[knn,map]", "eval.map_lrs=[]"])
+    with pytest.raises(AnnobootError, match="'eval.map_epochs' is 0"):
+        load_config(None, [*TINY, "eval.probes=[knn]", "eval.map_epochs=0"])
 
 
 def test_pretrain_with_a_misspelt_probe_stops_before_any_training(tmp_path):

@@ -165,7 +165,7 @@ def test_asymmetric_rewards_are_those_of_the_target_views(tiny_config, monkeypat
 @pytest.mark.parametrize("override, message", [
     (["views.bootstrap_source_views=4"], "bootstrap_source_views"),
     (["views.bootstrap_source_views=1", "method.gamma=0.5"], "gamma"),
-    (["views.bootstrap_source_views=1", "views.bootstrap_source_scale=[0.5, 1.5]"], "crop scales"),
+    (["views.bootstrap_source_views=1", "views.bootstrap_source_scale=[0.5, 1.5]"], r"bootstrap_source_scale.*\(0, 1\]"),
 ])
 def test_asymmetric_settings_that_cannot_work_are_refused_at_load(override, message):
     with pytest.raises(AnnobootError, match=message):

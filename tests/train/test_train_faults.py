@@ -181,7 +181,7 @@ def test_metrics_after_a_resume_hold_each_step_once(tiny_config, tmp_path):
 # ------------------------------------------------------------------ bad settings and unknown backbones
 @pytest.mark.parametrize("key", ["train.ckpt_every", "train.log_every"])
 def test_zero_intervals_are_refused_by_name(key):
-    with pytest.raises(AnnobootError, match=rf"'{key}' must be a positive integer, got 0"):
+    with pytest.raises(AnnobootError, match=rf"'{key}' is 0; out of range: it must be >= 1"):
         load_config(None, TINY + [f"{key}=0"])
 
 

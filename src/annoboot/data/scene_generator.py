@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from annoboot.data.scene_captions import weak_caption
 from annoboot.errors import AnnobootError
-
+from annoboot.option_ranges import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, option
 
 # Named layouts: the values a ScenesConfig option left at None takes (``scenes.preset``).
 SCENE_PRESETS: Dict[str, Dict[str, Any]] = {
@@ -69,23 +69,23 @@ class ScenesConfig:
     """
 
     preset: str = "classic"  # classic | crowded
-    num_scenes: int = 20000
-    canvas: Optional[int] = None  # side of the square canvas in pixels
-    items: Optional[List[int]] = None  # items per scene, inclusive range
-    item_size: Optional[List[int]] = None  # side of a pasted item in px, inclusive range
-    max_overlap: Optional[float] = None  # largest share of the smaller of two item boxes they may share
-    clutter: Optional[int] = None  # background patches of other items per scene: uniform in [0, clutter]
-    clutter_contrast: Optional[float] = None  # their brightness relative to a pasted item
+    num_scenes: int = option(20000, COUNT)
+    canvas: Optional[int] = option(None, COUNT)  # side of the square canvas in pixels
+    items: Optional[List[int]] = option(None, COUNT)  # items per scene, inclusive range
+    item_size: Optional[List[int]] = option(None, COUNT)  # side of a pasted item in px, inclusive range
+    max_overlap: Optional[float] = option(None, PROBABILITY)  # largest share of the smaller of two item boxes they may share
+    clutter: Optional[int] = option(None, NON_NEGATIVE)  # background patches of other items per scene: uniform in [0, clutter]
+    clutter_contrast: Optional[float] = option(None, PROBABILITY)  # their brightness relative to a pasted item
     # Per-scene background under the items, independent of them: none (black), grating (one
     # sinusoid of random orientation and phase), plaid (the sum of three).
     background: Optional[str] = None
-    background_level: Optional[List[float]] = None  # mean grey, fraction of white: [low, high]
-    background_contrast: Optional[List[float]] = None  # sinusoid amplitude, fraction of white: [low, high]
-    background_period: Optional[List[float]] = None  # sinusoid period in px: [low, high]
+    background_level: Optional[List[float]] = option(None, PROBABILITY)  # mean grey, fraction of white: [low, high]
+    background_contrast: Optional[List[float]] = option(None, PROBABILITY)  # sinusoid amplitude, fraction of white: [low, high]
+    background_period: Optional[List[float]] = option(None, POSITIVE)  # sinusoid period in px: [low, high]
     # Share of canvases holding one whole item on black (an items source mixed into the scenes).
-    single_fraction: float = 0.0
-    seed: int = 0
-    pool_limit: Optional[int] = None  # use only the first N Fashion-MNIST images of the split
+    single_fraction: float = option(0.0, PROBABILITY)
+    seed: int = option(0, NON_NEGATIVE)
+    pool_limit: Optional[int] = option(None, COUNT)  # use only the first N Fashion-MNIST images of the split
 
     def resolved(self) -> "ScenesConfig":
         """A copy with every option the preset sets filled in (AnnobootError for an unknown preset)."""

@@ -56,6 +56,7 @@ from annoboot.data.decode import (
     failure_reason,
     open_image,
 )
+from annoboot.data.registry import register_source
 from annoboot.data.stream import (
     SEED_STRIDE,
     SkipCounter,
@@ -65,8 +66,8 @@ from annoboot.data.stream import (
     skip_reasons,
     with_caption_tokens,
 )
-from annoboot.data.registry import register_source
 from annoboot.errors import AnnobootError
+from annoboot.option_ranges import NON_NEGATIVE, option
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class ShardOptions:
 
     # One weight per '::'-joined pattern; each pattern is then its own source and a sample comes
     # from pattern i with probability w_i / sum(w). None: all shards pooled.
-    mix_weights: Optional[List[float]] = None
+    mix_weights: Optional[List[float]] = option(None, NON_NEGATIVE)
     # cpu (workers decode) | device (workers read bytes; JPEGs are decoded in a batch on the
     # training device with torchvision/nvjpeg; other formats in the workers).
     decode_on: str = "cpu"

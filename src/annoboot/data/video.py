@@ -21,6 +21,7 @@ from annoboot.data.base import ImageSource
 from annoboot.data.decode import capped_size
 from annoboot.data.registry import register_source
 from annoboot.errors import AnnobootError
+from annoboot.option_ranges import COUNT, option
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +112,7 @@ class VideoFramesSource(ImageSource):
 class VideoOptions:
     """The options of kind video_folder."""
 
-    frame_stride: int = 1  # keep every n-th frame
-
-    @staticmethod
-    def check(src, key: str, selected: bool) -> None:
-        if selected and src.frame_stride < 1:
-            raise AnnobootError(f"bad config: key '{key}.frame_stride' must be >= 1, got {src.frame_stride}")
+    frame_stride: int = option(1, COUNT)  # keep every n-th frame
 
 
 @register_source("video_folder", options=VideoOptions)

@@ -37,6 +37,7 @@ from annoboot.methods.bootstrapping import (
 from annoboot.methods.simclr import SimCLR
 from annoboot.models import Projector
 from annoboot.objectives import annotation_distribution, nt_xent
+from annoboot.option_ranges import FRACTION, NON_NEGATIVE, option
 
 
 @dataclass
@@ -47,8 +48,8 @@ class AsymmetricMoveOptions:
     decoder); the other V - S, drawn from ``bootstrap_scale``, are targets only (reward from a
     forward without gradient): S x (V - S) moves per image, each from a wide view to a smaller one."""
 
-    bootstrap_source_views: int = 0
-    bootstrap_source_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    bootstrap_source_views: int = option(0, NON_NEGATIVE)
+    bootstrap_source_scale: List[float] = option(factory=lambda: [0.5, 1.0], range=FRACTION)
 
     @staticmethod
     def check(cfg: Config, selected: bool) -> None:
@@ -73,7 +74,7 @@ class AnnotationQueueOptions:
     gradient; the queue fills over the first K / A steps. Online target only (a queue of EMA
     embeddings would go stale at the EMA's own pace)."""
 
-    annotation_queue: int = 0
+    annotation_queue: int = option(0, NON_NEGATIVE)
 
     @staticmethod
     def check(cfg: Config, selected: bool) -> None:

@@ -12,6 +12,7 @@ from annoboot.batch import ImageBatch
 from annoboot.config import Config
 from annoboot.methods.registry import METHOD_REGISTRY, register_method  # noqa: F401 (re-exported)
 from annoboot.models.encoder import Encoder
+from annoboot.option_ranges import FRACTION, PROBABILITY, option
 
 # A metric the logger reports as a rate over its interval (summed numerator / summed
 # denominator, e.g. agreement hits over view pairs) rather than a mean of per-step values: the
@@ -44,11 +45,11 @@ class EMATargetOptions:
     from ema_momentum to ema_momentum_end (set them equal for a constant rate). Published: 0.996
     (250 steps, 0.25% of a 100k-step run), annealed to 1 (ABSimCLR, ABDINO, DINO) or constant (ABCLIP)."""
 
-    ema_momentum: float = 0.996
-    ema_momentum_end: float = 1.0
+    ema_momentum: float = option(0.996, PROBABILITY)
+    ema_momentum_end: float = option(1.0, PROBABILITY)
     # Cap on the starting time constant as a fraction of train.steps, so that short runs bootstrap
     # from a target that follows the online network (method.md section 4); None: the rate as given.
-    ema_horizon: Optional[float] = 0.02
+    ema_horizon: Optional[float] = option(0.02, FRACTION)
 
 
 @dataclass

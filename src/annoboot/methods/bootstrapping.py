@@ -29,6 +29,7 @@ from annoboot.methods.base import EMATargetOptions, OptionSections, StepOutput, 
 from annoboot.models import LogitScale, ValueDecoder
 from annoboot.objectives import agreement_by_iou, bootstrap_loss, td_target
 from annoboot.objectives.precision import float32_matmul
+from annoboot.option_ranges import BELOW_ONE, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, Range, option
 from annoboot.views import Normalize, render_views
 
 # IoU buckets for the agreement health metric: no overlap, then growing overlap.
@@ -40,23 +41,23 @@ IOU_NAMES = ("0", "0-0.2", "0.2-0.5", "0.5-0.8", "0.8-1")
 class BootstrapOptions:
     """method.*: annotation bootstrapping, shared by every AB method."""
 
-    ab_weight: float = 1.0
-    ab_weight_warmup: float = 0.0  # linear ramp of ab_weight from 0 over this fraction of train.steps
-    gamma: float = 0.0  # 0: the published recipe (reward only); > 0 bootstraps through Q_ema
+    ab_weight: float = option(1.0, NON_NEGATIVE)
+    ab_weight_warmup: float = option(0.0, PROBABILITY)  # linear ramp of ab_weight from 0 over this fraction of train.steps
+    gamma: float = option(0.0, BELOW_ONE)  # 0: the published recipe (reward only); > 0 bootstraps through Q_ema
     aggregate: str = "mean"  # mean | max (max renormalised over annotations)
     drop_self_pairs: bool = False
     # Split of the base batch B: annotation images = B * annotation_fraction (published: 1/2);
     # bootstrap images = B * bootstrap_fraction, or with None as many as make an AB step render as
     # many views as its base method's step (ABSimCLR: B/4 x 4 views; the published B/8 gives 25%
     # fewer views than SimCLR at the same B; ABDINO: B x 4; ABCLIP: B/8 x 4, as published).
-    annotation_fraction: float = 0.5
-    bootstrap_fraction: Optional[float] = None
-    action_bins: int = 128
-    action_range: float = 6.0  # R: relative coordinates are clipped to [-R, R] before binning
+    annotation_fraction: float = option(0.5, FRACTION)
+    bootstrap_fraction: Optional[float] = option(None, FRACTION)
+    action_bins: int = option(128, Range(2))
+    action_range: float = option(6.0, POSITIVE)  # R: relative coordinates are clipped to [-R, R] before binning
     # false (ablation): the value decoder sees one constant move, so it can only predict the
     # average over moves (invariance); the paper's "no action tokens" row.
     action_tokens: bool = True
-    ab_init_scale: float = 10.0  # initial t_AB
+    ab_init_scale: float = option(10.0, POSITIVE)  # initial t_AB
     # ema: the reward (and Q for gamma > 0) come from the EMA target network, a second forward
     # of the target views, as published. online: from the online network's own forward of those
     # views, without gradient: the limit of momentum 0 (the target equals the online weights of
@@ -75,18 +76,18 @@ class BootstrapOptions:
 class ValueDecoderOptions:
     """model.*: the value decoder phi_AB(x, a) (models/value_decoder.py)."""
 
-    decoder_depth: int = 4
-    decoder_dim: Optional[int] = None  # None: the encoder's width
-    decoder_heads: int = 4
-    decoder_mlp_ratio: float = 4.0
+    decoder_depth: int = option(4, COUNT)
+    decoder_dim: Optional[int] = option(None, COUNT)  # None: the encoder's width
+    decoder_heads: int = option(4, COUNT)
+    decoder_mlp_ratio: float = option(4.0, POSITIVE)
 
 
 @dataclass
 class BootstrapViewOptions:
     """views.*: the bootstrap views, plain crops with no flip or colour (method.md section 3)."""
 
-    bootstrap_views: int = 4
-    bootstrap_scale: List[float] = field(default_factory=lambda: [0.05, 1.0])
+    bootstrap_views: int = option(4, COUNT)
+    bootstrap_scale: List[float] = option(factory=lambda: [0.05, 1.0], range=FRACTION)
 
     @staticmethod
     def check(cfg: Config, selected: bool) -> None:

@@ -15,6 +15,7 @@ from annoboot.errors import AnnobootError
 from annoboot.methods.base import Method, StepOutput, register_method
 from annoboot.models import CaptionTokenizer, LogitScale, TextEncoder, build_encoder
 from annoboot.objectives import clip_loss
+from annoboot.option_ranges import COUNT, FRACTION, POSITIVE, Range, option
 from annoboot.views import Normalize, render_views
 
 
@@ -22,25 +23,25 @@ from annoboot.views import Normalize, render_views
 class CLIPOptions:
     """method.*: CLIP's loss, a learned logit scale (inverse temperature) capped at 100."""
 
-    clip_init_temperature: float = 0.07
+    clip_init_temperature: float = option(0.07, POSITIVE)
 
 
 @dataclass
 class TextTowerOptions:
     """model.*: the text encoder, a causal transformer over CLIP BPE tokens (paper: size "S")."""
 
-    text_width: int = 512
-    text_depth: int = 6
-    text_heads: int = 8
-    context_length: int = 32  # tokens per caption, start/end included; longer ones are cut
-    embed_dim: int = 512  # joint image-text embedding (CLIP) and the AB text head's output
+    text_width: int = option(512, COUNT)
+    text_depth: int = option(6, COUNT)
+    text_heads: int = option(8, COUNT)
+    context_length: int = option(32, Range(3))  # tokens per caption, start/end included; longer ones are cut
+    embed_dim: int = option(512, COUNT)  # joint image-text embedding (CLIP) and the AB text head's output
 
 
 @dataclass
 class CLIPViewOptions:
     """views.*: one crop per image from this scale range, no colour (open_clip's default)."""
 
-    clip_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
+    clip_scale: List[float] = option(factory=lambda: [0.9, 1.0], range=FRACTION)
 
     @staticmethod
     def check(cfg: Config, selected: bool) -> None:

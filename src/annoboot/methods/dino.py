@@ -27,6 +27,7 @@ from annoboot.errors import AnnobootError
 from annoboot.methods.base import EMATargetOptions, Method, StepOutput, register_method
 from annoboot.models import DINOHead, Encoder, build_encoder
 from annoboot.objectives import dino_loss, entropy, kl_to_uniform, teacher_distribution, update_center
+from annoboot.option_ranges import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, option
 from annoboot.views import Normalize, SimCLRAugment, render_view_major
 
 
@@ -34,31 +35,31 @@ from annoboot.views import Normalize, SimCLRAugment, render_view_major
 class DINOOptions:
     """method.*: DINO's loss and teacher (ABDINO's reward uses the same teacher distribution)."""
 
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07  # reached after the warm-up, then held
-    teacher_temp_warmup: float = 0.04  # starting value: a sharper teacher early avoids collapse
-    teacher_temp_warmup_steps: int = 1000  # linear warm-up length
-    center_momentum: float = 0.9  # EMA of the teacher's batch-mean logits
-    freeze_last_layer_steps: int = 100  # DINO: the first epoch; prototypes get no update meanwhile
+    student_temp: float = option(0.1, POSITIVE)
+    teacher_temp: float = option(0.07, POSITIVE)  # reached after the warm-up, then held
+    teacher_temp_warmup: float = option(0.04, POSITIVE)  # starting value: a sharper teacher early avoids collapse
+    teacher_temp_warmup_steps: int = option(1000, NON_NEGATIVE)  # linear warm-up length
+    center_momentum: float = option(0.9, PROBABILITY)  # EMA of the teacher's batch-mean logits
+    freeze_last_layer_steps: int = option(100, NON_NEGATIVE)  # DINO: the first epoch; prototypes get no update meanwhile
 
 
 @dataclass
 class DINOHeadOptions:
     """model.*: the DINO head, an MLP in -> hidden -> hidden -> bottleneck, then K prototypes."""
 
-    dino_hidden_dim: int = 2048
-    dino_bottleneck_dim: int = 256  # also the width of ABDINO's own prototype embeddings psi_AB
-    dino_prototypes: int = 4096  # K; the paper's 65,536 is sized for ImageNet, see the recipes
+    dino_hidden_dim: int = option(2048, COUNT)
+    dino_bottleneck_dim: int = option(256, COUNT)  # also the width of ABDINO's own prototype embeddings psi_AB
+    dino_prototypes: int = option(4096, COUNT)  # K; the paper's 65,536 is sized for ImageNet, see the recipes
 
 
 @dataclass
 class MultiCropOptions:
     """views.*: DINO's multi-crop, 2 global crops at views.img_size and local crops at local_size."""
 
-    global_scale: List[float] = field(default_factory=lambda: [0.4, 1.0])
-    local_views: int = 6
-    local_scale: List[float] = field(default_factory=lambda: [0.05, 0.4])
-    local_size: int = 16  # DINO: 96 px locals for 224 px globals; keep the same ratio (~0.4-0.5)
+    global_scale: List[float] = option(factory=lambda: [0.4, 1.0], range=FRACTION)
+    local_views: int = option(6, NON_NEGATIVE)
+    local_scale: List[float] = option(factory=lambda: [0.05, 0.4], range=FRACTION)
+    local_size: int = option(16, COUNT)  # DINO: 96 px locals for 224 px globals; keep the same ratio (~0.4-0.5)
 
     @staticmethod
     def check(cfg: Config, selected: bool) -> None:

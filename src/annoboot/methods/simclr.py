@@ -13,6 +13,7 @@ from annoboot.config import Config
 from annoboot.methods.base import Method, StepOutput, register_method
 from annoboot.models import Projector, build_encoder
 from annoboot.objectives import nt_xent
+from annoboot.option_ranges import COUNT, POSITIVE, option
 from annoboot.views import Normalize, SimCLRAugment, render_view_major
 
 
@@ -20,15 +21,15 @@ from annoboot.views import Normalize, SimCLRAugment, render_view_major
 class SimCLROptions:
     """method.*: SimCLR's loss."""
 
-    temperature: float = 0.1  # NT-Xent softmax temperature (ABSimCLR's reward uses the same)
+    temperature: float = option(0.1, POSITIVE)  # NT-Xent softmax temperature (ABSimCLR's reward uses the same)
 
 
 @dataclass
 class ProjectorOptions:
     """model.*: the projection MLP on the pooled features (SimCLR; also ABSimCLR's psi_AB head)."""
 
-    proj_hidden_dim: int = 1024
-    proj_dim: int = 128
+    proj_hidden_dim: int = option(1024, COUNT)
+    proj_dim: int = option(128, COUNT)
     # BatchNorm in the projectors (SyncBatchNorm under DDP on GPUs; per-process on CPU).
     projector_bn: bool = True
 

@@ -28,7 +28,13 @@ from annoboot.data.cache import cache_decoded
 from annoboot.data.stream import SEED_STRIDE
 from annoboot.errors import AnnobootError
 from annoboot.methods import Method, build_method
-from annoboot.train.checkpoint import latest_checkpoint, list_checkpoints, load_latest_valid, nonfinite_tensors, save_checkpoint
+from annoboot.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_latest_valid,
+    nonfinite_tensors,
+    save_checkpoint,
+)
 from annoboot.train.ema import ema_update, make_target, relative_distance
 from annoboot.train.metrics import MetricAccumulator, RunLogger
 from annoboot.train.run_lock import LOCK_FILE, hold_run_lock
