@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from annoboot.config import Config, to_dict
+from annoboot.data.decode import MAX_IMAGE_PIXELS
 from annoboot.errors import AnnobootError
 from annoboot.recipe import load_config
 from annoboot.tables import format_table
@@ -82,6 +83,8 @@ def user_overrides(args: argparse.Namespace) -> List[str]:
 # these values (the behaviour those runs had), so the saved runs stay valid.
 KEY_NEUTRAL = {("method", "target_network"): "ema", ("method", "annotation_queue"): 0,
                ("views", "bootstrap_source_views"): 0, ("views", "bootstrap_source_scale"): [0.5, 1.0]}
+# Source options added since, at their defaults (in data.annotation / data.bootstrap).
+SOURCE_KEY_NEUTRAL = {"max_pixels": MAX_IMAGE_PIXELS}
 
 
 def training_key(cfg: Config) -> str:
@@ -94,6 +97,10 @@ def training_key(cfg: Config) -> str:
     for (section, key), value in KEY_NEUTRAL.items():
         if settings[section].get(key) == value:
             settings[section].pop(key)
+    for source in (settings["data"]["annotation"], settings["data"]["bootstrap"] or {}):
+        for key, value in SOURCE_KEY_NEUTRAL.items():
+            if source.get(key) == value:
+                source.pop(key)
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, get_type_hints
 from omegaconf import OmegaConf
 
 from annoboot.data.registry import SOURCE_REGISTRY, source_option_classes  # imports annoboot.data: every kind registers
+from annoboot.data.decode import MAX_IMAGE_PIXELS
 from annoboot.errors import AnnobootError
 from annoboot.option_ranges import ANY, BELOW_ONE, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, Range, option
 
@@ -45,6 +46,9 @@ class SourceCoreConfig:
     # cannot be used; 1.0 stops only when nothing decodes (1,024 unusable images in a row, or an
     # epoch's worth if fewer).
     max_bad_fraction: float = option(0.5, FRACTION)
+    # An image whose header declares more pixels than this is skipped (counted as over the cap)
+    # before any decoding: a decompression bomb never reaches memory. 8192 x 8192 by default.
+    max_pixels: int = option(MAX_IMAGE_PIXELS, COUNT)
 
 
 def _copy_field(f: Any) -> Any:

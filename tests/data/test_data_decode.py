@@ -250,3 +250,29 @@ def test_device_decoder_orders_the_decode_between_the_streams(monkeypatch):
         recorded.clear()
     assert len(created) == 1  # one decode stream, made at first use
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(on_cpu, results))
+
+
+@pytest.mark.parametrize("kind", ["image_folder", "captioned_folder"])
+def test_the_pixel_cap_is_an_option_of_every_file_source(tmp_path, kind):
+    from annoboot.config import SourceConfig
+    from annoboot.data import build_source
+
+    Image.new("RGB", (120, 100), (9, 9, 9)).save(tmp_path / "photo.png")  # 12,000 pixels
+    (tmp_path / "photo.txt").write_text("a dark photo")
+    default = build_source(SourceConfig(kind=kind, root=str(tmp_path), split="all"))
+    image, reason = default.load(0)
+    assert reason is None and image.shape == (3, 100, 120)
+    capped = build_source(SourceConfig(kind=kind, root=str(tmp_path), split="all", max_pixels=11_999))
+    assert capped.load(0) == (None, "over the 11,999-pixel cap")
+    assert build_source(SourceConfig(kind=kind, root=str(tmp_path), split="all", max_pixels=12_000)).load(0)[1] is None
+
+
+def test_shard_samples_meet_the_same_cap():
+    from annoboot.data.shards import decode_sample, read_sample
+
+    buffer = __import__("io").BytesIO()
+    Image.new("RGB", (120, 100), (9, 9, 9)).save(buffer, format="PNG")
+    sample = {"__key__": "a", "png": buffer.getvalue()}
+    assert decode_sample(sample, 256)[3] is None and read_sample(sample, 256)[3] is None
+    assert decode_sample(sample, 256, max_pixels=11_999)[3] == "over the 11,999-pixel cap"
+    assert read_sample(sample, 256, max_pixels=11_999)[3] == "over the 11,999-pixel cap"

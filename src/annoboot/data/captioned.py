@@ -25,7 +25,7 @@ import torch
 
 from annoboot.data.base import ImageSource
 from annoboot.data.captions import caption_from_txt_twin, clean_caption
-from annoboot.data.decode import load_image_file
+from annoboot.data.decode import MAX_IMAGE_PIXELS, load_image_file
 from annoboot.data.image_folder import find_image_files
 from annoboot.data.registry import register_source
 from annoboot.errors import AnnobootError
@@ -127,10 +127,12 @@ class CaptionedImagesSource(ImageSource):
         class_names: Optional[List[str]] = None,
         max_short_side: int = 256,
         limit: Optional[int] = None,
+        max_pixels: int = MAX_IMAGE_PIXELS,
     ):
         self.name = name
         self.root = str(root)
         self.max_short_side = max_short_side
+        self.max_pixels = max_pixels
         classes = [category_of(root, path) for path, _ in items]
         # Named from every file under the root (all splits), so ids agree between splits.
         self.class_names = sorted(set(class_names or classes))
@@ -148,7 +150,7 @@ class CaptionedImagesSource(ImageSource):
 
     def load(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
         """(image, None), or (None, why) for an undecodable file: skipped and counted by the stream."""
-        return load_image_file(self.paths[index], self.max_short_side)
+        return load_image_file(self.paths[index], self.max_short_side, self.max_pixels)
 
     def describe(self) -> str:
         return f"{self.name}: {len(self)} captioned images in {len(self.class_names)} categories"
@@ -184,14 +186,16 @@ def _finish(kind: str, root: Path, items, uncaptioned: int, categories: List[str
     return CaptionedImagesSource(f"{kind}/{root.name}", root, items, categories, **kwargs)
 
 
-def captioned_folder(root: str, split: str = "all", limit: Optional[int] = None, max_short_side: int = 256) -> CaptionedImagesSource:
+def captioned_folder(root: str, split: str = "all", limit: Optional[int] = None, max_short_side: int = 256,
+        max_pixels: int = MAX_IMAGE_PIXELS) -> CaptionedImagesSource:
     """Images with ``.txt`` caption twins under ``root`` (nested folders allowed)."""
     folder = Path(root)
     if not folder.is_dir():
         raise AnnobootError(f"captioned folder not found: {folder} (data.<stream>.root)")
     items, uncaptioned, categories = _collect(folder, split, lambda paths: [caption_from_txt_twin(p) for p in paths])
     hint = "put each caption in <image name>.txt beside its image"
-    return _finish("captioned_folder", folder, items, uncaptioned, categories, hint, limit=limit, max_short_side=max_short_side)
+    return _finish("captioned_folder", folder, items, uncaptioned, categories, hint, limit=limit, max_short_side=max_short_side,
+                   max_pixels=max_pixels)
 
 
 def _require_package_dir(path: Path, package: str) -> None:
@@ -202,7 +206,8 @@ def _require_package_dir(path: Path, package: str) -> None:
         )
 
 
-def openclipart(root: Optional[str] = None, split: str = "train", limit: Optional[int] = None, max_short_side: int = 256) -> CaptionedImagesSource:
+def openclipart(root: Optional[str] = None, split: str = "train", limit: Optional[int] = None, max_short_side: int = 256,
+        max_pixels: int = MAX_IMAGE_PIXELS) -> CaptionedImagesSource:
     """Open Clip Art PNGs captioned from their SVG twin (see :func:`openclipart_captions`);
     categories are the 22 top folders."""
     base = Path(root or OPENCLIPART_ROOT)
@@ -216,22 +221,26 @@ def openclipart(root: Optional[str] = None, split: str = "train", limit: Optiona
     items, uncaptioned, categories = _collect(
         png_root, split, lambda paths: openclipart_captions(paths, png_root, svg_root), keep=small_enough
     )
-    return _finish("openclipart", png_root, items, uncaptioned, categories, "is openclipart-svg installed?", limit=limit, max_short_side=max_short_side)
+    return _finish("openclipart", png_root, items, uncaptioned, categories, "is openclipart-svg installed?", limit=limit, max_short_side=max_short_side,
+                   max_pixels=max_pixels)
 
 
-def tuxpaint(root: Optional[str] = None, split: str = "train", limit: Optional[int] = None, max_short_side: int = 256) -> CaptionedImagesSource:
+def tuxpaint(root: Optional[str] = None, split: str = "train", limit: Optional[int] = None, max_short_side: int = 256,
+        max_pixels: int = MAX_IMAGE_PIXELS) -> CaptionedImagesSource:
     """Tux Paint stamps: PNG + the English first line of ``<stamp>.txt``."""
     base = Path(root or TUXPAINT_ROOT)
     _require_package_dir(base, "tuxpaint-stamps-default")
     items, uncaptioned, categories = _collect(
         base, split, lambda paths: [caption_from_txt_twin(p) for p in paths], keep=lambda path: path.lower().endswith(".png")
     )
-    return _finish("tuxpaint", base, items, uncaptioned, categories, "is tuxpaint-stamps-default installed?", limit=limit, max_short_side=max_short_side)
+    return _finish("tuxpaint", base, items, uncaptioned, categories, "is tuxpaint-stamps-default installed?", limit=limit, max_short_side=max_short_side,
+                   max_pixels=max_pixels)
 
 
 CAPTIONED_SOURCES = {"captioned_folder": captioned_folder, "openclipart": openclipart, "tuxpaint": tuxpaint}
 
 for _kind, _build in CAPTIONED_SOURCES.items():
     register_source(_kind)(
-        lambda cfg, build=_build: build(cfg.root, split=cfg.split, limit=cfg.limit, max_short_side=cfg.max_short_side)
+        lambda cfg, build=_build: build(cfg.root, split=cfg.split, limit=cfg.limit, max_short_side=cfg.max_short_side,
+                                        max_pixels=cfg.max_pixels)
     )

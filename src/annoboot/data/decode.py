@@ -195,10 +195,10 @@ def decode_image(path: "str | io.BytesIO", max_short_side: int, max_pixels: int 
     return torch.from_numpy(pixels_hwc.transpose(2, 0, 1).copy())
 
 
-def load_image_file(path: str, max_short_side: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
+def load_image_file(path: str, max_short_side: int, max_pixels: int = MAX_IMAGE_PIXELS) -> Tuple[Optional[torch.Tensor], Optional[str]]:
     """(image, None), or (None, :func:`failure_reason`) when the file cannot be decoded."""
     try:
-        return decode_image(path, max_short_side), None
+        return decode_image(path, max_short_side, max_pixels), None
     except Exception as exc:  # PIL plugins raise OSError, ValueError, SyntaxError, struct.error, ...
         logger.debug("skipping undecodable image %s: %s: %s", path, type(exc).__name__, exc)
         try:

@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from annoboot.data.base import ImageSource
-from annoboot.data.decode import IMAGE_EXTENSIONS, load_image_file
+from annoboot.data.decode import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, load_image_file
 from annoboot.data.registry import register_source
 from annoboot.errors import AnnobootError
 
@@ -93,6 +93,7 @@ class ImageFolderSource(ImageSource):
         labels_from_subfolders: bool = False,
         limit: int | None = None,
         max_short_side: int = 256,
+        max_pixels: int = MAX_IMAGE_PIXELS,
     ):
         folder = Path(root)
         if not folder.is_dir():
@@ -114,6 +115,7 @@ class ImageFolderSource(ImageSource):
         self.root = str(folder)
         self.name = f"image_folder/{folder.name or folder}"
         self.max_short_side = max_short_side
+        self.max_pixels = max_pixels
         if labels_from_subfolders:
             classes_of_files = self._first_level_folders(folder, paths)
             self.class_names = sorted(set(classes_of_files))
@@ -143,7 +145,7 @@ class ImageFolderSource(ImageSource):
 
     def load(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
         """(image, None), or (None, :func:`failure_reason`) when the file cannot be decoded."""
-        return load_image_file(self.paths[index], self.max_short_side)
+        return load_image_file(self.paths[index], self.max_short_side, self.max_pixels)
 
 
 @dataclass
@@ -161,4 +163,4 @@ def build_image_folder(cfg) -> ImageFolderSource:
             "(likewise data.bootstrap.root, eval.train.root, eval.test.root for those sources)"
         )
     return ImageFolderSource(cfg.root, labels_from_subfolders=cfg.labels_from_subfolders, limit=cfg.limit,
-                             max_short_side=cfg.max_short_side)
+                             max_short_side=cfg.max_short_side, max_pixels=cfg.max_pixels)

@@ -50,6 +50,7 @@ from annoboot.batch import ImageBatch
 from annoboot.data.captions import sample_caption
 from annoboot.data.decode import (
     IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
     DeviceDecoder,
     decode_image,
     exif_orientation,
@@ -135,7 +136,7 @@ def expand_shard_pattern(pattern: str) -> List[str]:
 
 
 def decode_sample(
-    sample: Dict[str, Any], max_short_side: int, require_caption: bool = False
+    sample: Dict[str, Any], max_short_side: int, require_caption: bool = False, max_pixels: int = MAX_IMAGE_PIXELS
 ) -> Tuple[Optional[torch.Tensor], None, Optional[str], Optional[str]]:
     """(image (3, H, W) uint8 or None, None, caption or None, skip reason or None): image None
     for a sample without a decodable image, or without a caption when ``require_caption``
@@ -147,7 +148,7 @@ def decode_sample(
     for key in IMAGE_KEYS:
         if key in sample:
             try:
-                return decode_image(io.BytesIO(sample[key]), max_short_side), None, caption, None
+                return decode_image(io.BytesIO(sample[key]), max_short_side, max_pixels), None, caption, None
             except Exception as exc:  # corrupt bytes: counted by the collate, never fatal
                 log.debug("undecodable %s in sample %s", key, sample.get("__key__"))
                 return None, None, caption, failure_reason(exc, len(sample[key]))
@@ -155,7 +156,7 @@ def decode_sample(
 
 
 def read_sample(
-    sample: Dict[str, Any], max_short_side: int, require_caption: bool = False
+    sample: Dict[str, Any], max_short_side: int, require_caption: bool = False, max_pixels: int = MAX_IMAGE_PIXELS
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[str], Optional[str]]:
     """Worker side of device decoding: (pixels, jpeg, caption, skip reason).
 
@@ -173,11 +174,11 @@ def read_sample(
         return None, None, caption, "no image member"
     data = sample[key]
     try:
-        with open_image(io.BytesIO(data)) as header:  # and the pixel cap: the device decoder has none
+        with open_image(io.BytesIO(data), max_pixels) as header:  # and the pixel cap: the device decoder has none
             plain_jpeg = header.format == "JPEG" and header.mode in ("RGB", "L") and exif_orientation(header) == 1
         if plain_jpeg:
             return None, torch.frombuffer(bytearray(data), dtype=torch.uint8), caption, None
-        return decode_image(io.BytesIO(data), max_short_side), None, caption, None
+        return decode_image(io.BytesIO(data), max_short_side, max_pixels), None, caption, None
     except Exception as exc:  # unreadable header or pixels: counted, never fatal
         log.debug("undecodable %s in sample %s", key, sample.get("__key__"))
         return None, None, caption, failure_reason(exc, len(data))
@@ -347,6 +348,7 @@ class ShardStream:
         max_bad_fraction: float = 0.5,
         decode_on: str = "cpu",
         tokenize: Optional[Tokenize] = None,
+        max_pixels: int = MAX_IMAGE_PIXELS,
     ):
         if batch_size % world_size:
             raise AnnobootError(f"batch size {batch_size} does not split evenly over {world_size} processes")
@@ -367,6 +369,7 @@ class ShardStream:
         self.device = torch.device(device)
         self.num_workers = num_workers
         self.max_short_side = max_short_side
+        self.max_pixels = max_pixels
         self.shuffle_buffer = shuffle_buffer
         self.require_captions = require_captions  # samples without text are skipped and counted
         self.tokenize = tokenize
@@ -402,7 +405,8 @@ class ShardStream:
         stages = [
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=seed),
             wds.map(
-                functools.partial(per_sample, max_short_side=self.max_short_side, require_caption=self.require_captions)
+                functools.partial(per_sample, max_short_side=self.max_short_side, require_caption=self.require_captions,
+                                  max_pixels=self.max_pixels)
             ),
         ]
         if self.tokenize is not None:  # in the workers, not on the training thread
