@@ -98,7 +98,7 @@ def test_in_memory_stream_visits_every_index_once_per_epoch():
     assert all(b.labels is None and b.sizes.tolist() == [[4, 4]] * 8 for b in first_epoch)
     seen = [i for batch in first_epoch for i in tensor_indices(batch)]
     assert seen == epoch_order(50, 3, 0)[:48].tolist() and len(set(seen)) == 48
-    assert stream.state_dict() == {"epoch": 1, "position": 0, "skipped": 0, "bad_in_a_row": 0}
+    assert positional(stream.state_dict()) == {"epoch": 1, "position": 0, "skipped": 0, "bad_in_a_row": 0}
     assert tensor_indices(next(stream)) == epoch_order(50, 3, 1)[:8].tolist()
 
 
@@ -133,7 +133,7 @@ def test_file_stream_epoch_visits_each_index_once_with_true_sizes(tmp_path):
         assert all(batch.image(k).shape == (3, *index_png_size(i)) for k, i in enumerate(indices))
         seen += indices
     assert seen == epoch_order(24, 0, 0)[:20].tolist()
-    assert stream.state_dict() == {"epoch": 1, "position": 0, "skipped": 0, "bad_in_a_row": 0}
+    assert positional(stream.state_dict()) == {"epoch": 1, "position": 0, "skipped": 0, "bad_in_a_row": 0}
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -143,7 +143,7 @@ def test_file_stream_resumes_exactly_mid_epoch(tmp_path, num_workers):
     for _ in range(3):
         next(uninterrupted)
     state = uninterrupted.state_dict()
-    assert state == {"epoch": 0, "position": 12, "skipped": 0, "bad_in_a_row": 0}
+    assert positional(state) == {"epoch": 0, "position": 12, "skipped": 0, "bad_in_a_row": 0}
     expected = [decoded_indices(next(uninterrupted)) for _ in range(6)]  # crosses into epoch 1
     resumed = BatchStream(source, batch_size=4, seed=5, num_workers=num_workers)
     resumed.load_state_dict(state)
@@ -293,7 +293,54 @@ def test_a_stream_state_written_before_bad_in_a_row_was_kept_still_loads(tmp_pat
     source = ImageFolderSource(index_folder(tmp_path, 8))
     stream = BatchStream(source, batch_size=2, seed=0)
     stream.load_state_dict({"epoch": 1, "position": 2, "skipped": 3})
-    assert stream.state_dict() == {"epoch": 1, "position": 2, "skipped": 3, "bad_in_a_row": 0}
+    assert stream.state_dict() == {"epoch": 1, "position": 2, "skipped": 3, "bad_in_a_row": 0, "tried": 0, "bad": 0,
+                                   "by_reason": {}}
+
+
+def positional(state):
+    """Where a stream is and what it skipped: its state without the bad-fraction counts."""
+    return {key: state[key] for key in ("epoch", "position", "skipped", "bad_in_a_row")}
+
+
+def test_the_bad_fraction_counts_survive_a_resume(tmp_path):
+    """The stop rule judges the run, not the process: a resumed counter stops at the same batch
+    as the uninterrupted one (before, a resume started its fraction from zero)."""
+    from annoboot.data.stream import SkipCounter
+
+    def batches():  # 64 images per batch, 40 of them bad: 62.5% > 50%, stops once 256 were tried
+        while True:
+            yield 64, {"not an image": 40}
+
+    uninterrupted, stops = SkipCounter("src", "src"), None
+    for number, (tried, reasons) in enumerate(batches()):
+        try:
+            uninterrupted.add(tried, reasons)
+        except AnnobootError:
+            stops = number
+            break
+    assert stops == 3  # the 4th batch reaches 256 tried
+    first = SkipCounter("src", "src")
+    for _ in range(2):
+        first.add(64, {"not an image": 40})
+    resumed = SkipCounter("src", "src")
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.state_dict() == {"skipped": 80, "tried": 128, "bad": 80, "bad_in_a_row": 0,
+                                    "by_reason": {"not an image": 80}}
+    resumed.add(64, {"not an image": 40})
+    with pytest.raises(AnnobootError, match=r"160 of 256 images tried could not be used \(62%\)"):
+        resumed.add(64, {"not an image": 40})
+
+
+def test_a_file_stream_keeps_its_counts_in_its_state(tmp_path):
+    index_folder(tmp_path, 12, corrupt=(1, 5))
+    stream = BatchStream(ImageFolderSource(tmp_path), batch_size=4, seed=0)
+    for _ in range(2):
+        next(stream)
+    state = stream.state_dict()
+    assert state["bad"] == state["skipped"] and state["tried"] >= 8 and sum(state["by_reason"].values()) == state["bad"]
+    resumed = BatchStream(ImageFolderSource(tmp_path), batch_size=4, seed=0)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state
 
 
 class _CaptionedImagesInMemory(InMemoryImageSource):

@@ -472,13 +472,14 @@ class ShardStream:
         batch, _ = pad_collate(items)
         return batch, reasons
 
-    def state_dict(self) -> Dict[str, int]:
-        return {"generation": self._generation, "batches": self._batches, "skipped": self._skips.total}
+    def state_dict(self) -> Dict[str, object]:
+        return {"generation": self._generation, "batches": self._batches, **self._skips.state_dict()}
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         """Continue with the next generation: a fresh resample, seeded from the recorded one."""
         self._generation = int(state["generation"]) + 1
-        self._batches, self._skips.total = int(state["batches"]), int(state["skipped"])
+        self._batches = int(state["batches"])
+        self._skips.load_state_dict(state)
         self._iterator = None
 
 

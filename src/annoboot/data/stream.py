@@ -163,7 +163,7 @@ class SkipCounter:
         self.max_bad_in_a_row = max_bad_in_a_row
         self.total = 0
         self.by_reason: Counter = Counter()
-        self.tried = 0  # since this process started: a resumed run judges its own data
+        self.tried = 0  # over the run: kept in the stream's state, so a resume judges as the run would
         self.bad = 0
         self.bad_in_a_row = 0  # since the last batch with a usable image: a stream's position, kept in its state
         self._log_at = 1
@@ -198,6 +198,20 @@ class SkipCounter:
 
     def describe_reasons(self) -> str:
         return ", ".join(f"{reason}: {count}" for reason, count in self.by_reason.most_common())
+
+    def state_dict(self) -> Dict[str, object]:
+        """The counts a resumed stream continues from (the stop rules then fire where they would
+        have in the uninterrupted run)."""
+        return {"skipped": self.total, "tried": self.tried, "bad": self.bad, "bad_in_a_row": self.bad_in_a_row,
+                "by_reason": dict(self.by_reason)}
+
+    def load_state_dict(self, state: Dict) -> None:
+        """From :meth:`state_dict`; keys an older checkpoint lacks start at 0."""
+        self.total = int(state.get("skipped", 0))
+        self.tried, self.bad = int(state.get("tried", 0)), int(state.get("bad", 0))
+        self.bad_in_a_row = int(state.get("bad_in_a_row", 0))
+        self.by_reason = Counter({str(k): int(v) for k, v in dict(state.get("by_reason", {})).items()})
+        self._log_at = max(1, 2 * self.bad)
 
 
 class _ImagesWithLabels(Dataset):
@@ -418,14 +432,11 @@ class BatchStream:
             self._epoch += 1
             self._position = 0
 
-    def state_dict(self) -> Dict[str, int]:
-        """{"epoch", "position" (samples of the epoch consumed), "skipped" (undecodable so far),
-        "bad_in_a_row" (undecodable images since the last decoded one: a resume stops where the
-        uninterrupted run would)}."""
-        return {
-            "epoch": self._epoch, "position": self._position, "skipped": self._skips.total,
-            "bad_in_a_row": self._skips.bad_in_a_row,
-        }
+    def state_dict(self) -> Dict[str, object]:
+        """{"epoch", "position" (samples of the epoch consumed), and the skip counts
+        (:meth:`SkipCounter.state_dict`: "skipped" so far, "tried", "bad", "bad_in_a_row",
+        "by_reason"): a resume stops where the uninterrupted run would}."""
+        return {"epoch": self._epoch, "position": self._position, **self._skips.state_dict()}
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         """Continue from ``state``: the next batch is the one that followed it when it was saved."""
@@ -440,8 +451,8 @@ class BatchStream:
                 f"batch stream state epoch={epoch} position={position} does not fit {self.source.describe()}; "
                 "was the checkpoint written with another data source or limit?"
             )
-        self._epoch, self._position, self._skips.total = epoch, position, int(state["skipped"])
-        self._skips.bad_in_a_row = int(state.get("bad_in_a_row", 0))  # absent from older checkpoints
+        self._epoch, self._position = epoch, position
+        self._skips.load_state_dict(state)
         if self._position + self.batch_size > self._num_images:
             self._epoch, self._position = self._epoch + 1, 0
         self._loader_batches = None  # restart decoding from the restored point
