@@ -33,6 +33,7 @@ renders more views than a SimCLR step); ``--variants`` picks variants by name.
   python benchmarks/crowded_scenes.py --table screen --seeds 0 --views 1.28e6
   python benchmarks/crowded_scenes.py --table ab --seeds 0 1 --views 2.56e6
   python benchmarks/crowded_scenes.py --quick --table premise --seeds 0 --views 5000      # smoke run
+  python benchmarks/crowded_scenes.py --from-json seed0.json seed1.json                   # a table from saved runs
 
 Runtime (2-core CPU, encoder-only bound about 237 ms per 512 views): SimCLR 5,000 steps is
 about 20 min plus 3-4 min of probes; see docs/experiments/crowded_scenes.md for each table's measured minutes.
@@ -41,10 +42,13 @@ about 20 min plus 3-4 min of probes; see docs/experiments/crowded_scenes.md for 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Dict, List
 
-from _protocol import SCENE_CHOICES, Variant, add_arguments, budget_of, recipe_path, run_protocol, scene_source
+from _harness import write_json
+from _protocol import FLOORS, SCENE_CHOICES, Variant, add_arguments, budget_of, print_table, recipe_path, run_protocol, scene_source
 
 from annoboot.methods import build_method
 from annoboot.recipe import load_config
@@ -106,8 +110,13 @@ def main() -> int:
     parser.add_argument("--table", choices=sorted(TABLES), default="premise")
     parser.add_argument("--variants", nargs="+", help="variants by name (instead of a table's)")
     parser.add_argument("--views", type=float, help="views seen by every variant (sets each one's train.steps)")
+    parser.add_argument("--from-json", nargs="+", metavar="JSON",
+                        help="print the table from saved --json files (their runs merged, e.g. one per seed) "
+                             "instead of running; --variants picks and orders the rows, --json writes the merge")
     parser.set_defaults(scenes="crowded")
     args = parser.parse_args()
+    if args.from_json:
+        return table_from_json(args)
     if args.scenes == "budget":
         raise SystemExit("--scenes budget: this protocol is for the crowded scenes (crowded, crowded_plain, crowded_plaid)")
     if args.views and args.steps:
@@ -130,6 +139,28 @@ def main() -> int:
         pairs = [("simclr/items", "simclr/crowded"), ("simclr/items", "simclr/crowded_plain"),
                  ("simclr/crowded_plain", "simclr/crowded")]
     return run_protocol(args, title, variants, scenes, pairs)
+
+
+def table_from_json(args: argparse.Namespace) -> int:
+    """The table of saved runs: the figures recomputed without rerunning anything."""
+    saved = [json.loads(Path(path).read_text()) for path in args.from_json]
+    # One row per (variant, seed): a run probed again in a later file replaces its earlier row.
+    runs = list({(run["variant"], run["seed"]): run for table in saved for run in table["runs"]}.values())
+    names = args.variants or list(dict.fromkeys(run["variant"] for run in runs))
+    floors = [run for run in runs if run["variant"] in FLOORS and run["variant"] not in names]
+    runs = sorted((run for run in runs if run["variant"] in names), key=lambda run: names.index(run["variant"])) + floors
+    families = saved[0]["families"]
+    if any(table["families"] != families or table.get("scene_settings") != saved[0].get("scene_settings") for table in saved):
+        raise SystemExit("--from-json: the files hold other probe families or other scenes; merge only one protocol's runs")
+    seeds = sorted({run["seed"] for run in runs if run["seed"] is not None})
+    pairs = [(base, other) for base in ("simclr/crowded", "simclr/items", "simclr/mixture") if base in names
+             for other in names if other.startswith("ab/")]
+    title = f"Crowded scenes (from {', '.join(args.from_json)}): " + ", ".join(names)
+    print_table(f"{title}  seeds={seeds}  scene_settings={saved[0].get('scene_settings')}", runs, pairs, families)
+    if args.json:
+        write_json(args.json, title, runs, budget=saved[0].get("budget"), scene_settings=saved[0].get("scene_settings"),
+                   families=families, seeds=seeds, merged_from=list(args.from_json))
+    return 0
 
 
 if __name__ == "__main__":
