@@ -165,14 +165,13 @@ class EvalConfig:
     map_lrs: List[float] = option(factory=lambda: [3e-4, 1e-3], range=POSITIVE)
     # Decoder probe (eval/decoder_probe.py), run when probes lists "decoder": layers of
     # self-attention over learned queries, cross-attention to the tokens and an MLP. Not a default
-    # probe: on 2 CPU cores it adds about 40 s per 20k train images (MAP's 10 epochs: 57 s), a
-    # third more evaluation time, and the recipes' documented runtimes and tables would change.
-    # Depth 1 was 0.8 points worse and 4 queries no better but 1.7x slower (random-init ViT-Tiny).
+    # probe: it adds about a third to the evaluation time, and the recipes' documented runtimes
+    # and tables would change; its cost and the depth / query / width choices below are measured
+    # in docs/experiments/speed.md ("The decoder probe's cost").
     decoder_probe_depth: int = option(2, COUNT)
     decoder_probe_queries: int = option(1, COUNT)
     # Decoder width, capped at the token width; null: the token width. Narrower, the tokens are
-    # projected down first: that bounds the cost for wide encoders (a CNN's 2048 channels), and at
-    # ViT-Tiny's 192 it takes 2/3 of the time for 0.9 points less.
+    # projected down first: that bounds the cost for wide encoders (a CNN's 2048 channels).
     decoder_probe_dim: Optional[int] = option(128, COUNT)
     decoder_probe_epochs: int = option(5, COUNT)
     decoder_probe_lrs: List[float] = option(factory=lambda: [3e-4, 1e-3], range=POSITIVE)

@@ -166,8 +166,7 @@ class Trainer:
         # No weight decay on biases, norms, scales and other 1-d parameters.
         groups = timm.optim.param_groups_weight_decay(self.method, t.weight_decay)
         # The fused kernel exists on CUDA and CPU: one pass over all parameters instead of a Python
-        # loop per tensor (on 2 CPU cores, 2026-12-02: the CLIP scene recipe's step 9% faster,
-        # SimCLR's 3%: the text tower's 6.3M-entry token table dominates CLIP's update).
+        # loop per tensor (its gain per recipe: docs/experiments/speed.md, "The fused optimiser").
         return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=self.device.type in ("cuda", "cpu"))
 
     # ------------------------------------------------------------ checkpoint
