@@ -70,7 +70,7 @@ def parse_labels(labels: Optional[str], labels_file: Optional[str]) -> List[str]
         raise AnnobootError(f"{origin}: zero-shot needs at least 2 labels, got {names}")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise AnnobootError(f"{origin}: labels given twice: {', '.join(repeated)}")
+        raise AnnobootError(f"{origin}: labels given twice: {', '.join(map(repr, repeated))}")
     return names
 
 
