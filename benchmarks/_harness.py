@@ -27,7 +27,7 @@ from annoboot.config import Config, to_dict
 from annoboot.data.decode import MAX_IMAGE_PIXELS
 from annoboot.errors import AnnobootError
 from annoboot.recipe import load_config
-from annoboot.tables import format_table
+from annoboot.tables import format_table, format_views
 from annoboot.commands import load_run
 from annoboot.train.checkpoint import checkpoint_step, latest_checkpoint
 from annoboot.train.runtime import describe, resolve_device
@@ -193,7 +193,7 @@ def print_table(title: str, rows: List[Dict], columns: Sequence[Column], pairs: 
         minutes = statistics.mean(r["train_seconds"] for r in rs) / 60
         views = rs[0]["views_seen"]
         if rs[0]["steps"] > 0:
-            lead = [str(rs[0]["steps"]), f"{views / 1e6:.2f}M" if views >= 1e5 else f"{views / 1e3:.1f}k", f"{minutes:.1f}"]
+            lead = [str(rs[0]["steps"]), format_views(views), f"{minutes:.1f}"]
         else:  # never trained: a floor row
             lead = ["-", "-", "-"]
         body.append([name, *lead, *cells])

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from annoboot.errors import AnnobootError
-from annoboot.tables import format_table
+from annoboot.tables import format_table, format_views
 
 # Keys of eval.json that describe a probe rather than score it.
 _NOT_FIGURES = {"details", "context", "num_train", "num_test", "seconds", "checkpoint", "weights", "metric",
@@ -154,12 +154,6 @@ def _option(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
 
 
-def _views(value: Optional[float]) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value / 1e3:.1f}k"
-
-
 def format_comparison(comparison: Dict[str, Any], fmt: str = "text") -> str:
     """The comparison as a table (text, md, csv) or as JSON (fmt="json")."""
     if fmt == "json":
@@ -173,7 +167,7 @@ def format_comparison(comparison: Dict[str, Any], fmt: str = "text") -> str:
         figures = [_figure(s["figures"].get(name)) for name in comparison["figures"]]
         options = ["-" if key not in s["options"] else _option(s["options"][key]) for key in comparison["differing"]]
         rows.append([s["run"], s["method"], s["data"], "-" if s["steps"] is None else str(s["steps"]),
-                     _views(s["views_seen"]), minutes or "-", *figures, *options])
+                     "-" if s["views_seen"] is None else format_views(s["views_seen"]), minutes or "-", *figures, *options])
     table = format_table(header, rows, fmt)
     unprobed = [s["run"] for s in comparison["runs"] if not s["evaluated"]]
     if fmt == "text" and unprobed:

@@ -33,7 +33,7 @@ from annoboot.data.image_folder import ImageFolderSource
 from annoboot.data.stream import pad_collate
 from annoboot.data.workers import decode_workers
 from annoboot.errors import AnnobootError
-from annoboot.export import is_exported_folder
+from annoboot.export import CONFIG_FILE, is_exported_folder
 from annoboot.models.encoder import Encoder
 from annoboot.train.runtime import autocast_context, resolve_device
 from annoboot.views import Normalize, render_full_images
@@ -203,8 +203,6 @@ def _load_exported_folder(path: Path, device: str | None) -> PretrainedEncoder:
     if input_size[1] != input_size[2] or cfg.get("crop_mode", "squash") != "squash":
         log.warning("%s: its transform (input %s, crop %s) is not annoboot's square resize; embed resizes to %d px squares",
                     path, input_size, cfg.get("crop_mode"), input_size[1])
-    from annoboot.export import CONFIG_FILE
-
     kwargs = dict(json.loads((path / CONFIG_FILE).read_text()).get("model_args", {}))
     kwargs.pop("num_classes", None)
     resolved = resolve_device(device or "auto")

@@ -4,11 +4,12 @@ what its probes reached and under which licence its training data came."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from annoboot import __version__
 from annoboot.config import Config, SourceConfig
 from annoboot.models.encoder import Encoder
+from annoboot.tables import format_views
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,6 @@ def data_licence(cfg: Config) -> Licence:
     return Licence("other", "; ".join(licence.text for licence in licences))
 
 
-def _views(value: Optional[float]) -> str:
-    return "not logged" if value is None else f"{value / 1e6:.2f}M" if value >= 1e5 else f"{int(value):,}"
-
-
 def _data(cfg: Config) -> str:
     def one(src: SourceConfig) -> str:
         where = f" at {src.root}" if src.root else ""
@@ -63,7 +60,7 @@ def model_card(summary: Dict[str, Any], cfg: Config, weights: str, encoder: Enco
         ("method", f"`{cfg.method.name}` (annoboot {__version__}), {weights} weights"),
         ("data", _data(cfg)),
         ("steps", str(summary.get("steps") or "not logged")),
-        ("views seen", _views(summary.get("views_seen"))),
+        ("views seen", "not logged" if summary.get("views_seen") is None else format_views(summary["views_seen"])),
         ("wall time", "not logged" if seconds is None else f"{seconds / 60:.1f} min"),
         ("hardware", summary.get("hardware") or "not recorded"),
         ("input", f"the whole image resized to {cfg.views.img_size} x {cfg.views.img_size} (bilinear, not cropped), "

@@ -13,6 +13,11 @@ from typing import Sequence, Tuple
 FORMATS = ("text", "md", "csv")
 
 
+def format_views(views: float) -> str:
+    """Views seen as the tables print them: 1.28M, or 96 / 5,000 below 100k."""
+    return f"{views / 1e6:.2f}M" if views >= 1e5 else f"{int(views):,}"
+
+
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str = "text",
                  widths: Sequence[int] = (), group_titles: Sequence[Tuple[str, int]] = ()) -> str:
     """The table as one string (no trailing newline). The first column is a name (left-aligned),
@@ -55,4 +60,4 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str 
     return "\n".join(lines)
 
 
-__all__ = ["FORMATS", "format_table"]
+__all__ = ["FORMATS", "format_table", "format_views"]
