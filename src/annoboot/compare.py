@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from annoboot.checked_files import read_json_object, read_jsonl_rows
 from annoboot.errors import AnnobootError
 from annoboot.tables import format_table, format_views
 
@@ -59,28 +60,21 @@ def probe_figures(results: Dict[str, Any]) -> Dict[str, float]:
     return figures
 
 
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise AnnobootError(f"{path}: not a readable JSON file ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise AnnobootError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
+def _mapping(value: Any) -> Dict:
+    """``value`` where it is a mapping, else {} (a config section that a damaged file lacks)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _last_metrics(path: Path) -> Dict[str, Any]:
-    """The last complete row of metrics.jsonl (a row cut short by a kill is passed over)."""
-    last: Dict[str, Any] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and "step" in row:
-                last = row
-    return last
+    """The last readable row of metrics.jsonl (a row cut short by a kill is passed over), with
+    only its numbers kept; {} without the file."""
+    if not path.exists():
+        return {}
+    rows, _ = read_jsonl_rows(path, "the run's metrics log")
+    if not rows:
+        return {}
+    return {key: value for key, value in rows[-1].items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
 
 
 def run_summary(run: str | Path) -> Dict[str, Any]:
@@ -95,14 +89,14 @@ def run_summary(run: str | Path) -> Dict[str, Any]:
         raise AnnobootError(f"{folder}: not a run folder (no config.yaml; give the folder of an annoboot pretrain run)")
     try:
         config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise AnnobootError(f"{config_path}: not a readable YAML config ({str(exc).splitlines()[0]})") from None
     if not isinstance(config, dict) or not isinstance(config.get("method"), dict):
         raise AnnobootError(f"{config_path}: not an annoboot config (no method section)")
     options = {key: value for key, value in flatten(config).items() if key not in _NOT_OPTIONS}
-    data = config.get("data") or {}
-    kinds = [(data.get(part) or {}).get("kind") for part in ("annotation", "bootstrap")]
-    scenes = ((data.get("annotation") or {}).get("scenes") or {}).get("preset")
+    data = _mapping(config.get("data"))
+    kinds = [_mapping(data.get(part)).get("kind") for part in ("annotation", "bootstrap")]
+    scenes = _mapping(_mapping(data.get("annotation")).get("scenes")).get("preset")
     described = kinds[0] or "?"
     if kinds[0] == "fmnist_scenes" and scenes:
         described += f" ({scenes})"
@@ -111,8 +105,8 @@ def run_summary(run: str | Path) -> Dict[str, Any]:
     last = _last_metrics(folder / "metrics.jsonl")
     eval_path = folder / "eval.json"
     environment_path = folder / "environment.json"
-    environment = _read_json(environment_path) if environment_path.exists() else {}
-    results = _read_json(eval_path) if eval_path.exists() else {}
+    environment = read_json_object(environment_path, "the run's environment") if environment_path.exists() else {}
+    results = read_json_object(eval_path, "the run's probe figures") if eval_path.exists() else {}
     return {
         "run": str(run),
         "method": config["method"].get("name", "?"),

@@ -24,16 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
 from annoboot.batch import ImageBatch
+from annoboot.checked_files import check_keys, read_json_object, read_npz, read_safetensors
 from annoboot.data.decode import decode_image
 from annoboot.data.image_folder import ImageFolderSource
 from annoboot.data.stream import pad_collate
 from annoboot.data.workers import decode_workers
 from annoboot.errors import AnnobootError
-from annoboot.export import CONFIG_FILE, is_exported_folder
+from annoboot.export import CONFIG_FILE, WEIGHTS_FILE, is_exported_folder
 from annoboot.models.encoder import Encoder
 from annoboot.train.runtime import autocast_context, resolve_device
 from annoboot.views import Normalize, render_full_images
@@ -162,6 +162,19 @@ def load_encoder(path: str | Path, weights: str = "online", device: str | None =
                              str(path), weights, encoder.backbone_name, dict(encoder.create_kwargs), text_tower_of(method))
 
 
+# Keys an export's .json may hold beside backbone and create_kwargs, and their types.
+EXPORT_OPTIONAL = {"img_size": int, "mean": list, "std": list, "num_features": int}
+
+
+def _check_channel_triple(values, where: str) -> None:
+    """None, or the 3 numbers of a per-channel mean or std."""
+    if values is None:
+        return
+    if (not isinstance(values, (list, tuple)) or len(values) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+        raise AnnobootError(f"{where} should be 3 numbers (one per colour channel), found {str(values)[:60]!r}")
+
+
 def _load_exported(path: Path, device: str | None) -> PretrainedEncoder:
     import timm
 
@@ -173,16 +186,22 @@ def _load_exported(path: Path, device: str | None) -> PretrainedEncoder:
         raise AnnobootError(f"weights not found: {path}")
     if not meta_file.is_file():
         raise AnnobootError(f"{path} has no {meta_file.name} beside it (annoboot export writes one): cannot tell its model")
-    meta = json.loads(meta_file.read_text())
+    what = "the model description annoboot export writes beside its weights"
+    meta = read_json_object(meta_file, what, {"backbone": str, "create_kwargs": dict})
+    check_keys(meta, {key: kind for key, kind in EXPORT_OPTIONAL.items() if meta.get(key) is not None}, str(meta_file), what)
+    for key in ("mean", "std"):
+        _check_channel_triple(meta.get(key), f"{meta_file}: '{key}'")
     kwargs = dict(meta["create_kwargs"])
     defaults = ViewsConfig()
-    img_size = int(meta.get("img_size") or kwargs.get("img_size") or defaults.img_size)
+    state, _ = read_safetensors(path, "exported backbone weights")
     try:
         # Built bare and filled from the file: nothing is looked up on a model hub.
         backbone = timm.create_model(meta["backbone"], pretrained=False, num_classes=0, **kwargs)
-        backbone.load_state_dict(load_file(str(path)))
+        backbone.load_state_dict(state)
     except Exception as exc:
-        raise AnnobootError(f"cannot load {path} as timm '{meta['backbone']}' with {kwargs}: {str(exc).splitlines()[0]}") from None
+        raise AnnobootError(f"cannot load {path} as timm '{meta['backbone']}' with {kwargs} (from {meta_file.name}): "
+                            f"{str(exc).splitlines()[0]}") from None
+    img_size = int(meta.get("img_size") or kwargs.get("img_size") or defaults.img_size)  # timm took kwargs' img_size
     resolved = resolve_device(device or "auto")
     encoder = Encoder(backbone, meta["backbone"], kwargs).to(resolved).eval()
     normalize = Normalize(meta.get("mean", defaults.mean), meta.get("std", defaults.std)).to(resolved)
@@ -194,21 +213,35 @@ def _load_exported_folder(path: Path, device: str | None) -> PretrainedEncoder:
     pretrained_cfg says."""
     import timm
 
+    from annoboot.config import ViewsConfig
+
+    what = "an exported folder's model description"
+    config = read_json_object(path / CONFIG_FILE, what, {"architecture": str})
+    check_keys(config, {key: dict for key in ("model_args", "pretrained_cfg") if key in config}, str(path / CONFIG_FILE), what)
+    read_safetensors(path / WEIGHTS_FILE, "exported backbone weights")  # its checksum, before timm reads it unchecked
     try:
         backbone = timm.create_model(f"local-dir:{path}", pretrained=True)
     except Exception as exc:
-        raise AnnobootError(f"cannot load the exported folder {path} with timm: {str(exc).splitlines()[0]}") from None
+        raise AnnobootError(f"cannot load the exported folder {path} with timm ({CONFIG_FILE}, {WEIGHTS_FILE}): "
+                            f"{str(exc).splitlines()[0]}") from None
     cfg = backbone.pretrained_cfg
     input_size = cfg.get("input_size") or (3, 224, 224)
+    if (not isinstance(input_size, (list, tuple)) or len(input_size) != 3
+            or not all(isinstance(v, int) and v > 0 for v in input_size)):
+        raise AnnobootError(f"{path / CONFIG_FILE}: pretrained_cfg.input_size should be 3 positive integers, "
+                            f"found {str(input_size)[:60]!r}")
+    for key in ("mean", "std"):
+        _check_channel_triple(cfg.get(key), f"{path / CONFIG_FILE}: pretrained_cfg.{key}")
     if input_size[1] != input_size[2] or cfg.get("crop_mode", "squash") != "squash":
         log.warning("%s: its transform (input %s, crop %s) is not annoboot's square resize; embed resizes to %d px squares",
                     path, input_size, cfg.get("crop_mode"), input_size[1])
-    kwargs = dict(json.loads((path / CONFIG_FILE).read_text()).get("model_args", {}))
+    kwargs = dict(config.get("model_args", {}))
     kwargs.pop("num_classes", None)
     resolved = resolve_device(device or "auto")
     name = cfg.get("architecture", "")
     encoder = Encoder(backbone, name, kwargs).to(resolved).eval()
-    normalize = Normalize(cfg.get("mean"), cfg.get("std")).to(resolved)
+    defaults = ViewsConfig()
+    normalize = Normalize(cfg.get("mean") or defaults.mean, cfg.get("std") or defaults.std).to(resolved)
     from annoboot.text_tower import load_text_tower
 
     return PretrainedEncoder(encoder, int(input_size[1]), normalize, resolved, str(path), "exported", name, kwargs,
@@ -270,32 +303,28 @@ def embed_folder(encoder: PretrainedEncoder, folder: str | Path, out: str | Path
     parts.mkdir(parents=True, exist_ok=True)
     workers = decode_workers(num_workers)
     chunks = math.ceil(len(names) / chunk_size)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(names), unit="img", desc=f"embed {root.name}")
     reused = 0
-    for c in range(chunks):
-        indices = range(c * chunk_size, min((c + 1) * chunk_size, len(names)))
-        part = parts / f"part-{c:06d}.npz"
-        if _part_matches(part, names[indices.start : indices.stop], joint=encoder.text is not None):
-            reused += 1
-        else:
-            _embed_chunk(encoder, source, indices, names, part, batch_size, workers)
-        if bar is not None:
+    # A context: an error closes the bar first, so its message starts a line of its own.
+    with tqdm(total=len(names), unit="img", desc=f"embed {root.name}", disable=not progress) as bar:
+        for c in range(chunks):
+            indices = range(c * chunk_size, min((c + 1) * chunk_size, len(names)))
+            part = parts / f"part-{c:06d}.npz"
+            if _part_matches(part, names[indices.start : indices.stop], joint=encoder.text is not None):
+                reused += 1
+            else:
+                _embed_chunk(encoder, source, indices, names, part, batch_size, workers)
             bar.update(len(indices))
-    if bar is not None:
-        bar.close()
 
     embeddings, joint, kept, skipped = [], [], [], Counter()
     for c in range(chunks):
-        with np.load(parts / f"part-{c:06d}.npz") as part:
-            embeddings.append(part["embeddings"])
-            if encoder.text is not None:
-                joint.append(part["joint"])
-            kept.extend(part["names"][part["kept"]].tolist())
-            skipped.update(json.loads(str(part["skipped"])))
+        part = _read_part(parts / f"part-{c:06d}.npz", joint=encoder.text is not None)
+        embeddings.append(part["embeddings"])
+        if encoder.text is not None:
+            joint.append(part["joint"])
+        kept.extend(part["names"][part["kept"]].tolist())
+        skipped.update(json.loads(str(part["skipped"])))
     if not kept:
         raise AnnobootError(f"no image under {root} could be decoded ({dict(skipped)})")
     meta = {"encoder": encoder.source, "weights": encoder.weights, "img_size": encoder.img_size,
@@ -308,13 +337,29 @@ def embed_folder(encoder: PretrainedEncoder, folder: str | Path, out: str | Path
     return EmbedReport(out, len(kept), dict(skipped), time.perf_counter() - started, reused)
 
 
+# A resumable part of `annoboot embed`: one chunk's names, which of them decoded (kept), their
+# features (and joint-space features for caption models) and the skip reasons as JSON.
+PART_ARRAYS = {"names": ("U", 1), "kept": ("b", 1), "embeddings": ("f", 2), "skipped": ("U", 0), "joint": ("f", 2)}
+
+
+def _read_part(part: Path, joint: bool) -> Dict[str, np.ndarray]:
+    arrays = read_npz(part, "part of an unfinished `annoboot embed`", PART_ARRAYS, optional=() if joint else ("joint",))
+    rows = {len(arrays["names"]), len(arrays["kept"])}
+    kept = int(arrays["kept"].sum())
+    if len(rows) > 1 or arrays["embeddings"].shape[0] != kept or (joint and arrays["joint"].shape[0] != kept):
+        raise AnnobootError(f"{part}: its arrays disagree on the number of images (part of an unfinished `annoboot embed`)")
+    return arrays
+
+
 def _part_matches(part: Path, names: List[str], joint: bool = False) -> bool:
+    """Whether ``part`` is an intact part for these names (else it is computed again)."""
+    if part.exists() and not part.is_file():
+        raise AnnobootError(f"{part}: not a file, where `annoboot embed` keeps a part of its work: move it away")
     if not part.is_file():
         return False
     try:
-        with np.load(part) as saved:
-            return saved["names"].tolist() == names and (not joint or "joint" in saved.files)
-    except Exception:  # a part cut short: computed again
+        return _read_part(part, joint)["names"].tolist() == names
+    except AnnobootError:  # cut short by a kill, or damaged: computed again
         return False
 
 
@@ -350,15 +395,41 @@ class Neighbour:
     score: float
 
 
-def load_embeddings(path: str | Path) -> Tuple[List[str], torch.Tensor, Dict]:
+# What `annoboot embed` writes: names (N,), embeddings (N, D), meta (a JSON object), and for
+# caption models joint (N, E), the image features in the joint space.
+EMBEDDINGS_ARRAYS = {"names": ("U", 1), "embeddings": ("f", 2), "meta": ("U", 0), "joint": ("f", 2)}
+EMBEDDINGS_META = {"encoder": str, "weights": str, "folder": str}
+
+
+def read_embeddings_file(path: str | Path) -> Tuple[List[str], torch.Tensor, Dict, Optional[torch.Tensor]]:
+    """(names, embeddings, meta, joint or None) of an ``annoboot embed`` file, checked: one
+    AnnobootError line naming the file when it is damaged or not such a file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise AnnobootError(f"embeddings not found: {path} (write them with `annoboot embed`)")
+    what = "annoboot embeddings file"
+    arrays = read_npz(path, what, EMBEDDINGS_ARRAYS, optional=("joint",))
+    names, vectors = arrays["names"], arrays["embeddings"]
+    rows = {"names": len(names), "embeddings": vectors.shape[0]}
+    if "joint" in arrays:
+        rows["joint"] = arrays["joint"].shape[0]
+    if len(set(rows.values())) > 1:
+        raise AnnobootError(f"{path}: its arrays disagree on the number of images ({rows}; {what})")
     try:
-        with np.load(path) as saved:
-            return saved["names"].tolist(), torch.from_numpy(saved["embeddings"]), json.loads(str(saved["meta"]))
-    except (KeyError, ValueError, OSError) as exc:
-        raise AnnobootError(f"{path} is not an annoboot embeddings file: {exc}") from None
+        meta = json.loads(str(arrays["meta"]))
+    except (ValueError, RecursionError) as exc:
+        raise AnnobootError(f"{path}: its 'meta' is not JSON ({str(exc).splitlines()[0]}; {what})") from None
+    if not isinstance(meta, dict):
+        raise AnnobootError(f"{path}: its 'meta' is not a JSON object ({what})")
+    check_keys(meta, EMBEDDINGS_META, f"{path}: meta", what)
+    joint = torch.from_numpy(arrays["joint"]) if "joint" in arrays else None
+    return names.tolist(), torch.from_numpy(vectors), meta, joint
+
+
+def load_embeddings(path: str | Path) -> Tuple[List[str], torch.Tensor, Dict]:
+    """(names, L2-normalised embeddings, meta) of an ``annoboot embed`` file."""
+    names, vectors, meta, _ = read_embeddings_file(path)
+    return names, vectors, meta
 
 
 def nearest(embeddings: torch.Tensor, query: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:

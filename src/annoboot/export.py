@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import timm
-from safetensors.torch import save_file
 
+from annoboot.checked_files import save_safetensors
 from annoboot.errors import AnnobootError
 from annoboot.models.encoder import Encoder
 
@@ -46,7 +46,7 @@ def _write_weights(encoder: Encoder, path: Path, metadata: Dict[str, str]) -> No
         key: value.detach().to("cpu", copy=True).contiguous() for key, value in encoder.backbone.state_dict().items()
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=metadata)
+    save_safetensors(state, path, metadata)  # with the tensors' checksum, checked when annoboot reads them
     # safetensors creates the file owner-only (0600); give it the mode any other file gets.
     umask = os.umask(0)
     os.umask(umask)
@@ -93,9 +93,12 @@ def export_folder(encoder: Encoder, folder: str | Path, data: Dict[str, Any], ca
 
 
 def is_exported_folder(path: str | Path) -> bool:
-    """Whether ``path`` is a folder :func:`export_folder` (or timm's hub writer) made."""
+    """Whether ``path`` is a folder :func:`export_folder` (or timm's hub writer) made: it holds
+    config.json or model.safetensors (reading it names the one missing or damaged) and is not a
+    run folder (config.yaml)."""
     path = Path(path)
-    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+    return (path.is_dir() and ((path / CONFIG_FILE).exists() or (path / WEIGHTS_FILE).exists())
+            and not (path / "config.yaml").exists())
 
 
 def metadata_path(path: str | Path) -> Path:

@@ -10,8 +10,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from annoboot.checked_files import read_text
 from annoboot.config import EvalConfig
-from annoboot.embedding import folder_batches, load_embeddings, load_encoder, nearest
+from annoboot.embedding import folder_batches, load_encoder, nearest, read_embeddings_file
 from annoboot.errors import AnnobootError
 from annoboot.eval.image_text import zero_shot_classifier
 from annoboot.text_tower import no_text_tower
@@ -30,8 +31,8 @@ class Match:
 def find_by_text(embeddings_path: str | Path, text: str, k: int = 8, encoder=None) -> Tuple[List[Match], Dict]:
     """The ``k`` images of an embeddings file (``annoboot embed`` of a caption model) closest to
     ``text`` in the joint space, best first; (matches, the file's meta)."""
-    names, _, meta = load_embeddings(embeddings_path)
-    joint = load_joint_embeddings(embeddings_path)
+    names, _, meta, joint = read_embeddings_file(embeddings_path)
+    joint = _joint_or_error(embeddings_path, joint)
     if encoder is None:
         encoder = load_encoder(meta["encoder"], meta["weights"] if meta["weights"] != "exported" else "online", "cpu")
     query = encoder.embed_text([text])[0]
@@ -43,13 +44,15 @@ def find_by_text(embeddings_path: str | Path, text: str, k: int = 8, encoder=Non
 
 
 def load_joint_embeddings(path: str | Path) -> torch.Tensor:
-    import numpy as np
+    """The joint-space image features of an ``annoboot embed`` file of a caption model."""
+    return _joint_or_error(path, read_embeddings_file(path)[3])
 
-    with np.load(path) as saved:
-        if "joint" not in saved.files:
-            raise AnnobootError(f"{path} holds image features only (its encoder has no text tower): embed the folder "
-                                "with a CLIP or ABCLIP run to search it by text")
-        return torch.from_numpy(saved["joint"])
+
+def _joint_or_error(path: str | Path, joint: Optional[torch.Tensor]) -> torch.Tensor:
+    if joint is None:
+        raise AnnobootError(f"{path} holds image features only (its encoder has no text tower): embed the folder "
+                            "with a CLIP or ABCLIP run to search it by text")
+    return joint
 
 
 def parse_labels(labels: Optional[str], labels_file: Optional[str]) -> List[str]:
@@ -57,10 +60,7 @@ def parse_labels(labels: Optional[str], labels_file: Optional[str]) -> List[str]
     if (labels is None) == (labels_file is None):
         raise AnnobootError("zero-shot: give the labels with --labels a,b,c or --labels-file FILE (one of them)")
     if labels_file is not None:
-        try:
-            lines = Path(labels_file).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AnnobootError(f"--labels-file {labels_file}: cannot read it ({exc})") from None
+        lines = read_text(labels_file, "--labels-file").splitlines()
         names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
         origin = f"--labels-file {labels_file}"
     else:

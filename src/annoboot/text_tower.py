@@ -14,15 +14,19 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from annoboot.checked_files import read_json_object, read_safetensors, save_safetensors
 from annoboot.errors import AnnobootError
 from annoboot.eval.image_text import embed_texts
 from annoboot.models import CaptionTokenizer, TextEncoder
 
 TEXT_WEIGHTS_FILE = "text_tower.safetensors"
 TEXT_CONFIG_FILE = "text_config.json"
+# The sizes text_config.json holds, each a positive integer (the bound keeps a damaged file from
+# asking for a tower of terabytes).
+TEXT_SETTINGS = ("context_length", "text_width", "text_depth", "text_heads", "embed_dim", "vocab_size", "image_width")
+TEXT_SETTING_MAX = 1 << 20
 TOKENIZER_NAME = "open_clip SimpleTokenizer (CLIP BPE, 49408 tokens, lower-cased)"
 
 
@@ -84,7 +88,7 @@ def save_text_tower(tower: TextTower, folder: str | Path) -> List[Path]:
     folder = Path(folder)
     weights = folder / TEXT_WEIGHTS_FILE
     state = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in tower.state_dict().items()}
-    save_file(state, str(weights), metadata={"settings": json.dumps(tower.settings)})
+    save_safetensors(state, weights, metadata={"settings": json.dumps(tower.settings)})
     config = folder / TEXT_CONFIG_FILE
     config.write_text(json.dumps({**tower.settings, "tokenizer": TOKENIZER_NAME,
                                   "use": "annoboot.load_encoder(FOLDER).embed_text(['a sentence'])"}, indent=2) + "\n")
@@ -97,15 +101,17 @@ def load_text_tower(folder: str | Path, device: torch.device) -> Optional[TextTo
     config, weights = folder / TEXT_CONFIG_FILE, folder / TEXT_WEIGHTS_FILE
     if not config.is_file() and not weights.is_file():
         return None
+    what = "the text tower of an exported caption model"
+    settings = read_json_object(config, what, {key: int for key in TEXT_SETTINGS})
+    for key in TEXT_SETTINGS:
+        if not 1 <= settings[key] <= TEXT_SETTING_MAX:
+            raise AnnobootError(f"{config}: '{key}' should be in [1, {TEXT_SETTING_MAX}], found {settings[key]} ({what})")
+    state, _ = read_safetensors(weights, what)
     try:
-        settings = json.loads(config.read_text())
-        tower = TextTower({key: int(settings[key]) for key in ("context_length", "text_width", "text_depth", "text_heads",
-                                                                "embed_dim", "vocab_size", "image_width")})
-        tower.load_state_dict(load_file(str(weights)))
-    except AnnobootError:
-        raise
+        tower = TextTower({key: settings[key] for key in TEXT_SETTINGS})
+        tower.load_state_dict(state)
     except Exception as exc:
-        raise AnnobootError(f"{folder}: its text tower ({TEXT_CONFIG_FILE}, {TEXT_WEIGHTS_FILE}) cannot be read: "
+        raise AnnobootError(f"{folder}: its text tower ({TEXT_CONFIG_FILE}, {TEXT_WEIGHTS_FILE}) does not load: "
                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     return tower.to(device).eval()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -11,7 +13,10 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from annoboot.checked_files import read_jsonl_rows
 from annoboot.methods.base import RATE_DENOMINATOR, RATE_NUMERATOR
+
+log = logging.getLogger(__name__)
 
 
 class MetricAccumulator:
@@ -70,8 +75,8 @@ class RunLogger:
         if purge is not None and path.exists():
             kept = _drop_rows_after(path, start_step)
             if kept:
-                self.train_seconds = float(kept[-1].get("time/train_seconds", 0.0))
-                self.views_seen = float(kept[-1].get("progress/views_seen", 0.0))
+                self.train_seconds = _number(kept[-1], "time/train_seconds")
+                self.views_seen = _number(kept[-1], "progress/views_seen")
         self.jsonl = open(path, "a", encoding="utf-8")
         # A slow moving average of step times (about the last 50 steps) keeps the ETA steady.
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not show_progress, unit="step", dynamic_ncols=True,
@@ -109,19 +114,22 @@ class RunLogger:
         self.jsonl.close()
 
 
+def _number(row: dict, key: str) -> float:
+    """row[key] as a finite float; 0 where it is missing or not a number (a damaged row)."""
+    value = row.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return float(value)
+
+
 def _drop_rows_after(path: Path, step: int) -> List[dict]:
     """Keep the rows of ``path`` (JSON lines with a "step") up to ``step``; rewritten atomically.
-    Returns the rows kept."""
-    kept, rows = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:  # a line cut short by the kill
-            continue
-        if isinstance(row, dict) and row.get("step", 0) <= step:
-            kept.append(line)
-            rows.append(row)
+    Returns the rows kept. A line cut short by the kill, or damaged, is dropped (and counted)."""
+    rows, damaged = read_jsonl_rows(path, "the run's metrics log")
+    if damaged > 1:  # one torn line is what a kill leaves; more is damage worth a word
+        log.warning("%s: dropped %d unreadable lines on resume", path, damaged)
+    rows = [row for row in rows if row["step"] <= step]
     tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     tmp.replace(path)
     return rows

@@ -30,17 +30,19 @@ def read_metrics(path: str | Path) -> List[Record]:
     path = Path(path)
     if not path.is_file():
         raise AnnobootError(f"no metrics file at {path}: is this a run directory written by `annoboot pretrain`?")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
     records: List[Record] = []
     for number, line in enumerate(lines, start=1):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             if number == len(lines):
                 break
-            raise AnnobootError(f"{path}, line {number}: not a JSON object ({exc.msg})") from None
-        if not isinstance(record, dict) or "step" not in record:
-            raise AnnobootError(f"{path}, line {number}: expected a JSON object with a 'step' key")
+            reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "not a JSON object"
+            raise AnnobootError(f"{path}, line {number}: {reason} ({str(exc).splitlines()[0][:80]})") from None
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise AnnobootError(f"{path}, line {number}: expected a JSON object with an integer 'step' key")
         records.append(record)
     if not records:
         raise AnnobootError(f"{path} holds no logged steps yet (the trainer writes one every train.log_every steps)")
