@@ -65,8 +65,10 @@ def sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
 def shutdown() -> None:
     """Leave the process group. Without this, gloo's threads are still running when the
     interpreter exits and a rank can abort ("terminate called without an active exception")."""
+    global _HOST_GROUP
     if is_initialized():
         dist.destroy_process_group()
+    _HOST_GROUP = None
 
 
 def barrier() -> None:
@@ -121,6 +123,30 @@ def any_rank(flag: bool) -> bool:
     value = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(value)
     return bool(value.item())
+
+
+_HOST_GROUP = None
+
+
+def _host_group():
+    """A gloo group over every rank for small votes made on the host (None: the default group is
+    gloo already). Under NCCL a vote in the default group would copy to the GPU and wait for its
+    queue each step. Created on first use, which every rank reaches at the same call."""
+    global _HOST_GROUP
+    if dist.get_backend() == "gloo":
+        return None
+    if _HOST_GROUP is None:
+        _HOST_GROUP = dist.new_group(backend="gloo")
+    return _HOST_GROUP
+
+
+def min_over_ranks(value: int) -> int:
+    """The smallest of every rank's ``value`` (a vote), on every rank; host-side."""
+    if world_size() == 1:
+        return value
+    vote = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(vote, op=dist.ReduceOp.MIN, group=_host_group())
+    return int(vote.item())
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,7 @@ from annoboot.data.stream import (
     SkipCounter,
     Tokenize,
     _collate_to_tuple,
+    agreed_to_use,
     pad_collate,
     skip_reasons,
     with_caption_tokens,
@@ -365,6 +366,7 @@ class ShardStream:
         self.pattern = pattern
         self.name = f"shards:{pattern}"
         self.local_batch_size = batch_size // world_size
+        self._world_size = world_size
         self.seed, self.rank = seed, rank
         self.device = torch.device(device)
         self.num_workers = num_workers
@@ -443,8 +445,7 @@ class ShardStream:
                 images, sizes, _, captions, tokens, origins, reasons = encoded
                 batch = ImageBatch(images, sizes, None, captions, tokens, origins)
             self._batches += 1
-            self._skips.add(self.local_batch_size, reasons)  # raises once the source is hopeless
-            if len(batch):
+            if agreed_to_use(self._skips, self.local_batch_size, reasons, bool(len(batch)), self._world_size):
                 return batch.filled_to(self.local_batch_size).to(self.device, non_blocking=self.pin_memory)
 
     def _decode_on_device(

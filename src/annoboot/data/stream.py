@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from annoboot import distributed
 from annoboot.batch import ImageBatch
 from annoboot.data.base import ImageSource
 from annoboot.errors import AnnobootError
@@ -135,6 +136,31 @@ def _collate_to_tuple(items: Sequence[Tuple[Any, ...]]) -> Tuple[Any, ...]:
     unpinned."""
     batch, _ = pad_collate(items)
     return batch.images, batch.sizes, batch.labels, batch.captions, batch.caption_tokens, batch.origins, skip_reasons(items)
+
+
+# The processes' vote on each batch read from files (the smallest wins): stop, skip it, use it.
+_STOP, _SKIP, _USE = 0, 1, 2
+
+
+def agreed_to_use(skips: "SkipCounter", tried: int, reasons: Dict[str, int], usable: bool, world_size: int) -> bool:
+    """Count one batch of this process's share (``tried`` images, ``reasons`` of the bad ones)
+    and say whether every process uses its batch (else all skip to the next).
+
+    The processes agree: a batch is skipped by every one when any one's share held no usable
+    image (alone, that rank would walk ahead of the others), and all stop when one's source is
+    hopeless (the others would otherwise wait for it at the next collective). Raises
+    AnnobootError to stop."""
+    try:
+        skips.add(tried, reasons)  # raises once the source is hopeless
+        verdict, stopped = (_USE if usable else _SKIP), None
+    except AnnobootError as exc:
+        verdict, stopped = _STOP, exc
+    if world_size > 1:
+        verdict = distributed.min_over_ranks(verdict)
+    if verdict == _STOP:
+        raise stopped or AnnobootError(f"{skips.source}: another process stopped on its share of this source (its "
+                                       "error says why)")
+    return verdict == _USE
 
 
 class SkipCounter:
@@ -326,6 +352,7 @@ class BatchStream:
                 "choose train.batch_size so every stream's batch is a multiple of the world size"
             )
         self.local_batch_size = batch_size // world_size
+        self._world_size = world_size
         self._rank_slice = slice(rank * self.local_batch_size, (rank + 1) * self.local_batch_size)
         if num_images < batch_size:
             raise AnnobootError(
@@ -420,8 +447,7 @@ class BatchStream:
         while True:
             images, sizes, _, captions, tokens, origins, reasons = next(self._loader_batches)
             self._advance()
-            self._skips.add(self.local_batch_size, reasons)  # raises once the source is hopeless
-            if sizes.shape[0]:
+            if agreed_to_use(self._skips, self.local_batch_size, reasons, bool(sizes.shape[0]), self._world_size):
                 break
         batch = ImageBatch(images, sizes, None, captions, tokens, origins).filled_to(self.local_batch_size)
         return batch.to(self.device, non_blocking=self.pin_memory)
