@@ -101,6 +101,7 @@ def training_key(cfg: Config) -> str:
         for key, value in SOURCE_KEY_NEUTRAL.items():
             if source.get(key) == value:
                 source.pop(key)
+        source.pop("read_timeout", None)  # when a read gives up, not what training does
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -217,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                       args.weights, args.overrides, args.curves_only):
                 print(f"wrote {path}")
     except AnnobootError as exc:
-        print(f"annoboot: error: {exc}", file=sys.stderr)
+        print(f"annoboot: error: {exc.plain_message}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)  # RunInterrupted: 130 / 143, as the signal would
     except KeyboardInterrupt:
         print("annoboot: interrupted", file=sys.stderr)

@@ -49,6 +49,10 @@ class SourceCoreConfig:
     # An image whose header declares more pixels than this is skipped (counted as over the cap)
     # before any decoding: a decompression bomb never reaches memory. 8192 x 8192 by default.
     max_pixels: int = option(MAX_IMAGE_PIXELS, COUNT)
+    # A read of one image file taking longer than this many seconds stops the run with an error
+    # naming the file (a hung network file system would otherwise stall it forever); 0 waits.
+    # Image files of image_folder and captioned sources; shards and videos are read without it.
+    read_timeout: float = option(300.0, NON_NEGATIVE)
 
 
 def _copy_field(f: Any) -> Any:

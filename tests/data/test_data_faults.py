@@ -12,6 +12,7 @@ import io
 import os
 import tarfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Dict, Sequence, TypeVar
 
@@ -295,3 +296,31 @@ def test_inspect_reports_the_zoo_by_stable_reason_without_a_traceback(tmp_path, 
     for reason in ZOO_REASONS:
         assert f"  {reason}  (e.g." in out
     assert f"decodable: {GOOD}" in out and "bad: " in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_fault_a_hung_read_stops_the_stream_naming_the_file(tmp_path, monkeypatch, num_workers):
+    """A read that never returns (a hung network file system, simulated by a read that sleeps
+    past data.<stream>.read_timeout) stops the stream with one line naming the file, in the
+    process and from a loader worker, instead of stalling the run."""
+    from helpers import index_folder
+
+    from annoboot.data import decode
+
+    folder = index_folder(tmp_path / "images", 16)
+    hung = str(folder / "0005.png")
+    read = decode._read
+
+    def read_or_hang(path):
+        if path == hung:
+            time.sleep(3)
+        return read(path)
+
+    monkeypatch.setattr(decode, "_read", read_or_hang)  # before the loader forks its worker
+    cfg = SourceConfig(kind="image_folder", root=str(folder), read_timeout=0.5, num_workers=num_workers, cache_mb=0)
+    stream = build_stream(cfg, batch_size=16, seed=0, device="cpu")
+    with pytest.raises(AnnobootError) as raised:
+        next(stream)
+    message = raised.value.plain_message
+    assert "0005.png" in message and "0.5 s" in message and "read_timeout" in message and "\n" not in message
+    stream.close()

@@ -35,7 +35,9 @@ def build_source(cfg: SourceConfig) -> ImageSource:
     """The source ``cfg`` describes; AnnobootError for an unknown kind or a missing root."""
     if cfg.kind not in SOURCE_REGISTRY:
         raise AnnobootError(f"unknown data source kind '{cfg.kind}'; choose one of {', '.join(SOURCE_KINDS)}")
-    return SOURCE_REGISTRY[cfg.kind].build(cfg)
+    source = SOURCE_REGISTRY[cfg.kind].build(cfg)
+    source.read_timeout = cfg.read_timeout  # every source has the option; those reading files use it
+    return source
 
 
 def build_stream(

@@ -25,6 +25,9 @@ class ImageSource(Dataset):
     class_names: Optional[List[str]] = None
     captions: Optional[List[str]] = None  # (N,) weak text per image (captioned sets), else None
     needs_decode_workers: bool = True  # False when reading an image costs no decoding (in memory)
+    # Seconds one file read may take before the run stops naming the file (sources that read image
+    # files; 0: wait forever). build_source sets it from data.<stream>.read_timeout.
+    read_timeout: float = 0.0
 
     def __len__(self) -> int:
         raise NotImplementedError

@@ -150,7 +150,7 @@ class CaptionedImagesSource(ImageSource):
 
     def load(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
         """(image, None), or (None, why) for an undecodable file: skipped and counted by the stream."""
-        return load_image_file(self.paths[index], self.max_short_side, self.max_pixels)
+        return load_image_file(self.paths[index], self.max_short_side, self.max_pixels, self.read_timeout)
 
     def describe(self) -> str:
         return f"{self.name}: {len(self)} captioned images in {len(self.class_names)} categories"

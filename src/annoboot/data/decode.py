@@ -22,12 +22,16 @@ import logging
 import os
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from annoboot.errors import AnnobootError
 
 logger = logging.getLogger(__name__)
 
@@ -195,16 +199,54 @@ def decode_image(path: "str | io.BytesIO", max_short_side: int, max_pixels: int 
     return torch.from_numpy(pixels_hwc.transpose(2, 0, 1).copy())
 
 
-def load_image_file(path: str, max_short_side: int, max_pixels: int = MAX_IMAGE_PIXELS) -> Tuple[Optional[torch.Tensor], Optional[str]]:
-    """(image, None), or (None, :func:`failure_reason`) when the file cannot be decoded."""
+class ReadTimedOut(AnnobootError):
+    """A file read that did not finish within the source's read_timeout (a hung file system)."""
+
+
+_read_pool: Optional[ThreadPoolExecutor] = None
+_read_pool_pid = -1
+
+
+def _pool() -> ThreadPoolExecutor:
+    """This process's reader threads (a forked loader worker makes its own: threads do not fork)."""
+    global _read_pool, _read_pool_pid
+    if _read_pool is None or _read_pool_pid != os.getpid():
+        _read_pool, _read_pool_pid = ThreadPoolExecutor(max_workers=2, thread_name_prefix="annoboot-read"), os.getpid()
+    return _read_pool
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def read_file(path: str, timeout: float = 0.0) -> bytes:
+    """The bytes of ``path``; with ``timeout`` > 0, read in a helper thread and given up after
+    ``timeout`` seconds with :class:`ReadTimedOut` naming the file (a read stuck on a hung network
+    file system never returns, and cannot be interrupted: its thread is left behind)."""
+    if timeout <= 0:
+        return _read(path)
+    future = _pool().submit(_read, path)
     try:
-        return decode_image(path, max_short_side, max_pixels), None
+        return future.result(timeout=timeout)
+    except FutureTimeout:
+        raise ReadTimedOut(f"{path}: reading it took more than {timeout:g} s (a hung or very slow file system?); "
+                           "data.<stream>.read_timeout sets the limit, 0 waits forever") from None
+
+
+def load_image_file(path: str, max_short_side: int, max_pixels: int = MAX_IMAGE_PIXELS,
+                    read_timeout: float = 0.0) -> Tuple[Optional[torch.Tensor], Optional[str]]:
+    """(image, None), or (None, :func:`failure_reason`) when the file cannot be decoded.
+    Raises :class:`ReadTimedOut` when reading it takes longer than ``read_timeout`` seconds."""
+    num_bytes = -1
+    try:
+        data = read_file(path, read_timeout)
+        num_bytes = len(data)
+        return decode_image(io.BytesIO(data), max_short_side, max_pixels), None
+    except ReadTimedOut:
+        raise
     except Exception as exc:  # PIL plugins raise OSError, ValueError, SyntaxError, struct.error, ...
         logger.debug("skipping undecodable image %s: %s: %s", path, type(exc).__name__, exc)
-        try:
-            num_bytes = os.path.getsize(path)
-        except OSError:
-            num_bytes = -1
         return None, failure_reason(exc, num_bytes)
 
 

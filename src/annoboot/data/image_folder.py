@@ -145,7 +145,7 @@ class ImageFolderSource(ImageSource):
 
     def load(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
         """(image, None), or (None, :func:`failure_reason`) when the file cannot be decoded."""
-        return load_image_file(self.paths[index], self.max_short_side, self.max_pixels)
+        return load_image_file(self.paths[index], self.max_short_side, self.max_pixels, self.read_timeout)
 
 
 @dataclass

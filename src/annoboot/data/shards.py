@@ -213,13 +213,6 @@ def split_jpegs(jpeg_bytes: torch.Tensor, jpeg_lengths: torch.Tensor) -> List[Op
 class UnreadableShards(AnnobootError):
     """A shard set from which nothing could be read (raised in the reader, often a worker)."""
 
-    @property
-    def plain_message(self) -> str:
-        """The message alone: a DataLoader worker's copy comes with the worker's traceback first."""
-        text = str(self)
-        marker = f"{type(self).__name__}: "
-        return text.rsplit(marker, 1)[-1].strip() if "Traceback" in text and marker in text else text
-
 
 class ShardFailures:
     """The shard reads of one reader (a DataLoader worker, or the process) that failed, and
