@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from annoboot.embedding import nearest
+from annoboot.similar import nearest
 
 
 def main() -> None:

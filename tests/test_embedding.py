@@ -12,7 +12,7 @@ from helpers import TINY, needs_fmnist
 from PIL import Image
 
 import annoboot
-from annoboot import cli, embedding
+from annoboot import cli, embedding, pretrained, similar
 from annoboot.config import SourceConfig
 from annoboot.data import build_source
 from annoboot.errors import AnnobootError
@@ -43,10 +43,10 @@ def photos(tmp_path_factory):
 
 
 def test_embed_folder_writes_one_unit_row_per_readable_image_and_counts_the_bad(run_dir, photos, tmp_path):
-    encoder = embedding.load_encoder(run_dir, device="cpu")
+    encoder = pretrained.load_encoder(run_dir, device="cpu")
     report = embedding.embed_folder(encoder, photos, tmp_path / "e.npz", batch_size=16, chunk_size=16, progress=False)
     assert report.embedded == 40 and sum(report.skipped.values()) == 1, report
-    names, vectors, meta = embedding.load_embeddings(tmp_path / "e.npz")
+    names, vectors, meta = similar.load_embeddings(tmp_path / "e.npz")
     assert len(names) == 40 and "broken.jpg" not in names and names[0] == "a/001.png"
     assert vectors.shape == (40, encoder.encoder.width)
     assert torch.allclose(vectors.norm(dim=1), torch.ones(40), atol=1e-4)
@@ -63,7 +63,7 @@ def test_embed_folder_writes_one_unit_row_per_readable_image_and_counts_the_bad(
 
 
 def test_a_killed_embedding_resumes_at_its_first_missing_chunk(run_dir, photos, tmp_path, monkeypatch):
-    encoder = embedding.load_encoder(run_dir, device="cpu")
+    encoder = pretrained.load_encoder(run_dir, device="cpu")
     whole = embedding.embed_folder(encoder, photos, tmp_path / "whole.npz", chunk_size=16, progress=False)
     real_chunk = embedding._embed_chunk
     calls = []
@@ -80,21 +80,21 @@ def test_a_killed_embedding_resumes_at_its_first_missing_chunk(run_dir, photos, 
     monkeypatch.setattr(embedding, "_embed_chunk", real_chunk)
     report = embedding.embed_folder(encoder, photos, tmp_path / "part.npz", chunk_size=16, progress=False)
     assert report.chunks_reused == 2 and report.embedded == whole.embedded
-    a, b = embedding.load_embeddings(tmp_path / "whole.npz"), embedding.load_embeddings(tmp_path / "part.npz")
+    a, b = similar.load_embeddings(tmp_path / "whole.npz"), similar.load_embeddings(tmp_path / "part.npz")
     assert a[0] == b[0] and torch.allclose(a[1], b[1])
 
 
 def test_similar_finds_the_image_itself_first_in_the_folder_and_from_outside(run_dir, photos, tmp_path):
-    encoder = embedding.load_encoder(run_dir, device="cpu")
+    encoder = pretrained.load_encoder(run_dir, device="cpu")
     embedding.embed_folder(encoder, photos, tmp_path / "e.npz", progress=False)
-    query, found, _ = embedding.find_similar(tmp_path / "e.npz", photos / "b" / "010.png", k=5)
+    query, found, _ = similar.find_similar(tmp_path / "e.npz", photos / "b" / "010.png", k=5)
     assert found[0].name == "b/010.png" and found[0].score == pytest.approx(1.0, abs=1e-4)
     assert [n.score for n in found] == sorted((n.score for n in found), reverse=True) and len(found) == 5
     # A file outside the folder is embedded on the fly with the encoder the file names.
     outside = tmp_path / "elsewhere" / "copy.png"
     outside.parent.mkdir()
     shutil.copy(photos / "a" / "023.png", outside)
-    query, found, _ = embedding.find_similar(tmp_path / "e.npz", outside, k=3)
+    query, found, _ = similar.find_similar(tmp_path / "e.npz", outside, k=3)
     assert query == str(outside) and found[0].name == "a/023.png" and found[0].score > 0.999
 
 
@@ -127,4 +127,4 @@ def test_the_package_surface_is_lazy_and_complete():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         annoboot.nope  # noqa: B018
     with pytest.raises(AnnobootError, match="image not found"):
-        embedding._as_uint8("/no/such/image.png", 32)
+        pretrained._as_uint8("/no/such/image.png", 32)

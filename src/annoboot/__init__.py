@@ -25,10 +25,10 @@ _EXPORTS = {
     "evaluate": ("annoboot.commands", "evaluate_run"),
     "export_encoder": ("annoboot.commands", "export_run"),  # not "export": the name of a submodule
     "load_run": ("annoboot.commands", "load_run"),
-    "load_encoder": ("annoboot.embedding", "load_encoder"),
+    "load_encoder": ("annoboot.pretrained", "load_encoder"),
     "embed_folder": ("annoboot.embedding", "embed_folder"),
-    "find_similar": ("annoboot.embedding", "find_similar"),
-    "load_embeddings": ("annoboot.embedding", "load_embeddings"),
+    "find_similar": ("annoboot.similar", "find_similar"),
+    "load_embeddings": ("annoboot.similar", "load_embeddings"),
     "AnnobootError": ("annoboot.errors", "AnnobootError"),
 }
 

@@ -160,14 +160,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 print(tools.format_report(tools.inspect_source(args.source, args.limit)))
         elif args.command == "embed":
-            from annoboot import embedding
+            from annoboot import embedding, pretrained
 
-            encoder = embedding.load_encoder(args.encoder, args.weights, args.device)
+            encoder = pretrained.load_encoder(args.encoder, args.weights, args.device)
             print(embedding.embed_folder(encoder, args.folder, args.out, args.batch_size, args.chunk_size))
         elif args.command == "similar":
             import json
 
-            from annoboot import embedding
+            from annoboot import similar
 
             if args.k <= 0:
                 raise AnnobootError(f"--k must be a positive number of neighbours, got {args.k}")
@@ -177,10 +177,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 from annoboot.text_search import find_by_text
 
                 matches, meta = find_by_text(args.embeddings, args.text, args.k)
-                query, neighbours = f"text: {args.text}", [embedding.Neighbour(m.name, m.score) for m in matches]
+                query, neighbours = f"text: {args.text}", [similar.Neighbour(m.name, m.score) for m in matches]
             else:
-                query, neighbours, meta = embedding.find_similar(args.embeddings, args.image, args.k)
-            sheet = embedding.contact_sheet(query, neighbours, meta["folder"], args.out)
+                query, neighbours, meta = similar.find_similar(args.embeddings, args.image, args.k)
+            sheet = similar.contact_sheet(query, neighbours, meta["folder"], args.out)
             listing = Path(args.out).with_suffix(".json")
             listing.write_text(json.dumps({"query": query, "folder": meta["folder"],
                                            "neighbours": [{"name": n.name, "score": n.score} for n in neighbours]}, indent=2))
@@ -190,11 +190,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.command == "zero-shot":
             import json
 
-            from annoboot import embedding
+            from annoboot import pretrained
             from annoboot.text_search import parse_labels, zero_shot_folder
 
             labels = parse_labels(args.labels, args.labels_file)
-            encoder = embedding.load_encoder(args.encoder, args.weights, args.device)
+            encoder = pretrained.load_encoder(args.encoder, args.weights, args.device)
             result = zero_shot_folder(encoder, args.folder, labels, args.top)
             for item in result["images"]:
                 print(f"{item['image']}  " + ", ".join(f"{l['label']} {l['score']:.3f}" for l in item["labels"]))

@@ -12,7 +12,9 @@ import torch
 
 from annoboot.checked_files import read_text
 from annoboot.config import EvalConfig
-from annoboot.embedding import folder_batches, load_encoder, nearest, read_embeddings_file
+from annoboot.embedding import folder_batches
+from annoboot.pretrained import load_encoder
+from annoboot.similar import nearest, read_embeddings_file
 from annoboot.errors import AnnobootError
 from annoboot.eval.image_text import zero_shot_classifier
 from annoboot.text_tower import no_text_tower
