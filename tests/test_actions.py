@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from annoboot.actions import (
     action_tokens,
@@ -95,3 +97,44 @@ def test_box_iou():
     assert box_iou(a, b).item() == pytest.approx(0.25 / 0.75)
     assert box_iou(a, a).item() == pytest.approx(1.0)
     assert box_iou(a, torch.tensor([0.6, 0.0, 1.0, 1.0])).item() == 0.0
+
+
+@pytest.mark.parametrize("size_hw, scale, ratio", [((1200, 3000), (0.08, 1.0), (3 / 4, 4 / 3)),
+                                                   ((3000, 900), (0.2, 0.6), (0.5, 1.5)),
+                                                   ((2000, 2000), (0.05, 0.3), (0.8, 2.0))])
+def test_sampled_boxes_follow_torchvisions_random_resized_crop(size_hw, scale, ratio):
+    """The vectorised sampler draws what torchvision's RandomResizedCrop draws: the quantiles of
+    the area, the aspect, the position and the corners of 4,000 boxes each agree."""
+    from torchvision.transforms import RandomResizedCrop
+
+    height, width = size_hw
+    torch.manual_seed(0)
+    ours = sample_crop_boxes(torch.tensor([size_hw] * 2000), 2, scale, ratio).view(-1, 4)
+    image = torch.zeros(1, height, width)
+    theirs = []
+    for _ in range(4000):
+        top, left, h, w = RandomResizedCrop.get_params(image, list(scale), list(ratio))
+        theirs.append([left / width, top / height, (left + w) / width, (top + h) / height])
+    theirs = torch.tensor(theirs)
+
+    def statistics(boxes):
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        return {"area": w * h, "log aspect": torch.log(w * width / (h * height)), "x0": boxes[:, 0], "y0": boxes[:, 1],
+                "x1": boxes[:, 2], "y1": boxes[:, 3]}
+
+    levels = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
+    for (name, a), b in zip(statistics(ours).items(), statistics(theirs).values()):
+        assert torch.allclose(torch.quantile(a, levels), torch.quantile(b, levels), atol=0.035), name
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=8, max_size=8))
+def test_box_iou_equals_torchvisions(corners):
+    from torchvision.ops import box_iou as reference
+
+    a = torch.tensor([min(corners[0], corners[2]), min(corners[1], corners[3]), max(corners[0], corners[2]) + 1e-3,
+                      max(corners[1], corners[3]) + 1e-3])
+    b = torch.tensor([min(corners[4], corners[6]), min(corners[5], corners[7]), max(corners[4], corners[6]) + 1e-3,
+                      max(corners[5], corners[7]) + 1e-3])
+    assert box_iou(a, b).item() == pytest.approx(reference(a[None], b[None]).item(), rel=1e-4, abs=1e-6)
+    assert box_iou(a, b).item() == pytest.approx(box_iou(b, a).item(), rel=1e-6, abs=1e-9)  # symmetric
