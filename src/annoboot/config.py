@@ -51,7 +51,8 @@ class SourceCoreConfig:
     max_pixels: int = option(MAX_IMAGE_PIXELS, COUNT)
     # A read of one image file taking longer than this many seconds stops the run with an error
     # naming the file (a hung network file system would otherwise stall it forever); 0 waits.
-    # Image files of image_folder and captioned sources; shards and videos are read without it.
+    # Image files of image_folder and captioned sources, and local webdataset shards (each read
+    # of a shard: 1 MiB); video files are read without it.
     read_timeout: float = option(300.0, NON_NEGATIVE)
 
 

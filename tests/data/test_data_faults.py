@@ -324,3 +324,32 @@ def test_fault_a_hung_read_stops_the_stream_naming_the_file(tmp_path, monkeypatc
     message = raised.value.plain_message
     assert "0005.png" in message and "0.5 s" in message and "read_timeout" in message and "\n" not in message
     stream.close()
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_fault_a_hung_shard_read_stops_the_stream_naming_the_shard(tmp_path, monkeypatch, num_workers):
+    """The same for webdataset shards: a read of a local shard that hangs past read_timeout."""
+    from helpers import index_folder
+
+    from annoboot.data import decode
+
+    index_folder(tmp_path / "images", 16)
+    folder_to_shards(str(tmp_path / "images"), str(tmp_path / "s-%06d.tar"), max_count=8)
+    hung = str(tmp_path / "s-000001.tar")
+
+    class HangingFile(io.FileIO):
+        def readinto(self, buffer):
+            time.sleep(3)
+            return super().readinto(buffer)
+
+    def open_or_hang(path, mode="r", *args):
+        return HangingFile(path, "rb") if path == hung else open(path, mode, *args)
+
+    monkeypatch.setattr(decode, "open", open_or_hang, raising=False)  # before the loader forks its worker
+    pattern = str(tmp_path / "s-{000000..000001}.tar")
+    stream = ShardStream(pattern, batch_size=4, seed=0, num_workers=num_workers, read_timeout=0.5, shuffle_buffer=1)
+    with pytest.raises(AnnobootError) as raised:
+        for _ in range(8):  # 16 images in 2 shards: the hung one comes within the first few batches
+            next(stream)
+    message = raised.value.plain_message
+    assert "s-000001.tar" in message and "0.5 s" in message and "read_timeout" in message and "\n" not in message

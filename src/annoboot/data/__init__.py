@@ -69,7 +69,7 @@ def build_stream(
         return ShardStream(
             cfg.root, batch_size, seed, device, workers, rank, world_size, cfg.max_short_side,
             require_captions=require_captions, mix_weights=cfg.mix_weights, max_bad_fraction=cfg.max_bad_fraction,
-            decode_on=cfg.decode_on, tokenize=tokenize, max_pixels=cfg.max_pixels,
+            decode_on=cfg.decode_on, tokenize=tokenize, max_pixels=cfg.max_pixels, read_timeout=cfg.read_timeout,
         )
     source = source or build_source(cfg)
     if require_captions and source.captions is None:

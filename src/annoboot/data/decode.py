@@ -234,6 +234,44 @@ def read_file(path: str, timeout: float = 0.0) -> bytes:
                            "data.<stream>.read_timeout sets the limit, 0 waits forever") from None
 
 
+class TimedFile(io.RawIOBase):
+    """A local file whose every read gives up after ``timeout`` seconds with
+    :class:`ReadTimedOut` naming it. Wrap it in ``io.BufferedReader`` with a large buffer: each
+    raw read is one hand-off to a reader thread."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__()
+        self.path, self.timeout = path, timeout
+        self._file = _pool().submit(open, path, "rb").result(timeout=timeout)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        future = _pool().submit(self._file.readinto, buffer)
+        try:
+            return future.result(timeout=self.timeout)
+        except FutureTimeout:
+            raise ReadTimedOut(f"{self.path}: a read took more than {self.timeout:g} s (a hung or very slow file "
+                               "system?); data.<stream>.read_timeout sets the limit, 0 waits forever") from None
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+
+def open_timed(path: str, timeout: float, buffer_size: int = 1 << 20):
+    """``open(path, "rb")``, or with ``timeout`` > 0 a buffered :class:`TimedFile`."""
+    if timeout <= 0:
+        return open(path, "rb")
+    try:
+        return io.BufferedReader(TimedFile(path, timeout), buffer_size)
+    except FutureTimeout:
+        raise ReadTimedOut(f"{path}: opening it took more than {timeout:g} s (a hung or very slow file system?); "
+                           "data.<stream>.read_timeout sets the limit, 0 waits forever") from None
+
+
 def load_image_file(path: str, max_short_side: int, max_pixels: int = MAX_IMAGE_PIXELS,
                     read_timeout: float = 0.0) -> Tuple[Optional[torch.Tensor], Optional[str]]:
     """(image, None), or (None, :func:`failure_reason`) when the file cannot be decoded.

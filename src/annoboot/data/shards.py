@@ -44,6 +44,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
+from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from annoboot.batch import ImageBatch
@@ -52,10 +53,12 @@ from annoboot.data.decode import (
     IMAGE_EXTENSIONS,
     MAX_IMAGE_PIXELS,
     DeviceDecoder,
+    ReadTimedOut,
     decode_image,
     exif_orientation,
     failure_reason,
     open_image,
+    open_timed,
 )
 from annoboot.data.registry import register_source
 from annoboot.data.stream import (
@@ -229,8 +232,9 @@ class ShardFailures:
 
     Use it through :meth:`samples`, which tracks the shard being read."""
 
-    def __init__(self, name: str, num_shards: int, stop: bool = True):
+    def __init__(self, name: str, num_shards: int, stop: bool = True, read_timeout: float = 0.0):
         self.name, self.num_shards, self.stop = name, num_shards, stop
+        self.read_timeout = read_timeout  # seconds a read of a local shard may take (0: no limit)
         self.failures = 0
         self._url: Optional[str] = None
         self._members = 0  # of the shard being read
@@ -241,8 +245,24 @@ class ShardFailures:
 
     def samples(self, shards: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
         """webdataset's ``tarfile_to_samples`` on ``shards`` (dicts with a ``url``), watched."""
-        files = tar_file_expander(url_opener(self._watch_shards(shards), handler=self), handler=self)
+        opened = self._open_timed(self._watch_shards(shards)) if self.read_timeout > 0 else url_opener(
+            self._watch_shards(shards), handler=self)
+        files = tar_file_expander(opened, handler=self)
         return group_by_keys(self._watch_members(files), handler=self)
+
+    def _open_timed(self, shards: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+        """webdataset's url_opener, local files read with the read timeout (others as it reads them)."""
+        for shard in shards:
+            url = shard["url"]
+            try:
+                local = "://" not in url and not url.startswith("pipe:")
+                stream = open_timed(url, self.read_timeout) if local else gopen(url)
+            except Exception as exc:
+                exc.args = exc.args + (url,)
+                if self(exc):
+                    continue
+                break
+            yield {**shard, "stream": stream}
 
     def _watch_shards(self, shards: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
         for shard in shards:
@@ -260,7 +280,10 @@ class ShardFailures:
             yield file
 
     def __call__(self, exc: Exception) -> bool:
-        """webdataset's handler: count the shard as failed and go on with the next one."""
+        """webdataset's handler: count the shard as failed and go on with the next one (a read
+        that timed out stops the reader: the next shard's would hang the same way)."""
+        if isinstance(exc, ReadTimedOut):
+            raise ReadTimedOut(exc.args[0]) from None  # webdataset appended the URL to its args
         self._fail(failure_reason(exc, _local_size(self._url)))
         return True
 
@@ -343,6 +366,7 @@ class ShardStream:
         decode_on: str = "cpu",
         tokenize: Optional[Tokenize] = None,
         max_pixels: int = MAX_IMAGE_PIXELS,
+        read_timeout: float = 0.0,
     ):
         if batch_size % world_size:
             raise AnnobootError(f"batch size {batch_size} does not split evenly over {world_size} processes")
@@ -365,6 +389,7 @@ class ShardStream:
         self.num_workers = num_workers
         self.max_short_side = max_short_side
         self.max_pixels = max_pixels
+        self.read_timeout = read_timeout
         self.shuffle_buffer = shuffle_buffer
         self.require_captions = require_captions  # samples without text are skipped and counted
         self.tokenize = tokenize
@@ -382,13 +407,13 @@ class ShardStream:
             # deterministic: the seed mixes in rank and worker id, not the clock
             samples = [
                 wds.ResampledShards(self.urls, seed=seed, deterministic=True),
-                ShardFailures(self.pattern, len(self.urls)).samples,
+                ShardFailures(self.pattern, len(self.urls), read_timeout=self.read_timeout).samples,
             ]
         else:
             streams = [
                 wds.DataPipeline(
                     wds.ResampledShards(urls, seed=wds.utils.make_seed(seed, i), deterministic=True),
-                    ShardFailures(part, len(urls)).samples,
+                    ShardFailures(part, len(urls), read_timeout=self.read_timeout).samples,
                 )
                 for i, (part, urls) in enumerate(zip(self.pattern.split("::"), self.source_urls))
             ]
