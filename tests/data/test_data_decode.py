@@ -13,7 +13,7 @@ from helpers import jpeg_bytes, natural_photos, png_claiming, write_index_png
 from PIL import Image
 
 from annoboot.data import ImageFolderSource
-from annoboot.data import decode as decode_module
+from annoboot.data import device_decode as decode_module
 
 
 @pytest.fixture(scope="module")

@@ -305,18 +305,18 @@ def test_fault_a_hung_read_stops_the_stream_naming_the_file(tmp_path, monkeypatc
     process and from a loader worker, instead of stalling the run."""
     from helpers import index_folder
 
-    from annoboot.data import decode
+    from annoboot.data import timed_reads
 
     folder = index_folder(tmp_path / "images", 16)
     hung = str(folder / "0005.png")
-    read = decode._read
+    read = timed_reads._read
 
     def read_or_hang(path):
         if path == hung:
             time.sleep(3)
         return read(path)
 
-    monkeypatch.setattr(decode, "_read", read_or_hang)  # before the loader forks its worker
+    monkeypatch.setattr(timed_reads, "_read", read_or_hang)  # before the loader forks its worker
     cfg = SourceConfig(kind="image_folder", root=str(folder), read_timeout=0.5, num_workers=num_workers, cache_mb=0)
     stream = build_stream(cfg, batch_size=16, seed=0, device="cpu")
     with pytest.raises(AnnobootError) as raised:
@@ -331,7 +331,7 @@ def test_fault_a_hung_shard_read_stops_the_stream_naming_the_shard(tmp_path, mon
     """The same for webdataset shards: a read of a local shard that hangs past read_timeout."""
     from helpers import index_folder
 
-    from annoboot.data import decode
+    from annoboot.data import timed_reads
 
     index_folder(tmp_path / "images", 16)
     folder_to_shards(str(tmp_path / "images"), str(tmp_path / "s-%06d.tar"), max_count=8)
@@ -345,7 +345,7 @@ def test_fault_a_hung_shard_read_stops_the_stream_naming_the_shard(tmp_path, mon
     def open_or_hang(path, mode="r", *args):
         return HangingFile(path, "rb") if path == hung else open(path, mode, *args)
 
-    monkeypatch.setattr(decode, "open", open_or_hang, raising=False)  # before the loader forks its worker
+    monkeypatch.setattr(timed_reads, "open", open_or_hang, raising=False)  # before the loader forks its worker
     pattern = str(tmp_path / "s-{000000..000001}.tar")
     stream = ShardStream(pattern, batch_size=4, seed=0, num_workers=num_workers, read_timeout=0.5, shuffle_buffer=1)
     with pytest.raises(AnnobootError) as raised:

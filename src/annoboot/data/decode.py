@@ -11,27 +11,24 @@ by every source, ``annoboot data inspect`` and ``data write-shards``:
 - size cap: :func:`capped_size` (PIL) and :func:`cap_short_side` (tensors on the device);
 - failure: :func:`failure_reason` names why an input could not be used, the same way everywhere.
 
-Plain JPEGs can instead be decoded in batches on the training device (:func:`decode_jpegs`,
-:class:`DeviceDecoder`), falling back to the CPU decoder for what the device rejects.
+Plain JPEGs can instead be decoded in batches on the training device (data/device_decode.py),
+falling back to this CPU decoder for what the device rejects. Files are read through
+data/timed_reads.py (a read that hangs stops naming the file).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from annoboot.errors import AnnobootError
+from annoboot.data.timed_reads import ReadTimedOut, read_file
 
 logger = logging.getLogger(__name__)
 
@@ -199,79 +196,6 @@ def decode_image(path: "str | io.BytesIO", max_short_side: int, max_pixels: int 
     return torch.from_numpy(pixels_hwc.transpose(2, 0, 1).copy())
 
 
-class ReadTimedOut(AnnobootError):
-    """A file read that did not finish within the source's read_timeout (a hung file system)."""
-
-
-_read_pool: Optional[ThreadPoolExecutor] = None
-_read_pool_pid = -1
-
-
-def _pool() -> ThreadPoolExecutor:
-    """This process's reader threads (a forked loader worker makes its own: threads do not fork)."""
-    global _read_pool, _read_pool_pid
-    if _read_pool is None or _read_pool_pid != os.getpid():
-        _read_pool, _read_pool_pid = ThreadPoolExecutor(max_workers=2, thread_name_prefix="annoboot-read"), os.getpid()
-    return _read_pool
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
-def read_file(path: str, timeout: float = 0.0) -> bytes:
-    """The bytes of ``path``; with ``timeout`` > 0, read in a helper thread and given up after
-    ``timeout`` seconds with :class:`ReadTimedOut` naming the file (a read stuck on a hung network
-    file system never returns, and cannot be interrupted: its thread is left behind)."""
-    if timeout <= 0:
-        return _read(path)
-    future = _pool().submit(_read, path)
-    try:
-        return future.result(timeout=timeout)
-    except FutureTimeout:
-        raise ReadTimedOut(f"{path}: reading it took more than {timeout:g} s (a hung or very slow file system?); "
-                           "data.<stream>.read_timeout sets the limit, 0 waits forever") from None
-
-
-class TimedFile(io.RawIOBase):
-    """A local file whose every read gives up after ``timeout`` seconds with
-    :class:`ReadTimedOut` naming it. Wrap it in ``io.BufferedReader`` with a large buffer: each
-    raw read is one hand-off to a reader thread."""
-
-    def __init__(self, path: str, timeout: float):
-        super().__init__()
-        self.path, self.timeout = path, timeout
-        self._file = _pool().submit(open, path, "rb").result(timeout=timeout)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        future = _pool().submit(self._file.readinto, buffer)
-        try:
-            return future.result(timeout=self.timeout)
-        except FutureTimeout:
-            raise ReadTimedOut(f"{self.path}: a read took more than {self.timeout:g} s (a hung or very slow file "
-                               "system?); data.<stream>.read_timeout sets the limit, 0 waits forever") from None
-
-    def close(self) -> None:
-        if not self.closed:
-            self._file.close()
-        super().close()
-
-
-def open_timed(path: str, timeout: float, buffer_size: int = 1 << 20):
-    """``open(path, "rb")``, or with ``timeout`` > 0 a buffered :class:`TimedFile`."""
-    if timeout <= 0:
-        return open(path, "rb")
-    try:
-        return io.BufferedReader(TimedFile(path, timeout), buffer_size)
-    except FutureTimeout:
-        raise ReadTimedOut(f"{path}: opening it took more than {timeout:g} s (a hung or very slow file system?); "
-                           "data.<stream>.read_timeout sets the limit, 0 waits forever") from None
-
-
 def load_image_file(path: str, max_short_side: int, max_pixels: int = MAX_IMAGE_PIXELS,
                     read_timeout: float = 0.0) -> Tuple[Optional[torch.Tensor], Optional[str]]:
     """(image, None), or (None, :func:`failure_reason`) when the file cannot be decoded.
@@ -286,104 +210,3 @@ def load_image_file(path: str, max_short_side: int, max_pixels: int = MAX_IMAGE_
     except Exception as exc:  # PIL plugins raise OSError, ValueError, SyntaxError, struct.error, ...
         logger.debug("skipping undecodable image %s: %s: %s", path, type(exc).__name__, exc)
         return None, failure_reason(exc, num_bytes)
-
-
-def cap_short_side(image: torch.Tensor, max_short_side: int) -> torch.Tensor:
-    """(C, H, W) uint8 -> the same with min(H, W) <= max_short_side, on its own device: an
-    antialiased bilinear downscale to the size :func:`decode_image` gives (never upscaled)."""
-    height, width = image.shape[-2:]
-    new_width, new_height = capped_size(width, height, max_short_side)
-    if (new_height, new_width) == (height, width):
-        return image
-    resized = F.interpolate(
-        image[None].float(), size=(new_height, new_width), mode="bilinear", antialias=True, align_corners=False
-    )
-    return resized[0].round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _torchvision_decode_jpeg(data: "torch.Tensor | List[torch.Tensor]", device: torch.device):
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-
-
-def _decode_in_batches(jpegs: List[torch.Tensor], device: torch.device) -> List[Optional[torch.Tensor]]:
-    """torchvision's batched decode of ``jpegs`` -> their images (uncapped), None for a JPEG it
-    rejects. One bad file fails the whole call, so a failed call is retried as two halves: the
-    good JPEGs still decode in batches, and a bad one costs about 2 log2(n) calls, not n."""
-    try:
-        return list(_torchvision_decode_jpeg(jpegs, device))
-    except RuntimeError:
-        if len(jpegs) == 1:
-            return [None]
-    half = len(jpegs) // 2
-    return _decode_in_batches(jpegs[:half], device) + _decode_in_batches(jpegs[half:], device)
-
-
-def decode_jpegs(
-    jpegs: List[torch.Tensor], device: torch.device, max_short_side: int
-) -> List[Tuple[Optional[torch.Tensor], Optional[str]]]:
-    """Encoded JPEGs (CPU uint8 tensors) -> [(image (3, H, W) uint8 on ``device``, short side
-    capped, or None, skip reason or None)]. Batched decodes (halved on failure, see
-    :func:`_decode_in_batches`); a JPEG the device decoder rejects alone is retried with the CPU
-    decoder of :func:`decode_image`; what neither decodes is skipped with its reason. On CUDA,
-    call it through :class:`DeviceDecoder`."""
-    if not jpegs:
-        return []
-    # Every torchvision call before the caps and CPU fallbacks: the decoder writes without waiting
-    # for work queued on the stream it allocates on, and a cap's freed temporaries are such memory.
-    decoded = _decode_in_batches(list(jpegs), device)
-    results: List[Tuple[Optional[torch.Tensor], Optional[str]]] = []
-    for jpeg, image in zip(jpegs, decoded):
-        if image is not None:
-            results.append((cap_short_side(image, max_short_side), None))
-            continue
-        data = jpeg.numpy().tobytes()
-        try:
-            results.append((decode_image(io.BytesIO(data), max_short_side).to(device), None))
-        except Exception as exc:
-            logger.debug("undecodable JPEG of %d bytes", len(data))
-            results.append((None, failure_reason(exc, len(data))))
-    return results
-
-
-class DeviceDecoder:
-    """:func:`decode_jpegs` on ``device``; on CUDA on a stream of its own (created at first use),
-    ordered against the consumer's stream (the one current when called).
-
-    torchvision 0.29's CUDA decoder (``torch.ops.image.decode_jpegs_cuda``) allocates its outputs
-    on the caller's current stream but writes them from a private stream that never waits for
-    the caller's (it only host-synchronises the private one); nvJPEG's hardware engine is also
-    reported to ignore device-side waits (pytorch/vision#9606). Called on the training stream, it
-    can be handed a block that the previous step's backward / optimizer / EMA kernels, still
-    queued, are reading. So the decode allocates from this stream's memory pool, which holds only
-    this decoder's blocks, and the host first waits for this stream: none of those blocks is then
-    in use (usually at no cost: that work is the previous batch's, queued a step ago). The stream
-    then waits for the consumer's, decodes and caps; the consumer waits for it and records its use
-    of every output, so an output's block returns to the pool only once the consumer is done with
-    it. On a CPU device it is plain :func:`decode_jpegs`.
-    """
-
-    def __init__(self, device: torch.device | str):
-        self.device = torch.device(device)
-        self._stream: Optional[torch.cuda.Stream] = None
-
-    def decode(
-        self, jpegs: List[torch.Tensor], max_short_side: int
-    ) -> List[Tuple[Optional[torch.Tensor], Optional[str]]]:
-        if self.device.type != "cuda" or not jpegs:
-            return decode_jpegs(jpegs, self.device, max_short_side)
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(self.device)
-        decode_stream, consumer = self._stream, torch.cuda.current_stream(self.device)
-        decode_stream.synchronize()  # its pool's blocks are free of queued work: see the class docstring
-        decode_stream.wait_stream(consumer)
-        with torch.cuda.stream(decode_stream):
-            results = decode_jpegs(jpegs, self.device, max_short_side)
-        consumer.wait_stream(decode_stream)
-        for image, _ in results:
-            if image is not None:
-                image.record_stream(consumer)
-        return results

@@ -52,14 +52,12 @@ from annoboot.data.captions import sample_caption
 from annoboot.data.decode import (
     IMAGE_EXTENSIONS,
     MAX_IMAGE_PIXELS,
-    DeviceDecoder,
-    ReadTimedOut,
     decode_image,
     exif_orientation,
     failure_reason,
     open_image,
-    open_timed,
 )
+from annoboot.data.device_decode import DeviceDecoder
 from annoboot.data.registry import register_source
 from annoboot.data.stream import (
     SEED_STRIDE,
@@ -71,6 +69,7 @@ from annoboot.data.stream import (
     skip_reasons,
     with_caption_tokens,
 )
+from annoboot.data.timed_reads import ReadTimedOut, open_timed
 from annoboot.errors import AnnobootError
 from annoboot.option_ranges import NON_NEGATIVE, option
 
