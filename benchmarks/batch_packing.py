@@ -16,9 +16,9 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from annoboot.data.batching import pack_layout
 from annoboot.data.captioned import openclipart
 from annoboot.data.decode import capped_size
-from annoboot.data.stream import pack_layout
 
 
 def main() -> int:

@@ -67,7 +67,7 @@ def spread_after_training(tmp_path, edit, name: str):
     import torch.nn.functional as F
 
     from annoboot.data import build_source
-    from annoboot.data.stream import pad_collate
+    from annoboot.data.batching import pad_collate
     from annoboot.views import render_full_images
 
     with tutorial_method(edit):

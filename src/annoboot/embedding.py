@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from annoboot.checked_files import read_npz
+from annoboot.data.batching import pad_collate
 from annoboot.data.image_folder import ImageFolderSource
-from annoboot.data.stream import pad_collate
 from annoboot.data.workers import decode_workers
 from annoboot.errors import AnnobootError
 from annoboot.pretrained import PretrainedEncoder

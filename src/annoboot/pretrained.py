@@ -19,8 +19,8 @@ from PIL import Image
 
 from annoboot.batch import ImageBatch
 from annoboot.checked_files import check_keys, read_json_object, read_safetensors
+from annoboot.data.batching import pad_collate
 from annoboot.data.decode import decode_image
-from annoboot.data.stream import pad_collate
 from annoboot.errors import AnnobootError
 from annoboot.export import CONFIG_FILE, WEIGHTS_FILE, is_exported_folder
 from annoboot.models.encoder import Encoder

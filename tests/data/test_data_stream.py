@@ -305,7 +305,7 @@ def positional(state):
 def test_the_bad_fraction_counts_survive_a_resume(tmp_path):
     """The stop rule judges the run, not the process: a resumed counter stops at the same batch
     as the uninterrupted one (before, a resume started its fraction from zero)."""
-    from annoboot.data.stream import SkipCounter
+    from annoboot.data.batching import SkipCounter
 
     def batches():  # 64 images per batch, 40 of them bad: 62.5% > 50%, stops once 256 were tried
         while True:

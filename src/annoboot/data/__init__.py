@@ -13,6 +13,7 @@ import torch
 
 from annoboot.batch import ImageBatch
 from annoboot.data.base import ImageSource
+from annoboot.data.batching import Tokenize, pad_collate
 # Each of these registers its kinds on import; the order is the order they are listed in messages.
 from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.image_folder import ImageFolderSource
@@ -21,7 +22,7 @@ from annoboot.data.video import VideoFramesSource
 from annoboot.data.scenes import SceneSource
 from annoboot.data.captioned import CaptionedImagesSource
 from annoboot.data.registry import SOURCE_REGISTRY
-from annoboot.data.stream import BatchStream, Tokenize, iter_eval_batches, pad_collate
+from annoboot.data.stream import BatchStream, iter_eval_batches
 from annoboot.data.workers import decode_workers
 from annoboot.errors import AnnobootError
 

@@ -48,6 +48,15 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from annoboot.batch import ImageBatch
+from annoboot.data.batching import (
+    SkipCounter,
+    Tokenize,
+    agreed_to_use,
+    collate_to_tuple,
+    pad_collate,
+    skip_reasons,
+    with_caption_tokens,
+)
 from annoboot.data.captions import sample_caption
 from annoboot.data.decode import (
     IMAGE_EXTENSIONS,
@@ -59,16 +68,7 @@ from annoboot.data.decode import (
 )
 from annoboot.data.device_decode import DeviceDecoder
 from annoboot.data.registry import register_source
-from annoboot.data.stream import (
-    SEED_STRIDE,
-    SkipCounter,
-    Tokenize,
-    _collate_to_tuple,
-    agreed_to_use,
-    pad_collate,
-    skip_reasons,
-    with_caption_tokens,
-)
+from annoboot.data.stream import SEED_STRIDE
 from annoboot.data.timed_reads import ReadTimedOut, open_timed
 from annoboot.errors import AnnobootError
 from annoboot.option_ranges import NON_NEGATIVE, option
@@ -420,7 +420,7 @@ class ShardStream:
         if self.decode_on == "device":
             per_sample, collate = read_sample, _collate_encoded
         else:
-            per_sample, collate = decode_sample, _collate_to_tuple
+            per_sample, collate = decode_sample, collate_to_tuple
         stages = [
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=seed),
             wds.map(
