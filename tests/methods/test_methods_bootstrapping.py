@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from helpers import one_thread  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
@@ -219,3 +221,40 @@ def test_default_bootstrap_crops_reach_past_the_default_range_only_on_non_square
     reach = value_function.largest_move.item()
     assert (reach > 6.0) == reaches_past_6, reach
     assert reach < {64: 5.17, 112: 6.9, 96: 8.95}[width]
+
+
+def test_asymmetric_bootstrap_views_draw_sources_and_targets_from_their_own_scales():
+    """views.bootstrap_views crops per image: the first ``sources`` from the source scale (wide),
+    the rest from views.bootstrap_scale (small), every one rendered."""
+    from annoboot.batch import ImageBatch
+    from annoboot.methods.bootstrapping import bootstrap_views
+    from annoboot.views import Normalize
+
+    cfg = load_config(None, ["views.bootstrap_views=4", "views.bootstrap_scale=[0.05, 0.2]", "views.img_size=16"])
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 40, 40), dtype=torch.uint8)
+    batch = ImageBatch(images, torch.tensor([[40, 40]] * 64))
+    views, boxes = bootstrap_views(batch, cfg, Normalize(cfg.views.mean, cfg.views.std), sources=1, source_scale=[0.5, 1.0])
+    assert views.shape == (64 * 4, 3, 16, 16) and boxes.shape == (64, 4, 4)
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    assert area[:, 0].min() >= 0.5 - 1e-5 and area[:, 1:].max() <= 0.2 + 1e-5 and area[:, 1:].min() >= 0.05 - 1e-5
+
+
+def test_bootstrap_objective_reports_the_targets_entropy_and_agreement_by_the_target_boxes():
+    """The metrics, worked by hand: the mean entropy (nats) of the targets, and agreement bucketed
+    by the IoU of each source box with each *target* box (asymmetric moves: they differ)."""
+    from annoboot.methods.bootstrapping import bootstrap_objective
+    from annoboot.objectives import bootstrap_loss
+
+    targets = torch.tensor([[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]])  # (N=1, V=2, L=3): entropies 0 and ln 2
+    logits = torch.tensor([[[[5.0, 0.0, 0.0], [5.0, 0.0, 0.0]]]])  # (N=1, S=1, V=2, L=3): annotation 0 for both
+    source = torch.tensor([[[0.0, 0.0, 1.0, 1.0]]])
+    target_boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]]])  # IoU 1 and 0.25 with the source
+    loss, metrics = bootstrap_objective(logits, targets, source, drop_self_pairs=False, target_boxes=target_boxes)
+    assert torch.allclose(loss, bootstrap_loss(logits, targets, False))
+    assert metrics["ab/target_entropy"].item() == pytest.approx(math.log(2) / 2)
+    hits = {name: metrics[f"ab_agreement/iou_{name}#numerator"].item() for name in ("0", "0-0.2", "0.2-0.5", "0.5-0.8", "0.8-1")}
+    counts = {name: metrics[f"ab_agreement/iou_{name}#denominator"].item() for name in hits}
+    assert counts == {"0": 0, "0-0.2": 0, "0.2-0.5": 1, "0.5-0.8": 0, "0.8-1": 1}
+    # argmax ties at [0.5, 0.5] go to annotation 0: both moves agree
+    assert hits == {"0": 0, "0-0.2": 0, "0.2-0.5": 1, "0.5-0.8": 0, "0.8-1": 1}

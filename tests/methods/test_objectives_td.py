@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from annoboot.objectives import aggregate_next_values, agreement_by_iou, bootstrap_loss, td_target
 
@@ -124,3 +126,41 @@ def test_agreement_by_iou_puts_interior_edges_in_the_bucket_they_open():
     # Buckets: {0}, {0.1}, {0.2, 0.35}, {0.5, 0.65}, {0.8, 0.9, 1.0}
     assert counts.tolist() == [1.0, 1.0, 2.0, 2.0, 3.0]
     assert hits.tolist() == [1.0, 1.0, 1.0, 2.0, 2.0]
+
+
+IOU_GRID = (0.0, 1e-6, 0.2, 0.5, 0.8, 1.0001)
+
+
+@settings(max_examples=60, deadline=None)
+@given(images=st.integers(1, 3), views=st.integers(2, 4), labels=st.integers(2, 5), seed=st.integers(0, 2**16))
+def test_agreement_by_iou_equals_a_loop_over_pairs(images, views, labels, seed):
+    """Against the definition, pair by pair: the prediction for the move s -> t agrees when its
+    top annotation is the target's top one on view t; the pair counts in the bucket
+    edges[k] <= IoU < edges[k+1], and not at all outside [edges[0], edges[-1])."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(images, views, views, labels, generator=generator)
+    targets = torch.randn(images, views, labels, generator=generator).softmax(-1)
+    # IoUs on the edges themselves and outside the grid as well as between (float64: compared with
+    # the edges exactly as the loop compares them)
+    choices = torch.tensor([-0.5, 0.0, 1e-6, 0.1, 0.2, 0.5, 0.7, 0.8, 1.0, 1.0001, 1.5], dtype=torch.float64)
+    iou = choices[torch.randint(len(choices), (images, views, views), generator=generator)]
+    hits, counts = agreement_by_iou(logits, targets, iou, IOU_GRID)
+    want_hits, want_counts = torch.zeros(len(IOU_GRID) - 1), torch.zeros(len(IOU_GRID) - 1)
+    for n in range(images):
+        for s in range(views):
+            for t in range(views):
+                value = iou[n, s, t].item()
+                for k in range(len(IOU_GRID) - 1):
+                    if IOU_GRID[k] <= value < IOU_GRID[k + 1]:
+                        want_counts[k] += 1
+                        want_hits[k] += float(logits[n, s, t].argmax() == targets[n, t].argmax())
+    assert torch.equal(counts, want_counts) and torch.equal(hits, want_hits)
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "max"])
+def test_two_views_are_enough_to_bootstrap_through_next_values(aggregate):
+    """V = 2, the fewest: each view's only next move is to the other one."""
+    q = torch.tensor([[[[0.5, 0.5], [0.9, 0.1]], [[0.2, 0.8], [0.5, 0.5]]]])
+    assert torch.allclose(aggregate_next_values(q, aggregate), torch.tensor([[[0.9, 0.1], [0.2, 0.8]]]))
+    with pytest.raises(ValueError, match="at least 2 views"):
+        aggregate_next_values(q[:, :1, :1], aggregate)
