@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from annoboot.objectives import caption_distribution, clip_loss
 
@@ -25,3 +26,11 @@ def test_caption_distribution_is_the_scaled_softmax_over_captions():
     assert torch.allclose(p.sum(-1), torch.ones(5))
     cos = torch.nn.functional.normalize(views, dim=-1) @ torch.nn.functional.normalize(captions, dim=-1).T
     assert torch.allclose(p, torch.softmax(10 * cos, -1), atol=1e-6)
+
+
+def test_caption_distribution_is_the_softmax_of_scaled_cosines():
+    """p(l | x) = softmax_l(s cos(image_x, caption_l)), with unnormalised inputs of unequal norms."""
+    torch.manual_seed(0)
+    images, captions = 3 * torch.randn(5, 8), torch.randn(7, 8) * torch.arange(1, 8).view(7, 1)
+    cosines = F.cosine_similarity(images[:, None], captions[None], dim=-1)
+    assert torch.allclose(caption_distribution(images, captions, 10.0), torch.softmax(10.0 * cosines, dim=-1), atol=1e-6)

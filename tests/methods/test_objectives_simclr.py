@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from annoboot.objectives import annotation_distribution, nt_xent
 
@@ -41,3 +42,11 @@ def test_annotation_distribution_is_a_softmax_over_annotations():
     expected_row0 = torch.softmax(torch.tensor([1.0, 0.0]) / 0.5, 0)
     assert torch.allclose(p[0], expected_row0)
     assert torch.allclose(p.sum(-1), torch.ones(2))
+
+
+def test_annotation_distribution_is_the_softmax_of_cosines_over_the_temperature():
+    """p(l | x) = softmax_l(cos(z_x, z_l) / tau), with unnormalised inputs of unequal norms."""
+    torch.manual_seed(0)
+    views, annotations = 3 * torch.randn(5, 8), torch.randn(7, 8) * torch.arange(1, 8).view(7, 1)
+    cosines = F.cosine_similarity(views[:, None], annotations[None], dim=-1)
+    assert torch.allclose(annotation_distribution(views, annotations, 0.2), torch.softmax(cosines / 0.2, dim=-1), atol=1e-6)

@@ -82,3 +82,36 @@ def test_memory_of_another_batch_size_than_the_queries_is_refused(memory_rows):
     with pytest.raises(ValueError, match="one memory per row of queries"):
         decoder(torch.randn(memory_rows, 6, 8), torch.randint(0, 16, (3, 2, 4)))
     assert attention(torch.randn(3, 4, 8), torch.randn(3, 6, 8)).shape == (3, 4, 8)
+
+
+def test_explicit_cross_attention_equals_pytorchs_fused_kernel():
+    """The explicit path (softmax(q k^T / sqrt(d)) v, used where the fused kernel is slower)
+    gives what F.scaled_dot_product_attention gives on the same projections."""
+    from annoboot.models.value_decoder import CrossAttention
+
+    torch.manual_seed(0)
+    attention = CrossAttention(32, 4)
+    queries, memory = torch.randn(3, 8, 32), torch.randn(3, 11, 32)
+    attention.fused_attn = True
+    fused = attention(queries, memory)
+    attention.fused_attn = False
+    assert torch.allclose(attention(queries, memory), fused, atol=1e-5)
+
+
+def test_value_decoder_computes_its_equation():
+    """The decoder written out from its parts: queries = bin embedding + coordinate embedding; per
+    block x += SelfAttn_box(LN x); x += CrossAttn(LN x, memory); x += MLP(LN x); each box's 4
+    outputs averaged after the last norm, then the head."""
+    torch.manual_seed(0)
+    decoder = ValueDecoder(token_width=24, width=32, depth=2, num_heads=4, num_bins=16, out_dim=5).eval()
+    for p in decoder.parameters():  # away from the initialisation's zeros and ones
+        p.data.add_(0.1 * torch.randn_like(p))
+    tokens, moves = torch.randn(2, 9, 24), torch.randint(0, 16, (2, 3, 4))
+    x = (decoder.bin_embed(moves) + decoder.coord_embed).flatten(1, 2)
+    memory = decoder.memory_proj(tokens)
+    for block in decoder.blocks:
+        x = x + block.self_attn(block.norm_self(x).view(-1, 4, 32)).view(2, 12, 32)
+        x = x + block.cross_attn(block.norm_cross(x), memory)
+        x = x + block.mlp(block.norm_mlp(x))
+    want = decoder.head(decoder.norm(x).view(2, 3, 4, 32).mean(2))
+    assert torch.allclose(decoder(tokens, moves), want, atol=1e-6)
