@@ -115,3 +115,12 @@ def test_value_decoder_computes_its_equation():
         x = x + block.mlp(block.norm_mlp(x))
     want = decoder.head(decoder.norm(x).view(2, 3, 4, 32).mean(2))
     assert torch.allclose(decoder(tokens, moves), want, atol=1e-6)
+
+
+def test_decoder_blocks_have_the_configured_heads_biases_and_mlp_width():
+    """What the equation test cannot see (it reuses the blocks' own parts): each block's
+    self-attention has decoder_heads heads with qkv biases, and its MLP width * mlp_ratio units."""
+    decoder = ValueDecoder(token_width=24, width=32, depth=2, num_heads=4, num_bins=16, out_dim=5, mlp_ratio=3.0)
+    for block in decoder.blocks:
+        assert block.self_attn.num_heads == 4 and block.self_attn.qkv.bias is not None
+        assert block.cross_attn.num_heads == 4 and block.mlp.fc1.out_features == 96
