@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -41,8 +41,6 @@ import numpy as np
 import torch
 
 from annoboot.errors import AnnobootError
-
-log = logging.getLogger(__name__)
 
 # The safetensors metadata key holding the SHA-256 of a file's tensors: safetensors checks its
 # header but not the bytes of a tensor, so a changed byte would load as a changed weight.
@@ -92,6 +90,11 @@ def read_json_object(path: str | Path, what: str = "a JSON file", required: Opti
         raise AnnobootError(f"{path}: expected a JSON object ({what}), found a {type(data).__name__}")
     check_keys(data, required or {}, f"{path}", what)
     return data
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float that is finite (a JSON true/false is not a number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_keys(data: Mapping, required: Mapping[str, Any], where: str, what: str) -> None:
@@ -195,5 +198,5 @@ def read_npz(path: str | Path, what: str, arrays: Mapping[str, ArraySpec],
     return loaded
 
 
-__all__ = ["CHECKSUM_KEY", "check_keys", "read_json_object", "read_jsonl_rows", "read_npz", "read_safetensors", "read_text",
+__all__ = ["CHECKSUM_KEY", "check_keys", "is_finite_number", "read_json_object", "read_jsonl_rows", "read_npz", "read_safetensors", "read_text",
            "save_safetensors", "tensors_checksum"]

@@ -9,13 +9,12 @@ A run folder holds what this reads: ``config.yaml`` (the resolved config), ``met
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from annoboot.checked_files import read_json_object, read_jsonl_rows
+from annoboot.checked_files import is_finite_number, read_json_object, read_jsonl_rows
 from annoboot.errors import AnnobootError
 from annoboot.tables import format_table, format_views
 
@@ -53,7 +52,7 @@ def probe_figures(results: Dict[str, Any]) -> Dict[str, float]:
                             walk(results, f"{family}/")
                 else:
                     walk(value, f"{prefix}{key}.")
-            elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            elif is_finite_number(value):
                 figures[f"{prefix}{key}"] = float(value)
 
     walk(results, "")
@@ -73,8 +72,7 @@ def _last_metrics(path: Path) -> Dict[str, Any]:
     rows, _ = read_jsonl_rows(path, "the run's metrics log")
     if not rows:
         return {}
-    return {key: value for key, value in rows[-1].items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    return {key: value for key, value in rows[-1].items() if is_finite_number(value)}
 
 
 def run_summary(run: str | Path) -> Dict[str, Any]:

@@ -152,7 +152,7 @@ def load_encoder(path: str | Path, weights: str = "online", device: str | None =
 
 
 # Keys an export's .json may hold beside backbone and create_kwargs, and their types.
-EXPORT_OPTIONAL = {"img_size": int, "mean": list, "std": list, "num_features": int}
+EXPORT_OPTIONAL = {"img_size": int, "num_features": int}  # mean and std: _check_channel_triple
 
 
 def _check_channel_triple(values, where: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -13,7 +12,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from annoboot.checked_files import read_jsonl_rows
+from annoboot.checked_files import is_finite_number, read_jsonl_rows
 from annoboot.methods.base import RATE_DENOMINATOR, RATE_NUMERATOR
 
 log = logging.getLogger(__name__)
@@ -117,9 +116,7 @@ class RunLogger:
 def _number(row: dict, key: str) -> float:
     """row[key] as a finite float; 0 where it is missing or not a number (a damaged row)."""
     value = row.get(key, 0.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return 0.0
-    return float(value)
+    return float(value) if is_finite_number(value) else 0.0
 
 
 def _drop_rows_after(path: Path, step: int) -> List[dict]:
