@@ -21,7 +21,7 @@ overrides: simclr/items, simclr/crowded, simclr/crowded_plain (the scenes withou
 simclr/mixture (SimCLR on items and crowded scenes in one source, 3 items to 1 scene);
 ab/small_online (SimCLR's 256 images x 2 views whole + 32 bootstrap images x 4 crops, online
 target), ab/asym (the same with asymmetric moves: 1 wide source view, 3 small target views),
-ab/queue (+ 4,096 queued annotations), ab/decoupled* (annotations and reward from Fashion-MNIST
+ab/queue (+ 4,096 queued annotations), ab/asym_queue (both), ab/decoupled* (annotations and reward from Fashion-MNIST
 items, bootstrap crops from the crowded scenes). Tables (``--table``) are lists of them:
   premise    SimCLR on items, on crowded scenes and on crowded scenes without the background;
   screen     the AB levers, one seed, beside the premise table's SimCLR rows;
@@ -75,6 +75,7 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         "ab/small_online": ("fmnist_ab_simclr", crowded + SMALL_ONLINE),
         "ab/asym": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC),
         "ab/queue": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + QUEUE),
+        "ab/asym_queue": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + QUEUE),
         "ab/decoupled": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE),
         "ab/decoupled_asym": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC),
         "ab/decoupled_asym_queue": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC + QUEUE),
@@ -84,7 +85,7 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
 
 TABLES = {
     "premise": ["simclr/items", "simclr/crowded", "simclr/crowded_plain"],
-    "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
+    "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/asym_queue", "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
     "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym"],
 }
 TITLES = {
