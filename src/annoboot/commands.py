@@ -19,7 +19,7 @@ from annoboot.data import build_source
 from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
-from annoboot.eval import evaluate, format_results_table
+from annoboot.eval.classification import evaluate, format_results_table
 from annoboot.eval.image_text import evaluate_image_text, has_text_tower
 from annoboot.eval.localisation import localisation_score
 from annoboot.eval.scene_suite import format_scene_results, scene_family

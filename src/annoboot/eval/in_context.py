@@ -188,7 +188,7 @@ def in_context_probe(
     box-pooled vector, MAP and decoder on the box's tokens. Train items come from
     ``train_scenes`` (at most ``max_train_items``), test items from ``test_scenes``.
 
-    Returns the keys of :func:`annoboot.eval.evaluate` ("knn", "linear", "map": top-1 %,
+    Returns the keys of :func:`annoboot.eval.classification.evaluate` ("knn", "linear", "map": top-1 %,
     "details", "num_train", "num_test", "seconds") and "context": the scenes' resolution and
     the largest box token set.
     """

@@ -6,7 +6,7 @@ unknown probe or a bad probe option stops before training. :func:`run_probes` ru
 ``EvalConfig.probes`` names on features extracted once
 (:class:`~annoboot.eval.features.Features`: pooled vectors, and tokens when a token probe is
 asked for), with the settings of ``EvalConfig``. The task says what the probes predict:
-single-label classification (``fitting.SINGLE_LABEL``: :func:`annoboot.eval.evaluate`) or
+single-label classification (``fitting.SINGLE_LABEL``: :func:`annoboot.eval.classification.evaluate`) or
 multi-label (``multilabel.MULTI_LABEL``: which classes a scene holds,
 :func:`annoboot.eval.scenes.multilabel_probe`); everything else is shared.
 """

@@ -1,7 +1,7 @@
 """The scene probe families by name, run on one encoder: what the scene benchmarks and
 ``annoboot eval`` on scene sources share.
 
-- "items"             (a) Fashion-MNIST items, whole images (:func:`annoboot.eval.evaluate`);
+- "items"             (a) Fashion-MNIST items, whole images (:func:`annoboot.eval.classification.evaluate`);
 - "boxes"             (b) the item in a box, cropped and resized (:func:`eval.scenes.box_probe`);
 - "multilabel"        (c) the classes a scene holds, the scene resized to the views' size;
 - "in_context"        (b') the item in a box, read from the whole scene's tokens at its own
@@ -21,7 +21,7 @@ from torch import nn
 from annoboot.data.base import ImageSource
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
-from annoboot.eval import evaluate
+from annoboot.eval.classification import evaluate
 from annoboot.eval.in_context import in_context_probe, scene_probe_in_context
 from annoboot.eval.registry import SCENE_PROBE_FAMILIES as SCENE_FAMILIES
 from annoboot.eval.scenes import box_probe, multilabel_probe

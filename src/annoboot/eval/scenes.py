@@ -3,7 +3,7 @@
 Three questions, each answered with kNN, a linear probe and a MAP probe (and the decoder probe
 when ``cfg.probes`` names it):
 
-(a) single items: the ordinary probes (:func:`annoboot.eval.evaluate`) on Fashion-MNIST items;
+(a) single items: the ordinary probes (:func:`annoboot.eval.classification.evaluate`) on Fashion-MNIST items;
 (b) the item inside a given box: :func:`box_probe` crops every item box of the train and test
     scenes (``annoboot.views.render_views``, the renderer training uses), and runs the same
     probes on the crops with the items' classes as labels (top-1 %);
@@ -28,7 +28,7 @@ from annoboot.config import EvalConfig
 from annoboot.data.base import InMemoryImageSource
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
-from annoboot.eval import evaluate
+from annoboot.eval.classification import evaluate
 from annoboot.eval.features import extract_features
 from annoboot.eval.multilabel import MULTI_LABEL
 from annoboot.eval.probes import check_probe_config, run_probes, wants_tokens
@@ -80,7 +80,7 @@ def box_probe(
     """Probe (b): classify the item inside a given box of a scene from the features of its crop.
 
     Boxes are cropped at ``img_size`` (the encoder's input side) and the probes of ``cfg.probes``
-    run as in :func:`annoboot.eval.evaluate` (same keys: "knn", "linear", "map" top-1 %, details,
+    run as in :func:`annoboot.eval.classification.evaluate` (same keys: "knn", "linear", "map" top-1 %, details,
     counts); the train crops come from ``train_scenes`` (at most ``max_train_items``).
     """
     train = BoxCropSource(train_scenes, img_size, max_train_items, device=device)
@@ -101,7 +101,7 @@ def multilabel_probe(
     """Probe (c): which Fashion-MNIST classes a whole scene holds, from its features.
 
     Scenes are resized whole to ``img_size``. The probes of ``cfg.probes`` as
-    :func:`annoboot.eval.evaluate` runs them (:func:`annoboot.eval.probes.run_probes`), with the
+    :func:`annoboot.eval.classification.evaluate` runs them (:func:`annoboot.eval.probes.run_probes`), with the
     multi-label task: kNN votes per class, heads output one sigmoid per class (BCE).
 
     Returns {"knn"/"linear"/"map"/"decoder": macro mAP %, "f1": {probe: per-scene F1 % at 0.5},

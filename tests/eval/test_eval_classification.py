@@ -1,4 +1,4 @@
-"""annoboot.eval.evaluate: the asked probes, their table, and sources without labels."""
+"""annoboot.eval.classification.evaluate: the asked probes, their table, and sources without labels."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from helpers import (
     tiny_vit,
 )
 
-import annoboot.eval
+import annoboot.eval.classification
 from annoboot.config import EvalConfig, SourceConfig
 from annoboot.data import build_source
 from annoboot.errors import AnnobootError
@@ -42,7 +42,7 @@ def test_evaluate_runs_the_asked_probes_and_tables_them(monkeypatch):
         kept_tokens.append(features.tokens is not None)
         return features
 
-    monkeypatch.setattr(annoboot.eval, "extract_features", spy)
+    monkeypatch.setattr(annoboot.eval.classification, "extract_features", spy)
     cfg.probes = ["knn", "linear"]
     pooled_only = evaluate(encoder, TensorSource(60), TensorSource(30, seed=1), cfg, 16, normalize, "cpu")
     assert "map" not in pooled_only and "map" not in pooled_only["details"]
