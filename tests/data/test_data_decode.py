@@ -268,7 +268,7 @@ def test_the_pixel_cap_is_an_option_of_every_file_source(tmp_path, kind):
 
 
 def test_shard_samples_meet_the_same_cap():
-    from annoboot.data.shards import decode_sample, read_sample
+    from annoboot.data.shard_samples import decode_sample, read_sample
 
     buffer = __import__("io").BytesIO()
     Image.new("RGB", (120, 100), (9, 9, 9)).save(buffer, format="PNG")

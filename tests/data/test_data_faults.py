@@ -177,7 +177,7 @@ def test_a_bad_shard_among_good_ones_is_skipped_with_a_warning(tmp_path, caplog)
     end = third.offset_data + third.size
     (tmp_path / "s-2.tar").write_bytes((tmp_path / "s-0.tar").read_bytes()[:end])  # 3 samples, then a cut
     stream = ShardStream(str(tmp_path / "s-{0..2}.tar"), batch_size=4, seed=0, num_workers=0, shuffle_buffer=8)
-    with caplog.at_level("WARNING", logger="annoboot.data.shards"):
+    with caplog.at_level("WARNING", logger="annoboot.data.shard_failures"):
         widths, reasons = finishes(lambda: widths_and_reasons(stream, 12), seconds=20)
     assert widths == ALL_GOOD and reasons == {}
     assert "unreadable shard" in caplog.text and "s-1.tar" in caplog.text and "invalid header" in caplog.text

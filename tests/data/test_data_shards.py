@@ -11,9 +11,9 @@ from helpers import _png_bytes, _TokenizerCountingMainProcessCalls, jpeg_bytes, 
 from PIL import Image
 
 from annoboot.cli import main
-from annoboot.data import ShardStream
-from annoboot.data import shards as shard_module
-from annoboot.data.shards import count_shard_samples, expand_shard_pattern
+from annoboot.data import ShardStream, shard_samples
+from annoboot.data.shard_files import count_shard_samples
+from annoboot.data.shards import expand_shard_pattern
 from annoboot.data.tools import folder_to_shards
 from annoboot.errors import AnnobootError
 from annoboot.train import Trainer
@@ -163,15 +163,15 @@ def test_cuda_jpeg_decoding_matches_the_cpu_decoder(jpeg_shards):
 def test_a_batch_of_jpegs_leaves_the_worker_as_one_tensor():
     samples = [{"jpg": jpeg_bytes(0)}, {"png": png_bytes((1, 2, 3))}, {"jpg": jpeg_bytes(1, (30, 60))},
                {"jpg": b"\xff\xd8\xff broken"}, {"jpg": jpeg_bytes(2)}]
-    pixels, data, lengths, captions, tokens, reasons = shard_module._collate_encoded(
-        [shard_module.read_sample(sample, max_short_side=32) for sample in samples]
+    pixels, data, lengths, captions, tokens, reasons = shard_samples.collate_encoded(
+        [shard_samples.read_sample(sample, max_short_side=32) for sample in samples]
     )
     sent = [pixels, data, lengths, captions, tokens, reasons]
     tensors = [x for x in sent if isinstance(x, torch.Tensor)] + [p for p in pixels if p is not None]
     assert len(tensors) == 3  # the JPEGs' bytes, their lengths and the PNG decoded in the worker
     assert data.dtype == torch.uint8 and data.dim() == 1 and lengths.dtype == torch.int64
     assert lengths.tolist() == [len(samples[0]["jpg"]), 0, len(samples[2]["jpg"]), 0, len(samples[4]["jpg"])]
-    jpegs = shard_module.split_jpegs(data, lengths)
+    jpegs = shard_samples.split_jpegs(data, lengths)
     for i in (0, 2, 4):
         assert jpegs[i].numpy().tobytes() == samples[i]["jpg"]  # each JPEG's bytes, exactly
         assert jpegs[i].untyped_storage().data_ptr() == data.untyped_storage().data_ptr()  # a view, not a copy

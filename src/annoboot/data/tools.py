@@ -10,7 +10,8 @@ from typing import Dict, List, Optional, Tuple
 from annoboot.data.captions import caption_from_txt_twin
 from annoboot.data.decode import decode_image, failure_reason, load_image_file
 from annoboot.data.image_folder import scan_image_files
-from annoboot.data.shards import count_shard_samples, expand_shard_pattern, write_shards
+from annoboot.data.shard_files import count_shard_samples, write_shards
+from annoboot.data.shards import expand_shard_pattern
 from annoboot.errors import AnnobootError
 
 
@@ -76,7 +77,8 @@ def inspect_shards(pattern: str, limit: Optional[int] = None, max_short_side: in
 
     import webdataset as wds
 
-    from annoboot.data.shards import IMAGE_KEYS, ShardFailures
+    from annoboot.data.shard_failures import ShardFailures
+    from annoboot.data.shard_samples import IMAGE_KEYS
 
     urls = expand_shard_pattern(pattern)
     report: Dict[str, object] = dict(count_shard_samples(urls))
