@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from annoboot.checked_files import read_npz
-from annoboot.data.batching import pad_collate
+from annoboot.data.batching import LoaderItem, pad_collate
 from annoboot.data.image_folder import ImageFolderSource
 from annoboot.data.workers import decode_workers
 from annoboot.errors import AnnobootError
@@ -68,7 +68,7 @@ def folder_batches(source: ImageFolderSource, indices: range, batch_size: int, w
 
 
 def _collate(items):
-    good = [(image, None) for image, _, _ in items if image is not None]
+    good = [LoaderItem(image) for image, _, _ in items if image is not None]
     batch = pad_collate(good)[0] if good else None
     return batch, [index for image, _, index in items if image is not None], [(index, reason) for image, reason, index in items if image is None]
 

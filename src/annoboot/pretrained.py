@@ -19,7 +19,7 @@ from PIL import Image
 
 from annoboot.batch import ImageBatch
 from annoboot.checked_files import check_keys, read_json_object, read_safetensors
-from annoboot.data.batching import pad_collate
+from annoboot.data.batching import LoaderItem, pad_collate
 from annoboot.data.decode import decode_image
 from annoboot.errors import AnnobootError
 from annoboot.export import CONFIG_FILE, WEIGHTS_FILE, is_exported_folder
@@ -64,7 +64,7 @@ class PretrainedEncoder:
         return self._render([_as_uint8(image, self.img_size)])[0]
 
     def _render(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        batch, _ = pad_collate([(image, None) for image in images])
+        batch, _ = pad_collate([LoaderItem(image) for image in images])
         return render_full_images(batch.to(self.device), self.img_size, self.normalize)
 
     @torch.inference_mode()
@@ -100,7 +100,7 @@ class PretrainedEncoder:
         """(N, embed_dim) L2-normalised joint-space embeddings of images (caption models only)."""
         out = []
         for start in range(0, len(images), batch_size):
-            batch, _ = pad_collate([(_as_uint8(image, self.img_size), None) for image in images[start : start + batch_size]])
+            batch, _ = pad_collate([LoaderItem(_as_uint8(image, self.img_size)) for image in images[start : start + batch_size]])
             out.append(self.embed_joint_batch(batch))
         return torch.cat(out) if out else torch.empty(0, self.text.settings["embed_dim"] if self.text else 0)
 
@@ -108,7 +108,7 @@ class PretrainedEncoder:
         """(N, D) float32 L2-normalised embeddings of ``images``, in order (a bad file raises)."""
         out = []
         for start in range(0, len(images), batch_size):
-            batch, _ = pad_collate([(_as_uint8(image, self.img_size), None) for image in images[start : start + batch_size]])
+            batch, _ = pad_collate([LoaderItem(_as_uint8(image, self.img_size)) for image in images[start : start + batch_size]])
             out.append(self.embed_batch(batch))
         return torch.cat(out) if out else torch.empty(0, self.encoder.width)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,6 +22,16 @@ logger = logging.getLogger(__name__)
 
 # Captions -> (B, L) int64 token ids: the method's tokenizer, which streams run where they decode.
 Tokenize = Callable[[List[str]], torch.Tensor]
+
+
+class LoaderItem(NamedTuple):
+    """One image as a loader worker hands it to the collate (:func:`pad_collate`)."""
+
+    image: Optional[torch.Tensor]  # (C, h, w) uint8; None when it could not be used
+    label: Optional[int] = None
+    caption: Optional[str] = None
+    skip_reason: Optional[str] = None  # why image is None (decode.failure_reason), for the skip counts
+    caption_tokens: Optional[torch.Tensor] = None  # (L,) int64 token ids of the caption, when tokenised
 
 
 def pack_layout(sizes: Sequence[Tuple[int, int]]) -> Tuple[int, int, List[Tuple[int, int]]]:
@@ -44,13 +54,11 @@ def pack_layout(sizes: Sequence[Tuple[int, int]]) -> Tuple[int, int, List[Tuple[
     return y + shelf, width, origins
 
 
-def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
+def pad_collate(items: Sequence[LoaderItem | Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
     """Stack decoded images into one batch: padded when they share a size, packed otherwise.
 
-    items: (image, label) or (image, label, caption) tuples; image is (C, h, w) uint8 or None
-    (undecodable), label an int or None, caption a string or None; a 4th field (the skip reason)
-    is ignored here, a 5th holds the caption's (L,) token ids or None. None images are dropped
-    with their labels, captions and tokens. 1-channel images in a batch that also holds
+    items: :class:`LoaderItem` (or plain tuples in its field order, e.g. ``(image, None)``); the
+    skip reason is ignored here. None images are dropped with their labels, captions and tokens. 1-channel images in a batch that also holds
     3-channel ones are repeated to 3 channels.
 
     Images of one size are stacked as (B, C, h, w). Images of mixed sizes are packed into one
@@ -66,36 +74,36 @@ def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
     (0, 3, 0, 0). The batch is built on the device of the first image (all images must be on
     one device).
     """
-    kept = [item for item in items if item[0] is not None]
+    kept = [LoaderItem(*item) for item in items if item[0] is not None]
     skipped = len(items) - len(kept)
     if not kept:
         return ImageBatch(torch.zeros((0, 3, 0, 0), dtype=torch.uint8), torch.zeros((0, 2), dtype=torch.int64)), skipped
-    device = kept[0][0].device
-    channels = max(item[0].shape[0] for item in kept)
-    shapes = [tuple(item[0].shape[1:]) for item in kept]
+    device = kept[0].image.device
+    channels = max(item.image.shape[0] for item in kept)
+    shapes = [tuple(item.image.shape[1:]) for item in kept]
     sizes = torch.tensor(shapes, dtype=torch.int64)
     origins = None
     if len(set(shapes)) == 1:
         images = torch.empty((len(kept), channels, *shapes[0]), dtype=torch.uint8, device=device)
         for i, item in enumerate(kept):
-            images[i] = item[0]  # broadcasting repeats a 1-channel image over C
+            images[i] = item.image  # broadcasting repeats a 1-channel image over C
     else:
         height, width, corners = pack_layout(shapes)
         images = torch.zeros((1, channels, height, width), dtype=torch.uint8, device=device)
         canvas = images[0]
         for item, (h, w), (y, x) in zip(kept, shapes, corners):
-            canvas[:, y : y + h, x : x + w] = item[0]
+            canvas[:, y : y + h, x : x + w] = item.image
             canvas[:, y - 1, x : x + w] = canvas[:, y, x : x + w]  # edge rows, then edge columns
             canvas[:, y + h, x : x + w] = canvas[:, y + h - 1, x : x + w]
             canvas[:, y - 1 : y + h + 1, x - 1] = canvas[:, y - 1 : y + h + 1, x]
             canvas[:, y - 1 : y + h + 1, x + w] = canvas[:, y - 1 : y + h + 1, x + w - 1]
         origins = torch.tensor(corners, dtype=torch.int64).to(device)
     sizes = sizes.to(device)
-    captions = [item[2] if len(item) > 2 else None for item in kept]
+    captions = [item.caption for item in kept]
     batch_captions = None if all(c is None for c in captions) else [c or "" for c in captions]
-    token_rows = [item[4] if len(item) > 4 else None for item in kept]
+    token_rows = [item.caption_tokens for item in kept]
     tokens = None if any(row is None for row in token_rows) else torch.stack(token_rows).to(device)
-    labels = [item[1] for item in kept]
+    labels = [item.label for item in kept]
     batch_labels = None
     if any(label is not None for label in labels):
         if any(label is None for label in labels):
@@ -104,20 +112,21 @@ def pad_collate(items: Sequence[Tuple[Any, ...]]) -> Tuple[ImageBatch, int]:
     return ImageBatch(images, sizes, batch_labels, batch_captions, tokens, origins), skipped
 
 
-def with_caption_tokens(item: Tuple[Any, ...], tokenize: Tokenize) -> Tuple[Any, ...]:
-    """A loader item (image, label, caption, skip reason) with its caption's (L,) token ids
-    appended (of "" when it has none); runs in the loader workers, off the training thread."""
-    return (*item, tokenize([item[2] or ""])[0])
+def with_caption_tokens(item: Any, tokenize: Tokenize) -> Any:
+    """A loader item (a :class:`LoaderItem`, or a shard sample's ``EncodedSample``) with its
+    caption's (L,) token ids (of "" when it has none); runs in the loader workers, off the
+    training thread."""
+    return item._replace(caption_tokens=tokenize([item.caption or ""])[0])
 
 
-def skip_reasons(items: Sequence[Tuple[Any, ...]]) -> Dict[str, int]:
-    """{reason: count} of the items whose image is None; an item's 4th field, when it has one,
-    says why (see :func:`annoboot.data.decode.failure_reason`)."""
-    reasons = Counter(item[3] if len(item) > 3 and item[3] else "undecodable" for item in items if item[0] is None)
+def skip_reasons(items: Sequence[Any]) -> Dict[str, int]:
+    """{reason: count} of the items whose image is None (:class:`LoaderItem`); its skip reason,
+    when it has one, says why (see :func:`annoboot.data.decode.failure_reason`)."""
+    reasons = Counter(item.skip_reason or "undecodable" for item in items if item.image is None)
     return dict(reasons)
 
 
-def collate_to_tuple(items: Sequence[Tuple[Any, ...]]) -> Tuple[Any, ...]:
+def collate_to_tuple(items: Sequence[LoaderItem]) -> Tuple[Any, ...]:
     """pad_collate as plain (images, sizes, labels, captions, caption tokens, origins, {skip
     reason: count}): the DataLoader pins tensors inside tuples but passes a dataclass through
     unpinned."""

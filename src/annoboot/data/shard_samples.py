@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from annoboot.data.batching import skip_reasons
+from annoboot.data.batching import LoaderItem, skip_reasons
 from annoboot.data.captions import sample_caption
 from annoboot.data.decode import (
     IMAGE_EXTENSIONS,
@@ -31,30 +31,40 @@ log = logging.getLogger(__name__)
 IMAGE_KEYS = tuple(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 
 
+class EncodedSample(NamedTuple):
+    """A sample as :func:`read_sample` hands it from the worker when decoding on the device."""
+
+    pixels: Optional[torch.Tensor]  # (3, H, W) uint8 decoded here (not a plain JPEG), else None
+    jpeg: Optional[torch.Tensor]  # (n,) uint8 bytes of a plain JPEG for the device decoder, else None
+    caption: Optional[str]
+    skip_reason: Optional[str]  # why both are None
+    caption_tokens: Optional[torch.Tensor] = None
+
+
 def decode_sample(
     sample: Dict[str, Any], max_short_side: int, require_caption: bool = False, max_pixels: int = MAX_IMAGE_PIXELS
-) -> Tuple[Optional[torch.Tensor], None, Optional[str], Optional[str]]:
-    """(image (3, H, W) uint8 or None, None, caption or None, skip reason or None): image None
-    for a sample without a decodable image, or without a caption when ``require_caption``
-    (image-text training); the reason then says which."""
+) -> LoaderItem:
+    """The sample's :class:`LoaderItem` (no label): image (3, H, W) uint8, or None for a sample
+    without a decodable image, or without a caption when ``require_caption`` (image-text
+    training); the skip reason then says which."""
     caption = sample_caption(sample)
     if require_caption and caption is None:
         log.debug("no caption in sample %s", sample.get("__key__"))
-        return None, None, None, "no caption"
+        return LoaderItem(None, skip_reason="no caption")
     for key in IMAGE_KEYS:
         if key in sample:
             try:
-                return decode_image(io.BytesIO(sample[key]), max_short_side, max_pixels), None, caption, None
+                return LoaderItem(decode_image(io.BytesIO(sample[key]), max_short_side, max_pixels), None, caption)
             except Exception as exc:  # corrupt bytes: counted by the collate, never fatal
                 log.debug("undecodable %s in sample %s", key, sample.get("__key__"))
-                return None, None, caption, failure_reason(exc, len(sample[key]))
-    return None, None, caption, "no image member"
+                return LoaderItem(None, None, caption, failure_reason(exc, len(sample[key])))
+    return LoaderItem(None, None, caption, "no image member")
 
 
 def read_sample(
     sample: Dict[str, Any], max_short_side: int, require_caption: bool = False, max_pixels: int = MAX_IMAGE_PIXELS
-) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[str], Optional[str]]:
-    """Worker side of device decoding: (pixels, jpeg, caption, skip reason).
+) -> EncodedSample:
+    """Worker side of device decoding: the sample's :class:`EncodedSample`.
 
     A plain JPEG (RGB or grayscale, no EXIF rotation) comes back as ``jpeg``, its bytes as a
     (n,) uint8 tensor, for the batched device decoder; any other image is decoded here as
@@ -64,24 +74,24 @@ def read_sample(
     """
     caption = sample_caption(sample)
     if require_caption and caption is None:
-        return None, None, None, "no caption"
+        return EncodedSample(None, None, None, "no caption")
     key = next((key for key in IMAGE_KEYS if key in sample), None)
     if key is None:
-        return None, None, caption, "no image member"
+        return EncodedSample(None, None, caption, "no image member")
     data = sample[key]
     try:
         with open_image(io.BytesIO(data), max_pixels) as header:  # and the pixel cap: the device decoder has none
             plain_jpeg = header.format == "JPEG" and header.mode in ("RGB", "L") and exif_orientation(header) == 1
         if plain_jpeg:
-            return None, torch.frombuffer(bytearray(data), dtype=torch.uint8), caption, None
-        return decode_image(io.BytesIO(data), max_short_side, max_pixels), None, caption, None
+            return EncodedSample(None, torch.frombuffer(bytearray(data), dtype=torch.uint8), caption, None)
+        return EncodedSample(decode_image(io.BytesIO(data), max_short_side, max_pixels), None, caption, None)
     except Exception as exc:  # unreadable header or pixels: counted, never fatal
         log.debug("undecodable %s in sample %s", key, sample.get("__key__"))
-        return None, None, caption, failure_reason(exc, len(data))
+        return EncodedSample(None, None, caption, failure_reason(exc, len(data)))
 
 
 def collate_encoded(
-    items: Sequence[Tuple[Any, ...]],
+    items: Sequence[EncodedSample],
 ) -> Tuple[List[Any], torch.Tensor, torch.Tensor, List[Optional[str]], Optional[torch.Tensor], Dict[str, int]]:
     """read_sample outputs -> (pixels list, JPEG bytes (N,) uint8, JPEG lengths (B,) int64,
     captions, caption tokens (B, L) or None, {reason: count} of the samples that are neither), in
@@ -90,12 +100,12 @@ def collate_encoded(
     stacked because each tensor in a list travels from the worker as its own shared-memory file:
     one per JPEG runs out of file descriptors at batches of a few hundred. :func:`split_jpegs`
     takes them apart again."""
-    skipped = [(None, None, None, reason) for pixels, jpeg, _, reason, *_ in items if pixels is None and jpeg is None]
-    tokens = torch.stack([i[4] for i in items]) if items and len(items[0]) > 4 else None
-    jpegs = [i[1] for i in items if i[1] is not None]
+    skipped = [LoaderItem(None, skip_reason=i.skip_reason) for i in items if i.pixels is None and i.jpeg is None]
+    tokens = torch.stack([i.caption_tokens for i in items]) if items and items[0].caption_tokens is not None else None
+    jpegs = [i.jpeg for i in items if i.jpeg is not None]
     jpeg_bytes = torch.cat(jpegs) if jpegs else torch.empty(0, dtype=torch.uint8)
-    jpeg_lengths = torch.tensor([0 if i[1] is None else len(i[1]) for i in items], dtype=torch.int64)
-    return [i[0] for i in items], jpeg_bytes, jpeg_lengths, [i[2] for i in items], tokens, skip_reasons(skipped)
+    jpeg_lengths = torch.tensor([0 if i.jpeg is None else len(i.jpeg) for i in items], dtype=torch.int64)
+    return [i.pixels for i in items], jpeg_bytes, jpeg_lengths, [i.caption for i in items], tokens, skip_reasons(skipped)
 
 
 def split_jpegs(jpeg_bytes: torch.Tensor, jpeg_lengths: torch.Tensor) -> List[Optional[torch.Tensor]]:

@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from annoboot.batch import ImageBatch
 from annoboot.data.batching import (
+    LoaderItem,
     SkipCounter,
     Tokenize,
     agreed_to_use,
@@ -289,7 +290,7 @@ class ShardStream:
             if reason is not None:
                 reasons[reason] = reasons.get(reason, 0) + 1
         token_rows = [None] * len(images) if tokens is None else list(tokens)
-        items = [(image, None, caption, None, row) for image, caption, row in zip(images, captions, token_rows)]
+        items = [LoaderItem(image, None, caption, None, row) for image, caption, row in zip(images, captions, token_rows)]
         batch, _ = pad_collate(items)
         return batch, reasons
 

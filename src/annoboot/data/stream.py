@@ -17,7 +17,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from annoboot.batch import ImageBatch
 from annoboot.data.base import ImageSource
-from annoboot.data.batching import SkipCounter, Tokenize, agreed_to_use, collate_to_tuple, with_caption_tokens
+from annoboot.data.batching import (
+    LoaderItem,
+    SkipCounter,
+    Tokenize,
+    agreed_to_use,
+    collate_to_tuple,
+    with_caption_tokens,
+)
 from annoboot.errors import AnnobootError
 
 logger = logging.getLogger(__name__)
@@ -32,8 +39,8 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class _ImagesWithLabels(Dataset):
-    """(image or None, label or None, caption or None, skip reason or None) of a source: what
-    pad_collate and skip_reasons consume; then the caption's token ids, when given
+    """The :class:`LoaderItem` of each image of a source, what pad_collate and skip_reasons
+    consume; with the caption's token ids when given
     ``caption_tokens`` (the source's, tokenised up front) or ``tokenize`` (run per item here,
     in the loader workers)."""
 
@@ -51,13 +58,13 @@ class _ImagesWithLabels(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[int], Optional[str], Optional[str]]:
+    def __getitem__(self, index: int) -> LoaderItem:
         label = int(self.source.labels[index]) if self.with_labels else None  # type: ignore[index]
         caption = None if self.source.captions is None else self.source.captions[index]
         image, reason = self.source.load(index)
-        item = (image, label, caption, reason)
+        item = LoaderItem(image, label, caption, reason)
         if self.caption_tokens is not None:
-            return (*item, self.caption_tokens[index])
+            return item._replace(caption_tokens=self.caption_tokens[index])
         if self.tokenize is not None:
             return with_caption_tokens(item, self.tokenize)
         return item
