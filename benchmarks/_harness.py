@@ -129,12 +129,12 @@ def pretrained(cfg: Config, weights: str = "online"):
         return method, device, json.loads(record.read_text())["train_seconds"]
     start = time.perf_counter()
     trainer = Trainer(cfg, overwrite=True)  # an unfinished run of a killed benchmark: its time would not count, start afresh
-    if weights == "ema" and trainer.target is None:  # refuse before training, not after
+    if weights == "ema" and trainer.target_network is None:  # refuse before training, not after
         raise SystemExit(f"--weights ema: {cfg.method.name} keeps no EMA target network")
     trainer.fit()
     seconds = time.perf_counter() - start
     record.write_text(json.dumps({"train_seconds": seconds}))
-    return (trainer.method if weights == "online" else trainer.target), trainer.device, seconds
+    return (trainer.method if weights == "online" else trainer.target_network), trainer.device, seconds
 
 
 def run_row(variant: Variant, seed: int, cfg: Config, evaluate: Callable, weights: str = "online") -> Dict:

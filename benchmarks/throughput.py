@@ -147,7 +147,7 @@ def ab_step_parts(trainer: Trainer, count: int) -> Dict[str, float]:
     trainer's streams (the pieces do not add up exactly to the step: each runs with warm caches)."""
     from annoboot.methods.bootstrapping import bootstrap_views
 
-    method, target, cfg, device = trainer.method, trainer.target, trainer.cfg, trainer.device
+    method, target, cfg, device = trainer.method, trainer.target_network, trainer.cfg, trainer.device
     assert target is not None
     batches = {name: next(stream) for name, stream in trainer.streams.items()}
     amp = functools.partial(autocast_context, device, cfg.train.precision)

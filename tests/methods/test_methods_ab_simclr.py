@@ -115,7 +115,7 @@ def test_online_targets_are_refused_where_the_target_network_belongs_to_the_base
 def test_an_online_target_run_trains_without_an_ema_copy(tiny_config):
     cfg = tiny_config("method.name=ab_simclr", "method.target_network=online", "train.steps=3", "train.log_every=3")
     trainer = Trainer(cfg)
-    assert trainer.target is None
+    assert trainer.target_network is None
     last = trainer.fit()
     assert last["loss/bootstrap"] > 0 and "ema/target_online_distance" not in last
 

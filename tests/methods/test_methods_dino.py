@@ -32,7 +32,7 @@ def test_dino_vit_encodes_global_and_local_crop_sizes(tiny_config):
 def test_teacher_gets_no_gradient_and_prototypes_stay_frozen_at_first(tiny_config):
     cfg = tiny_config("method.name=dino", "method.freeze_last_layer_steps=1", "train.batch_size=16", *DINO_TINY)
     trainer = Trainer(cfg)
-    online, teacher = trainer.method, trainer.target
+    online, teacher = trainer.method, trainer.target_network
     prototypes = online.head.last_layer.parametrizations.weight.original1
     before = prototypes.detach().clone()
     trainer.train_step()

@@ -52,7 +52,7 @@ class ABCLIP(AnnotationBootstrapping, CLIP):
         tokens = self.tokenizer(list(annotations)).to(self.normalize.mean.device)
         return self.ab_text_head(self.text_encoder(tokens))
 
-    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
+    def training_step(self, batches: Dict[str, ImageBatch], target_network: Method | None, step: int = 0) -> StepOutput:
         m = self.cfg.method
         tokens = self.caption_tokens(batches["annotation"])
         num_annotations = tokens.shape[0]
@@ -72,12 +72,12 @@ class ABCLIP(AnnotationBootstrapping, CLIP):
         keys = distributed.gather_with_grad(self.ab_text_head(text_features))
         logits = self.value_function.logits(out.tokens[num_annotations:], moves, keys)
         with torch.no_grad():
-            if target is None:  # method.target_network=online: this forward's features, no gradient
-                targets = self.targets_from_features(out.pooled[num_annotations:], out.tokens[num_annotations:], text_features, moves)
+            if target_network is None:  # method.target_network=online: this forward's features, no gradient
+                td_targets = self.targets_from_features(out.pooled[num_annotations:], out.tokens[num_annotations:], text_features, moves)
             else:
-                assert isinstance(target, ABCLIP), "ABCLIP's target network must be an ABCLIP"
-                targets = target.td_targets(tokens, boot_views, moves)
-        ab_loss, metrics = bootstrap_objective(logits, targets, boxes, m.drop_self_pairs)
+                assert isinstance(target_network, ABCLIP), "ABCLIP's target network must be an ABCLIP"
+                td_targets = target_network.td_targets(tokens, boot_views, moves)
+        ab_loss, metrics = bootstrap_objective(logits, td_targets, boxes, m.drop_self_pairs)
 
         metrics.update({"loss/clip": base_loss.detach(), "clip/logit_scale": scale.detach()})
         return self.bootstrapped_step(base_loss, ab_loss, metrics, step)

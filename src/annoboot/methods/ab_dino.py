@@ -49,8 +49,8 @@ class ABDINO(AnnotationBootstrapping, DINO):
         """psi_AB of the K prototypes: (K, bottleneck), ABDINO's own embeddings."""
         return self.ab_prototypes
 
-    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
-        assert isinstance(target, ABDINO), "ABDINO needs its EMA target network"
+    def training_step(self, batches: Dict[str, ImageBatch], target_network: Method | None, step: int = 0) -> StepOutput:
+        assert isinstance(target_network, ABDINO), "ABDINO needs its EMA target network"
         m = self.cfg.method
         global_views, local_views = self.multicrop_views(batches["annotation"])
         boot_views, boxes = bootstrap_views(batches["bootstrap"], self.cfg, self.normalize)  # (N*V, ...), (N, V, 4)
@@ -60,11 +60,11 @@ class ABDINO(AnnotationBootstrapping, DINO):
         moves = self.value_function.moves(boxes)
         teacher_temp = self.current_teacher_temp(step)
         with torch.no_grad():
-            teacher_logits, targets = target.teacher_outputs(global_views, boot_views, moves, teacher_temp)
+            teacher_logits, td_targets = target_network.teacher_outputs(global_views, boot_views, moves, teacher_temp)
 
         base_loss, metrics = self.dino_objective(out.pooled[:num_global], student_local, teacher_logits, step)
         logits = self.value_function.logits(out.tokens[num_global:], moves, self.ab_prototypes)  # (N, V, V, K)
-        ab_loss, ab_metrics = bootstrap_objective(logits, targets, boxes, m.drop_self_pairs)
+        ab_loss, ab_metrics = bootstrap_objective(logits, td_targets, boxes, m.drop_self_pairs)
 
         metrics.update(ab_metrics)
         return self.bootstrapped_step(base_loss, ab_loss, metrics, step)
@@ -82,5 +82,5 @@ class ABDINO(AnnotationBootstrapping, DINO):
         logits = self.head(out.pooled)
         # The centre is this EMA copy's, i.e. the online one before this step's update.
         reward = teacher_distribution(logits[num_global:], self.center, teacher_temp)
-        targets = ema_targets(self.cfg, reward, self.value_function, out.tokens[num_global:], moves, lambda: self.ab_prototypes)
-        return logits[:num_global], targets
+        td_targets = ema_targets(self.cfg, reward, self.value_function, out.tokens[num_global:], moves, lambda: self.ab_prototypes)
+        return logits[:num_global], td_targets

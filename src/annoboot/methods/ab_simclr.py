@@ -117,7 +117,7 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
         pooled = torch.cat([self.encoder(self.normalize(chunk)).pooled for chunk in annotations.split(256)])
         return self.ab_annotation_head(pooled)
 
-    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
+    def training_step(self, batches: Dict[str, ImageBatch], target_network: Method | None, step: int = 0) -> StepOutput:
         m, v = self.cfg.method, self.cfg.views
         num_annotations = len(batches["annotation"])
         sources = v.bootstrap_source_views  # 0: every view a source and a target
@@ -134,7 +134,7 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
         ann_pooled = out.pooled[: 2 * num_annotations]
         moves = self.value_function.moves_between(source_boxes, boxes[:, sources:])
         with torch.no_grad():
-            if target is None:  # method.target_network=online: this forward's features, no gradient
+            if target_network is None:  # method.target_network=online: this forward's features, no gradient
                 if sources:
                     target_out = self.encoder(target_views)
                     target_pooled, target_tokens = target_out.pooled, target_out.tokens
@@ -144,10 +144,10 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
                 # reward then normalises as a target holding this step's weights would.
                 pooled = torch.cat([ann_pooled[:num_annotations], target_pooled])
                 with frozen_statistics(self):
-                    targets = self.targets_from_features(pooled, target_tokens, num_annotations, moves, step)
+                    td_targets = self.targets_from_features(pooled, target_tokens, num_annotations, moves, step)
             else:
-                assert isinstance(target, ABSimCLR), "ABSimCLR's target network must be an ABSimCLR"
-                targets = target.td_targets(ann_views[:num_annotations], target_views, moves)
+                assert isinstance(target_network, ABSimCLR), "ABSimCLR's target network must be an ABSimCLR"
+                td_targets = target_network.td_targets(ann_views[:num_annotations], target_views, moves)
 
         # Base loss: SimCLR on the annotation batch.
         z1, z2 = self.projector(ann_pooled).chunk(2)
@@ -160,7 +160,7 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
             self._to_enqueue = (self._step_annotations, keys.detach())  # written after backward (after_backward)
             keys = torch.cat([keys, self.queue_keys[: self.queue_filled(step, keys.shape[0])].to(keys.dtype)])
         logits = self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys)
-        ab_loss, metrics = bootstrap_objective(logits, targets, source_boxes, m.drop_self_pairs, target_boxes)
+        ab_loss, metrics = bootstrap_objective(logits, td_targets, source_boxes, m.drop_self_pairs, target_boxes)
 
         metrics["loss/simclr"] = base_loss.detach()
         return self.bootstrapped_step(base_loss, ab_loss, metrics, step)

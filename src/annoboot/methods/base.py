@@ -64,7 +64,7 @@ class Method(nn.Module):
     ``batch_sizes`` says how many images each named data stream must deliver per step
     ('annotation', and 'bootstrap' for annotation bootstrapping). Buffers the method updates
     itself (e.g. a centre) live in the online network; the EMA target copies buffers. ``uses_target`` asks the
-    trainer for an EMA copy of the whole method, passed to ``training_step`` as ``target``;
+    trainer for an EMA copy of the whole method, passed to ``training_step`` as ``target_network``;
     its momentum follows ``ema_momentum``/``ema_momentum_end`` of the method config.
     """
 
@@ -117,7 +117,7 @@ class Method(nn.Module):
         sizes = self.batch_sizes()
         return self.views_per_image() * sizes["annotation"] + self.cfg.views.bootstrap_views * sizes.get("bootstrap", 0)
 
-    def training_step(self, batches: Dict[str, ImageBatch], target: "Method | None", step: int) -> StepOutput:
+    def training_step(self, batches: Dict[str, ImageBatch], target_network: "Method | None", step: int) -> StepOutput:
         """The loss of one step. ``step`` (0-based) drives method-specific schedules."""
         raise NotImplementedError
 
@@ -130,6 +130,6 @@ class Method(nn.Module):
     def after_backward(self, step: int) -> None:
         """Called between backward and the optimizer step (e.g. to freeze a layer's gradients)."""
 
-    def forward(self, batches: Dict[str, ImageBatch], target: "Method | None", step: int) -> StepOutput:
+    def forward(self, batches: Dict[str, ImageBatch], target_network: "Method | None", step: int) -> StepOutput:
         # DistributedDataParallel synchronises gradients of what runs through forward().
-        return self.training_step(batches, target, step)
+        return self.training_step(batches, target_network, step)

@@ -105,7 +105,7 @@ class CLIP(Method):
         """Token ids (B, L) -> joint embeddings (B, embed_dim), not normalised."""
         return self.text_projection(self.text_encoder(tokens))
 
-    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None = None, step: int = 0) -> StepOutput:
+    def training_step(self, batches: Dict[str, ImageBatch], target_network: Method | None = None, step: int = 0) -> StepOutput:
         batch = batches["annotation"]
         tokens = self.caption_tokens(batch)
         image_emb = self.embed_images(self.encoder(self.image_views(batch)).pooled)

@@ -133,13 +133,13 @@ class DINO(Method):
         """Called on the EMA model: prototype logits (2B, K) of the global views."""
         return self.head(self.encoder(global_views).pooled)
 
-    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None, step: int = 0) -> StepOutput:
-        assert isinstance(target, DINO), "DINO needs its EMA teacher"
+    def training_step(self, batches: Dict[str, ImageBatch], target_network: Method | None, step: int = 0) -> StepOutput:
+        assert isinstance(target_network, DINO), "DINO needs its EMA teacher"
         global_views, local_views = self.multicrop_views(batches["annotation"])
         student_global = self.encoder(global_views).pooled  # one call per crop size
         student_local = self.encoder(local_views).pooled
         with torch.no_grad():
-            teacher_logits = target.teacher_logits(global_views)
+            teacher_logits = target_network.teacher_logits(global_views)
         loss, metrics = self.dino_objective(student_global, student_local, teacher_logits, step)
         return StepOutput(loss, metrics)
 

@@ -56,7 +56,7 @@ class SimCLR(Method):
         boxes = sample_crop_boxes(batch.sizes, 2, v.crop_scale, v.crop_ratio)
         return self.normalize(self.augment(render_view_major(batch, boxes, v.img_size)))
 
-    def training_step(self, batches: Dict[str, ImageBatch], target: Method | None = None, step: int = 0) -> StepOutput:
+    def training_step(self, batches: Dict[str, ImageBatch], target_network: Method | None = None, step: int = 0) -> StepOutput:
         views = self.annotation_views(batches["annotation"])
         z = self.projector(self.encoder(views).pooled)
         z1, z2 = z.chunk(2)

@@ -100,11 +100,11 @@ class Trainer:
         if self.dist.world_size > 1 and self.device.type == "cuda":
             self.method = distributed.sync_batchnorm(self.method)
         prepare_for_device(self.method, self.device)
-        self.target: Optional[Method] = make_target(self.method) if self.method.uses_target else None
+        self.target_network: Optional[Method] = make_target(self.method) if self.method.uses_target else None
         if cfg.train.compile:
             compile_for_training(self.method.encoder)
-            if self.target is not None:
-                compile_for_training(self.target.encoder)
+            if self.target_network is not None:
+                compile_for_training(self.target_network.encoder)
         # What the step calls: DDP averages gradients across ranks during backward.
         self.model: torch.nn.Module = self.method
         if self.dist.world_size > 1:
@@ -180,7 +180,7 @@ class Trainer:
             "step": self.step,
             "config": to_dict(self.cfg),
             "method": self.method.state_dict(),
-            "target": None if self.target is None else self.target.state_dict(),
+            "target": None if self.target_network is None else self.target_network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "streams": {name: s.state_dict() for name, s in self.streams.items()},
             "rng": distributed.gather_objects(rng),  # one entry per rank
@@ -189,8 +189,8 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         try:
             self.method.load_state_dict(state["method"])
-            if self.target is not None:
-                self.target.load_state_dict(state["target"])
+            if self.target_network is not None:
+                self.target_network.load_state_dict(state["target"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, KeyError, ValueError) as exc:
             raise AnnobootError(
@@ -300,10 +300,10 @@ class Trainer:
         ranks under DDP), nothing updated yet. Returns the step's metrics as device tensors."""
         batches = {name: next(stream) for name, stream in self.streams.items()}
         self.method.train()
-        if self.target is not None:
-            self.target.train(self.method.target_batch_statistics)
+        if self.target_network is not None:
+            self.target_network.train(self.method.target_batch_statistics)
         with autocast_context(self.device, self.cfg.train.precision):
-            out = self.model(batches, self.target, self.step)
+            out = self.model(batches, self.target_network, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():  # remember the first step whose loss is not finite
             bad = ~torch.isfinite(out.loss.detach()) & (self._first_nonfinite < 0)
@@ -320,9 +320,9 @@ class Trainer:
         if t.grad_clip:
             metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip)
         self.optimizer.step()
-        if self.target is not None:
+        if self.target_network is not None:
             momentum = self.ema_momentum(self.step)
-            ema_update(self.target, self.method, momentum)
+            ema_update(self.target_network, self.method, momentum)
             scalars["schedule/ema_momentum"] = momentum
         self.step += 1
         self.schedule_values = scalars  # host floats: logged as they are, never accumulated
@@ -365,8 +365,8 @@ class Trainer:
                         skipped = sum(s.skipped for s in self.streams.values())
                         scalars = accumulator.pop(reduce=distributed.all_reduce_mean)
                         scalars["data/skipped_images"] = float(skipped)
-                        if self.target is not None:  # at log steps only: one pass over the weights
-                            scalars["ema/target_online_distance"] = relative_distance(self.target, self.method)
+                        if self.target_network is not None:  # at log steps only: one pass over the weights
+                            scalars["ema/target_online_distance"] = relative_distance(self.target_network, self.method)
                         scalars.update(self.schedule_values)
                         if logger:
                             last = logger.log(self.step, scalars, images_per_step, self.method.views_per_step())
