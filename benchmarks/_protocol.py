@@ -41,7 +41,7 @@ from _harness import ROOT, Variant, floor_row, headline, only, run_config, run_r
 from annoboot.config import Config
 from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.scene_captions import CLASS_NAMES
-from annoboot.data.scene_generator import ScenesConfig
+from annoboot.data.scene_generator import SceneGeneratorOptions
 from annoboot.data.scenes import SceneSource
 from annoboot.eval.baselines import PixelEncoder
 from annoboot.eval.image_text import evaluate_image_text, has_text_tower
@@ -178,7 +178,7 @@ class ProbeData:
         self.families = tuple(families)
         self.item_train = FashionMNISTSource(split="train", limit=sizes["item_train"])
         self.item_test = FashionMNISTSource(split="test")
-        probe_scenes = ScenesConfig(**{**scenes, "single_fraction": 0.0})
+        probe_scenes = SceneGeneratorOptions(**{**scenes, "single_fraction": 0.0})
         train_pool = FashionMNISTSource(split="train")
         self.scene_train = SceneSource(probe_scenes, "train", limit=sizes["scene_train"], pool=train_pool)
         self.scene_test = SceneSource(probe_scenes, "test", limit=sizes["scene_test"], pool=self.item_test)

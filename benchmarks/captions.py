@@ -42,10 +42,10 @@ def caption_statistics(scenes: dict, batch: int = 128, batches: int = 200) -> st
     names, and how many captions of a random annotation batch name each class."""
     import random
 
-    from annoboot.data.scene_generator import ScenesConfig
+    from annoboot.data.scene_generator import SceneGeneratorOptions
     from annoboot.data.scenes import SceneSource
 
-    generated = SceneSource(ScenesConfig(**scenes), "train").scenes
+    generated = SceneSource(SceneGeneratorOptions(**scenes), "train").scenes
     named = [set(classes) for classes in generated.named_classes]
     present = [set() for _ in named]
     items_named = 0

@@ -23,7 +23,7 @@ from annoboot.batch import ImageBatch
 from annoboot.data import build_source
 from annoboot.data.base import ImageSource, InMemoryImageSource
 from annoboot.data.fashion_mnist import FASHION_MNIST_ROOT
-from annoboot.data.scene_generator import ScenesConfig
+from annoboot.data.scene_generator import SceneGeneratorOptions
 from annoboot.eval.features import extract_features
 from annoboot.eval.knn import knn_accuracy
 from annoboot.models import CaptionTokenizer
@@ -66,7 +66,7 @@ needs_openclipart = needs_data(Path("/usr/share/openclipart/svg").is_dir(),
 
 TINY_VIT = ("vit_tiny_patch16_224", {"patch_size": 4, "depth": 2})
 
-SCENES = ScenesConfig(num_scenes=24, canvas=64, items=[2, 4], item_size=[16, 36], pool_limit=2000)
+SCENES = SceneGeneratorOptions(num_scenes=24, canvas=64, items=[2, 4], item_size=[16, 36], pool_limit=2000)
 
 
 # ---------------------------------------------------------------------------------------------

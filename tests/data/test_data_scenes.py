@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from annoboot.data import build_source
 from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.scene_captions import classes_in_caption, weak_caption
-from annoboot.data.scene_generator import CHUNK, ScenesConfig, generate_scenes, resize_items
+from annoboot.data.scene_generator import CHUNK, SceneGeneratorOptions, generate_scenes, resize_items
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 from annoboot.recipe import load_config
 
-SMALL = ScenesConfig(num_scenes=120, canvas=64, items=[2, 5], item_size=[14, 36], pool_limit=3000)
-CROWDED = ScenesConfig(preset="crowded", num_scenes=120, pool_limit=3000)  # 4-6 items of 12-20 px over a grating
+SMALL = SceneGeneratorOptions(num_scenes=120, canvas=64, items=[2, 5], item_size=[14, 36], pool_limit=3000)
+CROWDED = SceneGeneratorOptions(preset="crowded", num_scenes=120, pool_limit=3000)  # 4-6 items of 12-20 px over a grating
 
 
 def constant_pool(value: int, size: int = 50):
@@ -48,14 +48,14 @@ def test_same_seed_gives_identical_scenes_and_captions_another_seed_differs(fmni
     assert torch.equal(a.in_memory(), b.in_memory())
     assert a.captions == b.captions
     assert all(torch.equal(x, y) for x, y in zip(a.item_boxes, b.item_boxes))
-    c = SceneSource(ScenesConfig(**{**SMALL.__dict__, "seed": 1}), "train", pool=fmnist_train)
+    c = SceneSource(SceneGeneratorOptions(**{**SMALL.__dict__, "seed": 1}), "train", pool=fmnist_train)
     assert not torch.equal(a.in_memory(), c.in_memory())
     assert a.captions != c.captions
 
 
 def test_a_limit_keeps_a_prefix_of_the_same_scenes():
     images, labels = constant_pool(200)
-    cfg = ScenesConfig(num_scenes=CHUNK + 40, canvas=32, item_size=[8, 16])
+    cfg = SceneGeneratorOptions(num_scenes=CHUNK + 40, canvas=32, item_size=[8, 16])
     full = generate_scenes(images, labels, cfg, "train")
     head = generate_scenes(images, labels, cfg, "train", num_scenes=CHUNK + 5)
     assert torch.equal(full.images[: CHUNK + 5], head.images)
@@ -65,7 +65,7 @@ def test_a_limit_keeps_a_prefix_of_the_same_scenes():
 def test_scenes_use_only_their_own_pool_for_items_and_clutter():
     # Train items are flat 255, test items flat 100: a train canvas can only hold background 0,
     # train clutter (255 * contrast) and train items; no value of a test item or its clutter.
-    cfg = ScenesConfig(num_scenes=300, canvas=48, item_size=[10, 24], clutter=6, clutter_contrast=0.3)
+    cfg = SceneGeneratorOptions(num_scenes=300, canvas=48, item_size=[10, 24], clutter=6, clutter_contrast=0.3)
     train = generate_scenes(*constant_pool(255), cfg, "train")
     test = generate_scenes(*constant_pool(100), cfg, "test")
     assert set(train.images.unique().tolist()) <= {0, round(255 * 0.3), 255}
@@ -107,7 +107,7 @@ def test_boxes_lie_in_the_canvas_and_frame_the_pasted_item(fmnist_train, setting
 
 @needs_fmnist
 def test_single_item_canvases_are_whole_items_and_label_the_largest_item(fmnist_train):
-    cfg = ScenesConfig(**{**SMALL.__dict__, "single_fraction": 1.0})
+    cfg = SceneGeneratorOptions(**{**SMALL.__dict__, "single_fraction": 1.0})
     scenes = SceneSource(cfg, "train", pool=fmnist_train)
     assert all(torch.equal(b, torch.tensor([[0.0, 0.0, 1.0, 1.0]])) for b in scenes.item_boxes)
     assert torch.equal(scenes.labels, torch.cat(scenes.item_labels))
@@ -122,13 +122,13 @@ def test_generating_many_scenes_takes_seconds():
 
     images = torch.randint(0, 256, (1000, 28, 28), dtype=torch.uint8)
     start = time.perf_counter()
-    generate_scenes(images, torch.arange(1000) % 10, ScenesConfig(num_scenes=3000), "train")
+    generate_scenes(images, torch.arange(1000) % 10, SceneGeneratorOptions(num_scenes=3000), "train")
     assert time.perf_counter() - start < 5  # 20k scenes take about 4 s on one shared core
 
 
 @needs_fmnist
 def test_captions_name_present_classes_and_never_all_of_several(fmnist_train):
-    scenes = SceneSource(ScenesConfig(**{**SMALL.__dict__, "num_scenes": 400}), "train", pool=fmnist_train)
+    scenes = SceneSource(SceneGeneratorOptions(**{**SMALL.__dict__, "num_scenes": 400}), "train", pool=fmnist_train)
     wordings = set()
     for caption, named, labels in zip(scenes.captions, scenes.named_classes, scenes.item_labels):
         present = set(labels.tolist())
@@ -173,7 +173,7 @@ def random_pool(size: int = 300, seed: int = 0):
 def test_the_classic_preset_reproduces_the_scenes_made_before_presets_and_backgrounds():
     import hashlib
 
-    cfg = ScenesConfig(num_scenes=1100, canvas=48, item_size=[10, 24], clutter=3, single_fraction=0.2)
+    cfg = SceneGeneratorOptions(num_scenes=1100, canvas=48, item_size=[10, 24], clutter=3, single_fraction=0.2)
     scenes = generate_scenes(*random_pool(), cfg, "train")
     digest = hashlib.sha1(scenes.images.numpy().tobytes() + scenes.item_boxes.numpy().tobytes()
                           + "|".join(scenes.captions).encode()).hexdigest()
@@ -181,10 +181,10 @@ def test_the_classic_preset_reproduces_the_scenes_made_before_presets_and_backgr
 
 
 def test_a_preset_fills_the_options_not_given_and_a_given_option_overrides_it():
-    crowded = ScenesConfig(preset="crowded").resolved()
+    crowded = SceneGeneratorOptions(preset="crowded").resolved()
     assert (crowded.canvas, crowded.items, crowded.item_size, crowded.background) == (64, [4, 6], [12, 20], "grating")
-    assert ScenesConfig(preset="crowded", items=[2, 3], background="none").resolved().items == [2, 3]
-    assert ScenesConfig().resolved().canvas == 96 and ScenesConfig().resolved().background == "none"
+    assert SceneGeneratorOptions(preset="crowded", items=[2, 3], background="none").resolved().items == [2, 3]
+    assert SceneGeneratorOptions().resolved().canvas == 96 and SceneGeneratorOptions().resolved().background == "none"
     with pytest.raises(AnnobootError, match="scenes.preset.*crowded"):
         load_config(None, ["data.annotation.kind=fmnist_scenes", "data.annotation.scenes.preset=crowed"])
     cfg = load_config(None, ["data.annotation.kind=fmnist_scenes", "data.annotation.scenes.preset=crowded",
@@ -194,7 +194,7 @@ def test_a_preset_fills_the_options_not_given_and_a_given_option_overrides_it():
 
 @pytest.mark.parametrize("background", ["grating", "plaid"])
 def test_a_background_is_shared_by_the_scene_and_says_nothing_about_its_items(background):
-    cfg = ScenesConfig(preset="crowded", background=background, num_scenes=40)
+    cfg = SceneGeneratorOptions(preset="crowded", background=background, num_scenes=40)
     images, labels = random_pool()
     scenes = generate_scenes(images, labels, cfg, "train")
     relabelled = generate_scenes(255 - images, (labels + 3) % 10, cfg, "train")  # other items, other classes
@@ -205,12 +205,12 @@ def test_a_background_is_shared_by_the_scene_and_says_nothing_about_its_items(ba
     per_scene = [scenes.images[i][outside[i]].float() for i in range(40)]
     assert all(values.std() > 5 for values in per_scene)  # a pattern, not a flat grey
     assert len({round(float(values.mean()), 1) for values in per_scene}) > 30  # each scene its own
-    another_seed = generate_scenes(images, labels, ScenesConfig(**{**cfg.__dict__, "seed": 1}), "train")
+    another_seed = generate_scenes(images, labels, SceneGeneratorOptions(**{**cfg.__dict__, "seed": 1}), "train")
     assert not torch.equal(scenes.images, another_seed.images)
 
 
 def test_single_item_canvases_stay_on_black_under_a_background_setting():
-    cfg = ScenesConfig(preset="crowded", single_fraction=1.0, num_scenes=20)
+    cfg = SceneGeneratorOptions(preset="crowded", single_fraction=1.0, num_scenes=20)
     images, labels = random_pool()
     images[:, :7] = 0  # every item's top quarter is black: the canvas shows there
     scenes = generate_scenes(images, labels, cfg, "train")
@@ -237,7 +237,7 @@ def test_a_bad_background_option_names_its_key(option, value):
 )
 def test_any_valid_scene_setting_gives_deterministic_scenes_whose_boxes_fit(canvas, items, item_size, background, level,
                                                                              period, single_fraction, seed):
-    cfg = ScenesConfig(preset="crowded", num_scenes=12, canvas=canvas, items=[items[0], items[0] + items[1]],
+    cfg = SceneGeneratorOptions(preset="crowded", num_scenes=12, canvas=canvas, items=[items[0], items[0] + items[1]],
                        item_size=[item_size[0], min(canvas, item_size[0] + item_size[1])], background=background,
                        background_level=list(level), background_period=list(period), single_fraction=single_fraction,
                        seed=seed)

@@ -9,7 +9,7 @@ from torch import nn
 
 from annoboot.config import EvalConfig
 from annoboot.data.fashion_mnist import FashionMNISTSource
-from annoboot.data.scene_generator import ScenesConfig
+from annoboot.data.scene_generator import SceneGeneratorOptions
 from annoboot.data.scenes import SceneSource
 from annoboot.eval.in_context import (
     any_size_encoder,
@@ -57,7 +57,7 @@ class PatchCentreClass(nn.Module):
 
 
 def scenes(split: str, count: int, **options) -> SceneSource:
-    cfg = ScenesConfig(num_scenes=count, canvas=64, items=[2, 4], item_size=[12, 20], max_overlap=0.0, clutter=0, **options)
+    cfg = SceneGeneratorOptions(num_scenes=count, canvas=64, items=[2, 4], item_size=[12, 20], max_overlap=0.0, clutter=0, **options)
     return SceneSource(cfg, split, pool=FlatPool(split))
 
 

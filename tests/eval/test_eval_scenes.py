@@ -7,7 +7,7 @@ from helpers import one_thread  # noqa: F401  (an autouse fixture: tiny workload
 
 from annoboot.config import EvalConfig
 from annoboot.data.fashion_mnist import FashionMNISTSource
-from annoboot.data.scene_generator import ScenesConfig
+from annoboot.data.scene_generator import SceneGeneratorOptions
 from annoboot.data.scenes import SceneSource
 from annoboot.eval.scenes import BoxCropSource, box_probe, multilabel_probe
 from annoboot.models.encoder import build_encoder
@@ -18,7 +18,7 @@ def test_box_and_multilabel_probes_run_on_a_tiny_random_encoder():
     pool = torch.zeros(40, 28, 28, dtype=torch.uint8)
     for label in range(10):  # class c: a bright bar at row 2c+4, so crops are separable
         pool[label::10, 2 * label + 4 : 2 * label + 7, 4:24] = 255
-    cfg = ScenesConfig(num_scenes=80, canvas=48, item_size=[14, 24], clutter=2)
+    cfg = SceneGeneratorOptions(num_scenes=80, canvas=48, item_size=[14, 24], clutter=2)
 
     class FakePool(FashionMNISTSource):
         def __init__(self, split):

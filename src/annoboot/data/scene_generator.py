@@ -35,7 +35,7 @@ from annoboot.data.scene_captions import weak_caption
 from annoboot.errors import AnnobootError
 from annoboot.option_ranges import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, option
 
-# Named layouts: the values a ScenesConfig option left at None takes (``scenes.preset``).
+# Named layouts: the values a SceneGeneratorOptions option left at None takes (``scenes.preset``).
 SCENE_PRESETS: Dict[str, Dict[str, Any]] = {
     # The first scenes: 2-5 items of 20-56 px on a 96-px black canvas with faint clutter. Crop
     # consistency still works on them: one item covers a quarter of most SimCLR crops.
@@ -59,7 +59,7 @@ BACKGROUNDS = ("none", "grating", "plaid")
 
 
 @dataclass
-class ScenesConfig:
+class SceneGeneratorOptions:
     """fmnist_scenes: canvases of several Fashion-MNIST items with weak captions (below).
 
     A scene of split s (``SourceConfig.split``) draws its items and clutter from the Fashion-MNIST
@@ -87,7 +87,7 @@ class ScenesConfig:
     seed: int = option(0, NON_NEGATIVE)
     pool_limit: Optional[int] = option(None, COUNT)  # use only the first N Fashion-MNIST images of the split
 
-    def resolved(self) -> "ScenesConfig":
+    def resolved(self) -> "SceneGeneratorOptions":
         """A copy with every option the preset sets filled in (AnnobootError for an unknown preset)."""
         if self.preset not in SCENE_PRESETS:
             raise AnnobootError(f"bad config: key 'scenes.preset' is '{self.preset}'; choose one of {', '.join(SCENE_PRESETS)}")
@@ -101,7 +101,7 @@ def _range_error(key: str, pair: Sequence[float], low: float, high: float) -> Op
     return None
 
 
-def check_scenes(scenes: ScenesConfig, key: str = "scenes") -> None:
+def check_scenes(scenes: SceneGeneratorOptions, key: str = "scenes") -> None:
     """AnnobootError naming ``key``.<option> when a scene setting cannot work."""
     if scenes.preset not in SCENE_PRESETS:
         raise AnnobootError(f"bad config: key '{key}.preset' is '{scenes.preset}'; choose one of {', '.join(SCENE_PRESETS)}")
@@ -221,7 +221,7 @@ def _place_items(
 _PLAID_COMPONENTS = 3
 
 
-def scene_backgrounds(rng: np.random.Generator, cfg: ScenesConfig) -> torch.Tensor:
+def scene_backgrounds(rng: np.random.Generator, cfg: SceneGeneratorOptions) -> torch.Tensor:
     """(CHUNK, canvas, canvas) uint8 backgrounds of one chunk, drawn from ``rng`` alone.
 
     grating: level + contrast * sin(2 pi (x cos t + y sin t) / period + phase), with level,
@@ -247,7 +247,7 @@ def scene_backgrounds(rng: np.random.Generator, cfg: ScenesConfig) -> torch.Tens
 
 
 def _generate_chunk(
-    pool_images: torch.Tensor, pool_labels: torch.Tensor, cfg: ScenesConfig, split: str, chunk: int, num: int
+    pool_images: torch.Tensor, pool_labels: torch.Tensor, cfg: SceneGeneratorOptions, split: str, chunk: int, num: int
 ) -> SceneSet:
     # Three streams: layout, captions, background (the third leaves the first two, and so
     # scenes without a background, as they were before backgrounds existed).
@@ -335,7 +335,7 @@ def _generate_chunk(
 def generate_scenes(
     pool_images: torch.Tensor,
     pool_labels: torch.Tensor,
-    cfg: ScenesConfig,
+    cfg: SceneGeneratorOptions,
     split: str,
     num_scenes: Optional[int] = None,
 ) -> SceneSet:
@@ -378,5 +378,5 @@ def generate_scenes(
     )
 
 
-__all__ = ["BACKGROUNDS", "CHUNK", "SCENE_PRESETS", "SceneSet", "ScenesConfig", "check_scenes", "generate_scenes",
+__all__ = ["BACKGROUNDS", "CHUNK", "SCENE_PRESETS", "SceneSet", "SceneGeneratorOptions", "check_scenes", "generate_scenes",
            "resize_items", "scene_backgrounds"]

@@ -14,7 +14,7 @@ import torch
 from annoboot.data.base import InMemoryImageSource
 from annoboot.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNISTSource
 from annoboot.data.registry import register_source
-from annoboot.data.scene_generator import ScenesConfig, check_scenes, generate_scenes
+from annoboot.data.scene_generator import SceneGeneratorOptions, check_scenes, generate_scenes
 from annoboot.errors import AnnobootError
 
 
@@ -22,7 +22,7 @@ from annoboot.errors import AnnobootError
 class SceneSourceOptions:
     """The options of kind fmnist_scenes (``data.<stream>.scenes.*``)."""
 
-    scenes: ScenesConfig = field(default_factory=ScenesConfig)
+    scenes: SceneGeneratorOptions = field(default_factory=SceneGeneratorOptions)
 
     @staticmethod
     def check(src, key: str, selected: bool) -> None:
@@ -49,13 +49,13 @@ class SceneSource(InMemoryImageSource):
 
     def __init__(
         self,
-        cfg: ScenesConfig | None = None,
+        cfg: SceneGeneratorOptions | None = None,
         split: str = "train",
         root: str | None = None,
         limit: int | None = None,
         pool: FashionMNISTSource | None = None,
     ):
-        cfg = cfg or ScenesConfig()
+        cfg = cfg or SceneGeneratorOptions()
         check_scenes(cfg)
         cfg = cfg.resolved()  # the settings as generated, the preset's values filled in
         if limit is not None and limit <= 0:
