@@ -1,7 +1,7 @@
 """Runs side by side (``annoboot compare``): what each run is, how far it trained and what its
 probes reached, with only the options in which the runs differ.
 
-A run folder holds what this reads: ``config.yaml`` (the resolved config), ``metrics.jsonl``
+A run folder holds what this reads: ``config.yaml`` (the resolved config: core keys and the run's own method options), ``metrics.jsonl``
 (the last logged step, its wall time and views seen) and ``eval.json`` (the probes, written by
 ``annoboot pretrain`` with ``eval.at_end`` or by ``annoboot eval``).
 """

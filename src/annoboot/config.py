@@ -10,7 +10,7 @@ the core sections can name it.
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields, make_dataclass
-from typing import Any, Dict, List, Optional, get_type_hints
+from typing import Any, Dict, List, Mapping, Optional, Sequence, get_type_hints
 
 from omegaconf import OmegaConf
 
@@ -243,6 +243,23 @@ def check_source(src: SourceConfig, key: str) -> None:
 
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+# The sections methods add options to, with the core class each extends.
+_METHOD_SECTIONS = {"model": ModelConfig, "views": ViewsConfig, "method": MethodConfig}
+
+
+def saved_settings(cfg: Config, method_options: Mapping[str, Sequence[type]]) -> Dict[str, Any]:
+    """The config as a run saves it (config.yaml, checkpoints): every section, but in model, views
+    and method only the core keys and the options of the run's own method (``method_options``:
+    its ``config_options``), not every registered method's. Loading it back
+    (annoboot.recipe.config_from_saved) fills the rest with their defaults: the same config."""
+    settings = to_dict(cfg)
+    for section, core in _METHOD_SECTIONS.items():
+        kept = {f.name for f in fields(core)}
+        kept.update(f.name for option_class in method_options.get(section, ()) for f in fields(option_class))
+        settings[section] = {key: value for key, value in settings[section].items() if key in kept}
+    return settings
 
 
 def to_dict(cfg: Config) -> Dict[str, Any]:

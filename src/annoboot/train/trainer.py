@@ -13,21 +13,23 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import timm
 import timm.optim
 import torch
+from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from annoboot import __version__, distributed
-from annoboot.config import Config, SourceConfig, to_dict, to_yaml
+from annoboot.config import Config, SourceConfig, saved_settings
 from annoboot.data import BatchStream, ShardStream, build_source, build_stream, decode_workers
 from annoboot.data.base import ImageSource
 from annoboot.data.cache import cache_decoded
 from annoboot.data.stream import SEED_STRIDE
 from annoboot.errors import AnnobootError
 from annoboot.methods import Method, build_method
+from annoboot.methods.base import EMATargetOptions
 from annoboot.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -100,6 +102,9 @@ class Trainer:
         if self.dist.world_size > 1 and self.device.type == "cuda":
             self.method = distributed.sync_batchnorm(self.method)
         prepare_for_device(self.method, self.device)
+        if self.method.uses_target and EMATargetOptions not in type(self.method).config_options.get("method", ()):
+            raise AnnobootError(f"method '{cfg.method.name}' asks for an EMA target network (uses_target) but does not "
+                                "declare EMATargetOptions among its method options, whose ema_* keys set its rate")
         self.target_network: Optional[Method] = make_target(self.method) if self.method.uses_target else None
         if cfg.train.compile:
             compile_for_training(self.method.encoder)
@@ -178,7 +183,7 @@ class Trainer:
         return {
             "version": __version__,
             "step": self.step,
-            "config": to_dict(self.cfg),
+            "config": self.saved_config(),
             "method": self.method.state_dict(),
             "target": None if self.target_network is None else self.target_network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -291,7 +296,12 @@ class Trainer:
                 group["weight_decay"] = wd
         return {"schedule/lr": lr, "schedule/weight_decay": wd}
 
+    def saved_config(self) -> Dict[str, Any]:
+        """The config as config.yaml and the checkpoints hold it: the core keys and this method's options."""
+        return saved_settings(self.cfg, type(self.method).config_options)
+
     def ema_momentum(self, step: int) -> float:
+        # The options of EMATargetOptions, which a method with an EMA target declares (checked in __init__).
         m = self.cfg.method
         return ema_momentum(step, self.cfg.train.steps, m.ema_momentum, m.ema_momentum_end, m.ema_horizon)
 
@@ -344,7 +354,7 @@ class Trainer:
         distributed.barrier()  # every rank has looked before rank 0 writes
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.saved_config()))
             # Where the latest session ran (the model card and `annoboot compare` quote it).
             environment = {"hardware": describe(self.device, t.precision, t.compile), "world_size": self.dist.world_size,
                            "annoboot": __version__, "torch": torch.__version__, "timm": timm.__version__,
