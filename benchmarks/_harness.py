@@ -23,14 +23,14 @@ from datetime import date
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from annoboot.commands import load_run
 from annoboot.config import Config, to_dict
 from annoboot.data.decode import MAX_IMAGE_PIXELS
 from annoboot.errors import AnnobootError
 from annoboot.recipe import load_config
+from annoboot.runtime import describe, resolve_device
 from annoboot.tables import format_table, format_views
-from annoboot.commands import load_run
 from annoboot.train.checkpoint import checkpoint_step, latest_checkpoint
-from annoboot.train.runtime import describe, resolve_device
 from annoboot.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -48,7 +48,7 @@ from annoboot.eval.image_text import evaluate_image_text, has_text_tower
 from annoboot.eval.scene_suite import scene_family
 from annoboot.methods import build_method
 from annoboot.presets import QUICK_DINO, QUICK_EVAL, QUICK_MODEL, QUICK_TRAIN, QUICK_WEIGHT_DECAY
-from annoboot.train.runtime import resolve_device
+from annoboot.runtime import resolve_device
 from annoboot.views import Normalize
 
 # Scenes for pre-training and probing: canvases (px) of 2-5 items, seen at the views' size.

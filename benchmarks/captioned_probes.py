@@ -31,12 +31,12 @@ from _harness import (
     write_json,
 )
 
+from annoboot.commands import evaluate_encoder, evaluate_method
 from annoboot.eval.baselines import PixelEncoder
 from annoboot.methods import build_method
 from annoboot.presets import QUICK_CAPTIONED, QUICK_EVAL
 from annoboot.recipe import load_config
-from annoboot.commands import evaluate_encoder, evaluate_method
-from annoboot.train.runtime import resolve_device
+from annoboot.runtime import resolve_device
 
 QUICK = [*QUICK_CAPTIONED, "data.annotation.num_workers=2",
          "eval.train.num_workers=2", "eval.test.num_workers=2", *QUICK_EVAL]

@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader
 from annoboot.methods import build_method
 from annoboot.objectives import nt_xent
 from annoboot.recipe import load_config
-from annoboot.train.runtime import autocast_context
+from annoboot.runtime import autocast_context
 from annoboot.train.trainer import Trainer
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field")

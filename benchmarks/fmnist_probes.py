@@ -40,6 +40,7 @@ from _harness import (
     write_json,
 )
 
+from annoboot.commands import evaluate_encoder, evaluate_method
 from annoboot.config import Config
 from annoboot.data import build_source
 from annoboot.eval.knn import knn_accuracy
@@ -47,8 +48,7 @@ from annoboot.eval.linear import linear_probe
 from annoboot.methods import build_method
 from annoboot.presets import QUICK_EVAL, QUICK_MODEL, QUICK_TRAIN, QUICK_WEIGHT_DECAY
 from annoboot.recipe import load_config
-from annoboot.commands import evaluate_encoder, evaluate_method
-from annoboot.train.runtime import resolve_device
+from annoboot.runtime import resolve_device
 
 RECIPES = {"cpu": "configs/cpu/fmnist_{method}.yaml", "gpu": "configs/fmnist_{method}.yaml", "quick": "configs/fmnist_{method}.yaml"}
 # A smoke run of the code path: ViT-Tiny depth 4 at 8-px patches, 300 steps of 128, probes on 20k.

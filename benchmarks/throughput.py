@@ -53,8 +53,8 @@ from annoboot.config import Config
 from annoboot.models import build_encoder
 from annoboot.presets import QUICK_CAPTIONED
 from annoboot.recipe import load_config
+from annoboot.runtime import autocast_context, describe, prepare_for_device
 from annoboot.train.ema import ema_update, make_target
-from annoboot.train.runtime import autocast_context, describe, prepare_for_device
 from annoboot.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent

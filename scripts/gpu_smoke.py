@@ -44,12 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
 from annoboot import distributed  # noqa: E402
+from annoboot.commands import evaluate_encoder  # noqa: E402
 from annoboot.config import Config  # noqa: E402
-from annoboot.recipe import load_config  # noqa: E402
 from annoboot.data import ShardStream  # noqa: E402
 from annoboot.data.fashion_mnist import FashionMNISTSource  # noqa: E402
 from annoboot.data.tools import folder_to_shards  # noqa: E402
-from annoboot.commands import evaluate_encoder  # noqa: E402
+from annoboot.recipe import load_config  # noqa: E402
 from annoboot.train import Trainer  # noqa: E402
 
 RECIPES = {
@@ -403,7 +403,7 @@ def main() -> int:
     if not args.cpu and not torch.cuda.is_available():
         parser.error("no CUDA device: this script checks the GPU paths; --cpu runs the same checks on the CPU")
 
-    from annoboot.train.runtime import describe
+    from annoboot.runtime import describe
 
     device = torch.device("cpu" if args.cpu else "cuda")
     header = f"annoboot GPU smoke: {describe(device, 'auto', False)}; torch {torch.__version__}"

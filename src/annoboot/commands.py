@@ -38,10 +38,10 @@ from annoboot.methods import Method, build_method
 from annoboot.model_card import data_licence, model_card
 from annoboot.models.encoder import Encoder
 from annoboot.recipe import config_from_saved
+from annoboot.runtime import eager, resolve_device
 from annoboot.text_tower import save_text_tower, text_tower_of
 from annoboot.train.checkpoint import load_checkpoint
 from annoboot.train.run_lock import hold_run_lock, live_holder
-from annoboot.train.runtime import eager, resolve_device
 from annoboot.train.trainer import RunInterrupted, Trainer
 from annoboot.views import Normalize
 

@@ -24,7 +24,7 @@ from annoboot.data.decode import decode_image
 from annoboot.errors import AnnobootError
 from annoboot.export import CONFIG_FILE, WEIGHTS_FILE, is_exported_folder
 from annoboot.models.encoder import Encoder
-from annoboot.train.runtime import autocast_context, resolve_device
+from annoboot.runtime import autocast_context, resolve_device
 from annoboot.views import Normalize, render_full_images
 
 if TYPE_CHECKING:  # imported where used: the text half needs open_clip's tokenizer

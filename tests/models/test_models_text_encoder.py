@@ -5,7 +5,7 @@ import torch
 
 from annoboot.errors import AnnobootError
 from annoboot.models import CaptionTokenizer, TextEncoder
-from annoboot.train.runtime import set_fused_attention
+from annoboot.runtime import set_fused_attention
 
 
 def test_tokenizer_round_trip_and_truncation():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from annoboot.models import ValueDecoder
-from annoboot.train.runtime import set_fused_attention
+from annoboot.runtime import set_fused_attention
 
 
 def test_changing_one_box_leaves_the_other_boxes_outputs_unchanged():

@@ -1,10 +1,10 @@
-"""annoboot.train.runtime: explicit attention computes what the fused kernel does."""
+"""annoboot.runtime: explicit attention computes what the fused kernel does."""
 
 import pytest
 import torch
 
 from annoboot.models import ValueDecoder, build_encoder
-from annoboot.train.runtime import set_fused_attention
+from annoboot.runtime import set_fused_attention
 
 
 @pytest.mark.parametrize("module", ["decoder", "vit"])

@@ -18,7 +18,7 @@ from annoboot.data.base import ImageSource
 from annoboot.data.stream import iter_eval_batches
 from annoboot.errors import AnnobootError
 from annoboot.models.encoder import Encoder
-from annoboot.train.runtime import autocast_context
+from annoboot.runtime import autocast_context
 from annoboot.views import Normalize, render_full_images
 
 
@@ -70,7 +70,7 @@ def extract_features(
         normalize: the normalisation used in pre-training (copied to ``device`` if elsewhere).
         batch_size: images per forward pass.
         device: where the encoder runs. The forward runs under bf16 autocast on CUDA and on CPUs
-            with native BF16 (``annoboot.train.runtime.resolve_precision``, 'auto').
+            with native BF16 (``annoboot.runtime.resolve_precision``, 'auto').
         keep_tokens: also return the tokens (N, T, D) as float16 (memory: N * T * D * 2 bytes).
         num_workers: decode workers for file-backed sources.
         progress: show a tqdm progress bar.

@@ -35,7 +35,7 @@ from annoboot.eval.fitting import SINGLE_LABEL
 from annoboot.eval.probes import check_probe_config, run_probes, wants_tokens
 from annoboot.eval.scenes import multilabel_probe
 from annoboot.models.encoder import Encoder, rebuild_backbone
-from annoboot.train.runtime import autocast_context
+from annoboot.runtime import autocast_context
 from annoboot.views import Normalize, render_full_images
 
 

@@ -21,7 +21,7 @@ class CrossAttention(nn.Module):
     """Multi-head attention of queries (B, Lq, W) over a memory (B, Lk, W) -> (B, Lq, W).
 
     ``fused_attn`` chooses PyTorch's fused kernel or the explicit softmax(q k^T / sqrt(d)) v,
-    the same switch timm's attention modules have (see ``annoboot.train.runtime``).
+    the same switch timm's attention modules have (see ``annoboot.runtime``).
     """
 
     fused_attn: bool = True

@@ -30,6 +30,7 @@ from annoboot.data.stream import SEED_STRIDE
 from annoboot.errors import AnnobootError
 from annoboot.methods import Method, build_method
 from annoboot.methods.base import EMATargetOptions
+from annoboot.runtime import autocast_context, compile_for_training, describe, prepare_for_device, resolve_device
 from annoboot.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -40,7 +41,6 @@ from annoboot.train.checkpoint import (
 from annoboot.train.ema import ema_update, make_target, relative_distance
 from annoboot.train.metrics import MetricAccumulator, RunLogger
 from annoboot.train.run_lock import LOCK_FILE, hold_run_lock
-from annoboot.train.runtime import autocast_context, compile_for_training, describe, prepare_for_device, resolve_device
 from annoboot.train.schedules import cosine, ema_momentum, warmup_cosine
 
 log = logging.getLogger(__name__)
