@@ -7,10 +7,13 @@ import pytest
 import torch
 from helpers import DINO_TINY, needs_fmnist, random_images
 
+from annoboot.batch import ImageBatch
 from annoboot.methods import build_method
 from annoboot.methods.dino import teacher_temperature
+from annoboot.objectives.dino import teacher_distribution
 from annoboot.train import Trainer
 from annoboot.train.checkpoint import checkpoint_path, load_checkpoint
+from annoboot.train.ema import make_target
 
 
 def test_teacher_temperature_warms_up_linearly_then_holds():
@@ -106,3 +109,61 @@ def test_compiled_dino_specialises_each_crop_size_once_and_probes_run_eager(tiny
     assert results["knn"] > 0
     assert len(recorder.dynamic) == 3, ("probing compiled new graphs", recorder.dynamic)
     torch._dynamo.reset()
+
+
+def _constant_images(values, side=28):
+    """One gray image per value, every pixel that value: every crop of image b shows the same."""
+    images = torch.tensor(values, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, side, side).contiguous()
+    return ImageBatch(images, torch.full((len(values), 2), side))
+
+
+def _logits_of(method, value, size):
+    """The head's logits for one image of ``value`` at crop ``size``, rendered alone (a batch
+    of one cannot be reordered): what each view of that image must be given."""
+    boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0]]])
+    with torch.no_grad():
+        return method.head(method.encoder(method._augmented_views(_constant_images([value]), boxes, size)).pooled)[0]
+
+
+@pytest.mark.parametrize("name", ["dino", "ab_dino"])
+def test_the_dino_loss_pairs_each_students_view_with_the_teachers_views_of_its_own_image(tiny_config, monkeypatch, name):
+    """Views are rendered view-major and the loss reads them as (views, images, K): student view
+    v of image b must meet the teacher's two global views of image b. Each image here is one
+    constant grey, so every view of image b gives that image's logits (colour jitter off), known
+    from a batch of one. Caught breaks: image-major rendering of the crops, and the loss reading
+    the rows as (images, views)."""
+    import annoboot.methods.dino as dino_module
+
+    cfg = tiny_config(f"method.name={name}", *DINO_TINY, "train.batch_size=8", "views.jitter_prob=0",
+                      "views.grayscale_prob=0", "method.bootstrap_fraction=0.25")
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    teacher = make_target(method)
+    seen = {}
+    real = dino_module.dino_loss
+
+    def spy(student_logits, teacher_probs, student_temp):
+        seen["student"], seen["teacher"] = student_logits.detach(), teacher_probs
+        return real(student_logits, teacher_probs, student_temp)
+
+    monkeypatch.setattr(dino_module, "dino_loss", spy)
+    sizes = method.batch_sizes()
+    values = torch.linspace(10, 240, sizes["annotation"]).round().int().tolist()
+    batches = {"annotation": _constant_images(values)}
+    if "bootstrap" in sizes:
+        batches["bootstrap"] = _constant_images(torch.linspace(35, 215, sizes["bootstrap"]).round().int().tolist())
+    method.training_step(batches, teacher, 0)
+
+    v = cfg.views
+    student, teacher_probs = seen["student"], seen["teacher"]
+    assert student.shape[:2] == (2 + v.local_views, len(values))
+    for b, value in enumerate(values):
+        global_logits, local_logits = _logits_of(method, value, v.img_size), _logits_of(method, value, v.local_size)
+        for view in range(student.shape[0]):
+            expected = global_logits if view < 2 else local_logits
+            torch.testing.assert_close(student[view, b], expected, atol=2e-4, rtol=1e-4)
+        expected_probs = teacher_distribution(global_logits, torch.zeros_like(global_logits), method.current_teacher_temp(0))
+        for view in range(2):
+            torch.testing.assert_close(teacher_probs[view, b], expected_probs, atol=2e-4, rtol=1e-4)
+    # The images differ enough that a mix-up would show.
+    assert (_logits_of(method, values[0], v.img_size) - _logits_of(method, values[1], v.img_size)).abs().max() > 1e-2
