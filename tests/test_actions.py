@@ -138,3 +138,31 @@ def test_box_iou_equals_torchvisions(corners):
                       max(corners[5], corners[7]) + 1e-3])
     assert box_iou(a, b).item() == pytest.approx(reference(a[None], b[None]).item(), rel=1e-4, abs=1e-6)
     assert box_iou(a, b).item() == pytest.approx(box_iou(b, a).item(), rel=1e-6, abs=1e-9)  # symmetric
+
+
+def test_a_tall_image_falls_back_to_its_clamped_aspect_centred_vertically():
+    """A 400 x 100 px (h x w) image, whole-area crops with ratio [0.5, 2]: none fits, so the
+    fallback is the full width at the nearest allowed aspect 0.5, height 0.5 of the image,
+    centred: (0, 0.25, 1, 0.75). Caught breaks: the aspect clamped to the wrong bound, the height
+    fraction multiplied instead of divided, the box not centred."""
+    boxes = sample_crop_boxes(torch.tensor([[400, 100]]), 2, scale=(1.0, 1.0), ratio=(0.5, 2.0))
+    assert torch.allclose(boxes[0], torch.tensor([0.0, 0.25, 1.0, 0.75]).expand(2, 4), atol=1e-6)
+
+
+def test_crop_positions_are_drawn_independently_in_x_and_y():
+    """Small square crops of a square image: x0 and y0 are uniform on [0, 1 - side] and
+    uncorrelated. Caught break: one random number placing the crop along both axes (crops only
+    on the diagonal)."""
+    torch.manual_seed(0)
+    boxes = sample_crop_boxes(torch.tensor([[64, 64]] * 5000), 4, scale=(0.1, 0.1), ratio=(1.0, 1.0)).view(-1, 4)
+    x0, y0 = boxes[:, 0], boxes[:, 1]
+    assert abs(torch.corrcoef(torch.stack([x0, y0]))[0, 1].item()) < 0.05
+    side = math.sqrt(0.1)
+    assert x0.max().item() == pytest.approx(1 - side, abs=0.01) and y0.max().item() == pytest.approx(1 - side, abs=0.01)
+
+
+def test_token_range_needed_worked_by_hand_for_wide_images_and_lopsided_ratios():
+    """scale 0.05, ratio [1/4, 2] on images up to 2:1: the most extreme crop aspect is 4 (from the
+    low bound), doubled by the image to 8, so the smallest side is sqrt(0.05 / 8) of the image and
+    R = sqrt(160). Caught breaks: the image aspect dividing, 1 / low bound read as low or as 1 / high."""
+    assert token_range_needed((0.05, 1.0), (0.25, 2.0), max_image_aspect=2.0) == pytest.approx(math.sqrt(160))

@@ -258,3 +258,76 @@ def test_bootstrap_objective_reports_the_targets_entropy_and_agreement_by_the_ta
     assert counts == {"0": 0, "0-0.2": 0, "0.2-0.5": 1, "0.5-0.8": 0, "0.8-1": 1}
     # argmax ties at [0.5, 0.5] go to annotation 0: both moves agree
     assert hits == {"0": 0, "0-0.2": 0, "0.2-0.5": 1, "0.5-0.8": 0, "0.8-1": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Worked examples for the mutants the mutation run left (docs/results.md, "Mutation score").
+
+def test_the_largest_move_is_kept_over_steps_and_a_move_at_the_range_is_allowed():
+    """largest_move is the maximum over every call (the check runs at log steps, after many);
+    a move of exactly R still has its own bin. Caught breaks: only the last call's reach kept;
+    a move equal to R refused."""
+    value_function = ValueFunction(load_config(None, []), token_width=8, annotation_dim=4)
+    value_function.moves(torch.tensor([[[0.0, 0.0, 0.125, 0.4], [0.0, 0.0, 1.0, 1.0]]]))  # reaches 8
+    value_function.moves(QUARTERS_AND_WHOLE[None])  # reaches 2
+    assert value_function.largest_move.item() == pytest.approx(8.0)
+    value_function.check_move_range(6.0)  # at R: allowed
+
+
+def test_an_explicit_bootstrap_fraction_sets_the_bootstrap_images():
+    """B 256: annotation_fraction 1 gives 256 annotation images, bootstrap_fraction 1/8 gives 32
+    bootstrap images (the crowded scenes' recipe); by default ABSimCLR's B/2 annotation images
+    leave 256 / 2 * 2 / 4 = 64. Caught break: B / fraction (2048)."""
+    from annoboot.methods.bootstrapping import ab_batch_sizes
+
+    cfg = load_config(None, ["train.batch_size=256", "method.annotation_fraction=1.0", "method.bootstrap_fraction=0.125"])
+    assert ab_batch_sizes(cfg, base_views_per_image=2) == {"annotation": 256, "bootstrap": 32}
+    assert ab_batch_sizes(load_config(None, ["train.batch_size=256"]), base_views_per_image=2) == {"annotation": 128, "bootstrap": 64}
+
+
+def test_a_one_step_warm_up_starts_the_bootstrap_loss_at_zero():
+    """ab_weight_warmup 0.1 of 10 steps is a ramp of one step: weight 0 at step 0, full from step 1.
+    Caught break: ramps of a single step treated as none (full weight at step 0)."""
+    from annoboot.methods.bootstrapping import ab_loss_weight
+
+    cfg = load_config(None, ["method.ab_weight_warmup=0.1", "train.steps=10"])
+    assert [ab_loss_weight(cfg, step) for step in (0, 1, 5)] == [0.0, 1.0, 1.0]
+
+
+def test_the_bootstrap_objective_drops_self_pairs_when_asked():
+    """With drop_self_pairs the moves from a view to itself leave the loss: V = 2, the pair 0 -> 0
+    predicts annotation 1 and the others annotation 0. Caught break: the option not handed to the
+    loss."""
+    from annoboot.methods.bootstrapping import bootstrap_objective
+    from annoboot.objectives import bootstrap_loss
+
+    targets = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (N=1, V=2, L=2)
+    logits = torch.tensor([[[[0.0, 4.0], [4.0, 0.0]], [[4.0, 0.0], [4.0, 0.0]]]])  # (1, S=2, V=2, L=2)
+    boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]]])
+    dropped, _ = bootstrap_objective(logits, targets, boxes, drop_self_pairs=True)
+    kept, _ = bootstrap_objective(logits, targets, boxes, drop_self_pairs=False)
+    assert torch.allclose(dropped, bootstrap_loss(logits, targets, True)) and not torch.allclose(dropped, kept)
+    # By hand: the off-diagonal pairs are (0 -> 1) with target annotation 1 and (1 -> 0) with annotation 0.
+    wrong, right = math.log1p(math.exp(4.0)), math.log1p(math.exp(-4.0))  # cross-entropies of a 4-logit margin
+    assert dropped.item() == pytest.approx((wrong + right) / 2)
+    assert kept.item() == pytest.approx((3 * wrong + right) / 4)
+
+
+def test_the_value_function_builds_its_decoder_with_the_configured_mlp_ratio():
+    """model.decoder_mlp_ratio 2 on a decoder of width 32: MLPs of 64. Caught break: the option not
+    handed to the decoder (its default 4 would give 128)."""
+    cfg = load_config(None, ["model.decoder_mlp_ratio=2.0", "model.decoder_dim=32", "model.decoder_heads=2"])
+    value_function = ValueFunction(cfg, token_width=8, annotation_dim=4)
+    assert all(block.mlp.fc1.out_features == 64 for block in value_function.decoder.blocks)
+
+
+def test_bootstrap_view_options_refuse_bad_scales_by_name_and_allow_two_views():
+    """Two bootstrap views per image is the fewest that make a move; a scale [high, low] is
+    refused naming views.bootstrap_scale. Caught breaks: 2 refused; the key left out of the message."""
+    from annoboot.errors import AnnobootError
+
+    assert load_config(None, ["method.name=ab_simclr", "views.bootstrap_views=2"]).views.bootstrap_views == 2
+    with pytest.raises(AnnobootError, match=r"'views\.bootstrap_views' must be >= 2"):
+        load_config(None, ["method.name=ab_simclr", "views.bootstrap_views=1"])
+    with pytest.raises(AnnobootError, match=r"'views\.bootstrap_scale'"):
+        load_config(None, ["method.name=ab_simclr", "views.bootstrap_scale=[0.5, 0.2]"])

@@ -34,3 +34,14 @@ def test_caption_distribution_is_the_softmax_of_scaled_cosines():
     images, captions = 3 * torch.randn(5, 8), torch.randn(7, 8) * torch.arange(1, 8).view(7, 1)
     cosines = F.cosine_similarity(images[:, None], captions[None], dim=-1)
     assert torch.allclose(caption_distribution(images, captions, 10.0), torch.softmax(10.0 * cosines, dim=-1), atol=1e-6)
+
+
+def test_clip_loss_normalises_each_embedding_not_each_dimension():
+    """Cosine similarities: scaling one image's embedding or one caption's changes nothing.
+    Caught break: normalising over the batch axis instead of the feature axis."""
+    torch.manual_seed(0)
+    images, texts = torch.randn(4, 8), torch.randn(4, 8)
+    scales = torch.tensor([[0.5], [2.0], [3.0], [10.0]])
+    reference = clip_loss(images, texts, 10.0)
+    assert torch.allclose(clip_loss(images * scales, texts, 10.0), reference, atol=1e-5)
+    assert torch.allclose(clip_loss(images, texts * scales.flip(0), 10.0), reference, atol=1e-5)

@@ -50,3 +50,9 @@ def test_collapse_monitors_read_uniform_and_one_hot():
     assert entropy(one_hot).item() == pytest.approx(0.0, abs=1e-6)
     assert kl_to_uniform(uniform).item() == pytest.approx(0.0, abs=1e-6)
     assert kl_to_uniform(one_hot).item() == pytest.approx(math.log(k))
+
+
+def test_entropy_is_per_row_in_nats_worked_by_hand():
+    """[0.5, 0.5] has ln 2 nats, a one-hot row none. Caught break: summing over every axis."""
+    values = entropy(torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
+    assert values.shape == (2,) and torch.allclose(values, torch.tensor([math.log(2), 0.0]))

@@ -124,3 +124,25 @@ def test_decoder_blocks_have_the_configured_heads_biases_and_mlp_width():
     for block in decoder.blocks:
         assert block.self_attn.num_heads == 4 and block.self_attn.qkv.bias is not None
         assert block.cross_attn.num_heads == 4 and block.mlp.fc1.out_features == 96
+
+
+def test_move_tokens_know_which_coordinate_they_are_and_memory_is_layer_normalised():
+    """A move's four tokens carry their coordinate's own embedding (x0, y0, x1, y1 of one bin are
+    four different queries), and the source tokens are layer-normalised before the decoder reads
+    them, so Q does not change when a token is scaled or shifted (the value decoder's reading of
+the tokens themselves is tested above). Small initial embeddings (std 0.02).
+    Caught breaks: one embedding shared by the four coordinates; the memory's LayerNorm dropped;
+    unit-variance initialisation."""
+    torch.manual_seed(0)
+    decoder = ValueDecoder(token_width=12, width=16, depth=1, num_heads=2, num_bins=8, out_dim=5)
+    assert decoder.coord_embed.shape == (4, 16)
+    same_bin = torch.full((1, 1, 4), 3)
+    queries = decoder.bin_embed(same_bin) + decoder.coord_embed  # (1, 1, 4, W)
+    assert all((queries[0, 0, i] - queries[0, 0, j]).abs().max() > 1e-4 for i in range(4) for j in range(i))
+    assert decoder.coord_embed.std() < 0.05 and decoder.bin_embed.weight.std() < 0.05
+    memory = torch.randn(1, 6, 12)
+    moves = torch.randint(0, 8, (1, 3, 4))
+    with torch.no_grad():
+        # Each token scaled and shifted by its own amount: LayerNorm removes both.
+        scaled = memory * torch.linspace(0.5, 10, 6)[:, None] + torch.linspace(-3, 3, 6)[:, None]
+        torch.testing.assert_close(decoder(scaled, moves), decoder(memory, moves), atol=1e-4, rtol=1e-4)

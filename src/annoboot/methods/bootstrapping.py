@@ -64,12 +64,8 @@ class BootstrapOptions:
     # this step), which saves the second forward and the EMA copy (methods with online_targets).
     target_network: str = "ema"
 
+    # gamma's range [0, 1) is checked with every declared range at load (option_ranges.BELOW_ONE).
     CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"aggregate": ("mean", "max"), "target_network": ("ema", "online")}
-
-    @staticmethod
-    def check(cfg: Config, selected: bool) -> None:
-        if not 0 <= cfg.method.gamma < 1:
-            raise AnnobootError(f"bad config: key 'method.gamma' must be in [0, 1), got {cfg.method.gamma}")
 
 
 @dataclass
