@@ -58,8 +58,8 @@ def pad_collate(items: Sequence[LoaderItem | Tuple[Any, ...]]) -> Tuple[ImageBat
     """Stack decoded images into one batch: padded when they share a size, packed otherwise.
 
     items: :class:`LoaderItem` (or plain tuples in its field order, e.g. ``(image, None)``); the
-    skip reason is ignored here. None images are dropped with their labels, captions and tokens. 1-channel images in a batch that also holds
-    3-channel ones are repeated to 3 channels.
+    skip reason is ignored here. None images are dropped with their labels, captions and tokens.
+    1-channel images in a batch that also holds 3-channel ones are repeated to 3 channels.
 
     Images of one size are stacked as (B, C, h, w). Images of mixed sizes are packed into one
     canvas (1, C, H, W) at ``batch.origins`` (:func:`pack_layout`), each with a one-pixel border
