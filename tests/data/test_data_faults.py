@@ -30,6 +30,10 @@ from annoboot.errors import AnnobootError
 
 T = TypeVar("T")
 
+# A loader worker: the error crosses the process boundary. Slow, because torch's DataLoader, shut
+# down after a worker's error, waits out its 5 s status interval for the worker to quit.
+WITH_A_WORKER = pytest.param(1, marks=pytest.mark.slow, id="1")
+
 # Reasons the zoo's bad image files are skipped for, in training and in `data inspect`.
 ZOO_REASONS = {"empty file", "truncated", "not an image", f"over the {MAX_IMAGE_PIXELS:,}-pixel cap"}
 
@@ -159,7 +163,7 @@ def broken_shards(root: Path) -> str:
 SHARD_REASONS = r"ReadError: invalid header|empty file|ReadError: truncated header|no sample in the shard"
 
 
-@pytest.mark.parametrize("num_workers", [0, 1])
+@pytest.mark.parametrize("num_workers", [0, WITH_A_WORKER])
 def test_a_shard_set_that_yields_nothing_stops_naming_the_pattern_and_reason(tmp_path, num_workers):
     pattern = broken_shards(tmp_path / "shards")
     stream = ShardStream(pattern, batch_size=4, seed=0, num_workers=num_workers)
@@ -298,7 +302,7 @@ def test_inspect_reports_the_zoo_by_stable_reason_without_a_traceback(tmp_path, 
     assert f"decodable: {GOOD}" in out and "bad: " in out and "Traceback" not in out
 
 
-@pytest.mark.parametrize("num_workers", [0, 1])
+@pytest.mark.parametrize("num_workers", [0, WITH_A_WORKER])
 def test_fault_a_hung_read_stops_the_stream_naming_the_file(tmp_path, monkeypatch, num_workers):
     """A read that never returns (a hung network file system, simulated by a read that sleeps
     past data.<stream>.read_timeout) stops the stream with one line naming the file, in the
@@ -326,7 +330,46 @@ def test_fault_a_hung_read_stops_the_stream_naming_the_file(tmp_path, monkeypatc
     stream.close()
 
 
-@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_read_stuck_for_good_gives_up_in_a_thread_that_does_not_hold_up_the_exit(tmp_path):
+    """A FIFO without a writer blocks whoever opens it, as a read on a hung mount does. The read
+    gives up naming the file, and the thread left stuck in it is a daemon: Python would wait for
+    any other kind at exit, so a run stopped by a hung read would never end."""
+    from annoboot.data import timed_reads
+
+    fifo = tmp_path / "stuck.png"
+    os.mkfifo(fifo)
+    with pytest.raises(timed_reads.ReadTimedOut, match="stuck.png: reading it took more than 0.3 s"):
+        timed_reads.read_file(str(fifo), timeout=0.3)
+    readers = [t for t in threading.enumerate() if t.name.startswith("annoboot-read")]
+    assert readers and all(t.daemon for t in readers)
+    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # release the stuck reader: end of file
+    (tmp_path / "fine.png").write_bytes(b"fine")
+    assert timed_reads.read_file(str(tmp_path / "fine.png"), timeout=5) == b"fine"
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_a_process_stopped_by_a_hung_read_exits_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "stuck.png"
+    os.mkfifo(fifo)
+    code = ("import sys; from annoboot.data import timed_reads\n"
+            "try:\n    timed_reads.read_file(sys.argv[1], timeout=0.3)\n"
+            "except timed_reads.ReadTimedOut as exc:\n    print(exc.plain_message)")
+    started = time.monotonic()
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60)
+    finally:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a hung child: let it go
+        except OSError:
+            pass
+    assert done.returncode == 0 and "stuck.png" in done.stdout, done.stderr
+    assert time.monotonic() - started < 30  # the import and 0.3 s, not the stuck read
+
+
+@pytest.mark.parametrize("num_workers", [0, WITH_A_WORKER])
 def test_fault_a_hung_shard_read_stops_the_stream_naming_the_shard(tmp_path, monkeypatch, num_workers):
     """The same for webdataset shards: a read of a local shard that hangs past read_timeout."""
     from helpers import index_folder
@@ -353,3 +396,4 @@ def test_fault_a_hung_shard_read_stops_the_stream_naming_the_shard(tmp_path, mon
             next(stream)
     message = raised.value.plain_message
     assert "s-000001.tar" in message and "0.5 s" in message and "read_timeout" in message and "\n" not in message
+    stream.close()  # the worker quits now (its stuck reader thread does not hold it up), not in a later test

@@ -260,6 +260,9 @@ class ShardStream:
             except UnreadableShards as exc:
                 self._iterator = None  # a later call starts afresh rather than re-raising a dead worker's error
                 raise AnnobootError(exc.plain_message) from None
+            except AnnobootError:  # a read that timed out: its workers stop now, not at garbage collection
+                self._iterator = None
+                raise
             if self.decode_on == "device":
                 batch, reasons = self._decode_on_device(*encoded)
             else:
@@ -293,6 +296,10 @@ class ShardStream:
         items = [LoaderItem(image, None, caption, None, row) for image, caption, row in zip(images, captions, token_rows)]
         batch, _ = pad_collate(items)
         return batch, reasons
+
+    def close(self) -> None:
+        """Stop the loader's workers now; a later batch starts the stream's generation afresh."""
+        self._iterator = None
 
     def state_dict(self) -> Dict[str, object]:
         return {"generation": self._generation, "batches": self._batches, **self._skips.state_dict()}
