@@ -221,8 +221,9 @@ def _place_items(
 _PLAID_COMPONENTS = 3
 
 
-def scene_backgrounds(rng: np.random.Generator, cfg: SceneGeneratorOptions) -> torch.Tensor:
-    """(CHUNK, canvas, canvas) uint8 backgrounds of one chunk, drawn from ``rng`` alone.
+def scene_backgrounds(rng: np.random.Generator, cfg: SceneGeneratorOptions, num: int = CHUNK) -> torch.Tensor:
+    """(num, canvas, canvas) uint8 backgrounds of the first ``num`` scenes of a chunk, drawn
+    from ``rng`` alone: the draws are the whole chunk's, so a prefix is the same whatever ``num``.
 
     grating: level + contrast * sin(2 pi (x cos t + y sin t) / period + phase), with level,
     contrast, period (all uniform in their ranges), orientation t and phase uniform per scene;
@@ -231,16 +232,16 @@ def scene_backgrounds(rng: np.random.Generator, cfg: SceneGeneratorOptions) -> t
     """
     side = cfg.canvas
     if cfg.background == "none":
-        return torch.zeros((CHUNK, side, side), dtype=torch.uint8)
+        return torch.zeros((num, side, side), dtype=torch.uint8)
     components = _PLAID_COMPONENTS if cfg.background == "plaid" else 1
-    level = rng.uniform(*cfg.background_level, size=(CHUNK, 1, 1))
-    contrast = rng.uniform(*cfg.background_contrast, size=(CHUNK, 1, 1)) / components
+    level = rng.uniform(*cfg.background_level, size=(CHUNK, 1, 1))[:num]
+    contrast = rng.uniform(*cfg.background_contrast, size=(CHUNK, 1, 1))[:num] / components
     coords = np.arange(side, dtype=np.float64) + 0.5
     value = np.repeat(level, side, axis=1).repeat(side, axis=2)
     for _ in range(components):
-        angle = rng.uniform(0, math.pi, size=(CHUNK, 1, 1))
-        period = rng.uniform(*cfg.background_period, size=(CHUNK, 1, 1))
-        phase = rng.uniform(0, 2 * math.pi, size=(CHUNK, 1, 1))
+        angle = rng.uniform(0, math.pi, size=(CHUNK, 1, 1))[:num]
+        period = rng.uniform(*cfg.background_period, size=(CHUNK, 1, 1))[:num]
+        phase = rng.uniform(0, 2 * math.pi, size=(CHUNK, 1, 1))[:num]
         along = coords[None, None, :] * np.cos(angle) + coords[None, :, None] * np.sin(angle)
         value = value + contrast * np.sin(2 * math.pi * along / period + phase)
     return torch.from_numpy(np.clip(np.round(value * 255), 0, 255).astype(np.uint8))
@@ -283,7 +284,7 @@ def _generate_chunk(
     num_clutter, c_side, c_pool, c_src_y, c_src_x, c_dst_y, c_dst_x, c_present = (
         a[:num] for a in (num_clutter, c_side, c_pool, c_src_y, c_src_x, c_dst_y, c_dst_x, c_present))
 
-    images = scene_backgrounds(np.random.default_rng(streams[2]), cfg)[:num]
+    images = scene_backgrounds(np.random.default_rng(streams[2]), cfg, num)
     images[torch.from_numpy(single)] = 0  # a single item stands for the items source: on black
     # Clutter first, max-composited at low contrast: faint texture, no clean object.
     for j in range(c_max):
