@@ -35,12 +35,13 @@ from annoboot.views import Normalize
 # Datasets this machine may lack: tests that need one skip without it, except in CI (CI=true),
 # where scripts/setup.sh installs them all and a missing one is a broken set-up: those tests fail.
 
-IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
+def in_ci(environ=os.environ) -> bool:
+    return environ.get("CI", "").lower() in ("true", "1")
 
 
-def needs_data(present: bool, reason: str):
+def needs_data(present: bool, reason: str, environ=os.environ):
     """Skip without the data; in CI run anyway, so the test fails on the missing files."""
-    return pytest.mark.skipif(not present and not IN_CI, reason=reason)
+    return pytest.mark.skipif(not present and not in_ci(environ), reason=reason)
 
 
 HAVE_FMNIST = (Path(FASHION_MNIST_ROOT) / "train-images-idx3-ubyte.gz").is_file()

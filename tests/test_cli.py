@@ -63,6 +63,7 @@ RECIPE_TINY = TINY_TEXT + [
 ]
 
 
+@pytest.mark.slow  # a recipe end to end, its probes included
 @needs_openclipart
 def test_openclipart_ab_clip_recipe_runs_end_to_end_from_the_cli(tmp_path, capsys):
     import json

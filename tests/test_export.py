@@ -82,6 +82,7 @@ def probed_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow  # a fresh interpreter with timm
 @needs_fmnist
 def test_exported_folder_loads_in_timm_alone_with_its_transform(probed_run, tmp_path):
     import subprocess

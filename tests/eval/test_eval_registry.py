@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 from helpers import (
@@ -15,6 +11,7 @@ from helpers import (
     tiny_vit,
 )
 
+from annoboot.cli import main
 from annoboot.config import EvalConfig
 from annoboot.errors import AnnobootError
 from annoboot.eval import evaluate
@@ -55,14 +52,11 @@ def test_an_option_of_a_probe_not_chosen_is_not_checked():
         load_config(None, [*TINY, "eval.probes=[knn]", "eval.map_epochs=0"])
 
 
-def test_pretrain_with_a_misspelt_probe_stops_before_any_training(tmp_path):
-    start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "annoboot.cli", "pretrain", *TINY, f"train.out_dir={tmp_path / 'run'}",
-                          "eval.probes=[knn,lineaer]"], capture_output=True, text=True, timeout=120)
-    assert run.returncode != 0
-    assert "lineaer" in run.stderr and "Traceback" not in run.stderr
+def test_pretrain_with_a_misspelt_probe_stops_before_any_training(tmp_path, capsys):
+    assert main(["pretrain", *TINY, f"train.out_dir={tmp_path / 'run'}", "eval.probes=[knn,lineaer]"]) == 2
+    err = capsys.readouterr().err
+    assert "lineaer" in err and "eval.probes" in err and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()
-    assert time.perf_counter() - start < 60
 
 
 def test_a_registered_probe_is_chosen_by_name_and_run():

@@ -19,7 +19,7 @@ pytestmark = needs_fmnist
     [
         ["method.gamma=0.5", "method.aggregate=mean"],
         ["method.gamma=0.5", "method.aggregate=max", "method.drop_self_pairs=true"],
-        ["model.backbone=resnet18", "model.backbone_kwargs={}"],
+        ["model.backbone=test_resnet", "model.backbone_kwargs={}"],  # timm's smallest ResNet
         ["views.bootstrap_views=2", "method.bootstrap_fraction=0.25"],
     ],
     ids=["gamma_mean", "gamma_max_no_self", "cnn_backbone", "two_views"],

@@ -36,6 +36,7 @@ def start_owner(run_dir):
     pytest.fail("the owner never wrote a checkpoint")
 
 
+@pytest.mark.slow  # a second process trains throughout
 @needs_fmnist
 def test_a_second_process_on_a_live_run_stops_at_once_naming_the_owner(tmp_path, capsys, caplog):
     run_dir = tmp_path / "run"
@@ -66,18 +67,47 @@ def test_a_second_process_on_a_live_run_stops_at_once_naming_the_owner(tmp_path,
     assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == os.getpid()  # it says who held it last
 
 
-def test_the_lock_is_reentrant_in_its_process_and_exclusive_across_processes(tmp_path):
-    probe = ("import sys; from annoboot.cli import main; "
-             "sys.exit(main(['pretrain', 'train.steps=1', 'train.out_dir=' + sys.argv[1]]))")
-    with hold_run_lock(tmp_path / "run"):
-        with hold_run_lock(tmp_path / "run"):  # pretrain holds it, then the trainer again
+# Another process holding a folder's lock the way run_lock.py does (flock, then who holds it),
+# without importing annoboot: a fresh interpreter with torch would cost seconds.
+HOLDER = """
+import fcntl, json, os, sys
+handle = open(sys.argv[1], "a+")
+fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+handle.truncate(0)
+handle.write(json.dumps({"pid": os.getpid(), "host": "elsewhere"}))
+handle.flush()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+TRY_LOCK = "import sys, fcntl; fcntl.flock(open(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)"
+
+
+def test_the_lock_is_reentrant_in_its_process_and_exclusive_across_processes(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    with hold_run_lock(run_dir):
+        with hold_run_lock(run_dir):  # pretrain holds it, then the trainer again
             pass
-        assert live_holder(tmp_path / "run") is None  # this process's own lock is not "another"
-        other = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "run")], capture_output=True, text=True,
-                               timeout=120)
-        assert other.returncode == 2 and f"pid {os.getpid()}" in other.stderr, other.stderr
+        assert live_holder(run_dir) is None  # this process's own lock is not "another"
+        other = subprocess.run([sys.executable, "-c", TRY_LOCK, str(run_dir / LOCK_FILE)], capture_output=True,
+                               text=True, timeout=60)
+        assert other.returncode != 0 and "BlockingIOError" in other.stderr, other.stderr
     # Released on leaving the block: another process may take it.
-    other = subprocess.run([sys.executable, "-c", "import sys, fcntl; f = open(sys.argv[1]); "
-                            "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(tmp_path / "run" / LOCK_FILE)],
-                           capture_output=True, text=True, timeout=60)
+    other = subprocess.run([sys.executable, "-c", TRY_LOCK, str(run_dir / LOCK_FILE)], capture_output=True,
+                           text=True, timeout=60)
     assert other.returncode == 0, other.stderr
+
+    # Held by another process: pretrain stops before building anything, naming it.
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir / LOCK_FILE)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert live_holder(run_dir) == {"pid": holder.pid, "host": "elsewhere"}
+        assert main(["pretrain", "train.steps=1", f"train.out_dir={run_dir}"]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}, on elsewhere" in err and "is in use" in err, err
+        assert not (run_dir / "config.yaml").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert live_holder(run_dir) is None  # gone with its process
