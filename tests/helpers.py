@@ -268,7 +268,8 @@ def capture_bootstrap_objective(monkeypatch, method_module) -> List[dict]:
     real = method_module.bootstrap_objective
 
     def spy(logits, targets, boxes, drop_self_pairs, target_boxes=None):
-        calls.append({"logits": logits.detach(), "targets": targets, "boxes": boxes, "target_boxes": target_boxes})
+        calls.append({"logits": logits.detach(), "targets": targets, "boxes": boxes, "target_boxes": target_boxes,
+                      "drop_self_pairs": drop_self_pairs})
         return real(logits, targets, boxes, drop_self_pairs, target_boxes)
 
     monkeypatch.setattr(method_module, "bootstrap_objective", spy)

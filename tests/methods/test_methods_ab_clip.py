@@ -81,3 +81,14 @@ def test_abclip_online_targets_equal_an_ema_target_of_momentum_zero(tiny_config,
         assert torch.isfinite(model.training_step(batches, step_target, 0).loss)
     online, ema = (call["targets"] for call in calls)
     assert online.shape == (2, 3, 8) and torch.allclose(online, ema, atol=1e-5), (online - ema).abs().max()
+
+
+def test_psi_of_a_caption_does_not_depend_on_the_other_captions_of_its_batch(tiny_config):
+    """psi_AB's text head has no BatchNorm: in training mode a caption's key is its own, so
+    value maps and the step score it alike whatever it is batched with."""
+    method = build_method(tiny_config(*TINY_TEXT, "method.name=ab_clip")).train()
+    with torch.no_grad():
+        alone = method.annotation_keys(["a red shirt", "two shoes"])
+        batched = method.annotation_keys(["a red shirt", "a bag on a chair", "a dress"])
+    torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=1e-5)
+    assert (alone[0] - alone[1]).abs().max() > 1e-3

@@ -19,6 +19,8 @@ def test_abdino_values_cover_every_move_over_its_own_prototype_embedding(tiny_co
         method = build_method(cfg)
         assert isinstance(method, ABDINO)
         assert method.ab_prototypes.shape == (256, 64)
+        # Small at the start, as DINO's own last layer: std 0.02 (trunc_normal_'s default is 1).
+        assert 0.015 < method.ab_prototypes.std().item() < 0.025
         assert method.ab_prototypes.data_ptr() != method.head.last_layer.parametrizations.weight.original1.data_ptr()
         target = make_target(method)
         globals_, _ = method.multicrop_views(random_images(2))

@@ -163,7 +163,8 @@ def test_asymmetric_rewards_are_those_of_the_target_views(tiny_config, monkeypat
 
 
 @pytest.mark.parametrize("override, message", [
-    (["views.bootstrap_source_views=4"], "bootstrap_source_views"),
+    (["views.bootstrap_source_views=4"], r"bootstrap_source_views.*\[1, 3\], got 4"),
+    (["views.bootstrap_source_views=1", "views.bootstrap_source_scale=[0.9, 0.5]"], "views.bootstrap_source_scale"),
     (["views.bootstrap_source_views=1", "method.gamma=0.5"], "gamma"),
     (["views.bootstrap_source_views=1", "views.bootstrap_source_scale=[0.5, 1.5]"], r"bootstrap_source_scale.*\(0, 1\]"),
 ])
@@ -191,14 +192,16 @@ def test_the_annotation_queue_fills_with_past_annotations_and_widens_the_reward(
 
 
 def test_the_queued_rows_are_the_latest_annotations_in_ring_order(tiny_config):
-    method = build_method(tiny_config(*QUEUE))
+    # 48 rows and 16 a step would not tell the step's count from the embedding width (64 = 16 mod 48).
+    method = build_method(tiny_config(*QUEUE, "method.annotation_queue=40"))
     per_step = method.batch_sizes()["annotation"]
+    assert method.queue_keys.shape[1] % 40 != per_step % 40
     for step in range(4):  # each step enqueues A rows of its own value
         method._to_enqueue = (torch.full((per_step, method.queue_embeddings.shape[1]), float(step + 1)),
                               torch.full((per_step, method.queue_keys.shape[1]), float(-(step + 1))))
         method.after_backward(step)
-    expected = torch.tensor([(step * per_step + i) for step in range(4) for i in range(per_step)]) % 48
-    latest = torch.zeros(48)
+    expected = torch.tensor([(step * per_step + i) for step in range(4) for i in range(per_step)]) % 40
+    latest = torch.zeros(40)
     for position, row in enumerate(expected.tolist()):
         latest[row] = position // per_step + 1
     assert torch.equal(method.queue_embeddings[:, 0], latest) and torch.equal(method.queue_keys[:, 0], -latest)
@@ -208,7 +211,17 @@ def test_the_queued_rows_are_the_latest_annotations_in_ring_order(tiny_config):
     (["method.annotation_queue=-1"], "annotation_queue"),
     (["method.annotation_queue=4096", "method.target_network=ema"], "target_network=online"),
     (["method.annotation_queue=2", "method.target_network=online"], "at least one step"),
+    (["method.annotation_queue=1", "method.target_network=online"], "at least one step"),
 ])
 def test_queue_settings_that_cannot_work_are_refused_at_load(override, message):
     with pytest.raises(AnnobootError, match=message):
         load_config(None, [*TINY, "method.name=ab_simclr", *override])
+
+
+def test_a_queue_of_exactly_one_steps_annotations_is_accepted():
+    per_step = build_method(load_config(None, [*TINY, "method.name=ab_simclr"])).batch_sizes()["annotation"]
+    assert per_step > 2
+    load_config(None, [*TINY, "method.name=ab_simclr", "method.target_network=online", f"method.annotation_queue={per_step}"])
+    with pytest.raises(AnnobootError, match=f"at least one step's annotation images \\({per_step}\\), got {per_step - 1}"):
+        load_config(None, [*TINY, "method.name=ab_simclr", "method.target_network=online",
+                           f"method.annotation_queue={per_step - 1}"])

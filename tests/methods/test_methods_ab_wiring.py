@@ -10,6 +10,7 @@ own tests pin to their formulas. Each test names the wiring breaks it was seen t
 
 import copy
 
+import pytest
 import torch
 from helpers import DINO_TINY, TINY_TEXT, capture_bootstrap_objective, one_thread  # noqa: F401 (autouse fixture)
 
@@ -130,6 +131,24 @@ def test_absimclr_bootstraps_through_psi_of_view_1(tiny_config, monkeypatch):
     torch.testing.assert_close(seen[0], expected["frozen_keys"], atol=ATOL, rtol=1e-4)
 
 
+def test_value_maps_score_annotation_images_with_the_psi_the_step_bootstraps_through(tiny_config, monkeypatch):
+    """annotation_keys, which value maps score annotation images with (eval/value_maps.py), is
+    psi_AB as the step's gamma > 0 target computes it: the same head, on the normalised image,
+    in order. Caught breaks: the annotation images unnormalised; another head; a chunk dropped."""
+    cfg, method, count, annotation_views, boot_views, boxes = _absimclr(tiny_config, monkeypatch, "method.gamma=0.5")
+    images = torch.rand(count, 3, cfg.views.img_size, cfg.views.img_size)
+    views = torch.cat([method.normalize(images), annotation_views[count:]])
+    monkeypatch.setattr(method, "annotation_views", lambda batch: views)
+    with torch.no_grad(), frozen_statistics(method):  # as value maps read it: running statistics
+        keys = method.annotation_keys(images)
+        many = method.annotation_keys(images.repeat(300 // count + 1, 1, 1, 1)[:300])  # two chunks of 256
+    seen = _spy_ema_target_keys(monkeypatch, ab_simclr_module)
+    method.training_step({"annotation": _blank(count), "bootstrap": _blank(boxes.shape[0])}, None, 0)
+    torch.testing.assert_close(seen[0], keys, atol=ATOL, rtol=1e-4)
+    assert many.shape[0] == 300
+    torch.testing.assert_close(many[256 : 256 + count], keys[[(256 + i) % count for i in range(count)]], atol=ATOL, rtol=1e-4)
+
+
 def test_the_annotation_queue_holds_the_rewards_embeddings_and_q_keys_after_this_steps(tiny_config, monkeypatch):
     """Queue of 8, 4 annotations a step: after step 0 the queue holds step 0's reward embeddings
     z(view 1) and its psi_AB keys; at step 1 the reward's annotations and Q's keys are this
@@ -217,6 +236,7 @@ def test_abclip_rewards_with_the_caption_distribution_and_q_reads_psi_of_the_cap
         base = clip_loss(method.embed_images(method.encoder(clip_views).pooled), method.text_projection(text),
                          method.logit_scale())
         q_online = method.value_function.logits(method.encoder(boot_views).tokens, method.value_function.moves(boxes), keys)
+        assert torch.equal(method.annotation_keys(captions), keys)  # what value maps score captions with
     bootstrap = capture_bootstrap_objective(monkeypatch, ab_clip_module)
     q_calls = _spy_value_logits(monkeypatch, method)
     seen = _spy_ema_target_keys(monkeypatch, ab_clip_module)
@@ -230,3 +250,33 @@ def test_abclip_rewards_with_the_caption_distribution_and_q_reads_psi_of_the_cap
     torch.testing.assert_close(seen[0], keys, atol=ATOL, rtol=1e-4)
     assert torch.equal(q_calls[0]["moves"], method.value_function.moves(boxes))
     torch.testing.assert_close(out.metrics["loss/clip"], base, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("ab_simclr", ["views.bootstrap_views=4", "views.bootstrap_source_views=1", "method.drop_self_pairs=false"]),
+    ("ab_dino", [*DINO_TINY, "method.drop_self_pairs=true"]),
+    ("ab_clip", [*TINY_TEXT, "method.drop_self_pairs=true"]),
+], ids=["ab_simclr_asymmetric", "ab_dino", "ab_clip"])
+def test_each_step_hands_its_options_to_the_loss_and_ramps_the_bootstrap_weight(tiny_config, name, extra, monkeypatch):
+    """L = L_base + ab_weight * min(1, step / (ab_weight_warmup * steps)) * L_AB: with weight 2
+    over a 4-step ramp, step 2 adds L_AB once and step 0 not at all; drop_self_pairs reaches
+    the objective as set. Caught breaks: the step not handed to the weight; drop_self_pairs
+    left out of the bootstrap objective (asymmetric moves refuse it: no pair is a self-pair)."""
+    module = {"ab_simclr": ab_simclr_module, "ab_dino": ab_dino_module, "ab_clip": ab_clip_module}[name]
+    cfg = tiny_config(*extra, f"method.name={name}", "train.batch_size=8", "train.steps=8",
+                      "method.ab_weight=2.0", "method.ab_weight_warmup=0.5")
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    target = make_target(method) if method.uses_target else None
+    sizes = method.batch_sizes()
+    annotation = _blank(sizes["annotation"])
+    if name == "ab_clip":
+        annotation = ImageBatch(annotation.images, annotation.sizes, captions=["a red shirt"] * sizes["annotation"])
+    calls = capture_bootstrap_objective(monkeypatch, module)
+    base = {"ab_simclr": "loss/simclr", "ab_dino": "loss/dino", "ab_clip": "loss/clip"}[name]
+    for step, weight in [(0, 0.0), (2, 1.0)]:
+        out = method.training_step({"annotation": annotation, "bootstrap": _blank(sizes["bootstrap"])}, target, step)
+        assert calls[-1]["drop_self_pairs"] is cfg.method.drop_self_pairs
+        expected = out.metrics[base] + weight * out.metrics["loss/bootstrap"]
+        torch.testing.assert_close(out.loss.detach(), expected, atol=1e-5, rtol=1e-5)
+        assert out.metrics["loss/bootstrap"] > 0.01  # so that the weight shows
