@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import TINY, capture_bootstrap_objective, needs_fmnist
+from helpers import TINY, TINY_TEXT, capture_bootstrap_objective, needs_fmnist
 
 import annoboot.methods.ab_simclr as ab_simclr_module
 from annoboot.errors import AnnobootError
@@ -118,6 +118,23 @@ def test_an_online_target_run_trains_without_an_ema_copy(tiny_config):
     assert trainer.target_network is None
     last = trainer.fit()
     assert last["loss/bootstrap"] > 0 and "ema/target_online_distance" not in last
+
+
+def test_the_target_network_option_decides_whether_an_ema_copy_is_kept(tiny_config):
+    assert Trainer(tiny_config("method.name=ab_simclr", "method.target_network=ema")).target_network is not None
+    for name in ("ab_simclr", "ab_clip"):
+        extra = TINY_TEXT if name == "ab_clip" else []
+        assert build_method(tiny_config(*extra, f"method.name={name}", "method.target_network=ema")).uses_target is True
+        assert build_method(tiny_config(*extra, f"method.name={name}", "method.target_network=online")).uses_target is False
+
+
+def test_psi_ab_follows_projector_bn_and_a_step_without_a_queue_enqueues_nothing(tiny_config):
+    for projector_bn in (True, False):
+        method = build_method(tiny_config("method.name=ab_simclr", f"model.projector_bn={str(projector_bn).lower()}"))
+        has_bn = any(isinstance(m, torch.nn.BatchNorm1d) for m in method.ab_annotation_head.modules())
+        assert has_bn is projector_bn
+    method.after_backward(0)  # no queue: nothing to write, and no error
+    assert not hasattr(method, "queue_keys")
 
 
 ASYMMETRIC = ["method.name=ab_simclr", "views.bootstrap_views=4", "views.bootstrap_source_views=1",
