@@ -16,8 +16,9 @@ def norm(s):
     return s.replace(" ", "")
 for b in blocks:
     name, *lines = b.strip().split("\n")
-    minus = "\n".join(l[2:] for l in lines if l.startswith("- "))
-    plus = "\n".join(l[2:] for l in lines if l.startswith("+ "))
+    # "- code" from mutmut's diff, or "-def ..." (a changed default argument, no space)
+    minus = "\n".join(l[1:].removeprefix(" ") for l in lines if l.startswith("-"))
+    plus = "\n".join(l[1:].removeprefix(" ") for l in lines if l.startswith("+"))
     if re.search(r"device|generator", minus) and (re.search(r"(device|generator)\s*=\s*None", plus) or
             ("device" in minus and "device" not in plus) or ("generator=" in minus and "generator=" not in plus)
             or re.search(r"operands\[\d\]\.device", plus)):
