@@ -3,6 +3,7 @@ positive is needed, above one for a fraction, NaN, infinite, huge) stops at load
 naming the key: walked over every option of every registered method, source and probe."""
 
 import math
+import os
 
 import pytest
 from helpers import TINY
@@ -63,7 +64,11 @@ def out_of_range_override(draw):
     return key, as_override(key, value, draw(outside(allowed, key in INTEGER)))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Draws per suite run (about 16 ms each); ANNOBOOT_PROPERTY_EXAMPLES=2000 for a deep run.
+EXAMPLES = int(os.environ.get("ANNOBOOT_PROPERTY_EXAMPLES", "200"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(out_of_range_override())
 def test_an_out_of_range_value_stops_at_load_with_one_line_naming_the_key(case):
     key, override = case

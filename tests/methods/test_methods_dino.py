@@ -87,6 +87,7 @@ class _GraphRecorder:
         return graph.forward
 
 
+@pytest.mark.slow  # torch.compile
 @needs_fmnist
 def test_compiled_dino_specialises_each_crop_size_once_and_probes_run_eager(tiny_config, monkeypatch):
     # DINO's two crop sizes: one static graph each, compiled once. Probing the compiled encoder

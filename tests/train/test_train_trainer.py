@@ -20,7 +20,8 @@ pytestmark = needs_fmnist
 LEVERS = ["method.target_network=online", "method.annotation_queue=40", "views.bootstrap_source_views=1"]
 
 
-@pytest.mark.parametrize("method, extra", [("simclr", []), ("ab_simclr", []), ("ab_simclr", LEVERS)],
+@pytest.mark.parametrize("method, extra", [pytest.param("simclr", [], marks=pytest.mark.slow),  # within ab_simclr's
+                                            ("ab_simclr", []), ("ab_simclr", LEVERS)],
                          ids=["simclr", "ab_simclr", "ab_simclr_levers"])
 def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_config, tmp_path, method, extra):
     overrides = [f"method.name={method}", "train.steps=6", "train.ckpt_every=3", "train.keep_checkpoints=5", "train.log_every=3",
