@@ -10,6 +10,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -c "import mutmut" 2>/dev/null || python3 -m pip install -q "mutmut==3.8.1"
 rm -rf mutants
+# Each mutant's pytest session leaves a temporary folder (run checkpoints among them): about
+# 30 GB over a whole run, which once filled the disk. They go to a folder of this run's own,
+# emptied of sessions older than 5 minutes as the run goes, and removed at the end.
+export TMPDIR
+TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/annoboot-mutation.XXXXXX")"
+( while sleep 60; do
+    find "$TMPDIR" -mindepth 2 -maxdepth 2 -name 'pytest-*' -mmin +5 -exec rm -rf {} + 2>/dev/null || true
+  done ) &
+cleaner=$!
+trap 'kill "$cleaner" 2>/dev/null; rm -rf "$TMPDIR"' EXIT
 mutmut run "$@"
 mutmut results --all true > mutants/results.txt || true
 : > mutants/survivors.txt
