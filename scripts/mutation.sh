@@ -3,8 +3,7 @@
 # methods/bootstrapping.py, models/value_decoder.py and the AB method files ([tool.mutmut] in
 # pyproject.toml) and runs, for each mutant, the tests of its selection that reach the mutated
 # function. Prints the counts and writes the surviving mutants' diffs to mutants/survivors.txt.
-#   bash scripts/mutation.sh          # 1,868 mutants (docs/results.md); the maths files alone took
-#                                     # about 35 min on 2 busy cores, the whole run is not yet timed
+#   bash scripts/mutation.sh          # 1,868 mutants, about 13 min on 2 idle cores (docs/results.md)
 #   bash scripts/mutation.sh "annoboot.methods.ab_*"   # one part: mutmut's mutant-name patterns
 set -euo pipefail
 cd "$(dirname "$0")/.."
