@@ -37,14 +37,15 @@ from annoboot.option_ranges import check_ranges
 _EXTENSIBLE = {"model": ModelConfig, "views": ViewsConfig, "method": MethodConfig}
 _SCHEMA: Dict[str, type] = {}  # the composed dataclasses, for the methods registered in _SCHEMA_FOR
 _SCHEMA_FOR: List[tuple] = []  # (name, class) of the registered methods the schema was built for
-_DEFAULTS: Dict[type, DictConfig] = {}  # the schema's defaults as a DictConfig: built once, copied per load
+# The current schema's defaults as a DictConfig, built once and copied per load; keyed by the
+# schema class, which is new whenever the schema is rebuilt.
+_DEFAULTS: Dict[type, DictConfig] = {}
 
 
 def forget_schema() -> None:
     """Drop the composed schema (it is rebuilt on next use; a change of the method registry
     rebuilds it anyway)."""
     _SCHEMA.clear()
-    _DEFAULTS.clear()
 
 
 def method_option_classes() -> Dict[str, Dict[str, tuple]]:
@@ -69,7 +70,6 @@ def config_schema() -> type:
     registered = list(METHODS.items())
     if _SCHEMA_FOR != registered:  # a method registered or removed since: build afresh
         _SCHEMA.clear()
-        _DEFAULTS.clear()
         _SCHEMA_FOR[:] = registered
     if not _SCHEMA:
         columns = {section: [(f.name, get_type_hints(core)[f.name], _copy_field(f)) for f in fields(core)]

@@ -257,11 +257,12 @@ class ShardStream:
         while True:
             try:
                 encoded = next(self._iterator)
-            except UnreadableShards as exc:
-                self._iterator = None  # a later call starts afresh rather than re-raising a dead worker's error
-                raise AnnobootError(exc.plain_message) from None
-            except AnnobootError:  # a read that timed out: its workers stop now, not at garbage collection
-                self._iterator = None
+            except AnnobootError as exc:  # unreadable shards, a read that timed out
+                # Workers stop now, not at garbage collection; a later call starts afresh rather
+                # than re-raising a dead worker's error.
+                self.close()
+                if isinstance(exc, UnreadableShards):
+                    raise AnnobootError(exc.plain_message) from None
                 raise
             if self.decode_on == "device":
                 batch, reasons = self._decode_on_device(*encoded)
