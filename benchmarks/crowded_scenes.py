@@ -22,7 +22,8 @@ simclr/mixture (SimCLR on items and crowded scenes in one source, 3 items to 1 s
 ab/small_online (SimCLR's 256 images x 2 views whole + 32 bootstrap images x 4 crops, online
 target), ab/asym (the same with asymmetric moves: 1 wide source view, 3 small target views),
 ab/queue (+ 4,096 queued annotations), ab/asym_queue (both), ab/decoupled* (annotations and reward from Fashion-MNIST
-items, bootstrap crops from the crowded scenes). Tables (``--table``) are lists of them:
+items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
+mixture's source, asymmetric bootstrap crops from the crowded scenes). Tables (``--table``) are lists of them:
   premise    SimCLR on items, on crowded scenes and on crowded scenes without the background;
   screen     the AB levers, one seed, beside the premise table's SimCLR rows;
   ab         the chosen AB recipes against SimCLR on crowded scenes, on items and the mixture.
@@ -79,6 +80,9 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         "ab/decoupled": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE),
         "ab/decoupled_asym": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC),
         "ab/decoupled_asym_queue": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC + QUEUE),
+        # The mixture's base loss (its SimCLR batch drawn from items and scenes), bootstrap
+        # crops from the scenes alone: does AB add to the best crop-consistency source?
+        "ab/mixture_asym": ("fmnist_ab_simclr", mixture + scene_source("data.bootstrap", scenes) + SMALL_ONLINE + ASYMMETRIC),
     }
     return {name: Variant(name, recipe, overrides) for name, (recipe, overrides) in named.items()}
 
@@ -86,7 +90,7 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
 TABLES = {
     "premise": ["simclr/items", "simclr/crowded", "simclr/crowded_plain"],
     "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/asym_queue", "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
-    "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym"],
+    "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym", "ab/mixture_asym"],
 }
 TITLES = {
     "premise": "Crowded scenes, the premise: SimCLR on items vs on crowded scenes (with and without background)",
