@@ -120,6 +120,9 @@ SCENE_CHOICES = {
                           "background": "plaid", "background_contrast": [0.2, 0.4]},
     "crowded_128_plaid_strong": {"preset": "crowded", "num_scenes": 20000, "canvas": 128, "item_size": [24, 40],
                                  "background": "plaid", "background_contrast": [0.4, 0.7], "background_level": [0.3, 0.5]},
+    # The plaid at full strength: the premise's seventh design (the strong plaid brought (b') linear down by 2.7).
+    "crowded_128_plaid_max": {"preset": "crowded", "num_scenes": 20000, "canvas": 128, "item_size": [24, 40],
+                              "background": "plaid", "background_contrast": [0.7, 1.0], "background_level": [0.4, 0.6]},
     "crowded_128_plaid_small": {"preset": "crowded", "num_scenes": 20000, "canvas": 128, "items": [6, 9],
                                 "item_size": [16, 28], "background": "plaid", "background_contrast": [0.3, 0.5]},
     "crowded_plain": {"preset": "crowded", "num_scenes": 20000, "background": "none"},
