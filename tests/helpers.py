@@ -18,16 +18,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from annoboot.batch import ImageBatch
 from annoboot.data import build_source
 from annoboot.data.base import ImageSource, InMemoryImageSource
-from annoboot.data.fashion_mnist import FASHION_MNIST_ROOT
+from annoboot.data.fashion_mnist import FASHION_MNIST_ROOT, FashionMNISTSource
 from annoboot.data.scene_generator import SceneGeneratorOptions
+from annoboot.data.scenes import SceneSource
 from annoboot.eval.features import extract_features
 from annoboot.eval.knn import knn_accuracy
 from annoboot.models import CaptionTokenizer
-from annoboot.models.encoder import build_encoder
+from annoboot.models.encoder import EncoderOutput, build_encoder
 from annoboot.presets import DINO_TINY, TINY, TINY_TEXT  # noqa: F401 (the tests import them from here)
 from annoboot.views import Normalize
 
@@ -274,3 +276,51 @@ def capture_bootstrap_objective(monkeypatch, method_module) -> List[dict]:
 
     monkeypatch.setattr(method_module, "bootstrap_objective", spy)
     return calls
+
+
+# --- Hand-made scenes and encoder for the probes in context ------------------------------------
+# Flat squares of one grey per class, pasted without overlap; an "encoder" whose tokens are the
+# class under each patch's centre. A probe that reads exactly a box's tokens scores 100% on them.
+
+NORMALIZE = Normalize([0.5] * 3, [0.5] * 3)
+PATCH = 8
+
+
+def grey_level(label: int) -> int:
+    return 60 + 18 * label  # every class its own grey, all opaque when pasted (>= 48)
+
+
+def flat_pool(size: int = 40):
+    """Items that are flat squares of their class's grey: class c = grey_level(c)."""
+    labels = torch.arange(size) % 10
+    images = torch.stack([torch.full((28, 28), grey_level(int(c)), dtype=torch.uint8) for c in labels])
+    return images, labels
+
+
+class FlatPool(FashionMNISTSource):
+    """A Fashion-MNIST split of 40 flat items, 4 of each class (``flat_pool``)."""
+
+    def __init__(self, split: str):
+        images, self.labels = flat_pool()
+        self.split, self._images, self.class_names = split, images[:, None], [str(c) for c in range(10)]
+
+
+class PatchCentreClass(nn.Module):
+    """A hand-made encoder: token (i, j) is the one-hot class of the pixel at its patch's centre
+    (11 outputs: 10 classes and the background), so a token carries the label of the item whose
+    box holds its centre and nothing else."""
+
+    def forward(self, images: torch.Tensor) -> EncoderOutput:
+        pixels = (images[:, 0] * 0.5 + 0.5) * 255  # normalisation undone
+        centres = pixels[:, PATCH // 2 :: PATCH, PATCH // 2 :: PATCH]  # (B, h, w)
+        label = ((centres - 60) / 18).round().long().clamp(0, 9)
+        label[centres < 50] = 10  # background
+        tokens = nn.functional.one_hot(label.flatten(1), 11).float()
+        return EncoderOutput(tokens=tokens, pooled=tokens.mean(1))
+
+
+def flat_scenes(split: str, count: int, **options) -> SceneSource:
+    """64-px scenes of 2-4 flat items (12-20 px, no overlap, no clutter) of split ``split``."""
+    cfg = SceneGeneratorOptions(num_scenes=count, canvas=64, items=[2, 4], item_size=[12, 20], max_overlap=0.0, clutter=0,
+                                **options)
+    return SceneSource(cfg, split, pool=FlatPool(split))

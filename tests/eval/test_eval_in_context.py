@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import one_thread  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
-from torch import nn
+from helpers import NORMALIZE, PatchCentreClass, one_thread  # noqa: F401  (one_thread: an autouse fixture)
+from helpers import flat_scenes as scenes
 
 from annoboot.config import EvalConfig
-from annoboot.data.fashion_mnist import FashionMNISTSource
-from annoboot.data.scene_generator import SceneGeneratorOptions
 from annoboot.data.scenes import SceneSource
 from annoboot.eval.in_context import (
     any_size_encoder,
@@ -18,47 +16,7 @@ from annoboot.eval.in_context import (
     in_context_probe,
     scene_probe_in_context,
 )
-from annoboot.models.encoder import EncoderOutput, build_encoder
-from annoboot.views import Normalize
-
-NORMALIZE = Normalize([0.5] * 3, [0.5] * 3)
-PATCH = 8
-
-
-def grey_level(label: int) -> int:
-    return 60 + 18 * label  # every class its own grey, all opaque when pasted (>= 48)
-
-
-def flat_pool(size: int = 40):
-    """Items that are flat squares of their class's grey: class c = grey_level(c)."""
-    labels = torch.arange(size) % 10
-    images = torch.stack([torch.full((28, 28), grey_level(int(c)), dtype=torch.uint8) for c in labels])
-    return images, labels
-
-
-class FlatPool(FashionMNISTSource):
-    def __init__(self, split: str):
-        images, self.labels = flat_pool()
-        self.split, self._images, self.class_names = split, images[:, None], [str(c) for c in range(10)]
-
-
-class PatchCentreClass(nn.Module):
-    """A hand-made encoder: token (i, j) is the one-hot class of the pixel at its patch's centre
-    (11 outputs: 10 classes and the background), so a token carries the label of the item whose
-    box holds its centre and nothing else."""
-
-    def forward(self, images: torch.Tensor) -> EncoderOutput:
-        pixels = (images[:, 0] * 0.5 + 0.5) * 255  # normalisation undone
-        centres = pixels[:, PATCH // 2 :: PATCH, PATCH // 2 :: PATCH]  # (B, h, w)
-        label = ((centres - 60) / 18).round().long().clamp(0, 9)
-        label[centres < 50] = 10  # background
-        tokens = nn.functional.one_hot(label.flatten(1), 11).float()
-        return EncoderOutput(tokens=tokens, pooled=tokens.mean(1))
-
-
-def scenes(split: str, count: int, **options) -> SceneSource:
-    cfg = SceneGeneratorOptions(num_scenes=count, canvas=64, items=[2, 4], item_size=[12, 20], max_overlap=0.0, clutter=0, **options)
-    return SceneSource(cfg, split, pool=FlatPool(split))
+from annoboot.models.encoder import build_encoder
 
 
 def overlapping(source: SceneSource) -> torch.Tensor:

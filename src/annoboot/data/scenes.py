@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from annoboot.data.base import InMemoryImageSource
+from annoboot.data.boxed_scenes import BoxedSceneSource, largest_item_labels
 from annoboot.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNISTSource
 from annoboot.data.registry import register_source
 from annoboot.data.scene_generator import SceneGeneratorOptions, check_scenes, generate_scenes
@@ -30,7 +30,7 @@ class SceneSourceOptions:
             check_scenes(src.scenes, f"{key}.scenes")
 
 
-class SceneSource(InMemoryImageSource):
+class SceneSource(BoxedSceneSource):
     """Fashion-MNIST scenes of one split as an in-memory source.
 
     images (via :meth:`in_memory`): (N, 1, canvas, canvas) uint8; ``source[i]``: (1, H, W).
@@ -79,22 +79,7 @@ class SceneSource(InMemoryImageSource):
         self.item_boxes = list(scenes.item_boxes.split(counts))
         self.item_labels = list(scenes.item_labels.split(counts))
         self.item_indices = list(scenes.item_indices.split(counts))
-        self.labels = torch.stack([_largest_item_label(b, l) for b, l in zip(self.item_boxes, self.item_labels)])
-
-    def multi_hot(self) -> torch.Tensor:
-        """(N, 10) float32: 1 where the scene holds an item of that class."""
-        targets = torch.zeros(len(self), len(self.class_names or FASHION_MNIST_CLASSES))
-        targets[self.scenes.item_scene, self.scenes.item_labels] = 1.0
-        return targets
-
-    def describe(self) -> str:
-        return f"{self.name}: {len(self)} scenes, {self.scenes.item_labels.numel()} items"
-
-
-def _largest_item_label(boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    last_largest = area.numel() - 1 - int(torch.argmax(area.flip(0)))
-    return labels[last_largest]
+        self.labels = largest_item_labels(scenes, num)
 
 
 __all__ = ["SceneSource", "SceneSourceOptions"]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from annoboot.batch import ImageBatch
-from annoboot.data.scenes import SceneSource
+from annoboot.data.boxed_scenes import BoxedSceneSource
 from annoboot.errors import AnnobootError
 from annoboot.eval.features import Features
 from annoboot.eval.fitting import SINGLE_LABEL
@@ -92,7 +92,7 @@ def pool_box_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def in_context_features(
     encoder: nn.Module,
-    scenes: SceneSource,
+    scenes: BoxedSceneSource,
     normalize: Normalize,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
@@ -175,8 +175,8 @@ def pad_token_sets(features: Features, size: int) -> Features:
 
 def in_context_probe(
     encoder: nn.Module,
-    train_scenes: SceneSource,
-    test_scenes: SceneSource,
+    train_scenes: BoxedSceneSource,
+    test_scenes: BoxedSceneSource,
     cfg: Any,
     normalize: Normalize,
     device: torch.device | str,
@@ -212,8 +212,8 @@ def in_context_probe(
 
 def scene_probe_in_context(
     encoder: nn.Module,
-    train_scenes: SceneSource,
-    test_scenes: SceneSource,
+    train_scenes: BoxedSceneSource,
+    test_scenes: BoxedSceneSource,
     cfg: Any,
     normalize: Normalize,
     device: torch.device | str,

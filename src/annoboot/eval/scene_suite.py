@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 from torch import nn
 
 from annoboot.data.base import ImageSource
-from annoboot.data.scenes import SceneSource
+from annoboot.data.boxed_scenes import BoxedSceneSource
 from annoboot.errors import AnnobootError
 from annoboot.eval.classification import evaluate
 from annoboot.eval.in_context import in_context_probe, scene_probe_in_context
@@ -33,8 +33,8 @@ FAMILY_NAMES = {"items": "(a) items top-1 %", "boxes": "(b) boxes top-1 %", "mul
 def scene_family(
     family: str,
     encoder: nn.Module,
-    scene_train: SceneSource,
-    scene_test: SceneSource,
+    scene_train: BoxedSceneSource,
+    scene_test: BoxedSceneSource,
     cfg: Any,
     img_size: int,
     normalize: Normalize,

@@ -26,7 +26,7 @@ import torch
 from annoboot.batch import ImageBatch
 from annoboot.config import EvalConfig
 from annoboot.data.base import InMemoryImageSource
-from annoboot.data.scenes import SceneSource
+from annoboot.data.boxed_scenes import BoxedSceneSource
 from annoboot.errors import AnnobootError
 from annoboot.eval.classification import evaluate
 from annoboot.eval.features import extract_features
@@ -43,7 +43,7 @@ class BoxCropSource(InMemoryImageSource):
     the scenes' order; labels: (M,) int64. ``max_items`` keeps the first M items.
     """
 
-    def __init__(self, scenes: SceneSource, side: int, max_items: Optional[int] = None, batch_size: int = 2048,
+    def __init__(self, scenes: BoxedSceneSource, side: int, max_items: Optional[int] = None, batch_size: int = 2048,
                  device: torch.device | str = "cpu"):
         flat = scenes.scenes
         count = flat.item_labels.numel() if max_items is None else min(max_items, flat.item_labels.numel())
@@ -68,8 +68,8 @@ class BoxCropSource(InMemoryImageSource):
 
 def box_probe(
     encoder: Encoder,
-    train_scenes: SceneSource,
-    test_scenes: SceneSource,
+    train_scenes: BoxedSceneSource,
+    test_scenes: BoxedSceneSource,
     cfg: EvalConfig,
     img_size: int,
     normalize: Normalize,
@@ -90,15 +90,15 @@ def box_probe(
 
 def multilabel_probe(
     encoder: Encoder,
-    train_scenes: SceneSource,
-    test_scenes: SceneSource,
+    train_scenes: BoxedSceneSource,
+    test_scenes: BoxedSceneSource,
     cfg: EvalConfig,
     img_size: int,
     normalize: Normalize,
     device: torch.device | str,
     progress: bool = False,
 ) -> Dict[str, Any]:
-    """Probe (c): which Fashion-MNIST classes a whole scene holds, from its features.
+    """Probe (c): which classes a whole scene holds, from its features.
 
     Scenes are resized whole to ``img_size``. The probes of ``cfg.probes`` as
     :func:`annoboot.eval.classification.evaluate` runs them (:func:`annoboot.eval.probes.run_probes`), with the
