@@ -17,6 +17,7 @@ from annoboot.compare import run_summary
 from annoboot.config import Config
 from annoboot.data import build_source
 from annoboot.data.fashion_mnist import FashionMNISTSource
+from annoboot.data.boxed_scenes import BoxedSceneSource
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 from annoboot.eval.classification import evaluate, format_results_table
@@ -50,22 +51,41 @@ log = logging.getLogger(__name__)
 
 def evaluate_encoder(encoder: Encoder, cfg: Config, device: torch.device, progress: bool = False) -> dict:
     """Run the probes of ``cfg.eval`` on a frozen encoder (``progress``: bars while they run):
-    on the whole images of eval.train / eval.test, and, where both are fmnist_scenes sources,
-    the scene probe families of ``eval.scene_probes`` under "scene_probes"."""
+    on the whole images of eval.train / eval.test, and, where both are boxed scenes
+    (fmnist_scenes, coco_boxes), the scene probe families of ``eval.scene_probes`` under
+    "scene_probes"."""
     train_source = build_source(cfg.eval.train)
     test_source = build_source(cfg.eval.test)
+    scene_probes = (cfg.eval.scene_probes if isinstance(train_source, BoxedSceneSource)
+                    and isinstance(test_source, BoxedSceneSource) else [])
+    if scene_probes:
+        check_scene_pair(train_source, test_source, scene_probes)
     normalize = Normalize(cfg.views.mean, cfg.views.std).to(device)
     results = evaluate(encoder, train_source, test_source, cfg.eval, cfg.views.img_size, normalize, device, progress)
-    if cfg.eval.scene_probes and isinstance(train_source, SceneSource) and isinstance(test_source, SceneSource):
+    if scene_probes:
         items = {}
-        if "items" in cfg.eval.scene_probes:
+        if "items" in scene_probes:
             items = {"item_train": FashionMNISTSource(split="train"), "item_test": FashionMNISTSource(split="test")}
         results["scene_probes"] = {
             family: scene_family(family, encoder, train_source, test_source, cfg.eval, cfg.views.img_size, normalize,
                                  device, max_box_train_items=cfg.eval.scene_probe_train_items, progress=progress, **items)
-            for family in cfg.eval.scene_probes
+            for family in scene_probes
         }
     return results
+
+
+def check_scene_pair(train: BoxedSceneSource, test: BoxedSceneSource, families: List[str]) -> None:
+    """Refuse a train / test pair of boxed scenes the scene probes cannot compare, naming why."""
+    if train.class_names != test.class_names:
+        a, b = train.class_names, test.class_names
+        at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        differs = (f"class {at} is {a[at]!r} in one and {b[at]!r} in the other" if at < min(len(a), len(b))
+                   else f"{len(a)} classes against {len(b)}")
+        raise AnnobootError(f"eval.train ({train.name}) and eval.test ({test.name}) name different classes "
+                            f"({differs}): the probes need one class list")
+    if "items" in families and not (isinstance(train, SceneSource) and isinstance(test, SceneSource)):
+        raise AnnobootError("eval.scene_probes: family 'items' probes Fashion-MNIST items and runs only with "
+                            f"fmnist_scenes sources, not {train.name} / {test.name}; leave it out")
 
 
 def evaluate_method(method: Method, cfg: Config, device: torch.device, progress: bool = False) -> dict:

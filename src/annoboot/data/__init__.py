@@ -20,7 +20,9 @@ from annoboot.data.image_folder import ImageFolderSource
 from annoboot.data.shards import ShardStream
 from annoboot.data.video import VideoFramesSource
 from annoboot.data.scenes import SceneSource
+from annoboot.data.boxed_scenes import BoxedSceneSource
 from annoboot.data.captioned import CaptionedImagesSource
+from annoboot.data.coco_boxes import CocoBoxSource
 from annoboot.data.registry import SOURCE_REGISTRY
 from annoboot.data.stream import BatchStream, iter_eval_batches
 from annoboot.data.workers import decode_workers
@@ -87,7 +89,9 @@ def build_stream(
 
 __all__ = [
     "BatchStream",
+    "BoxedSceneSource",
     "CaptionedImagesSource",
+    "CocoBoxSource",
     "FashionMNISTSource",
     "ImageBatch",
     "ImageFolderSource",
