@@ -4,6 +4,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from annoboot.config import Config
 from annoboot.errors import AnnobootError
@@ -57,6 +59,25 @@ def test_missing_recipe_and_malformed_override(tmp_path):
         load_config(None, ["train.steps"])
     with pytest.raises(AnnobootError, match="gamma"):
         load_config(None, ["method.gamma=1.5"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.sampled_from(["eval.train.scenes", "model.backbone_kwargs", "views.bootstrap_scale", "train.steps",
+                            "eval.probes", "data.annotation"]),
+       value=st.text(alphabet="{}[]:,' \"ab1-=.#&*!|>%@`", max_size=16))
+def test_any_override_value_loads_or_is_refused_naming_the_override(key, value):
+    # Values are parsed as YAML: text that is not valid YAML (`{a:1,b:2}` is a scanner error)
+    # must come back as an error naming the override, not as a YAML traceback.
+    try:
+        load_config(None, [f"{key}={value}"])
+    except AnnobootError as exc:
+        assert key in str(exc)
+
+
+def test_an_override_that_is_not_yaml_says_how_to_write_it():
+    with pytest.raises(AnnobootError, match=re.escape("override 'eval.train.scenes={seed:3,item_size:[24,40]}': its value "
+                                                      "is not valid YAML (found unexpected ':'); write a dict as")):
+        load_config(None, ["eval.train.scenes={seed:3,item_size:[24,40]}"])
 
 
 def test_dict_override_replaces_the_recipe_dict(tmp_path):

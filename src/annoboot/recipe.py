@@ -15,6 +15,7 @@ from dataclasses import field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, get_type_hints
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -102,8 +103,8 @@ def __getattr__(name: str) -> type:
 
 
 
-def _explain(exc: OmegaConfBaseException, origin: str) -> AnnobootError:
-    key = getattr(exc, "full_key", None) or "?"
+def _explain(exc: OmegaConfBaseException, origin: str, key: str = "?") -> AnnobootError:
+    key = getattr(exc, "full_key", None) or key
     msg = (getattr(exc, "msg", None) or str(exc)).strip().splitlines()[0]
     return AnnobootError(f"bad config in {origin}: key '{key}': {msg}")
 
@@ -149,18 +150,25 @@ def _apply_overrides(cfg: DictConfig, overrides: Optional[List[str]]) -> DictCon
     for item in overrides or []:
         if "=" not in item:
             raise AnnobootError(f"override '{item}' is not of the form key=value (e.g. train.steps=100)")
-    try:
-        for item in overrides or []:
+    for item in overrides or []:
+        key = item.split("=", 1)[0]
+        try:
             parsed = OmegaConf.from_dotlist([item])
-            key = item.split("=", 1)[0]
+        except yaml.YAMLError as exc:  # the value is parsed as YAML
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise AnnobootError(f"override '{item}': its value is not valid YAML ({problem}); write a dict as "
+                                "{key: value, ...}, with a space after each colon, and a list as [a, b]") from None
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, "command-line overrides", key) from None
+        try:
             value = OmegaConf.select(parsed, key)
             if isinstance(value, ListConfig) or (isinstance(value, DictConfig) and not _is_structured(cfg, key)):
                 # Set, not merge: `model.backbone_kwargs={}` must replace the recipe's dict.
                 OmegaConf.update(cfg, key, value, merge=False)
             else:
                 cfg.merge_with(parsed)  # in place: cfg is this load's own copy
-    except OmegaConfBaseException as exc:
-        raise _explain(exc, "command-line overrides") from None
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, "command-line overrides", key) from None
     return cfg
 
 
