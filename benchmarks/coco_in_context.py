@@ -19,18 +19,17 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, List
 
 import _harness as harness
 import torch
-from _protocol import PROBES, print_table
+from _protocol import print_table, probe_figures
 
 from annoboot.commands import check_scene_pair, load_run
 from annoboot.data.coco_boxes import CocoBoxSource
 from annoboot.eval.baselines import PixelEncoder
-from annoboot.eval.scene_suite import scene_family
 from annoboot.methods import build_method
-from annoboot.views import Normalize
 
 FAMILIES = ("in_context", "scenes_in_context")
 
@@ -42,14 +41,10 @@ def coco_pair(train: str, test: str, side: int):
 
 
 def figures_of(encoder, cfg, train, test, device, max_train_items: int) -> Dict:
-    normalize = Normalize(cfg.views.mean, cfg.views.std).to(device)
-    figures = {}
-    for family in FAMILIES:
-        result = scene_family(family, encoder, train, test, cfg.eval, cfg.views.img_size, normalize, device,
-                              max_box_train_items=max_train_items)
-        figures[family] = {probe: result.get(probe) for probe in PROBES}
-        figures[family]["context"] = result.get("context")
-    return figures
+    """The crowded-scenes table's in-context figures (_protocol.probe_figures) on the COCO pair."""
+    data = SimpleNamespace(families=FAMILIES, scene_train=train, scene_test=test, item_train=None, item_test=None,
+                           box_train=max_train_items)
+    return probe_figures(encoder, cfg, data, device)
 
 
 def run_facts(run: str) -> Dict:
