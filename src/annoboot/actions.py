@@ -4,13 +4,14 @@ A view is a crop of an image, written as a box ``(x0, y0, x1, y1)`` in the image
 frame ([0, 1] on both axes). An *action* is the move from a source view to a target view: the
 target's box written in the source crop's own normalised frame (:func:`relative_box`), where
 values outside [0, 1] mean zoom-out or pan. The value decoder reads an action as 4 tokens, one
-per coordinate, each a bin index over [-R, R] (:func:`action_tokens`).
+per coordinate, each a bin index over [-R, R] (:func:`action_tokens`). :func:`box_token_mask`
+says which tokens of a view's grid lie inside a box of that view's frame.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 
@@ -116,3 +117,22 @@ def token_range_needed(scale: Sequence[float], ratio: Sequence[float], max_image
     extreme = max(1 / ratio[0], ratio[1]) * max_image_aspect
     smallest_side = math.sqrt(scale[0] / extreme)
     return 1.0 / smallest_side
+
+
+def box_token_mask(boxes_xyxy: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """Boxes (M, 4) normalised xyxy -> (M, h * w) bool, row-major like the tokens: the tokens
+    whose centre lies in the box (x0 <= cx < x1, y0 <= cy < y1); a box holding no centre gets
+    the one token under its own centre."""
+    rows, cols = grid
+    cy = (torch.arange(rows, dtype=torch.float32, device=boxes_xyxy.device) + 0.5) / rows
+    cx = (torch.arange(cols, dtype=torch.float32, device=boxes_xyxy.device) + 0.5) / cols
+    x0, y0, x1, y1 = (boxes_xyxy[:, i, None].float() for i in range(4))
+    inside_y = (cy[None] >= y0) & (cy[None] < y1)  # (M, rows)
+    inside_x = (cx[None] >= x0) & (cx[None] < x1)  # (M, cols)
+    mask = (inside_y[:, :, None] & inside_x[:, None, :]).flatten(1)
+    empty = ~mask.any(dim=1)
+    if empty.any():
+        centre_x = ((x0 + x1)[:, 0] / 2 * cols).long().clamp(0, cols - 1)
+        centre_y = ((y0 + y1)[:, 0] / 2 * rows).long().clamp(0, rows - 1)
+        mask[empty, (centre_y * cols + centre_x)[empty]] = True
+    return mask

@@ -7,8 +7,9 @@ features of a part of an image that say what is there, not what the whole image 
 
 - :func:`any_size_encoder`: the encoder at any input size (a ViT's position embedding is
   interpolated to the scene's token grid; a CNN's feature map simply grows).
-- :func:`box_token_mask`: which tokens of an (h, w) grid lie inside a box: those whose centre
-  does, or, for a box that holds no token centre, the token under the box's centre.
+- :func:`box_token_mask` (from annoboot.actions): which tokens of an (h, w) grid lie inside a
+  box: those whose centre does, or, for a box that holds no token centre, the token under the
+  box's centre.
 - :func:`in_context_features`: one row per item of some scenes, its box tokens mean-pooled
   (kNN, linear) and the same tokens kept as a padded set with a mask (MAP and decoder probes
   read only them, eval/token_sets.py), labelled with the item's class.
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from annoboot.actions import box_token_mask
 from annoboot.batch import ImageBatch
 from annoboot.data.boxed_scenes import BoxedSceneSource
 from annoboot.errors import AnnobootError
@@ -63,25 +65,6 @@ def token_grid(num_tokens: int, height: int, width: int) -> Tuple[int, int]:
     if rows < 1 or num_tokens % rows:
         raise AnnobootError(f"in-context probes: {num_tokens} tokens do not form a grid over a {height}x{width} image")
     return rows, num_tokens // rows
-
-
-def box_token_mask(boxes_xyxy: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-    """Boxes (M, 4) normalised xyxy -> (M, h * w) bool, row-major like the tokens: the tokens
-    whose centre lies in the box (x0 <= cx < x1, y0 <= cy < y1); a box holding no centre gets
-    the one token under its own centre."""
-    rows, cols = grid
-    cy = (torch.arange(rows, dtype=torch.float32, device=boxes_xyxy.device) + 0.5) / rows
-    cx = (torch.arange(cols, dtype=torch.float32, device=boxes_xyxy.device) + 0.5) / cols
-    x0, y0, x1, y1 = (boxes_xyxy[:, i, None].float() for i in range(4))
-    inside_y = (cy[None] >= y0) & (cy[None] < y1)  # (M, rows)
-    inside_x = (cx[None] >= x0) & (cx[None] < x1)  # (M, cols)
-    mask = (inside_y[:, :, None] & inside_x[:, None, :]).flatten(1)
-    empty = ~mask.any(dim=1)
-    if empty.any():
-        centre_x = ((x0 + x1)[:, 0] / 2 * cols).long().clamp(0, cols - 1)
-        centre_y = ((y0 + y1)[:, 0] / 2 * rows).long().clamp(0, rows - 1)
-        mask[empty, (centre_y * cols + centre_x)[empty]] = True
-    return mask
 
 
 def pool_box_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
