@@ -8,8 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from annoboot.actions import (
+    action_box,
     action_tokens,
     box_iou,
+    move_region_mask,
     pairwise_relative_boxes,
     relative_box,
     sample_crop_boxes,
@@ -166,3 +168,35 @@ def test_token_range_needed_worked_by_hand_for_wide_images_and_lopsided_ratios()
     low bound), doubled by the image to 8, so the smallest side is sqrt(0.05 / 8) of the image and
     R = sqrt(160). Caught breaks: the image aspect dividing, 1 / low bound read as low or as 1 / high."""
     assert token_range_needed((0.05, 1.0), (0.25, 2.0), max_image_aspect=2.0) == pytest.approx(math.sqrt(160))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-8.0, 8.0, allow_nan=False), min_size=4, max_size=4),
+       st.integers(2, 512), st.floats(0.5, 10.0))
+def test_action_box_names_the_tokens_box_within_half_a_bin(coords, num_bins, value_range):
+    """action_box inverts action_tokens up to half a bin, for coordinates inside [-R, R] (outside,
+    the clipped value). Caught breaks: the bin's lower edge instead of its centre (off by half a
+    bin), the range read as [0, R] or [-R/2, R/2]."""
+    box = torch.tensor(coords)
+    back = action_box(action_tokens(box, num_bins, value_range), num_bins, value_range)
+    half_bin = value_range / num_bins
+    assert ((back - box.clamp(-value_range, value_range)).abs() <= half_bin + 1e-5).all()
+
+
+def test_move_region_mask_worked_by_hand_on_a_4x4_grid():
+    """Token centres at 1/8, 3/8, 5/8, 7/8. A region inside the view marks the tokens whose centre
+    it holds; one partly outside, the tokens of its visible part; one wholly outside (a pan away
+    from the view), every token. Caught breaks: a region wholly outside marking the one edge token
+    nearest it (box_token_mask's fallback) instead of every token; rows and columns swapped (the
+    second region is a row, not a column)."""
+    regions = torch.tensor([
+        [0.0, 0.0, 0.5, 0.5],     # top-left quarter: tokens 0, 1, 4, 5
+        [0.6, -1.0, 2.0, 0.3],    # right half of the top row, reaching out: tokens 2 (5/8) and 3
+        [-1.0, 0.7, 0.1, 2.0],    # bottom-left corner, holds no centre: the token under its visible part's centre
+        [1.5, 1.5, 2.5, 2.5],     # wholly outside: every token
+    ])
+    mask = move_region_mask(regions, (4, 4)).view(4, 4, 4).int()
+    assert mask[0].tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert mask[1].tolist() == [[0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert mask[2].tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]
+    assert mask[3].all()

@@ -107,6 +107,23 @@ def action_tokens(relative_xyxy: torch.Tensor, num_bins: int, value_range: float
     return (scaled * num_bins).long().clamp_(0, num_bins - 1)
 
 
+def action_box(tokens: torch.Tensor, num_bins: int, value_range: float) -> torch.Tensor:
+    """The box a move's tokens name: (..., 4) token ids -> (..., 4) bin centres in the source
+    frame, the inverse of :func:`action_tokens` up to half a bin (2R / num_bins / 2)."""
+    return (tokens.float() + 0.5) / num_bins * (2 * value_range) - value_range
+
+
+def move_region_mask(regions_xyxy: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """Which of a source view's tokens a move leads to: regions (M, 4) in the source frame ->
+    (M, h * w) bool. The part of the region inside the view, by :func:`box_token_mask`; a region
+    wholly outside the view (a pan or zoom away from it) marks every token."""
+    clipped = regions_xyxy.float().clamp(0.0, 1.0)
+    outside = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    mask = box_token_mask(clipped, grid)
+    mask[outside] = True
+    return mask
+
+
 def token_range_needed(scale: Sequence[float], ratio: Sequence[float], max_image_aspect: float = 1.0) -> float:
     """The smallest R for which no relative coordinate between two sampled crops is clipped.
 

@@ -157,6 +157,23 @@ def test_asymmetric_moves_lead_from_wide_source_views_to_small_target_views(tiny
     assert area(step["boxes"]).min() >= 0.6 - 1e-4 and area(step["target_boxes"]).max() <= 0.2 + 1e-4
 
 
+def test_target_box_attention_trains_and_changes_only_the_value_prediction(tiny_config, monkeypatch):
+    """model.decoder_attention=target_box on the asymmetric recipe: the same seed gives the same
+    first-step targets (the reward does not read the decoder) and other Q logits (each move reads
+    its region's tokens alone); two steps train to a finite loss."""
+    def first_step(attention: str) -> dict:
+        calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
+        cfg = tiny_config(*ASYMMETRIC, "method.target_network=online", f"model.decoder_attention={attention}",
+                          "train.steps=2", "train.log_every=2")
+        last = Trainer(cfg, overwrite=True).fit()
+        assert torch.isfinite(torch.tensor(last["loss/total"])) and last["loss/bootstrap"] > 0
+        return calls[0]
+
+    every_token, region = first_step("all"), first_step("target_box")
+    assert torch.equal(every_token["targets"], region["targets"])
+    assert not torch.allclose(every_token["logits"], region["logits"], atol=1e-3)
+
+
 def test_asymmetric_rewards_are_those_of_the_target_views(tiny_config, monkeypatch):
     """Target views that are copies of annotation views must be rewarded with those annotations:
     the reward is computed on the target views, in their order, not on the source views."""

@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import one_thread  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
 
+from annoboot.errors import AnnobootError
 from annoboot.methods.bootstrapping import ValueFunction
 from annoboot.recipe import load_config
 
@@ -188,7 +189,6 @@ def test_moves_past_the_action_range_are_refused_with_the_range_they_need():
     pixel aspect of 37.5 / 40, inside the default [3/4, 4/3]; the move from it to the whole
     image is (0, 0, 8, 2.5), past R = 6, and its coordinate 8 would be clipped into the last bin.
     Caught break: the watch removed (moves clipped without a word)."""
-    from annoboot.errors import AnnobootError
 
     value_function = ValueFunction(load_config(None, []), token_width=8, annotation_dim=4)
     assert value_function.value_range == 6.0 and value_function.largest_move is None
@@ -331,3 +331,46 @@ def test_bootstrap_view_options_refuse_bad_scales_by_name_and_allow_two_views():
         load_config(None, ["method.name=ab_simclr", "views.bootstrap_views=1"])
     with pytest.raises(AnnobootError, match=r"'views\.bootstrap_scale'"):
         load_config(None, ["method.name=ab_simclr", "views.bootstrap_scale=[0.5, 0.2]"])
+
+
+# ---------------------------------------------------------------------------------------------
+# model.decoder_attention=target_box: a move reads only the source tokens of the region it leads to.
+
+def _q_after_changing_tokens(value_function, tokens, moves, changed):
+    """Q of every move before and after adding noise to the source tokens ``changed`` (indices)."""
+    keys = torch.randn(4, 4, generator=torch.Generator().manual_seed(2))
+    other = tokens.clone()
+    other[:, changed] += 3 * torch.randn(other[:, changed].shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return value_function.logits(tokens, moves, keys), value_function.logits(other, moves, keys)
+
+
+@pytest.mark.parametrize("attention", ["all", "target_box"])
+def test_target_box_attention_reads_only_the_tokens_of_the_region_a_move_leads_to(attention):
+    """One source view of 4 x 4 tokens; moves to its top-left quarter (tokens 0, 1, 4, 5), to its
+    bottom-right quarter and to a region wholly outside it. Noise on the other 12 tokens leaves the
+    top-left move's Q unchanged under target_box and changes it under all; noise on the quarter's
+    own tokens changes it under both; the move out of the view reads every token. Caught breaks:
+    the mask not passed to the cross-attention, rows and columns of the grid swapped, the mask of
+    one move applied to another (the bottom-right move then ignores its own tokens)."""
+    value_function = _value_function(f"model.decoder_attention={attention}")
+    torch.manual_seed(1)
+    tokens = torch.randn(1, 16, 8)
+    source = torch.tensor([[[0.0, 0.0, 1.0, 1.0]]])
+    targets = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [2.0, 2.0, 3.0, 3.0]]])
+    moves = value_function.moves_between(source, targets)  # (1, 1, 3, 4)
+    quarter, rest = [0, 1, 4, 5], [i for i in range(16) if i not in (0, 1, 4, 5)]
+    before, after_rest = _q_after_changing_tokens(value_function, tokens, moves, rest)
+    _, after_quarter = _q_after_changing_tokens(value_function, tokens, moves, quarter)
+    moved = lambda a, b, t: (a[0, 0, t] - b[0, 0, t]).abs().max().item() > 1e-3  # noqa: E731
+    assert moved(before, after_quarter, 0)
+    assert moved(before, after_rest, 0) == (attention == "all")
+    assert moved(before, after_rest, 1)  # the bottom-right move reads tokens of the rest
+    assert moved(before, after_quarter, 2) and moved(before, after_rest, 2)  # out of view: every token
+
+
+def test_target_box_attention_refuses_tokens_that_are_no_square_grid():
+    value_function = _value_function("model.decoder_attention=target_box")
+    moves = value_function.moves(torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]]]))
+    with pytest.raises(AnnobootError, match="decoder_attention=target_box.*square grid, got 12 tokens"):
+        value_function.logits(torch.randn(2, 12, 8), moves, torch.randn(4, 4))

@@ -96,6 +96,14 @@ def test_explicit_cross_attention_equals_pytorchs_fused_kernel():
     fused = attention(queries, memory)
     attention.fused_attn = False
     assert torch.allclose(attention(queries, memory), fused, atol=1e-5)
+    # With a memory mask (model.decoder_attention=target_box) too, each query row its own.
+    mask = torch.rand(3, 8, 11) < 0.4
+    mask[..., 0] = True  # every row reads at least one token
+    attention.fused_attn = True
+    fused = attention(queries, memory, mask)
+    attention.fused_attn = False
+    assert torch.allclose(attention(queries, memory, mask), fused, atol=1e-5)
+    assert not torch.allclose(fused, attention(queries, memory), atol=1e-3)  # the mask changed the output
 
 
 def test_value_decoder_computes_its_equation():

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from annoboot.actions import action_tokens, box_iou, relative_box, sample_crop_boxes
+from annoboot.actions import action_box, action_tokens, box_iou, move_region_mask, relative_box, sample_crop_boxes
 from annoboot.batch import ImageBatch
 from annoboot.config import Config
 from annoboot.errors import AnnobootError
@@ -76,6 +76,13 @@ class ValueDecoderOptions:
     decoder_dim: Optional[int] = option(None, COUNT)  # None: the encoder's width
     decoder_heads: int = option(4, COUNT)
     decoder_mlp_ratio: float = option(4.0, POSITIVE)
+    # all: a move's query tokens read every token of the source view (published). target_box:
+    # only the tokens inside the region the move leads to (the box its tokens name; every token
+    # when that region is wholly outside the view), so the annotations there must be told by
+    # the tokens of that region, in the context the encoder gave them (method.md 4b).
+    decoder_attention: str = "all"
+
+    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"decoder_attention": ("all", "target_box")}
 
 
 @dataclass
@@ -138,6 +145,7 @@ class ValueFunction(nn.Module):
         m, model = cfg.method, cfg.model
         self.num_bins, self.value_range = m.action_bins, m.action_range
         self.use_moves = m.action_tokens
+        self.attend_to_target = model.decoder_attention == "target_box"
         self.decoder = ValueDecoder(
             token_width=token_width,
             width=model.decoder_dim or token_width,
@@ -180,6 +188,16 @@ class ValueFunction(nn.Module):
         """(N, S, 4) source boxes, (N, T, 4) target boxes -> (N, S, T, 4) action token ids."""
         return self.move_tokens(relative_box(source_xyxy[:, :, None, :], target_xyxy[:, None, :, :]))
 
+    def memory_mask(self, moves: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """(R, V, 4) action token ids, ``num_tokens`` per source view -> (R, V, T) bool: the
+        source tokens each move may read (model.decoder_attention=target_box)."""
+        side = math.isqrt(num_tokens)
+        if side * side != num_tokens:
+            raise AnnobootError(f"bad config: model.decoder_attention=target_box needs source views whose tokens "
+                                f"form a square grid, got {num_tokens} tokens per view")
+        regions = action_box(moves.reshape(-1, 4), self.num_bins, self.value_range)
+        return move_region_mask(regions, (side, side)).view(*moves.shape[:2], num_tokens)
+
     def score(self, phi: torch.Tensor, annotation_keys: torch.Tensor) -> torch.Tensor:
         """Decoder outputs phi_AB (..., d), annotation keys psi_AB (L, d) -> logits (..., L):
         t_AB times the cosine similarity, in float32."""
@@ -191,7 +209,8 @@ class ValueFunction(nn.Module):
         """source_tokens (N*S, T, D) of the source views, moves (N, S, V, 4) from each source view
         to V target views, annotation_keys psi_AB (L, d) -> (N, S, V, L)."""
         n, s, v = moves.shape[:3]
-        phi = self.decoder(source_tokens, moves.flatten(0, 1))  # (N*S, V, d)
+        mask = self.memory_mask(moves.flatten(0, 1), source_tokens.shape[1]) if self.attend_to_target else None
+        phi = self.decoder(source_tokens, moves.flatten(0, 1), mask)  # (N*S, V, d)
         return self.score(phi, annotation_keys).view(n, s, v, -1)
 
 

@@ -6,10 +6,14 @@ attend to each other (never to another box's), then cross-attend to the source v
 tokens, then pass an MLP (pre-norm residual blocks). Because boxes never see each other, K boxes
 share one decoder call yet get the same outputs as K separate calls; self-attention runs on
 groups of 4 tokens, so no (4K x 4K) mask is built. Each box's 4 outputs are averaged into one
-vector, projected to ``out_dim``.
+vector, projected to ``out_dim``. An optional memory mask limits what each box reads: with
+``model.decoder_attention=target_box`` a move reads only the source tokens inside the region it
+moves to (``annoboot.methods.bootstrapping.ValueFunction``).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +39,10 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(width, 2 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor,
+                memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """memory_mask: None (every query reads the whole memory) or (B, Lq, Lk) bool, True where
+        a query may read a memory token; every row needs at least one True."""
         batch, num_queries, width = queries.shape
         # One memory per row of queries: a memory of another batch size would be reshaped into
         # rows of the wrong length (one source's tokens split over three sources) without error.
@@ -44,10 +51,13 @@ class CrossAttention(nn.Module):
                              f"(sources of moves) but memory for {memory.shape[0]} (source views' tokens)")
         q = self.q(queries).view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv(memory).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        mask = None if memory_mask is None else memory_mask[:, None]  # the same for every head
         if self.fused_attn:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             weights = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+            if mask is not None:
+                weights = weights.masked_fill(~mask, float("-inf"))
             out = weights.float().softmax(-1).to(v.dtype) @ v
         return self.proj(out.transpose(1, 2).reshape(batch, num_queries, width))
 
@@ -65,16 +75,18 @@ class DecoderBlock(nn.Module):
         self.norm_mlp = nn.LayerNorm(width)
         self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor,
+                memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         sources, length, width = queries.shape
         boxes = self.norm_self(queries).view(-1, self.tokens_per_box, width)  # one row per box
         queries = queries + self.self_attn(boxes).view(sources, length, width)
-        queries = queries + self.cross_attn(self.norm_cross(queries), memory)
+        queries = queries + self.cross_attn(self.norm_cross(queries), memory, memory_mask)
         return queries + self.mlp(self.norm_mlp(queries))
 
 
 class ValueDecoder(nn.Module):
-    """forward(source_tokens (S, T, D_enc), move_tokens (S, K, 4) int64) -> (S, K, out_dim)."""
+    """forward(source_tokens (S, T, D_enc), move_tokens (S, K, 4) int64, memory_mask (S, K, T)
+    bool or None) -> (S, K, out_dim)."""
 
     tokens_per_box = 4
 
@@ -100,12 +112,15 @@ class ValueDecoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, out_dim)
 
-    def forward(self, source_tokens: torch.Tensor, move_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, source_tokens: torch.Tensor, move_tokens: torch.Tensor,
+                memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         num_sources, num_boxes, _ = move_tokens.shape
         queries = self.bin_embed(move_tokens) + self.coord_embed  # (S, K, 4, W)
         queries = queries.flatten(1, 2)  # (S, K*4, W)
         memory = self.memory_proj(source_tokens)
+        if memory_mask is not None:  # a box's mask for each of its 4 tokens
+            memory_mask = memory_mask.repeat_interleave(self.tokens_per_box, dim=1)
         for block in self.blocks:
-            queries = block(queries, memory)
+            queries = block(queries, memory, memory_mask)
         out = self.norm(queries).view(num_sources, num_boxes, self.tokens_per_box, -1).mean(2)
         return self.head(out)
