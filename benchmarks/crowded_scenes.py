@@ -22,7 +22,8 @@ simclr/mixture (SimCLR on items and crowded scenes in one source, 3 items to 1 s
 ab/small_online (SimCLR's 256 images x 2 views whole + 32 bootstrap images x 4 crops, online
 target), ab/asym (the same with asymmetric moves: 1 wide source view, 3 small target views),
 ab/queue (+ 4,096 queued annotations), ab/asym_queue (both), ab/asym_box (ab/asym whose value
-decoder reads only the tokens of the region each move leads to), ab/decoupled* (annotations and
+decoder reads only the tokens of the region each move leads to), ab/asym_targets (ab/asym whose
+annotations are the step's target crops), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
 mixture's source, asymmetric bootstrap crops from the crowded scenes). Tables (``--table``) are lists of them:
   premise    SimCLR on items, on crowded scenes and on crowded scenes without the background;
@@ -63,6 +64,7 @@ SMALL_ONLINE = ["method.annotation_fraction=1.0", "method.bootstrap_fraction=0.1
 ASYMMETRIC = ["views.bootstrap_source_views=1", "views.bootstrap_source_scale=[0.5, 1.0]", "views.bootstrap_scale=[0.05, 0.2]"]
 QUEUE = ["method.annotation_queue=4096"]
 BOX_ATTENTION = ["model.decoder_attention=target_box"]  # each move reads only its region's tokens
+TARGET_ANNOTATIONS = ["method.bootstrap_annotations=targets"]  # the annotations are the step's target crops
 
 
 def variants_of(scenes: Dict) -> Dict[str, Variant]:
@@ -80,6 +82,7 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         "ab/queue": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + QUEUE),
         "ab/asym_queue": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + QUEUE),
         "ab/asym_box": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + BOX_ATTENTION),
+        "ab/asym_targets": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS),
         "ab/decoupled": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE),
         "ab/decoupled_asym": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC),
         "ab/decoupled_asym_queue": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC + QUEUE),
@@ -92,8 +95,8 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
 
 TABLES = {
     "premise": ["simclr/items", "simclr/crowded", "simclr/crowded_plain"],
-    "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/asym_queue", "ab/asym_box", "ab/decoupled",
-               "ab/decoupled_asym", "ab/decoupled_asym_queue"],
+    "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/asym_queue", "ab/asym_box", "ab/asym_targets",
+               "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
     "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym", "ab/mixture_asym"],
 }
 TITLES = {

@@ -196,6 +196,53 @@ def test_asymmetric_rewards_are_those_of_the_target_views(tiny_config, monkeypat
     assert torch.equal(calls[0]["targets"].argmax(-1), copied)
 
 
+TARGET_ANNOTATIONS = ["method.target_network=online", "method.bootstrap_annotations=targets"]
+
+
+def test_annotations_from_the_targets_reward_each_target_crop_as_itself_among_all_crops(tiny_config, monkeypatch):
+    """method.bootstrap_annotations=targets: the annotations are the step's N x 3 target crops, so
+    the reward of each crop is a distribution over all of them, largest on the crop itself (its
+    SimCLR similarity to itself is the largest there is), and Q scores every move against them.
+    Caught breaks: the rewards of the annotation batch kept (L would be the annotation count), the
+    crops read view-major (the argmax would not be the crop's own index)."""
+    from annoboot.batch import ImageBatch
+
+    torch.manual_seed(0)
+    method = build_method(tiny_config(*ASYMMETRIC, *TARGET_ANNOTATIONS))
+    sizes = method.batch_sizes()
+    count, images = sizes["annotation"], sizes["bootstrap"]
+    assert images * 3 != count
+    monkeypatch.setattr(method, "annotation_views", lambda batch: torch.randn(2 * count, 3, 32, 32))
+    views = torch.randn(images * 4, 3, 32, 32)  # image-major: 1 source and 3 distinct target crops each
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.4, 0.4], [0.5, 0.0, 0.9, 0.4], [0.0, 0.5, 0.4, 0.9]])
+    boxes = boxes.expand(images, 4, 4)
+    monkeypatch.setattr(ab_simclr_module, "bootstrap_views", lambda *args, **kwargs: (views, boxes))
+    calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
+    batch = lambda n: ImageBatch(torch.zeros(n, 1, 32, 32, dtype=torch.uint8), torch.full((n, 2), 32))  # noqa: E731
+    out = method.training_step({"annotation": batch(count), "bootstrap": batch(images)}, None)
+    targets, logits = calls[0]["targets"], calls[0]["logits"]
+    assert targets.shape == (images, 3, images * 3) and logits.shape == (images, 1, 3, images * 3)
+    assert torch.equal(targets.argmax(-1), torch.arange(images * 3).view(images, 3))
+    assert torch.allclose(targets.sum(-1), torch.ones(()), atol=1e-5)
+    out.loss.backward()  # the keys train psi_AB; the crops themselves are encoded without gradient
+    assert next(method.ab_annotation_head.parameters()).grad.abs().sum() > 0
+
+
+def test_annotations_from_the_targets_train(tiny_config):
+    cfg = tiny_config(*ASYMMETRIC, *TARGET_ANNOTATIONS, "train.steps=2", "train.log_every=2")
+    last = Trainer(cfg).fit()
+    assert torch.isfinite(torch.tensor(last["loss/total"])) and last["loss/bootstrap"] > 0
+
+
+@pytest.mark.parametrize("override", [[], ["views.bootstrap_source_views=1", "method.target_network=ema"],
+                                      ["views.bootstrap_source_views=1", "method.target_network=online",
+                                       "method.annotation_queue=4096"]])
+def test_annotations_from_the_targets_are_refused_where_there_are_no_target_crops_of_this_step(override):
+    with pytest.raises(AnnobootError, match=r"bootstrap_annotations' is 'targets', which needs asymmetric moves"):
+        load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_views=4",
+                           "method.bootstrap_annotations=targets", *override])
+
+
 @pytest.mark.parametrize("override, message", [
     (["views.bootstrap_source_views=4"], r"bootstrap_source_views.*\[1, 3\], got 4"),
     (["views.bootstrap_source_views=1", "views.bootstrap_source_scale=[0.9, 0.5]"], "views.bootstrap_source_scale"),

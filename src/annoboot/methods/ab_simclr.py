@@ -12,12 +12,16 @@
   crops of an image, the first few are large source views (with gradient, the value decoder
   reads them) and the rest small target views (a forward without gradient for the reward), so
   every move leads from a wide view to a small region: Q(l | x_source, a_{source->target}).
+- annotations from the targets (method.bootstrap_annotations=targets, not in the paper): the
+  annotations of the bootstrap loss are the step's target crops themselves instead of the
+  annotation batch's images; the reward of a target crop is its SimCLR softmax over all target
+  crops, so a move must tell which crop it reaches, the other crops of the same image included.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import ClassVar, Dict, List, Tuple
 
 import torch
 
@@ -89,10 +93,35 @@ class AnnotationQueueOptions:
                                 f"images ({per_step}), got {m.annotation_queue}")
 
 
+@dataclass
+class BootstrapAnnotationOptions:
+    """method.*: what the bootstrap loss's annotations are (ABSimCLR). batch: the annotation
+    batch's images (published). targets: the step's target crops (asymmetric moves), gathered over
+    ranks; the reward of target crop i is softmax_j(z_i . z_j / T) over them, psi_AB(l_j) the
+    annotation head on crop j's pooled feature (no gradient into the encoder through the crops).
+    Crops of one image share its background but show different items, so the moves of one
+    source view must be told apart by what their regions show, not only by the image."""
+
+    bootstrap_annotations: str = "batch"
+
+    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"bootstrap_annotations": ("batch", "targets")}
+
+    @staticmethod
+    def check(cfg: Config, selected: bool) -> None:
+        m = cfg.method
+        if not selected or m.bootstrap_annotations != "targets":
+            return
+        if cfg.views.bootstrap_source_views == 0 or m.target_network != "online" or m.annotation_queue:
+            raise AnnobootError("bad config: key 'method.bootstrap_annotations' is 'targets', which needs "
+                                "asymmetric moves (views.bootstrap_source_views > 0), method.target_network=online "
+                                "and no method.annotation_queue: the annotations are this step's target crops")
+
+
 @register_method("ab_simclr")
 class ABSimCLR(AnnotationBootstrapping, SimCLR):
     config_options = AnnotationBootstrapping.options_with(
-        SimCLR.config_options, {"views": (AsymmetricMoveOptions,), "method": (AnnotationQueueOptions,)})
+        SimCLR.config_options,
+        {"views": (AsymmetricMoveOptions,), "method": (AnnotationQueueOptions, BootstrapAnnotationOptions)})
     online_targets = True
     # The reward's BatchNorm uses the running statistics of the online projector, which
     # normalises annotation views only: a view's reward then depends on that view alone, not on
@@ -144,7 +173,12 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
                 # reward then normalises as a target holding this step's weights would.
                 pooled = torch.cat([ann_pooled[:num_annotations], target_pooled])
                 with frozen_statistics(self):
-                    td_targets = self.targets_from_features(pooled, target_tokens, num_annotations, moves, step)
+                    if m.bootstrap_annotations == "targets":  # each target crop's softmax over all of them
+                        z = self.projector(target_pooled)
+                        reward = annotation_distribution(z, distributed.gather(z), m.temperature)
+                        td_targets = reward.view(moves.shape[0], moves.shape[2], -1)  # (N, V - S, L)
+                    else:
+                        td_targets = self.targets_from_features(pooled, target_tokens, num_annotations, moves, step)
             else:
                 assert isinstance(target_network, ABSimCLR), "ABSimCLR's target network must be an ABSimCLR"
                 td_targets = target_network.td_targets(ann_views[:num_annotations], target_views, moves)
@@ -154,8 +188,9 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
         base_loss = nt_xent(z1, z2, m.temperature, gather_distributed=True)
 
         # Q(l | x_s, a_{s->t}) for every move from a source view to a target view; l_i := view 1
-        # of annotation image i, over the annotation batches of all ranks.
-        keys = distributed.gather_with_grad(self.ab_annotation_head(ann_pooled[:num_annotations]))
+        # of annotation image i (or target crop i, bootstrap_annotations=targets), over all ranks.
+        annotated = target_pooled if m.bootstrap_annotations == "targets" else ann_pooled[:num_annotations]
+        keys = distributed.gather_with_grad(self.ab_annotation_head(annotated))
         if m.annotation_queue:
             self._to_enqueue = (self._step_annotations, keys.detach())  # written after backward (after_backward)
             keys = torch.cat([keys, self.queue_keys[: self.queue_filled(step, keys.shape[0])].to(keys.dtype)])
