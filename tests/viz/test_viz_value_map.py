@@ -58,9 +58,13 @@ def test_value_map_is_a_probability_map_over_the_grid(ab_simclr_run):
 
 
 @needs_fmnist
-def test_value_map_scores_moves_as_training_does(ab_simclr_run):
-    """The grid's probabilities equal ValueFunction.logits on (whole image, box) view pairs, source 0 -> target 1."""
+@pytest.mark.parametrize("target_box", [False, True])
+def test_value_map_scores_moves_as_training_does(ab_simclr_run, target_box):
+    """The grid's probabilities equal ValueFunction.logits on (whole image, box) view pairs, source 0 -> target 1;
+    with model.decoder_attention=target_box too: each move then reads only its box's tokens, in the
+    map as in training. Caught break: value maps calling the decoder without the run's mask."""
     cfg, method, device = load_run(ab_simclr_run)
+    method.value_function.attend_to_target = target_box  # the same weights, read as a target_box run reads them
     source = build_source(cfg.eval.test)
     image = load_image(source, 1, device)
     keys = annotation_keys(method, source, image).keys

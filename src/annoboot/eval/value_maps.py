@@ -166,7 +166,7 @@ def value_probabilities(method: Method, image: ImageBatch, keys: torch.Tensor, b
     source_box = full_image_boxes(1, 1, device)[0, 0]
     flat = boxes.reshape(-1, 4).to(device)
     moves = vf.move_tokens(relative_box(source_box, flat))  # (K, 4)
-    phi = torch.cat([vf.decoder(tokens, chunk[None])[0] for chunk in moves.split(_BOXES_PER_CALL)])  # (K, d)
+    phi = torch.cat([vf.values(tokens, chunk[None])[0] for chunk in moves.split(_BOXES_PER_CALL)])  # (K, d)
     logits = vf.score(phi, keys)  # as in training, for a source with any number of targets
     return torch.softmax(logits.float(), dim=-1).view(*boxes.shape[:-1], keys.shape[0]).cpu()
 

@@ -209,9 +209,14 @@ class ValueFunction(nn.Module):
         """source_tokens (N*S, T, D) of the source views, moves (N, S, V, 4) from each source view
         to V target views, annotation_keys psi_AB (L, d) -> (N, S, V, L)."""
         n, s, v = moves.shape[:3]
-        mask = self.memory_mask(moves.flatten(0, 1), source_tokens.shape[1]) if self.attend_to_target else None
-        phi = self.decoder(source_tokens, moves.flatten(0, 1), mask)  # (N*S, V, d)
+        phi = self.values(source_tokens, moves.flatten(0, 1))  # (N*S, V, d)
         return self.score(phi, annotation_keys).view(n, s, v, -1)
+
+    def values(self, source_tokens: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
+        """phi_AB: source_tokens (R, T, D), moves (R, K, 4) from each source view -> (R, K, d), each
+        move reading the source tokens that model.decoder_attention allows it."""
+        mask = self.memory_mask(moves, source_tokens.shape[1]) if self.attend_to_target else None
+        return self.decoder(source_tokens, moves, mask)
 
 
 def ema_targets(
