@@ -5,7 +5,9 @@
 Each run is scored on the first --scenes test scenes generated with its own scene settings
 (data.annotation.scenes, split test): for every item, the G x G moves from the whole scene are
 ranked by the value of the item's annotation. Prints, per run, the top-move hit rate and the
-mean rank of the best in-box move, with the chance values of the same grid and items.
+mean rank of the best in-box move, with the chance values of the same grid and items; and, to
+tell knowing the scene from knowing where its items are, the share of Q on the scene's own items
+and how often, at the moves into an item's box, that item tops its scene's items (with chance).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     rows = []
-    print(f"{'run':<44} {'actions':>7} {'items':>6} {'hit %':>7} {'chance %':>9} {'best rank':>10} {'chance rank':>12} {'s':>5}")
+    print(f"{'run':<44} {'actions':>7} {'items':>6} {'hit %':>7} {'chance %':>9} {'best rank':>10} {'chance rank':>12} "
+          f"{'scene %':>8} {'chance':>7} {'in scene %':>10} {'chance':>7} {'s':>5}")
     for run in args.runs:
         cfg, method, _ = load_run(run, args.weights, ["train.device=cpu"])
         if cfg.data.annotation.kind != "fmnist_scenes":
@@ -39,7 +42,11 @@ def main() -> None:
         seconds = time.perf_counter() - start
         rows.append({"run": run, "action_tokens": cfg.method.action_tokens, "grid": args.grid, **score})
         print(f"{run[-44:]:<44} {str(cfg.method.action_tokens):>7} {score['items']:>6} {score['hit_rate']:>7.2f} "
-              f"{score['chance_hit_rate']:>9.2f} {score['mean_best_rank']:>10.2f} {score['chance_mean_best_rank']:>12.2f} {seconds:>5.0f}")
+              f"{score['chance_hit_rate']:>9.2f} {score['mean_best_rank']:>10.2f} "
+              f"{score['chance_mean_best_rank']:>12.2f} "
+              f"{score.get('scene_share', float('nan')):>8.2f} {score.get('chance_scene_share', float('nan')):>7.2f} "
+              f"{score.get('item_in_scene_hit_rate', float('nan')):>10.2f} "
+              f"{score.get('chance_item_in_scene_hit_rate', float('nan')):>7.2f} {seconds:>5.0f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

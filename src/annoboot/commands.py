@@ -192,6 +192,10 @@ def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "on
         print(f"value-map localisation over {loc['items']} scene items: top move in the item's box {loc['hit_rate']:.1f}% "
               f"(chance {loc['chance_hit_rate']:.1f}%), best in-box move ranked {loc['mean_best_rank']:.2f} "
               f"(chance {loc['chance_mean_best_rank']:.2f})")
+        if "scene_share" in loc:
+            print(f"  Q on the scene's own items {loc['scene_share']:.1f}% (chance {loc['chance_scene_share']:.1f}%); "
+                  f"at moves into an item's box, that item tops its scene's items "
+                  f"{loc['item_in_scene_hit_rate']:.1f}% (chance {loc['chance_item_in_scene_hit_rate']:.1f}%)")
     return results
 
 

@@ -6,7 +6,14 @@ from helpers import SCENES, TINY, needs_fmnist
 
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
-from annoboot.eval.localisation import centres_inside, localisation_score, score_moves, summarise
+from annoboot.eval.localisation import (
+    centres_inside,
+    item_tops_its_scene,
+    localisation_score,
+    scene_share,
+    score_moves,
+    summarise,
+)
 from annoboot.methods import build_method
 from annoboot.recipe import load_config
 from annoboot.eval.value_maps import grid_boxes
@@ -33,6 +40,20 @@ def test_a_value_function_that_knows_the_box_scores_every_item_and_a_constant_on
     assert worst.hit == 0.0 and worst.best_rank == 64 - int(centres_inside(boxes, items[0]).sum()) + 1
 
 
+def test_scene_share_and_item_in_scene_hits_worked_by_hand():
+    """6 annotations, the scene's own items are columns 2, 3, 4. Q at 3 moves: the share on the own
+    columns is (0.6 + 0.9 + 0.3) / 3; at the two moves into item 3's box, column 3 tops the own
+    columns at one of them. Caught breaks: the share taken over the columns of other scenes, the
+    argmax index read as a column of the whole set (it indexes the own columns)."""
+    probs = torch.tensor([[0.2, 0.2, 0.1, 0.4, 0.1, 0.0],
+                          [0.0, 0.1, 0.6, 0.2, 0.1, 0.0],
+                          [0.5, 0.2, 0.1, 0.1, 0.1, 0.0]])
+    own = [2, 3, 4]
+    assert scene_share(probs, own) == pytest.approx((0.6 + 0.9 + 0.3) / 3)
+    assert item_tops_its_scene(probs[:2], own, column=3) == pytest.approx(0.5)
+    assert item_tops_its_scene(probs[1:2], own, column=2) == 1.0
+
+
 def test_no_item_inside_any_centre_is_skipped():
     boxes = grid_boxes(2, 0.5).reshape(-1, 4)
     assert score_moves(torch.rand(4), centres_inside(boxes, torch.tensor([0.0, 0.0, 0.1, 0.1]))) is None
@@ -50,6 +71,10 @@ def test_a_run_without_action_tokens_scores_exactly_chance_and_one_with_them_dif
     moving = build_method(load_config(None, overrides)).eval()
     other = localisation_score(moving, source, grid=6, scenes=12)
     assert other["mean_best_rank"] != pytest.approx(other["chance_mean_best_rank"], abs=1e-6)
+    # Q the same at every move: at the moves into an item's box, one item of each scene tops its
+    # scene's items at every move and the others at none; the share on a scene's items is a share.
+    assert 0 < score["item_in_scene_hit_rate"] < 100 and 0 < score["scene_share"] < 100
+    assert 0 < score["chance_scene_share"] < 100 and 0 < score["chance_item_in_scene_hit_rate"] <= 100
 
 
 def test_a_method_without_item_annotations_is_refused_naming_the_methods_that_have_them():

@@ -11,6 +11,14 @@ lies inside the item's box. Reported, over items:
   ``chance_mean_best_rank``: its value for a random ranking, (K + 1) / (m + 1) with K moves of
   which m are in the box.
 
+With image annotations (ABSimCLR) two more tell knowing the scene from knowing where its items
+are: ``scene_share``, the share of Q, averaged over every move, on the annotations of the
+scene's own items (``chance_scene_share``: their share of the annotation set), and
+``item_in_scene_hit_rate``, over the moves into an item's box, how often that item is the most
+likely of its scene's items (``chance_item_in_scene_hit_rate``: one over the scene's items). A
+value function that knows which scene it sees but not where its items are scores a high scene
+share and the chance item rate.
+
 Ties are scored by their expectation under random tie-breaking, so a value function that is
 constant over moves (a run without action tokens) scores exactly the chance rates.
 
@@ -64,6 +72,18 @@ def centres_inside(move_boxes: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     return (cx >= box[0]) & (cx <= box[2]) & (cy >= box[1]) & (cy <= box[3])
 
 
+def scene_share(probs: torch.Tensor, own: List[int]) -> float:
+    """probs (K, L) Q over annotations for each move; own: the columns of the scene's items ->
+    the mean share of Q on them."""
+    return float(probs[:, own].sum(1).mean())
+
+
+def item_tops_its_scene(in_box_probs: torch.Tensor, own: List[int], column: int) -> float:
+    """in_box_probs (m, L) Q at the moves into the item's box -> the share of those moves at
+    which the item's column is the largest of the scene's own columns."""
+    return float((in_box_probs[:, own].argmax(1) == own.index(column)).float().mean())
+
+
 def summarise(items: List[ItemScore]) -> Dict[str, float]:
     if not items:
         raise AnnobootError("localisation: no scene item covers the centre of any grid box; use a finer --grid")
@@ -106,6 +126,8 @@ def localisation_score(method, source, grid: int = 8, box_scale: Optional[float]
     was_training = method.training
     method.eval()
     items: List[ItemScore] = []
+    shares: List[tuple] = []  # (scene share, chance) per scene; image annotations only
+    tops: List[tuple] = []  # (item tops its scene, chance) per item with an in-box move
     try:
         count = min(scenes, len(source))
         class_keys = _class_caption_keys(method, source) if kind == "caption" else None
@@ -120,6 +142,9 @@ def localisation_score(method, source, grid: int = 8, box_scale: Optional[float]
                 keys = class_keys
             for j, (batch, i) in enumerate(zip(batches, block)):
                 probs = value_probabilities(method, batch, keys, boxes).reshape(-1, keys.shape[0])
+                own = list(range(offsets[j], offsets[j + 1])) if class_keys is None else []
+                if own:
+                    shares.append((scene_share(probs, own), len(own) / keys.shape[0]))
                 for k, (box, label) in enumerate(zip(source.item_boxes[i], source.item_labels[i])):
                     if class_keys is None:
                         column, in_box = offsets[j] + k, centres_inside(flat_boxes, box)
@@ -132,9 +157,19 @@ def localisation_score(method, source, grid: int = 8, box_scale: Optional[float]
                     scored = score_moves(probs[:, column], in_box)
                     if scored is not None:
                         items.append(scored)
+                        if own:
+                            tops.append((item_tops_its_scene(probs[in_box], own, column), 1 / len(own)))
     finally:
         method.train(was_training)
-    return summarise(items)
+    summary = summarise(items)
+    if shares and tops:
+        summary.update({
+            "scene_share": 100.0 * sum(s for s, _ in shares) / len(shares),
+            "chance_scene_share": 100.0 * sum(c for _, c in shares) / len(shares),
+            "item_in_scene_hit_rate": 100.0 * sum(t for t, _ in tops) / len(tops),
+            "chance_item_in_scene_hit_rate": 100.0 * sum(c for _, c in tops) / len(tops),
+        })
+    return summary
 
 
 def _class_caption_keys(method, source) -> torch.Tensor:
@@ -142,4 +177,5 @@ def _class_caption_keys(method, source) -> torch.Tensor:
     return method.annotation_keys([template.format(n) for n in source.class_names])
 
 
-__all__ = ["ItemScore", "centres_inside", "localisation_score", "score_moves", "summarise"]
+__all__ = ["ItemScore", "centres_inside", "item_tops_its_scene", "localisation_score", "scene_share", "score_moves",
+           "summarise"]
