@@ -14,6 +14,7 @@ import math
 from typing import Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 _RRC_TRIES = 10  # torchvision's RandomResizedCrop also gives up after 10 tries
 
@@ -119,9 +120,7 @@ def move_region_mask(regions_xyxy: torch.Tensor, grid: Tuple[int, int]) -> torch
     wholly outside the view (a pan or zoom away from it) marks every token."""
     clipped = regions_xyxy.float().clamp(0.0, 1.0)
     outside = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
-    mask = box_token_mask(clipped, grid)
-    mask[outside] = True
-    return mask
+    return box_token_mask(clipped, grid) | outside[:, None]
 
 
 def token_range_needed(scale: Sequence[float], ratio: Sequence[float], max_image_aspect: float = 1.0) -> float:
@@ -147,9 +146,9 @@ def box_token_mask(boxes_xyxy: torch.Tensor, grid: Tuple[int, int]) -> torch.Ten
     inside_y = (cy[None] >= y0) & (cy[None] < y1)  # (M, rows)
     inside_x = (cx[None] >= x0) & (cx[None] < x1)  # (M, cols)
     mask = (inside_y[:, :, None] & inside_x[:, None, :]).flatten(1)
-    empty = ~mask.any(dim=1)
-    if empty.any():
-        centre_x = ((x0 + x1)[:, 0] / 2 * cols).long().clamp(0, cols - 1)
-        centre_y = ((y0 + y1)[:, 0] / 2 * rows).long().clamp(0, rows - 1)
-        mask[empty, (centre_y * cols + centre_x)[empty]] = True
-    return mask
+    # The fallback for every box, taken where the box holds no centre: no host sync, so the
+    # value decoder's masks (model.decoder_attention=target_box) cost none per step.
+    centre_x = ((x0 + x1)[:, 0] / 2 * cols).long().clamp(0, cols - 1)
+    centre_y = ((y0 + y1)[:, 0] / 2 * rows).long().clamp(0, rows - 1)
+    under_centre = F.one_hot(centre_y * cols + centre_x, rows * cols).bool()
+    return torch.where(mask.any(dim=1, keepdim=True), mask, under_centre)

@@ -374,3 +374,15 @@ def test_target_box_attention_refuses_tokens_that_are_no_square_grid():
     moves = value_function.moves(torch.tensor([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]]]))
     with pytest.raises(AnnobootError, match="decoder_attention=target_box.*square grid, got 12 tokens"):
         value_function.logits(torch.randn(2, 12, 8), moves, torch.randn(4, 4))
+
+
+def test_target_box_attention_needs_no_host_sync():
+    """The region masks are built on the device each step: on the meta device any host read (a
+    bool index, an ``if mask.any()``) raises, so a pass shows the option adds no sync per step.
+    Caught break: box_token_mask's fallback written as ``if empty.any(): mask[empty, ...] = True``."""
+    value_function = _value_function("model.decoder_attention=target_box").to("meta")
+    tokens = torch.randn(6, 16, 8, device="meta", requires_grad=True)
+    moves = torch.randint(0, 25, (6, 3, 4), device="meta")
+    phi = value_function.values(tokens, moves)  # the masks and the decoder (scoring needs no mask)
+    phi.sum().backward()
+    assert phi.shape == (6, 3, 4)

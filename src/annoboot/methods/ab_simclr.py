@@ -171,13 +171,13 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
                     target_pooled, target_tokens = out.pooled[2 * num_annotations :], out.tokens[2 * num_annotations :]
                 # Before the base loss's projector call updates the BatchNorm statistics: the
                 # reward then normalises as a target holding this step's weights would.
-                pooled = torch.cat([ann_pooled[:num_annotations], target_pooled])
                 with frozen_statistics(self):
                     if m.bootstrap_annotations == "targets":  # each target crop's softmax over all of them
                         z = self.projector(target_pooled)
                         reward = annotation_distribution(z, distributed.gather(z), m.temperature)
                         td_targets = reward.view(moves.shape[0], moves.shape[2], -1)  # (N, V - S, L)
                     else:
+                        pooled = torch.cat([ann_pooled[:num_annotations], target_pooled])
                         td_targets = self.targets_from_features(pooled, target_tokens, num_annotations, moves, step)
             else:
                 assert isinstance(target_network, ABSimCLR), "ABSimCLR's target network must be an ABSimCLR"
