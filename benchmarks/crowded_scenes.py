@@ -65,6 +65,10 @@ ASYMMETRIC = ["views.bootstrap_source_views=1", "views.bootstrap_source_scale=[0
 QUEUE = ["method.annotation_queue=4096"]
 BOX_ATTENTION = ["model.decoder_attention=target_box"]  # each move reads only its region's tokens
 TARGET_ANNOTATIONS = ["method.bootstrap_annotations=targets"]  # the annotations are the step's target crops
+# The same 128 bootstrap views per step as 16 images x (1 source + 7 targets): more crops of each
+# scene among the annotations, so more of a move's rivals share its scene's background.
+SEVEN_TARGETS = ["method.bootstrap_fraction=0.0625", "views.bootstrap_views=8"]
+DOUBLE_AB_WEIGHT = ["method.ab_weight=2.0"]  # the bootstrap loss counts twice against SimCLR's
 
 
 def variants_of(scenes: Dict) -> Dict[str, Variant]:
@@ -83,6 +87,10 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         "ab/asym_queue": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + QUEUE),
         "ab/asym_box": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + BOX_ATTENTION),
         "ab/asym_targets": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS),
+        "ab/asym_targets_7": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
+                              + SEVEN_TARGETS),
+        "ab/asym_targets_w2": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
+                               + DOUBLE_AB_WEIGHT),
         "ab/decoupled": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE),
         "ab/decoupled_asym": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC),
         "ab/decoupled_asym_queue": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC + QUEUE),
