@@ -23,7 +23,8 @@ ab/small_online (SimCLR's 256 images x 2 views whole + 32 bootstrap images x 4 c
 target), ab/asym (the same with asymmetric moves: 1 wide source view, 3 small target views),
 ab/queue (+ 4,096 queued annotations), ab/asym_queue (both), ab/asym_box (ab/asym whose value
 decoder reads only the tokens of the region each move leads to), ab/asym_targets (ab/asym whose
-annotations are the step's target crops), ab/decoupled* (annotations and
+annotations are the step's target crops), ab/asym_targets_7 (the same 128 bootstrap views as 16
+images x 1 source + 7 targets), ab/asym_targets_w2 (ab_weight 2), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
 mixture's source, asymmetric bootstrap crops from the crowded scenes). Tables (``--table``) are lists of them:
   premise    SimCLR on items, on crowded scenes and on crowded scenes without the background;
@@ -104,6 +105,7 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
 TABLES = {
     "premise": ["simclr/items", "simclr/crowded", "simclr/crowded_plain"],
     "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/asym_queue", "ab/asym_box", "ab/asym_targets",
+               "ab/asym_targets_7", "ab/asym_targets_w2",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
     "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym", "ab/mixture_asym"],
 }
