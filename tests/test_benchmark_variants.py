@@ -1,0 +1,52 @@
+"""The crowded-scenes benchmark's variants are configs the library accepts, each its own training.
+
+The benchmark reuses a finished run whose training key matches (benchmarks/_harness.py): two
+variants that differ in an option but share a key would silently share one run, and a variant
+whose overrides the config refuses would fail only after the runs before it have trained.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from _protocol import BUDGETS, SCENE_CHOICES, variant_config  # noqa: E402
+from crowded_scenes import variants_of  # noqa: E402
+
+from annoboot.config import to_dict  # noqa: E402
+
+
+@pytest.mark.parametrize("scenes", ["crowded_128_plaid", "crowded_128_plaid_max", "crowded_plain"])
+def test_every_crowded_scenes_variant_loads_and_trains_apart(scenes, tmp_path):
+    variants = variants_of(dict(SCENE_CHOICES[scenes]))
+    trainings = {}  # run directory -> (variant, its training settings)
+    for name, variant in variants.items():
+        cfg = variant_config(variant, seed=0, budget=BUDGETS["cpu"], user=[], out_dir=str(tmp_path))
+        settings = to_dict(cfg)
+        settings.pop("eval")
+        settings["train"].pop("out_dir")
+        if cfg.train.out_dir in trainings:
+            # One run for two variants only where they ask for the same training (on scenes
+            # without background, simclr/crowded is simclr/crowded_plain).
+            other, other_settings = trainings[cfg.train.out_dir]
+            assert settings == other_settings, f"{name} and {other} train differently but share a run"
+        trainings[cfg.train.out_dir] = (name, settings)
+    assert len(trainings) >= len(variants) - 1
+
+
+def test_the_seven_target_screen_renders_the_views_of_the_recipe_it_varies(tmp_path):
+    """ab/asym_targets_7 is meant to spend the same bootstrap views per step as ab/asym_targets
+    (16 x 8 = 32 x 4), so the two differ in how the views are split, not in how many."""
+    variants = variants_of(dict(SCENE_CHOICES["crowded_128_plaid"]))
+
+    def bootstrap_views_per_step(name):
+        cfg = variant_config(variants[name], seed=0, budget=BUDGETS["cpu"], user=[], out_dir=str(tmp_path))
+        images = round(cfg.train.batch_size * cfg.method.bootstrap_fraction)
+        return images * cfg.views.bootstrap_views
+
+    assert bootstrap_views_per_step("ab/asym_targets_7") == bootstrap_views_per_step("ab/asym_targets") == 128
