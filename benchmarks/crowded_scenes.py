@@ -24,7 +24,8 @@ target), ab/asym (the same with asymmetric moves: 1 wide source view, 3 small ta
 ab/queue (+ 4,096 queued annotations), ab/asym_queue (both), ab/asym_box (ab/asym whose value
 decoder reads only the tokens of the region each move leads to), ab/asym_targets (ab/asym whose
 annotations are the step's target crops), ab/asym_targets_7 (the same 128 bootstrap views as 16
-images x 1 source + 7 targets), ab/asym_targets_w2 (ab_weight 2), ab/decoupled* (annotations and
+images x 1 source + 7 targets), ab/asym_targets_w2 (ab_weight 2), ab/asym_targets_plain (ab/asym_targets on the scenes without
+background, for benchmarks/localisation.py), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
 mixture's source, asymmetric bootstrap crops from the crowded scenes). Tables (``--table``) are lists of them:
   premise    SimCLR on items, on crowded scenes and on crowded scenes without the background;
@@ -88,6 +89,7 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         "ab/asym_queue": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + QUEUE),
         "ab/asym_box": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + BOX_ATTENTION),
         "ab/asym_targets": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS),
+        "ab/asym_targets_plain": ("fmnist_ab_simclr", plain + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS),
         "ab/asym_targets_7": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                               + SEVEN_TARGETS),
         "ab/asym_targets_w2": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
