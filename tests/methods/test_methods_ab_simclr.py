@@ -228,19 +228,56 @@ def test_annotations_from_the_targets_reward_each_target_crop_as_itself_among_al
     assert next(method.ab_annotation_head.parameters()).grad.abs().sum() > 0
 
 
-def test_annotations_from_the_targets_train(tiny_config):
-    cfg = tiny_config(*ASYMMETRIC, *TARGET_ANNOTATIONS, "train.steps=2", "train.log_every=2")
+def test_annotations_from_the_own_image_targets_score_each_move_against_its_image_crops_only(tiny_config, monkeypatch):
+    """method.bootstrap_annotations=image_targets: each image's 3 moves are scored against that
+    image's 3 target crops only, with the reward renormalised over them; what the other images
+    show changes nothing of an image's reward or Q. Caught breaks: the whole step's crops kept
+    (L = N x 3), the block of another image taken (a changed crop of image 1 would move image 0's
+    figures), the reward not renormalised."""
+    from annoboot.batch import ImageBatch
+
+    torch.manual_seed(0)
+    method = build_method(tiny_config(*ASYMMETRIC, "method.target_network=online",
+                                      "method.bootstrap_annotations=image_targets"))
+    method.eval()  # dropout-free, so two forwards of the same image agree
+    sizes = method.batch_sizes()
+    count, images = sizes["annotation"], sizes["bootstrap"]
+    monkeypatch.setattr(method, "annotation_views", lambda batch: torch.randn(2 * count, 3, 32, 32))
+    views = torch.randn(images * 4, 3, 32, 32)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.4, 0.4], [0.5, 0.0, 0.9, 0.4], [0.0, 0.5, 0.4, 0.9]])
+    boxes = boxes.expand(images, 4, 4)
+    calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
+    batch = lambda n: ImageBatch(torch.zeros(n, 1, 32, 32, dtype=torch.uint8), torch.full((n, 2), 32))  # noqa: E731
+    for rendered in (views, torch.cat([views[:4], torch.randn_like(views[4:])])):  # images 1.. redrawn
+        monkeypatch.setattr(ab_simclr_module, "bootstrap_views", lambda *a, r=rendered, **k: (r, boxes))
+        with torch.no_grad():
+            method.training_step({"annotation": batch(count), "bootstrap": batch(images)}, None)
+    (first, second) = calls
+    assert first["targets"].shape == (images, 3, 3) and first["logits"].shape == (images, 1, 3, 3)
+    assert torch.equal(first["targets"].argmax(-1), torch.arange(3).expand(images, 3))
+    assert torch.allclose(first["targets"].sum(-1), torch.ones(()), atol=1e-5)
+    assert torch.allclose(first["targets"][0], second["targets"][0], atol=1e-5)
+    assert torch.allclose(first["logits"][0], second["logits"][0], atol=1e-4)
+    assert not torch.allclose(first["logits"][1], second["logits"][1], atol=1e-4)
+
+
+@pytest.mark.parametrize("annotations", ["targets", "image_targets"])
+def test_annotations_from_the_targets_train(tiny_config, annotations):
+    cfg = tiny_config(*ASYMMETRIC, "method.target_network=online", f"method.bootstrap_annotations={annotations}",
+                      "train.steps=2", "train.log_every=2")
     last = Trainer(cfg).fit()
     assert torch.isfinite(torch.tensor(last["loss/total"])) and last["loss/bootstrap"] > 0
 
 
+@pytest.mark.parametrize("annotations", ["targets", "image_targets"])
 @pytest.mark.parametrize("override", [[], ["views.bootstrap_source_views=1", "method.target_network=ema"],
                                       ["views.bootstrap_source_views=1", "method.target_network=online",
                                        "method.annotation_queue=4096"]])
-def test_annotations_from_the_targets_are_refused_where_there_are_no_target_crops_of_this_step(override):
-    with pytest.raises(AnnobootError, match=r"bootstrap_annotations' is 'targets', which needs asymmetric moves"):
+def test_annotations_from_the_targets_are_refused_where_there_are_no_target_crops_of_this_step(override, annotations):
+    message = rf"bootstrap_annotations' is '{annotations}', which needs asymmetric moves"
+    with pytest.raises(AnnobootError, match=message):
         load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_views=4",
-                           "method.bootstrap_annotations=targets", *override])
+                           f"method.bootstrap_annotations={annotations}", *override])
 
 
 @pytest.mark.parametrize("override, message", [

@@ -16,6 +16,8 @@
   annotations of the bootstrap loss are the step's target crops themselves instead of the
   annotation batch's images; the reward of a target crop is its SimCLR softmax over all target
   crops, so a move must tell which crop it reaches, the other crops of the same image included.
+  With method.bootstrap_annotations=image_targets the softmax and Q run over the crops of the
+  move's own image only: what every crop of an image shares (its background) cannot score.
 """
 
 from __future__ import annotations
@@ -100,21 +102,32 @@ class BootstrapAnnotationOptions:
     ranks; the reward of target crop i is softmax_j(z_i . z_j / T) over them, psi_AB(l_j) the
     annotation head on crop j's pooled feature (no gradient into the encoder through the crops).
     Crops of one image share its background but show different items, so the moves of one
-    source view must be told apart by what their regions show, not only by the image."""
+    source view must be told apart by what their regions show, not only by the image.
+    image_targets: the same, with the reward and Q over the target crops of the move's own image
+    only (the restriction of that softmax, renormalised; nothing gathered over ranks), so
+    nothing the crops of an image share can tell them apart."""
 
     bootstrap_annotations: str = "batch"
 
-    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"bootstrap_annotations": ("batch", "targets")}
+    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"bootstrap_annotations": ("batch", "targets", "image_targets")}
 
     @staticmethod
     def check(cfg: Config, selected: bool) -> None:
         m = cfg.method
-        if not selected or m.bootstrap_annotations != "targets":
+        if not selected or m.bootstrap_annotations == "batch":
             return
         if cfg.views.bootstrap_source_views == 0 or m.target_network != "online" or m.annotation_queue:
-            raise AnnobootError("bad config: key 'method.bootstrap_annotations' is 'targets', which needs "
-                                "asymmetric moves (views.bootstrap_source_views > 0), method.target_network=online "
-                                "and no method.annotation_queue: the annotations are this step's target crops")
+            raise AnnobootError(f"bad config: key 'method.bootstrap_annotations' is '{m.bootstrap_annotations}', "
+                                "which needs asymmetric moves (views.bootstrap_source_views > 0), "
+                                "method.target_network=online and no method.annotation_queue: the annotations "
+                                "are this step's target crops")
+
+
+def same_image_block(scores: torch.Tensor) -> torch.Tensor:
+    """(N, S, V, N * V) scores of every move against every target crop of the step (image-major)
+    -> (N, S, V, V): each image's moves against that image's own crops."""
+    n, s, v = scores.shape[:3]
+    return torch.diagonal(scores.view(n, s, v, n, v), dim1=0, dim2=3).movedim(-1, 0)
 
 
 @register_method("ab_simclr")
@@ -176,6 +189,11 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
                         z = self.projector(target_pooled)
                         reward = annotation_distribution(z, distributed.gather(z), m.temperature)
                         td_targets = reward.view(moves.shape[0], moves.shape[2], -1)  # (N, V - S, L)
+                    elif m.bootstrap_annotations == "image_targets":  # ... over its own image's crops
+                        z = self.projector(target_pooled)
+                        reward = same_image_block(annotation_distribution(z, z, m.temperature).view(
+                            moves.shape[0], 1, moves.shape[2], -1))[:, 0]  # (N, V - S, V - S)
+                        td_targets = reward / reward.sum(-1, keepdim=True)
                     else:
                         pooled = torch.cat([ann_pooled[:num_annotations], target_pooled])
                         td_targets = self.targets_from_features(pooled, target_tokens, num_annotations, moves, step)
@@ -189,12 +207,16 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
 
         # Q(l | x_s, a_{s->t}) for every move from a source view to a target view; l_i := view 1
         # of annotation image i (or target crop i, bootstrap_annotations=targets), over all ranks.
-        annotated = target_pooled if m.bootstrap_annotations == "targets" else ann_pooled[:num_annotations]
-        keys = distributed.gather_with_grad(self.ab_annotation_head(annotated))
-        if m.annotation_queue:
-            self._to_enqueue = (self._step_annotations, keys.detach())  # written after backward (after_backward)
-            keys = torch.cat([keys, self.queue_keys[: self.queue_filled(step, keys.shape[0])].to(keys.dtype)])
-        logits = self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys)
+        annotated = ann_pooled[:num_annotations] if m.bootstrap_annotations == "batch" else target_pooled
+        if m.bootstrap_annotations == "image_targets":  # this rank's crops; Q over each image's own
+            keys = self.ab_annotation_head(annotated)
+            logits = same_image_block(self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys))
+        else:
+            keys = distributed.gather_with_grad(self.ab_annotation_head(annotated))
+            if m.annotation_queue:
+                self._to_enqueue = (self._step_annotations, keys.detach())  # written after backward (after_backward)
+                keys = torch.cat([keys, self.queue_keys[: self.queue_filled(step, keys.shape[0])].to(keys.dtype)])
+            logits = self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys)
         ab_loss, metrics = bootstrap_objective(logits, td_targets, source_boxes, m.drop_self_pairs, target_boxes)
 
         metrics["loss/simclr"] = base_loss.detach()
