@@ -206,9 +206,10 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
         base_loss = nt_xent(z1, z2, m.temperature, gather_distributed=True)
 
         # Q(l | x_s, a_{s->t}) for every move from a source view to a target view; l_i := view 1
-        # of annotation image i (or target crop i, bootstrap_annotations=targets), over all ranks.
+        # of annotation image i (or target crop i, bootstrap_annotations=targets), over all ranks;
+        # with image_targets, over this rank's crops, each move scored against its own image's.
         annotated = ann_pooled[:num_annotations] if m.bootstrap_annotations == "batch" else target_pooled
-        if m.bootstrap_annotations == "image_targets":  # this rank's crops; Q over each image's own
+        if m.bootstrap_annotations == "image_targets":
             keys = self.ab_annotation_head(annotated)
             logits = same_image_block(self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys))
         else:
