@@ -26,7 +26,8 @@ decoder reads only the tokens of the region each move leads to), ab/asym_targets
 annotations are the step's target crops), ab/asym_targets_7 (the same 128 bootstrap views as 16
 images x 1 source + 7 targets), ab/asym_targets_w2 (ab_weight 2), ab/asym_targets_plain (ab/asym_targets on the scenes without
 background, for benchmarks/localisation.py), ab/asym_image_targets (reward and Q over the target
-crops of the move's own image only), ab/decoupled* (annotations and
+crops of the move's own image only), ab/asym_targets_turned (the target crops turned by random
+quarter turns), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
 mixture's source, asymmetric bootstrap crops from the crowded scenes). Tables (``--table``) are lists of them:
   premise    SimCLR on items, on crowded scenes and on crowded scenes without the background;
@@ -71,6 +72,7 @@ TARGET_ANNOTATIONS = ["method.bootstrap_annotations=targets"]  # the annotations
 # The same 128 bootstrap views per step as 16 images x (1 source + 7 targets): more crops of each
 # scene among the annotations, so more of a move's rivals share its scene's background.
 IMAGE_TARGET_ANNOTATIONS = ["method.bootstrap_annotations=image_targets"]  # ... of the move's own image only
+TARGET_ROTATION = ["views.bootstrap_target_rotation=true"]  # each target crop turned by k x 90 degrees
 SEVEN_TARGETS = ["method.bootstrap_fraction=0.0625", "views.bootstrap_views=8"]
 DOUBLE_AB_WEIGHT = ["method.ab_weight=2.0"]  # the bootstrap loss counts twice against SimCLR's
 
@@ -93,6 +95,8 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         "ab/asym_targets": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS),
         "ab/asym_targets_plain": ("fmnist_ab_simclr", plain + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS),
         "ab/asym_image_targets": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + IMAGE_TARGET_ANNOTATIONS),
+        "ab/asym_targets_turned": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
+                                   + TARGET_ROTATION),
         "ab/asym_targets_7": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                               + SEVEN_TARGETS),
         "ab/asym_targets_w2": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
@@ -111,6 +115,7 @@ TABLES = {
     "premise": ["simclr/items", "simclr/crowded", "simclr/crowded_plain"],
     "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/asym_queue", "ab/asym_box", "ab/asym_targets",
                "ab/asym_targets_7", "ab/asym_targets_w2", "ab/asym_image_targets",
+               "ab/asym_targets_turned",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
     "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym", "ab/mixture_asym"],
 }

@@ -60,6 +60,14 @@ def full_image_boxes(num_images: int, num_views: int = 1, device: torch.device |
     return torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).expand(num_images, num_views, 4).contiguous()
 
 
+def quarter_turned(views: torch.Tensor) -> torch.Tensor:
+    """Each square view (M, C, S, S) turned by its own random multiple of 90 degrees (global RNG;
+    picked by indexing, no host sync)."""
+    turns = torch.randint(0, 4, (views.shape[0],), device=views.device)
+    every_turn = torch.stack([torch.rot90(views, k, (2, 3)) for k in range(4)])  # (4, M, C, S, S)
+    return every_turn[turns, torch.arange(views.shape[0], device=views.device)]
+
+
 class Normalize(nn.Module):
     """[0, 1] RGB -> (x - mean) / std, the input convention of the encoder."""
 

@@ -261,6 +261,38 @@ def test_annotations_from_the_own_image_targets_score_each_move_against_its_imag
     assert not torch.allclose(first["logits"][1], second["logits"][1], atol=1e-4)
 
 
+def test_target_rotation_turns_each_target_view_and_leaves_the_sources(tiny_config, monkeypatch):
+    """views.bootstrap_target_rotation: the target crops the reward reads are the rendered crops,
+    each turned by a multiple of 90 degrees (all four turns occur over a step's crops); the source
+    views the value decoder reads are not turned. Caught breaks: nothing turned, the sources
+    turned, one turn for the whole batch."""
+    from annoboot.batch import ImageBatch
+
+    torch.manual_seed(0)
+    method = build_method(tiny_config(*ASYMMETRIC, *TARGET_ANNOTATIONS, "views.bootstrap_target_rotation=true"))
+    sizes = method.batch_sizes()
+    count, images = sizes["annotation"], sizes["bootstrap"]
+    monkeypatch.setattr(method, "annotation_views", lambda batch: torch.randn(2 * count, 3, 32, 32))
+    views = torch.randn(images * 4, 3, 32, 32)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.4, 0.4], [0.5, 0.0, 0.9, 0.4], [0.0, 0.5, 0.4, 0.9]])
+    monkeypatch.setattr(ab_simclr_module, "bootstrap_views", lambda *a, **k: (views, boxes.expand(images, 4, 4)))
+    seen = []
+    real_encoder = method.encoder.forward
+    monkeypatch.setattr(method.encoder, "forward", lambda x: seen.append(x.detach()) or real_encoder(x))
+    batch = lambda n: ImageBatch(torch.zeros(n, 1, 32, 32, dtype=torch.uint8), torch.full((n, 2), 32))  # noqa: E731
+    method.training_step({"annotation": batch(count), "bootstrap": batch(images)}, None)
+    per_image = views.view(images, 4, 3, 32, 32)
+    assert torch.equal(seen[0][2 * count:], per_image[:, 0])  # the sources, as rendered
+    turned, rendered = seen[1], per_image[:, 1:].flatten(0, 1)
+    turns = [next(k for k in range(4) if torch.equal(t, torch.rot90(r, k, (1, 2)))) for t, r in zip(turned, rendered)]
+    assert set(turns) == {0, 1, 2, 3}
+
+
+def test_target_rotation_is_refused_without_target_views():
+    with pytest.raises(AnnobootError, match=r"views.bootstrap_target_rotation.*asymmetric moves"):
+        load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_target_rotation=true"])
+
+
 @pytest.mark.parametrize("annotations", ["targets", "image_targets"])
 def test_annotations_from_the_targets_train(tiny_config, annotations):
     cfg = tiny_config(*ASYMMETRIC, "method.target_network=online", f"method.bootstrap_annotations={annotations}",

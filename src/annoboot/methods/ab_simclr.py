@@ -44,6 +44,7 @@ from annoboot.methods.simclr import SimCLR
 from annoboot.models import Projector
 from annoboot.objectives import annotation_distribution, nt_xent
 from annoboot.option_ranges import FRACTION, NON_NEGATIVE, option
+from annoboot.views import quarter_turned
 
 
 @dataclass
@@ -52,15 +53,22 @@ class AsymmetricMoveOptions:
     and the target of a move to every other (the published recipe). S > 0: the first S of the
     ``bootstrap_views`` crops, drawn from ``bootstrap_source_scale``, are sources (gradient, value
     decoder); the other V - S, drawn from ``bootstrap_scale``, are targets only (reward from a
-    forward without gradient): S x (V - S) moves per image, each from a wide view to a smaller one."""
+    forward without gradient): S x (V - S) moves per image, each from a wide view to a smaller one.
+    bootstrap_target_rotation: each target view turned by a random multiple of 90 degrees, so the
+    source view cannot predict what a target shows from a pattern it extends (a background's
+    phase and orientation at the target), only from what the turn keeps."""
 
     bootstrap_source_views: int = option(0, NON_NEGATIVE)
     bootstrap_source_scale: List[float] = option(factory=lambda: [0.5, 1.0], range=FRACTION)
+    bootstrap_target_rotation: bool = False
 
     @staticmethod
     def check(cfg: Config, selected: bool) -> None:
         v, m = cfg.views, cfg.method
         check_scale("views.bootstrap_source_scale", v.bootstrap_source_scale)
+        if selected and v.bootstrap_target_rotation and v.bootstrap_source_views == 0:
+            raise AnnobootError("bad config: key 'views.bootstrap_target_rotation' is true, which needs asymmetric "
+                                "moves (views.bootstrap_source_views > 0): only target views are turned")
         if not selected or v.bootstrap_source_views == 0:
             return
         if not 0 < v.bootstrap_source_views < v.bootstrap_views:
@@ -170,6 +178,8 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
             per_image = boot_views.unflatten(0, (boxes.shape[0], boxes.shape[1]))
             source_views, target_views = per_image[:, :sources].flatten(0, 1), per_image[:, sources:].flatten(0, 1)
             source_boxes, target_boxes = boxes[:, :sources], boxes[:, sources:]
+            if v.bootstrap_target_rotation:
+                target_views = quarter_turned(target_views)
         else:
             source_views, target_views, source_boxes, target_boxes = boot_views, boot_views, boxes, None
         out = self.encoder(torch.cat([ann_views, source_views]))  # one encoder call for both batches
