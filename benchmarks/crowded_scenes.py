@@ -24,10 +24,10 @@ target), ab/asym (the same with asymmetric moves: 1 wide source view, 3 small ta
 ab/queue (+ 4,096 queued annotations), ab/asym_queue (both), ab/asym_box (ab/asym whose value
 decoder reads only the tokens of the region each move leads to), ab/asym_targets (ab/asym whose
 annotations are the step's target crops), ab/asym_targets_7 (the same 128 bootstrap views as 16
-images x 1 source + 7 targets), ab/asym_targets_w2 (ab_weight 2), ab/asym_targets_plain (ab/asym_targets on the scenes without
-background, for benchmarks/localisation.py), ab/asym_image_targets (reward and Q over the target
-crops of the move's own image only), ab/asym_targets_turned (the target crops turned by random
-quarter turns), ab/decoupled* (annotations and
+images x 1 source + 7 targets), ab/asym_targets_w2 (ab_weight 2), ab/asym_targets_plain
+(ab/asym_targets on the scenes without background, for benchmarks/localisation.py),
+ab/asym_image_targets (reward and Q over the target crops of the move's own image only),
+ab/asym_targets_turned (the target crops turned by random quarter turns), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
 mixture's source, asymmetric bootstrap crops from the crowded scenes). Tables (``--table``) are lists of them:
   premise    SimCLR on items, on crowded scenes and on crowded scenes without the background;
@@ -69,10 +69,10 @@ ASYMMETRIC = ["views.bootstrap_source_views=1", "views.bootstrap_source_scale=[0
 QUEUE = ["method.annotation_queue=4096"]
 BOX_ATTENTION = ["model.decoder_attention=target_box"]  # each move reads only its region's tokens
 TARGET_ANNOTATIONS = ["method.bootstrap_annotations=targets"]  # the annotations are the step's target crops
-# The same 128 bootstrap views per step as 16 images x (1 source + 7 targets): more crops of each
-# scene among the annotations, so more of a move's rivals share its scene's background.
 IMAGE_TARGET_ANNOTATIONS = ["method.bootstrap_annotations=image_targets"]  # ... of the move's own image only
 TARGET_ROTATION = ["views.bootstrap_target_rotation=true"]  # each target crop turned by k x 90 degrees
+# The same 128 bootstrap views per step as 16 images x (1 source + 7 targets): more crops of each
+# scene among the annotations, so more of a move's rivals share its scene's background.
 SEVEN_TARGETS = ["method.bootstrap_fraction=0.0625", "views.bootstrap_views=8"]
 DOUBLE_AB_WEIGHT = ["method.ab_weight=2.0"]  # the bootstrap loss counts twice against SimCLR's
 
