@@ -29,7 +29,8 @@ images x 1 source + 7 targets), ab/asym_targets_w2 (ab_weight 2), ab/asym_target
 ab/asym_image_targets (reward and Q over the target crops of the move's own image only),
 ab/asym_targets_turned (the target crops turned by random quarter turns), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
-mixture's source, asymmetric bootstrap crops from the crowded scenes). Tables (``--table``) are lists of them:
+mixture's source, asymmetric bootstrap crops from the crowded scenes), ab/mixture_asym_targets and
+ab/decoupled_asym_targets (those two bases with ab/asym_targets' annotations). Tables (``--table``) are lists of them:
   premise    SimCLR on items, on crowded scenes and on crowded scenes without the background;
   screen     the AB levers, one seed, beside the premise table's SimCLR rows;
   ab         the chosen AB recipes against SimCLR on crowded scenes, on items and the mixture.
@@ -107,6 +108,11 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         # The mixture's base loss (its SimCLR batch drawn from items and scenes), bootstrap
         # crops from the scenes alone: does AB add to the best crop-consistency source?
         "ab/mixture_asym": ("fmnist_ab_simclr", mixture + scene_source("data.bootstrap", scenes) + SMALL_ONLINE + ASYMMETRIC),
+        # The targets recipe's annotations on the two decoupled bases: its reward never reads the
+        # base batch, so the base source only sets the crop-consistency half of the step.
+        "ab/mixture_asym_targets": ("fmnist_ab_simclr", mixture + scene_source("data.bootstrap", scenes) + SMALL_ONLINE
+                                    + ASYMMETRIC + TARGET_ANNOTATIONS),
+        "ab/decoupled_asym_targets": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS),
     }
     return {name: Variant(name, recipe, overrides) for name, (recipe, overrides) in named.items()}
 
@@ -115,7 +121,7 @@ TABLES = {
     "premise": ["simclr/items", "simclr/crowded", "simclr/crowded_plain"],
     "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/asym_queue", "ab/asym_box", "ab/asym_targets",
                "ab/asym_targets_7", "ab/asym_targets_w2", "ab/asym_image_targets",
-               "ab/asym_targets_turned",
+               "ab/asym_targets_turned", "ab/mixture_asym_targets", "ab/decoupled_asym_targets",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
     "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym", "ab/mixture_asym"],
 }
