@@ -261,6 +261,49 @@ def test_annotations_from_the_own_image_targets_score_each_move_against_its_imag
     assert not torch.allclose(first["logits"][1], second["logits"][1], atol=1e-4)
 
 
+def test_annotations_from_the_other_targets_leave_out_each_moves_own_image(tiny_config, monkeypatch):
+    """method.bootstrap_annotations=other_targets: each move is scored against the target crops
+    of every other image, never its own image's 3 crops (reward 0, Q's probability 0), and the
+    reward is the targets softmax over the rest: a crop that is a copy of another image's crop
+    puts its largest reward there. Caught breaks: no mask (the argmax would be the crop itself),
+    the mask on the wrong image's columns, a mask that leaves the reward unnormalised, Q unmasked."""
+    from annoboot.batch import ImageBatch
+
+    torch.manual_seed(0)
+    method = build_method(tiny_config(*ASYMMETRIC, "method.target_network=online",
+                                      "method.bootstrap_annotations=other_targets"))
+    sizes = method.batch_sizes()
+    count, images = sizes["annotation"], sizes["bootstrap"]
+    monkeypatch.setattr(method, "annotation_views", lambda batch: torch.randn(2 * count, 3, 32, 32))
+    per_image = torch.randn(images, 4, 3, 32, 32)
+    assert images % 2 == 0
+    per_image[1::2, 1:] = per_image[0::2, 1:]  # images 2j and 2j + 1 have the same target crops
+    views = per_image.flatten(0, 1)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.4, 0.4], [0.5, 0.0, 0.9, 0.4], [0.0, 0.5, 0.4, 0.9]])
+    monkeypatch.setattr(ab_simclr_module, "bootstrap_views", lambda *a, **k: (views, boxes.expand(images, 4, 4)))
+    calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
+    batch = lambda n: ImageBatch(torch.zeros(n, 1, 32, 32, dtype=torch.uint8), torch.full((n, 2), 32))  # noqa: E731
+    out = method.training_step({"annotation": batch(count), "bootstrap": batch(images)}, None)
+    targets, logits = calls[0]["targets"], calls[0]["logits"]
+    assert targets.shape == (images, 3, images * 3) and logits.shape == (images, 1, 3, images * 3)
+    # own[n, k, l]: column l is one of image n's crops
+    own = (torch.arange(images * 3) // 3 == torch.arange(images)[:, None]).unsqueeze(1).expand(images, 3, images * 3)
+    assert targets[own].abs().max() == 0 and torch.allclose(targets.sum(-1), torch.ones(()), atol=1e-5)
+    assert logits.softmax(-1)[own[:, None]].max() < 1e-6
+    twin = torch.arange(images) ^ 1  # 2j <-> 2j + 1
+    assert torch.equal(targets.argmax(-1), twin[:, None] * 3 + torch.arange(3))  # each crop's copy in its twin
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert next(method.ab_annotation_head.parameters()).grad.abs().sum() > 0
+
+
+def test_annotations_from_the_other_targets_are_refused_with_one_bootstrap_image():
+    with pytest.raises(AnnobootError, match=r"'other_targets', which needs at least 2 bootstrap images.*got 1"):
+        load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_views=4", "views.bootstrap_source_views=1",
+                           "method.target_network=online", "method.bootstrap_annotations=other_targets",
+                           "train.batch_size=8", "method.bootstrap_fraction=0.125"])
+
+
 def test_target_rotation_turns_each_target_view_and_leaves_the_sources(tiny_config, monkeypatch):
     """views.bootstrap_target_rotation: the target crops the reward reads are the rendered crops,
     each turned by a multiple of 90 degrees (all four turns occur over a step's crops); the source
@@ -293,7 +336,7 @@ def test_target_rotation_is_refused_without_target_views():
         load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_target_rotation=true"])
 
 
-@pytest.mark.parametrize("annotations", ["targets", "image_targets"])
+@pytest.mark.parametrize("annotations", ["targets", "image_targets", "other_targets"])
 def test_annotations_from_the_targets_train(tiny_config, annotations):
     cfg = tiny_config(*ASYMMETRIC, "method.target_network=online", f"method.bootstrap_annotations={annotations}",
                       "train.steps=2", "train.log_every=2")
@@ -301,7 +344,7 @@ def test_annotations_from_the_targets_train(tiny_config, annotations):
     assert torch.isfinite(torch.tensor(last["loss/total"])) and last["loss/bootstrap"] > 0
 
 
-@pytest.mark.parametrize("annotations", ["targets", "image_targets"])
+@pytest.mark.parametrize("annotations", ["targets", "image_targets", "other_targets"])
 @pytest.mark.parametrize("override", [[], ["views.bootstrap_source_views=1", "method.target_network=ema"],
                                       ["views.bootstrap_source_views=1", "method.target_network=online",
                                        "method.annotation_queue=4096"]])

@@ -18,6 +18,8 @@
   crops, so a move must tell which crop it reaches, the other crops of the same image included.
   With method.bootstrap_annotations=image_targets the softmax and Q run over the crops of the
   move's own image only: what every crop of an image shares (its background) cannot score.
+  With other_targets they run over the crops of every other image: a move scores only by
+  which other images' regions its target resembles, never by its own image's.
 """
 
 from __future__ import annotations
@@ -113,11 +115,14 @@ class BootstrapAnnotationOptions:
     source view must be told apart by what their regions show, not only by the image.
     image_targets: the same, with the reward and Q over the target crops of the move's own image
     only (the restriction of that softmax, renormalised; nothing gathered over ranks), so
-    nothing the crops of an image share can tell them apart."""
+    nothing the crops of an image share can tell them apart. other_targets: the complement, the
+    reward and Q over the target crops of every other image of the step (all ranks), so a crop
+    is never rewarded for resembling the crops of its own image (which share its background)."""
 
     bootstrap_annotations: str = "batch"
 
-    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"bootstrap_annotations": ("batch", "targets", "image_targets")}
+    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"bootstrap_annotations": ("batch", "targets", "image_targets",
+                                                                                "other_targets")}
 
     @staticmethod
     def check(cfg: Config, selected: bool) -> None:
@@ -129,6 +134,25 @@ class BootstrapAnnotationOptions:
                                 "which needs asymmetric moves (views.bootstrap_source_views > 0), "
                                 "method.target_network=online and no method.annotation_queue: the annotations "
                                 "are this step's target crops")
+        if m.bootstrap_annotations == "other_targets" and m.bootstrap_fraction is not None \
+                and round(cfg.train.batch_size * m.bootstrap_fraction) < 2:
+            raise AnnobootError("bad config: key 'method.bootstrap_annotations' is 'other_targets', which needs "
+                                "at least 2 bootstrap images a step (train.batch_size x method.bootstrap_fraction), "
+                                f"got {round(cfg.train.batch_size * m.bootstrap_fraction)}")
+
+
+def own_image_columns(num_images: int, crops: int, num_columns: int, device: torch.device) -> torch.Tensor:
+    """(N, crops, L) bool: True where column l of the step's target crops gathered over ranks
+    (rank-major, then image-major) is a crop of this rank's image n."""
+    first = distributed.rank() * num_images * crops + torch.arange(num_images, device=device)[:, None] * crops
+    columns = torch.arange(num_columns, device=device)
+    own = (columns >= first) & (columns < first + crops)  # (N, L)
+    return own[:, None].expand(num_images, crops, num_columns)
+
+
+# Q's logit for a left-out annotation: exp underflows to 0 in bf16 and fp32, and it stays finite,
+# so the cross-entropy's 0 x log q is 0, not NaN.
+EXCLUDED_LOGIT = -1e4
 
 
 def same_image_block(scores: torch.Tensor) -> torch.Tensor:
@@ -195,9 +219,14 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
                 # Before the base loss's projector call updates the BatchNorm statistics: the
                 # reward then normalises as a target holding this step's weights would.
                 with frozen_statistics(self):
-                    if m.bootstrap_annotations == "targets":  # each target crop's softmax over all of them
+                    if m.bootstrap_annotations in ("targets", "other_targets"):  # each crop's softmax over them
                         z = self.projector(target_pooled)
-                        reward = annotation_distribution(z, distributed.gather(z), m.temperature)
+                        annotations = distributed.gather(z)
+                        own = None
+                        if m.bootstrap_annotations == "other_targets":  # ... but its own image's
+                            own = own_image_columns(moves.shape[0], moves.shape[2], annotations.shape[0], z.device)
+                            own = own.flatten(0, 1)
+                        reward = annotation_distribution(z, annotations, m.temperature, own)
                         td_targets = reward.view(moves.shape[0], moves.shape[2], -1)  # (N, V - S, L)
                     elif m.bootstrap_annotations == "image_targets":  # ... over its own image's crops
                         z = self.projector(target_pooled)
@@ -228,6 +257,9 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
                 self._to_enqueue = (self._step_annotations, keys.detach())  # written after backward (after_backward)
                 keys = torch.cat([keys, self.queue_keys[: self.queue_filled(step, keys.shape[0])].to(keys.dtype)])
             logits = self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys)
+            if m.bootstrap_annotations == "other_targets":
+                own = own_image_columns(moves.shape[0], moves.shape[2], keys.shape[0], keys.device)
+                logits = logits.masked_fill(own[:, None], EXCLUDED_LOGIT)  # (N, S, V - S, L)
         ab_loss, metrics = bootstrap_objective(logits, td_targets, source_boxes, m.drop_self_pairs, target_boxes)
 
         metrics["loss/simclr"] = base_loss.detach()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -47,11 +49,16 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, gather_dis
     return F.cross_entropy(logits, positives)
 
 
-def annotation_distribution(z_views: torch.Tensor, z_annotations: torch.Tensor, temperature: float) -> torch.Tensor:
+def annotation_distribution(z_views: torch.Tensor, z_annotations: torch.Tensor, temperature: float,
+                            excluded: Optional[torch.Tensor] = None) -> torch.Tensor:
     """p(l | x): the SimCLR softmax of each view over the annotation images.
 
     z_views: (M, D), z_annotations: (L, D); both L2-normalised inside. Returns (M, L) rows
     summing to 1. This is ABSimCLR's reward when computed with the EMA model.
+    excluded: (M, L) bool, annotations left out of a view's softmax (probability 0); every row
+    must keep at least one.
     """
     sims = float32_matmul(F.normalize(z_views.float(), dim=-1), F.normalize(z_annotations.float(), dim=-1).T)
+    if excluded is not None:  # -inf before the softmax, not a renormalised product: the kept
+        sims = sims.masked_fill(excluded, float("-inf"))  # similarities may all underflow after it
     return torch.softmax(sims / temperature, dim=-1)
