@@ -54,7 +54,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 from _harness import write_json
 from _protocol import FLOORS, SCENE_CHOICES, Variant, add_arguments, budget_of, print_table, recipe_path, run_protocol, scene_source
@@ -153,11 +153,13 @@ def main() -> int:
     parser.add_argument("--views", type=float, help="views seen by every variant (sets each one's train.steps)")
     parser.add_argument("--from-json", nargs="+", metavar="JSON",
                         help="print the table from saved --json files (their runs merged, e.g. one per seed) "
-                             "instead of running; --variants picks and orders the rows, --json writes the merge")
+                             "instead of running; --variants picks and orders the rows, --seeds (when given) "
+                             "the seeds, --json writes the merge")
     parser.set_defaults(scenes="crowded")
     args = parser.parse_args()
     if args.from_json:
-        return table_from_json(args)
+        # Saved runs keep every seed unless --seeds is given: its default is for training.
+        return table_from_json(args, args.seeds if "--seeds" in sys.argv[1:] else None)
     if args.scenes == "budget":
         raise SystemExit("--scenes budget: this protocol is for the crowded scenes (crowded, crowded_plain, crowded_plaid)")
     if args.views and args.steps:
@@ -182,11 +184,14 @@ def main() -> int:
     return run_protocol(args, title, variants, scenes, pairs)
 
 
-def table_from_json(args: argparse.Namespace) -> int:
-    """The table of saved runs: the figures recomputed without rerunning anything."""
+def table_from_json(args: argparse.Namespace, seeds: Optional[Sequence[int]] = None) -> int:
+    """The table of saved runs: the figures recomputed without rerunning anything; ``seeds``: only
+    those seeds' runs (the floors' seeds included), else every saved run."""
     saved = [json.loads(Path(path).read_text()) for path in args.from_json]
     # One row per (variant, seed): a run probed again in a later file replaces its earlier row.
     runs = list({(run["variant"], run["seed"]): run for table in saved for run in table["runs"]}.values())
+    if seeds is not None:
+        runs = [run for run in runs if run["seed"] is None or run["seed"] in seeds]
     names = args.variants or list(dict.fromkeys(run["variant"] for run in runs))
     floors = [run for run in runs if run["variant"] in FLOORS and run["variant"] not in names]
     runs = sorted((run for run in runs if run["variant"] in names), key=lambda run: names.index(run["variant"])) + floors
