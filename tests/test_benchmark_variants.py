@@ -51,3 +51,31 @@ def test_the_seven_target_screen_renders_the_views_of_the_recipe_it_varies(tmp_p
         return images * cfg.views.bootstrap_views
 
     assert bootstrap_views_per_step("ab/asym_targets_7") == bootstrap_views_per_step("ab/asym_targets") == 128
+
+
+def test_a_table_from_saved_runs_keeps_the_seeds_asked_for(tmp_path, monkeypatch):
+    """crowded_scenes.py --from-json merges saved runs; with --seeds it keeps only those seeds'
+    runs (the figures a per-seed comparison needs), without it every saved run."""
+    import json
+
+    import crowded_scenes
+
+    def run(variant, seed, knn):
+        figures = {"knn": knn, "linear": knn, "map": knn}
+        return {"variant": variant, "seed": seed, "steps": 10, "views_seen": 100, "train_seconds": 1.0,
+                "items": figures, "in_context": figures, "scenes_in_context": figures}
+
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps({"families": ["items", "in_context", "scenes_in_context"], "scene_settings": {},
+                                 "runs": [run(v, s, 10.0 * s + (v == "ab/asym")) for v in ("simclr/crowded", "ab/asym")
+                                          for s in (0, 1)]}))
+
+    def merged(*extra):
+        out = tmp_path / "merged.json"
+        monkeypatch.setattr(sys, "argv", ["crowded_scenes.py", "--from-json", str(saved), "--json", str(out), *extra])
+        assert crowded_scenes.main() == 0
+        return json.loads(out.read_text())
+
+    assert merged()["seeds"] == [0, 1] and len(merged()["runs"]) == 4
+    only_first = merged("--seeds", "0")
+    assert only_first["seeds"] == [0] and {r["seed"] for r in only_first["runs"]} == {0}
