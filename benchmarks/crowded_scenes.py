@@ -27,7 +27,8 @@ annotations are the step's target crops), ab/asym_targets_7 (the same 128 bootst
 images x 1 source + 7 targets), ab/asym_targets_w2 (ab_weight 2), ab/asym_targets_plain
 (ab/asym_targets on the scenes without background, for benchmarks/localisation.py),
 ab/asym_image_targets (reward and Q over the target crops of the move's own image only),
-ab/asym_other_targets (... over those of every other image),
+ab/asym_other_targets (... over those of every other image), ab/asym_other_targets_centred (the
+same with each crop's reward embedding centred on its image's crops),
 ab/asym_targets_turned (the target crops turned by random quarter turns), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
 mixture's source, asymmetric bootstrap crops from the crowded scenes), ab/mixture_asym_targets and
@@ -73,6 +74,7 @@ BOX_ATTENTION = ["model.decoder_attention=target_box"]  # each move reads only i
 TARGET_ANNOTATIONS = ["method.bootstrap_annotations=targets"]  # the annotations are the step's target crops
 IMAGE_TARGET_ANNOTATIONS = ["method.bootstrap_annotations=image_targets"]  # ... of the move's own image only
 OTHER_TARGET_ANNOTATIONS = ["method.bootstrap_annotations=other_targets"]  # ... of every other image
+CENTRED = ["method.centred_annotations=true"]  # each crop's reward embedding centred on its image's crops
 TARGET_ROTATION = ["views.bootstrap_target_rotation=true"]  # each target crop turned by k x 90 degrees
 # The same 128 bootstrap views per step as 16 images x (1 source + 7 targets): more crops of each
 # scene among the annotations, so more of a move's rivals share its scene's background.
@@ -99,6 +101,8 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         "ab/asym_targets_plain": ("fmnist_ab_simclr", plain + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS),
         "ab/asym_image_targets": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + IMAGE_TARGET_ANNOTATIONS),
         "ab/asym_other_targets": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + OTHER_TARGET_ANNOTATIONS),
+        "ab/asym_other_targets_centred": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC
+                                          + OTHER_TARGET_ANNOTATIONS + CENTRED),
         "ab/asym_targets_turned": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                    + TARGET_ROTATION),
         "ab/asym_targets_7": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
@@ -124,6 +128,7 @@ TABLES = {
     "premise": ["simclr/items", "simclr/crowded", "simclr/crowded_plain"],
     "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/asym_queue", "ab/asym_box", "ab/asym_targets",
                "ab/asym_targets_7", "ab/asym_targets_w2", "ab/asym_image_targets", "ab/asym_other_targets",
+               "ab/asym_other_targets_centred",
                "ab/asym_targets_turned", "ab/mixture_asym_targets", "ab/decoupled_asym_targets",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
     "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym", "ab/mixture_asym"],

@@ -297,6 +297,41 @@ def test_annotations_from_the_other_targets_leave_out_each_moves_own_image(tiny_
     assert next(method.ab_annotation_head.parameters()).grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("centred", [False, True])
+def test_centred_annotations_reward_what_differs_within_an_image(tiny_config, monkeypatch, centred):
+    """method.centred_annotations: each target crop's reward embedding is centred on its image's
+    crops. Crops whose embeddings are a large per-image component (a background) plus one of 3
+    small item directions: centred, the reward of a crop over the other images' crops is largest
+    on a crop of the same item; uncentred, the backgrounds decide it (the control that shows the
+    test can fail). Caught breaks: no centring, centring over the whole step or over the wrong
+    axis (the item directions would be removed or the backgrounds kept)."""
+    from annoboot.batch import ImageBatch
+
+    torch.manual_seed(0)
+    method = build_method(tiny_config(*ASYMMETRIC, "method.target_network=online",
+                                      "method.bootstrap_annotations=other_targets",
+                                      f"method.centred_annotations={str(centred).lower()}"))
+    sizes = method.batch_sizes()
+    count, images = sizes["annotation"], sizes["bootstrap"]
+    assert 2 * count != images * 3
+    dim = method.cfg.model.proj_dim
+    items = torch.stack([torch.randperm(3) for _ in range(images)])  # image n's crop k shows item items[n, k]
+    embeddings = 4.0 * torch.randn(images, 1, dim) + torch.eye(dim)[:3][items]  # background + item
+    real_projector = method.projector.forward
+    monkeypatch.setattr(method.projector, "forward",
+                        lambda x: embeddings.flatten(0, 1) if x.shape[0] == images * 3 else real_projector(x))
+    monkeypatch.setattr(method, "annotation_views", lambda batch: torch.randn(2 * count, 3, 32, 32))
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.4, 0.4], [0.5, 0.0, 0.9, 0.4], [0.0, 0.5, 0.4, 0.9]])
+    monkeypatch.setattr(ab_simclr_module, "bootstrap_views",
+                        lambda *a, **k: (torch.randn(images * 4, 3, 32, 32), boxes.expand(images, 4, 4)))
+    calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
+    batch = lambda n: ImageBatch(torch.zeros(n, 1, 32, 32, dtype=torch.uint8), torch.full((n, 2), 32))  # noqa: E731
+    method.training_step({"annotation": batch(count), "bootstrap": batch(images)}, None)
+    rewarded_item = items.flatten()[calls[0]["targets"].argmax(-1)]  # the item of each crop's most rewarded crop
+    same_item = (rewarded_item == items).float().mean()
+    assert same_item == 1.0 if centred else same_item < 0.6
+
+
 def test_annotations_from_the_other_targets_are_refused_with_one_bootstrap_image():
     with pytest.raises(AnnobootError, match=r"'other_targets', which needs at least 2 bootstrap images.*got 1"):
         load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_views=4", "views.bootstrap_source_views=1",
@@ -331,15 +366,24 @@ def test_target_rotation_turns_each_target_view_and_leaves_the_sources(tiny_conf
     assert set(turns) == {0, 1, 2, 3}
 
 
+@pytest.mark.parametrize("override", [["method.bootstrap_annotations=batch"],
+                                      ["method.bootstrap_annotations=targets", "views.bootstrap_views=2"]])
+def test_centred_annotations_are_refused_without_target_crops_to_centre_on(override):
+    with pytest.raises(AnnobootError, match=r"method.centred_annotations' is true, which needs"):
+        load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_views=4", "views.bootstrap_source_views=1",
+                           "method.target_network=online", "method.centred_annotations=true", *override])
+
+
 def test_target_rotation_is_refused_without_target_views():
     with pytest.raises(AnnobootError, match=r"views.bootstrap_target_rotation.*asymmetric moves"):
         load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_target_rotation=true"])
 
 
-@pytest.mark.parametrize("annotations", ["targets", "image_targets", "other_targets"])
+@pytest.mark.parametrize("annotations", ["targets", "image_targets", "other_targets", "other_targets centred"])
 def test_annotations_from_the_targets_train(tiny_config, annotations):
+    annotations, *centred = annotations.split()
     cfg = tiny_config(*ASYMMETRIC, "method.target_network=online", f"method.bootstrap_annotations={annotations}",
-                      "train.steps=2", "train.log_every=2")
+                      f"method.centred_annotations={str(bool(centred)).lower()}", "train.steps=2", "train.log_every=2")
     last = Trainer(cfg).fit()
     assert torch.isfinite(torch.tensor(last["loss/total"])) and last["loss/bootstrap"] > 0
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from annoboot import distributed
 from annoboot.batch import ImageBatch
@@ -117,9 +118,14 @@ class BootstrapAnnotationOptions:
     only (the restriction of that softmax, renormalised; nothing gathered over ranks), so
     nothing the crops of an image share can tell them apart. other_targets: the complement, the
     reward and Q over the target crops of every other image of the step (all ranks), so a crop
-    is never rewarded for resembling the crops of its own image (which share its background)."""
+    is never rewarded for resembling the crops of its own image (which share its background).
+    centred_annotations: with any of the three, each target crop's reward embedding minus the mean
+    of its image's target crops before the softmax, so what all of an image's crops share (its
+    background's overall look) does not decide which other crops a crop resembles; the keys of
+    Q (psi_AB) are unchanged."""
 
     bootstrap_annotations: str = "batch"
+    centred_annotations: bool = False
 
     CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"bootstrap_annotations": ("batch", "targets", "image_targets",
                                                                                 "other_targets")}
@@ -127,6 +133,13 @@ class BootstrapAnnotationOptions:
     @staticmethod
     def check(cfg: Config, selected: bool) -> None:
         m = cfg.method
+        if selected and m.centred_annotations and (m.bootstrap_annotations == "batch"
+                                                   or cfg.views.bootstrap_views - cfg.views.bootstrap_source_views < 2):
+            raise AnnobootError("bad config: key 'method.centred_annotations' is true, which needs "
+                                "method.bootstrap_annotations targets, image_targets or other_targets (got "
+                                f"'{m.bootstrap_annotations}') and at least 2 target crops an image "
+                                "(views.bootstrap_views - views.bootstrap_source_views): a crop is centred on "
+                                "its image's target crops")
         if not selected or m.bootstrap_annotations == "batch":
             return
         if cfg.views.bootstrap_source_views == 0 or m.target_network != "online" or m.annotation_queue:
@@ -219,8 +232,9 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
                 # Before the base loss's projector call updates the BatchNorm statistics: the
                 # reward then normalises as a target holding this step's weights would.
                 with frozen_statistics(self):
+                    if m.bootstrap_annotations != "batch":  # the target crops' reward embeddings
+                        z = self.target_embeddings(target_pooled, moves.shape[0])
                     if m.bootstrap_annotations in ("targets", "other_targets"):  # each crop's softmax over them
-                        z = self.projector(target_pooled)
                         annotations = distributed.gather(z)
                         own = None
                         if m.bootstrap_annotations == "other_targets":  # ... but its own image's
@@ -229,7 +243,6 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
                         reward = annotation_distribution(z, annotations, m.temperature, own)
                         td_targets = reward.view(moves.shape[0], moves.shape[2], -1)  # (N, V - S, L)
                     elif m.bootstrap_annotations == "image_targets":  # ... over its own image's crops
-                        z = self.projector(target_pooled)
                         reward = same_image_block(annotation_distribution(z, z, m.temperature).view(
                             moves.shape[0], 1, moves.shape[2], -1))[:, 0]  # (N, V - S, V - S)
                         td_targets = reward / reward.sum(-1, keepdim=True)
@@ -264,6 +277,16 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
 
         metrics["loss/simclr"] = base_loss.detach()
         return self.bootstrapped_step(base_loss, ab_loss, metrics, step)
+
+    def target_embeddings(self, target_pooled: torch.Tensor, num_images: int) -> torch.Tensor:
+        """The projector's embedding of each target crop (image-major); with
+        method.centred_annotations its unit embedding minus the mean unit embedding of its image's
+        target crops (the sphere is where SimCLR compares)."""
+        z = self.projector(target_pooled)
+        if not self.cfg.method.centred_annotations:
+            return z
+        per_image = F.normalize(z.float(), dim=-1).unflatten(0, (num_images, -1))
+        return (per_image - per_image.mean(1, keepdim=True)).flatten(0, 1)
 
     def td_targets(self, annotation_views: torch.Tensor, boot_views: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
         """Called on the EMA model: (1 - gamma) p(l | x_t) + gamma AGG Q(l | x_t, .) as (N, V, L)
