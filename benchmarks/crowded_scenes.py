@@ -58,7 +58,17 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from _harness import write_json
-from _protocol import FLOORS, SCENE_CHOICES, Variant, add_arguments, budget_of, print_table, recipe_path, run_protocol, scene_source
+from _protocol import (
+    FLOORS,
+    SCENE_CHOICES,
+    Variant,
+    add_arguments,
+    budget_of,
+    print_table,
+    recipe_path,
+    run_protocol,
+    scene_source,
+)
 
 from annoboot.methods import build_method
 from annoboot.recipe import load_config
