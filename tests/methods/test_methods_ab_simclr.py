@@ -332,11 +332,14 @@ def test_centred_annotations_reward_what_differs_within_an_image(tiny_config, mo
     assert same_item == 1.0 if centred else same_item < 0.6
 
 
-def test_annotations_from_the_other_targets_are_refused_with_one_bootstrap_image():
-    with pytest.raises(AnnobootError, match=r"'other_targets', which needs at least 2 bootstrap images.*got 1"):
-        load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_views=4", "views.bootstrap_source_views=1",
-                           "method.target_network=online", "method.bootstrap_annotations=other_targets",
-                           "train.batch_size=8", "method.bootstrap_fraction=0.125"])
+@pytest.mark.parametrize("split", [["train.batch_size=8", "method.bootstrap_fraction=0.125"],
+                                   ["train.batch_size=4", "method.annotation_fraction=0.5"]])  # equal views: 1 image
+def test_annotations_from_the_other_targets_are_refused_with_one_bootstrap_image(split):
+    cfg = load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_views=4", "views.bootstrap_source_views=1",
+                             "method.target_network=online", "method.bootstrap_annotations=other_targets", *split])
+    with pytest.raises(AnnobootError, match=r"gives 1 bootstrap images per step; ab_simclr with "
+                                            r"method.bootstrap_annotations=other_targets needs at least 2"):
+        build_method(cfg)
 
 
 def test_target_rotation_turns_each_target_view_and_leaves_the_sources(tiny_config, monkeypatch):

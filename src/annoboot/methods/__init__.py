@@ -45,10 +45,13 @@ def _check_batch_sizes(method: Method, cfg: Config) -> None:
             f"bad config: train.batch_size {base}{split} gives {m.name} {sizes['annotation']} annotation "
             f"image(s) per step; its loss contrasts images and needs at least {method.min_annotation_images}"
         )
-    if sizes.get("bootstrap", 1) < 1:
+    least = method.min_bootstrap_images
+    if sizes.get("bootstrap", least) < least:
         rule = (f"train.batch_size x method.bootstrap_fraction = {base} x {m.bootstrap_fraction}" if m.bootstrap_fraction is not None
                 else f"equal views with the base method (method.bootstrap_fraction: null) at train.batch_size {base}")
-        raise AnnobootError(f"bad config: {rule} gives 0 bootstrap images per step; raise train.batch_size or method.bootstrap_fraction")
+        need = "" if least == 1 else f"; {m.name} with method.bootstrap_annotations={m.bootstrap_annotations} needs at least {least}"
+        raise AnnobootError(f"bad config: {rule} gives {sizes['bootstrap']} bootstrap images per step{need}; "
+                            "raise train.batch_size or method.bootstrap_fraction")
 
 
 __all__ = ["ABCLIP", "ABDINO", "ABSimCLR", "CLIP", "DEFAULT_METHOD", "DINO", "METHODS", "Method", "SimCLR", "StepOutput", "build_method",

@@ -147,20 +147,16 @@ class BootstrapAnnotationOptions:
                                 "which needs asymmetric moves (views.bootstrap_source_views > 0), "
                                 "method.target_network=online and no method.annotation_queue: the annotations "
                                 "are this step's target crops")
-        if m.bootstrap_annotations == "other_targets" and m.bootstrap_fraction is not None \
-                and round(cfg.train.batch_size * m.bootstrap_fraction) < 2:
-            raise AnnobootError("bad config: key 'method.bootstrap_annotations' is 'other_targets', which needs "
-                                "at least 2 bootstrap images a step (train.batch_size x method.bootstrap_fraction), "
-                                f"got {round(cfg.train.batch_size * m.bootstrap_fraction)}")
 
 
-def own_image_columns(num_images: int, crops: int, num_columns: int, device: torch.device) -> torch.Tensor:
+def own_image_columns(num_images: int, crops: int, device: torch.device) -> torch.Tensor:
     """(N, crops, L) bool: True where column l of the step's target crops gathered over ranks
-    (rank-major, then image-major) is a crop of this rank's image n."""
-    first = distributed.rank() * num_images * crops + torch.arange(num_images, device=device)[:, None] * crops
-    columns = torch.arange(num_columns, device=device)
+    (L = ranks x N x crops, rank-major, then image-major) is a crop of this rank's image n."""
+    per_rank = num_images * crops
+    first = distributed.rank() * per_rank + torch.arange(num_images, device=device)[:, None] * crops
+    columns = torch.arange(distributed.world_size() * per_rank, device=device)
     own = (columns >= first) & (columns < first + crops)  # (N, L)
-    return own[:, None].expand(num_images, crops, num_columns)
+    return own[:, None].expand(num_images, crops, columns.shape[0])
 
 
 # Q's logit for a left-out annotation: exp underflows to 0 in bf16 and fp32, and it stays finite,
@@ -199,6 +195,11 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
         self._step_annotations = None  # this step's reward embeddings of its annotations, to enqueue
         self._to_enqueue = None
 
+    @property
+    def min_bootstrap_images(self) -> int:
+        # other_targets: a move's annotations are the other images' crops, so one image has none
+        return 2 if self.cfg.method.bootstrap_annotations == "other_targets" else 1
+
     def annotation_keys(self, annotations: torch.Tensor) -> torch.Tensor:
         """psi_AB of annotation images: views (L, 3, S, S) in [0, 1] -> (L, proj_dim)."""
         pooled = torch.cat([self.encoder(self.normalize(chunk)).pooled for chunk in annotations.split(256)])
@@ -222,6 +223,9 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
         out = self.encoder(torch.cat([ann_views, source_views]))  # one encoder call for both batches
         ann_pooled = out.pooled[: 2 * num_annotations]
         moves = self.value_function.moves_between(source_boxes, boxes[:, sources:])
+        own = None  # other_targets: (N, V - S, L) the columns of each move's own image, left out
+        if m.bootstrap_annotations == "other_targets":
+            own = own_image_columns(moves.shape[0], moves.shape[2], moves.device)
         with torch.no_grad():
             if target_network is None:  # method.target_network=online: this forward's features, no gradient
                 if sources:
@@ -235,12 +239,8 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
                     if m.bootstrap_annotations != "batch":  # the target crops' reward embeddings
                         z = self.target_embeddings(target_pooled, moves.shape[0])
                     if m.bootstrap_annotations in ("targets", "other_targets"):  # each crop's softmax over them
-                        annotations = distributed.gather(z)
-                        own = None
-                        if m.bootstrap_annotations == "other_targets":  # ... but its own image's
-                            own = own_image_columns(moves.shape[0], moves.shape[2], annotations.shape[0], z.device)
-                            own = own.flatten(0, 1)
-                        reward = annotation_distribution(z, annotations, m.temperature, own)
+                        excluded = None if own is None else own.flatten(0, 1)  # ... but its own image's
+                        reward = annotation_distribution(z, distributed.gather(z), m.temperature, excluded)
                         td_targets = reward.view(moves.shape[0], moves.shape[2], -1)  # (N, V - S, L)
                     elif m.bootstrap_annotations == "image_targets":  # ... over its own image's crops
                         reward = same_image_block(annotation_distribution(z, z, m.temperature).view(
@@ -270,8 +270,7 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
                 self._to_enqueue = (self._step_annotations, keys.detach())  # written after backward (after_backward)
                 keys = torch.cat([keys, self.queue_keys[: self.queue_filled(step, keys.shape[0])].to(keys.dtype)])
             logits = self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys)
-            if m.bootstrap_annotations == "other_targets":
-                own = own_image_columns(moves.shape[0], moves.shape[2], keys.shape[0], keys.device)
+            if own is not None:
                 logits = logits.masked_fill(own[:, None], EXCLUDED_LOGIT)  # (N, S, V - S, L)
         ab_loss, metrics = bootstrap_objective(logits, td_targets, source_boxes, m.drop_self_pairs, target_boxes)
 

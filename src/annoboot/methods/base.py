@@ -82,6 +82,12 @@ class Method(nn.Module):
     target_batch_statistics: bool = True
     # The fewest annotation images a step can learn from: contrastive losses need a negative.
     min_annotation_images: int = 1
+
+    @property
+    def min_bootstrap_images(self) -> int:
+        """The fewest bootstrap images a step can learn from (a method whose reward compares
+        images with each other may need more than one)."""
+        return 1
     # Whether the method embeds images and texts in one space (``embed_images``,
     # ``embed_texts``, ``tokenizer``): zero-shot and retrieval evaluation apply.
     embeds_text: bool = False
