@@ -1,4 +1,5 @@
-"""One table from several JSON files of a protocol (scenes.py, ablations.py, decoupled.py), e.g.
+"""One table from several JSON files of a protocol (scenes.py, ablations.py, decoupled.py,
+captions.py, crowded_scenes.py), e.g.
 seeds run at different times: mean ± half range over all runs of each variant, and differences.
 
     python benchmarks/merge_tables.py abl_s0.json abl_s1.json --diff ab_simclr no_actions --diff ab_simclr gamma0.5_mean
@@ -30,17 +31,21 @@ def main() -> int:
         help="also print OTHER - BASE per figure",
     )
     args = parser.parse_args()
-    runs, titles = {}, []
+    runs, titles, families = {}, [], None
     for spec in args.files:
         file_name, _, name = spec.partition("=")
         path = Path(file_name)
         data = json.loads(path.read_text())
+        if families is not None and data.get("families") != families:
+            raise SystemExit(f"{path}: probe families {data.get('families')} differ from the first file's {families}")
+        families = data.get("families")
         overrides = f", overrides {' '.join(data['overrides'])}" if data.get("overrides") else ""
         titles.append(f"{path.name}: {data['title']} ({data['date']}, {data['device']}, budget {data['budget']}{overrides})")
         for run in data["runs"]:
             run = {**run, "variant": name or run["variant"]}
             runs[(run["variant"], run["seed"])] = run
-    print_table("\n".join(titles), list(runs.values()), [tuple(pair) for pair in args.diff])
+    # The files' own probe families (the in-context protocols save theirs), else the classic ones.
+    print_table("\n".join(titles), list(runs.values()), [tuple(pair) for pair in args.diff], *([families] if families else []))
     return 0
 
 

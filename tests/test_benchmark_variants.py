@@ -79,3 +79,29 @@ def test_a_table_from_saved_runs_keeps_the_seeds_asked_for(tmp_path, monkeypatch
     assert merged()["seeds"] == [0, 1] and len(merged()["runs"]) == 4
     only_first = merged("--seeds", "0")
     assert only_first["seeds"] == [0] and {r["seed"] for r in only_first["runs"]} == {0}
+
+
+def test_merge_tables_reads_the_probe_families_its_files_saved(tmp_path, monkeypatch, capsys):
+    """benchmarks/merge_tables.py on in-context JSONs (captions.py, crowded_scenes.py) prints their
+    own families and the zero-shot column, averaged over the files' seeds; files of other
+    families are refused by name."""
+    import json
+
+    import merge_tables
+
+    def table(seed, zero_shot, families=("items", "in_context", "scenes_in_context")):
+        figures = {"knn": 50.0 + seed, "linear": 60.0, "map": 70.0}
+        run = {"variant": "clip", "seed": seed, "steps": 10, "views_seen": 100, "train_seconds": 60.0,
+               **{family: figures for family in families}, "image_text": {"zero_shot": zero_shot}}
+        path = tmp_path / f"s{seed}_{len(families)}.json"
+        path.write_text(json.dumps({"title": "t", "date": "d", "device": "cpu", "budget": "cpu",
+                                    "families": list(families), "runs": [run]}))
+        return str(path)
+
+    monkeypatch.setattr(sys, "argv", ["merge_tables.py", table(0, 20.0), table(1, 24.0)])
+    assert merge_tables.main() == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("clip"))
+    assert "50.50 ±0.50" in row and row.rstrip().endswith("22.00 ±2.00")  # kNN and zero-shot over both seeds
+    monkeypatch.setattr(sys, "argv", ["merge_tables.py", table(0, 20.0), table(1, 24.0, families=("items",))])
+    with pytest.raises(SystemExit, match=r"s1_1\.json: probe families \['items'\] differ"):
+        merge_tables.main()
