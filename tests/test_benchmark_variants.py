@@ -105,3 +105,24 @@ def test_merge_tables_reads_the_probe_families_its_files_saved(tmp_path, monkeyp
     monkeypatch.setattr(sys, "argv", ["merge_tables.py", table(0, 20.0), table(1, 24.0, families=("items",))])
     with pytest.raises(SystemExit, match=r"s1_1\.json: probe families \['items'\] differ"):
         merge_tables.main()
+
+
+def test_the_caption_benchmarks_whole_batch_variant_keeps_clips_batch_and_costs_clips_time(tmp_path):
+    """captions.py's ab_clip/whole_asym gives CLIP's loss the same 256 captioned images a step as
+    the clip variant (the published ab_clip split halves them), adds 32 bootstrap images of 1
+    source and 3 targets, and trains 5,500 / 1.42 steps (to the ten); each variant is a training of its own."""
+    from captions import DEFAULT_VARIANTS, variants_of
+
+    from annoboot.methods.bootstrapping import ab_batch_sizes
+
+    variants = variants_of(dict(SCENE_CHOICES["crowded_128_plaid"]), "cpu")
+    configs = {name: variant_config(v, seed=0, budget=BUDGETS["cpu"], user=[], out_dir=str(tmp_path))
+               for name, v in variants.items()}
+    assert len({cfg.train.out_dir for cfg in configs.values()}) == len(configs)
+    whole, published, clip = configs["ab_clip/whole_asym"], configs["ab_clip"], configs["clip"]
+    assert ab_batch_sizes(whole, 2) == {"annotation": clip.train.batch_size, "bootstrap": 32}
+    assert ab_batch_sizes(published, 2)["annotation"] == clip.train.batch_size // 2
+    assert (whole.views.bootstrap_views, whole.views.bootstrap_source_views) == (4, 1)
+    assert whole.method.target_network == "online"
+    assert abs(whole.train.steps * 1.42 - clip.train.steps) < 0.005 * clip.train.steps  # equal time
+    assert DEFAULT_VARIANTS == ("clip", "ab_clip")  # the default table stays the two recipes
