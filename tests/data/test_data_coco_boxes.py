@@ -148,8 +148,10 @@ def test_unusable_images_and_boxes_are_skipped_and_counted_and_none_usable_is_an
     assert coco.scenes.item_labels.numel() == expected
     for name in ("scene000.png", "scene003.png", "scene004.png", "scene005.png"):
         (tmp_path / "val" / name).unlink()
-    with pytest.raises(AnnobootError, match=r"instances.json: no image of 6 could be used"):
+    with pytest.raises(AnnobootError, match=r"instances.json: no image of 6 could be used") as refused:
         CocoBoxSource(str(tmp_path / "val"), str(path), 64)
+    # Each reason names its count after it, so a count never reads as part of the reason.
+    assert "image file missing: 5; crowd region: 1; image not an image: 1)" in str(refused.value)
 
 
 def test_the_kind_needs_its_folder_and_file_and_names_what_is_missing(tmp_path):

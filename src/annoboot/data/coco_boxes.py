@@ -224,12 +224,14 @@ class CocoBoxSource(BoxedSceneSource):
             else:
                 skipped["image without boxes"] += 1
         self.name = f"coco_boxes/{os.path.basename(annotations)}"
+        # Reason first, count after: "image without boxes: 7", where "7 image without boxes" misreads.
+        report = "; ".join(f"{why}: {n}" for why, n in skipped.most_common()) or "none"
         if skipped:
-            log.warning("%s: skipped %s", self.name, ", ".join(f"{n} {why}" for why, n in skipped.most_common()))
+            log.warning("coco_boxes %s: skipped, by reason: %s", annotations, report)
         self.skipped = dict(skipped)
         if not canvases:
             raise AnnobootError(f"coco_boxes {annotations}: no image of {len(entries)} could be used with a box "
-                                f"(skipped: {', '.join(f'{n} {why}' for why, n in skipped.most_common()) or 'none'})")
+                                f"(skipped, by reason: {report})")
         self._images = torch.stack(canvases)
         self.scenes = SceneItems(torch.tensor(scene_of, dtype=torch.int64), torch.tensor(boxes, dtype=torch.float32),
                                  torch.tensor(labels, dtype=torch.int64))
