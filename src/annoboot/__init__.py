@@ -24,7 +24,7 @@ _EXPORTS = {
     "pretrain": ("annoboot.commands", "pretrain"),
     "evaluate": ("annoboot.commands", "evaluate_run"),
     "export_encoder": ("annoboot.commands", "export_run"),  # not "export": the name of a submodule
-    "load_run": ("annoboot.commands", "load_run"),
+    "load_run": ("annoboot.saved_run", "load_run"),
     "load_encoder": ("annoboot.pretrained", "load_encoder"),
     "embed_folder": ("annoboot.embedding", "embed_folder"),
     "find_similar": ("annoboot.similar", "find_similar"),

@@ -16,8 +16,8 @@ from annoboot import distributed
 from annoboot.compare import run_summary
 from annoboot.config import Config
 from annoboot.data import build_source
-from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.boxed_scenes import BoxedSceneSource
+from annoboot.data.fashion_mnist import FashionMNISTSource
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 from annoboot.eval.classification import evaluate, format_results_table
@@ -35,14 +35,13 @@ from annoboot.export import (
     export_folder,
     load_snippet,
 )
-from annoboot.methods import Method, build_method
+from annoboot.methods import Method
 from annoboot.model_card import data_licence, model_card
 from annoboot.models.encoder import Encoder
-from annoboot.recipe import config_from_saved
-from annoboot.runtime import eager, resolve_device
+from annoboot.runtime import eager
+from annoboot.saved_run import load_run
 from annoboot.text_tower import save_text_tower, text_tower_of
-from annoboot.train.checkpoint import load_checkpoint
-from annoboot.train.run_lock import hold_run_lock, live_holder
+from annoboot.train.run_lock import hold_run_lock
 from annoboot.train.trainer import RunInterrupted, Trainer
 from annoboot.views import Normalize
 
@@ -144,34 +143,6 @@ def _pretrain(cfg: Config, resume: bool, overwrite: bool, command: Optional[str]
             print(line)
         summary["eval"] = results
     return summary
-
-
-def load_run(path: str | Path, weights: str = "online", overrides: Optional[List[str]] = None) -> tuple[Config, Method, torch.device]:
-    """A run directory or checkpoint file -> (its config with overrides, method with weights loaded)."""
-    if weights not in ("online", "ema"):
-        raise AnnobootError(f"--weights must be 'online' or 'ema', got '{weights}'")
-    folder = Path(path) if Path(path).is_dir() else None
-    holder = live_holder(folder) if folder is not None else None
-    state = load_checkpoint(path)
-    if holder is not None:
-        log.warning("%s is still training (pid %s on %s): reading its newest complete checkpoint, step %s",
-                    path, holder.get("pid", "?"), holder.get("host", "?"), state.get("step", "?"))
-    if not isinstance(state.get("config"), dict) or "method" not in state:
-        raise AnnobootError(f"{path} is not an annoboot training checkpoint (it holds no config or no weights)")
-    cfg = config_from_saved(state["config"], overrides, origin=f"the config saved in {path}")
-    device = resolve_device(cfg.train.device)
-    method = build_method(cfg)
-    if weights == "ema" and state.get("target") is None:
-        raise AnnobootError(f"--weights ema: the run at {path} has no EMA target ({cfg.method.name} keeps none)")
-    try:
-        method.load_state_dict(state["method" if weights == "online" else "target"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise AnnobootError(
-            f"the {weights} weights in {path} do not match the model its config builds "
-            f"({cfg.model.backbone}, {cfg.method.name}): {' '.join(first[1:2] or first[:1]).strip()}"
-        ) from None
-    return cfg, method.to(device).eval(), device
 
 
 def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "online", overrides: Optional[List[str]] = None,

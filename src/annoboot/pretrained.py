@@ -140,7 +140,7 @@ def load_encoder(path: str | Path, weights: str = "online", device: str | None =
         return _load_exported(path, device)
     if is_exported_folder(path):
         return _load_exported_folder(path, device)
-    from annoboot.commands import load_run  # the trainer's imports, only when a run is loaded
+    from annoboot.saved_run import load_run  # the methods' imports, only when a run is loaded
 
     overrides = [] if device is None else [f"train.device={device}"]
     from annoboot.text_tower import text_tower_of
