@@ -142,3 +142,33 @@ def test_model_card_and_single_file_carry_what_the_run_was(probed_run, tmp_path)
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(AnnobootError, match="a_file exists and is not a folder"):
         commands.export_run(probed_run, tmp_path / "a_file")
+
+
+@needs_fmnist
+def test_an_export_is_probed_as_its_run_was_and_takes_probe_settings_only(tmp_path, capsys):
+    """`annoboot eval EXPORT` feeds the export at its own size and normalisation (here not the
+    defaults), so its probes give the run's figures; it writes no file into the export by default,
+    and refuses settings the export fixes, naming them."""
+    from annoboot import cli, commands
+    from annoboot.recipe import load_config
+
+    run = tmp_path / "run"
+    probes = ["eval.probes=[knn]", "eval.train.limit=400", "eval.test.limit=200"]
+    commands.pretrain(load_config(None, TINY + probes + [
+        "method.name=simclr", "train.steps=3", f"train.out_dir={run}", "train.batch_size=16", "data.annotation.limit=500",
+        "views.img_size=24", "views.mean=[0.2, 0.4, 0.6]", "views.std=[0.3, 0.2, 0.25]"]))
+    from_run = commands.evaluate_run(run, None, overrides=probes)
+    folder = commands.export_run(run, tmp_path / "hub")
+    single = commands.export_run(run, tmp_path / "backbone.safetensors")
+    for export in (folder, single):
+        out = tmp_path / f"{export.name}.json"
+        assert cli.main(["eval", str(export), *probes, "--out", str(out)]) == 0
+        figures = json.loads(out.read_text())
+        assert figures["knn"] == from_run["knn"] and figures["weights"] == "exported", export
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+    capsys.readouterr()
+    assert cli.main(["eval", str(folder), "model.backbone_kwargs={depth: 1}"]) == 2
+    assert "not model.backbone_kwargs={depth: 1}" in capsys.readouterr().err
+    assert cli.main(["eval", str(single), "--weights", "ema"]) == 2
+    assert "is an exported encoder" in capsys.readouterr().err

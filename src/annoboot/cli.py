@@ -48,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train.out_dir holds another run: move it aside to <out_dir>.replaced-<time> and start afresh")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100")
 
-    p = sub.add_parser("eval", help="probe a run's frozen encoder (kNN, linear, MAP); writes JSON")
-    p.add_argument("run", help="run directory (its latest checkpoint) or a checkpoint file")
-    p.add_argument("--out", help="JSON file for the results (default: <run>/eval.json for a directory)")
+    p = sub.add_parser("eval", help="probe a run's or an export's frozen encoder (kNN, linear, MAP); writes JSON")
+    p.add_argument("run", help="run directory (its latest checkpoint), a checkpoint file, or an encoder from "
+                               "annoboot export (its folder or .safetensors file)")
+    p.add_argument("--out", help="JSON file for the results (default: <run>/eval.json for a run directory; "
+                                 "none for an export)")
     p.add_argument("--weights", choices=["online", "ema"], default="online", help="which network's encoder")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. eval.test.limit=1000 train.device=cpu")
 
@@ -148,10 +150,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             runs.pretrain(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite,
                           command=command)
         elif args.command == "eval":
-            out = args.out
-            if out is None and Path(args.run).is_dir():
-                out = str(Path(args.run) / "eval.json")
-            runs.evaluate_run(args.run, out, args.weights, args.overrides, command=command)
+            from annoboot.export import SUFFIX, is_exported_folder
+
+            if is_exported_folder(args.run) or args.run.endswith(SUFFIX):
+                if args.weights != "online":
+                    raise AnnobootError(f"--weights {args.weights}: {args.run} is an exported encoder, one set of weights")
+                # No default --out: the export folder is what gets shared, and stays as exported.
+                runs.evaluate_export(args.run, args.out, args.overrides, command=command)
+            else:
+                out = args.out
+                if out is None and Path(args.run).is_dir():
+                    out = str(Path(args.run) / "eval.json")
+                runs.evaluate_run(args.run, out, args.weights, args.overrides, command=command)
         elif args.command == "data":
             from annoboot.data import tools
 

@@ -38,6 +38,8 @@ from annoboot.export import (
 from annoboot.methods import Method
 from annoboot.model_card import data_licence, model_card
 from annoboot.models.encoder import Encoder
+from annoboot.pretrained import load_encoder
+from annoboot.recipe import load_config
 from annoboot.runtime import eager
 from annoboot.saved_run import load_run
 from annoboot.text_tower import save_text_tower, text_tower_of
@@ -149,15 +151,7 @@ def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "on
                  command: Optional[str] = None) -> dict:
     cfg, method, device = load_run(path, weights, overrides)
     results = evaluate_method(method, cfg, device, progress=True)
-    results["checkpoint"] = str(path)
-    results["weights"] = weights
-    if command:
-        results["command"] = command
-    if out is not None:
-        write_json(Path(out), results)
-    print(format_results_table(results, f"{cfg.method.name} ({weights} weights) from {path}"))
-    for line in format_scene_results(results.get("scene_probes", {})):
-        print(line)
+    _report(results, path, weights, out, command, f"{cfg.method.name} ({weights} weights) from {path}")
     if "localisation" in results:
         loc = results["localisation"]
         print(f"value-map localisation over {loc['items']} scene items: top move in the item's box {loc['hit_rate']:.1f}% "
@@ -168,6 +162,46 @@ def evaluate_run(path: str | Path, out: Optional[str | Path], weights: str = "on
                   f"at moves into an item's box, that item tops its scene's items "
                   f"{loc['item_in_scene_hit_rate']:.1f}% (chance {loc['chance_item_in_scene_hit_rate']:.1f}%)")
     return results
+
+
+# What a probe of an exported encoder may set: the probes and their data, and the device. The
+# export fixes the rest (its input size and normalisation); a model or method key would be ignored.
+EXPORT_EVAL_KEYS = ("eval.", "train.device=")
+
+
+def evaluate_export(path: str | Path, out: Optional[str | Path], overrides: Optional[List[str]] = None,
+                    command: Optional[str] = None) -> dict:
+    """The probes of ``eval`` (defaults with ``overrides``) on an exported encoder: a folder or a
+    ``.safetensors`` file of ``annoboot export``, fed at its own input size and normalisation, as
+    ``annoboot embed`` feeds it. Encoder probes only: a caption model's text half is not probed."""
+    overrides = list(overrides or [])
+    stray = [o for o in overrides if not o.startswith(EXPORT_EVAL_KEYS)]
+    if stray:
+        raise AnnobootError(f"annoboot eval {path}: an exported encoder takes eval.* and train.device overrides only, "
+                            f"not {', '.join(stray)} (its model and input are the export's)")
+    device_choice = load_config(None, overrides).train.device
+    encoder = load_encoder(path, device=device_choice)
+    given = [f"views.img_size={encoder.img_size}",
+             f"views.mean={encoder.normalize.mean.flatten().tolist()}", f"views.std={encoder.normalize.std.flatten().tolist()}"]
+    cfg = load_config(None, given + overrides)
+    with eager():
+        results = evaluate_encoder(encoder.encoder, cfg, encoder.device, progress=True)
+    _report(results, path, "exported", out, command, f"{encoder.backbone or 'encoder'} (exported) from {path}")
+    return results
+
+
+def _report(results: dict, path: str | Path, weights: str, out: Optional[str | Path], command: Optional[str],
+            title: str) -> None:
+    """Record where the figures come from, write them to ``out`` and print the tables."""
+    results["checkpoint"] = str(path)
+    results["weights"] = weights
+    if command:
+        results["command"] = command
+    if out is not None:
+        write_json(Path(out), results)
+    print(format_results_table(results, title))
+    for line in format_scene_results(results.get("scene_probes", {})):
+        print(line)
 
 
 def export_run(path: str | Path, out: str | Path, weights: str = "online") -> Path:
@@ -281,4 +315,4 @@ def visualize_run(
     return written
 
 
-__all__ = ["RunInterrupted", "evaluate_encoder", "evaluate_method", "evaluate_run", "export_run", "load_run", "pretrain", "run_directory", "visualize_run"]
+__all__ = ["RunInterrupted", "evaluate_encoder", "evaluate_export", "evaluate_method", "evaluate_run", "export_run", "load_run", "pretrain", "run_directory", "visualize_run"]
