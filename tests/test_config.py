@@ -87,6 +87,31 @@ def test_dict_override_replaces_the_recipe_dict(tmp_path):
     assert load_config(recipe, ["model.backbone_kwargs={depth: 4}"]).model.backbone_kwargs == {"depth": 4}
 
 
+KWARG_VALUES = st.one_of(st.integers(1, 64), st.booleans(), st.sampled_from(["avg", "token", ""]),
+                         st.lists(st.integers(1, 9), max_size=3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(kwargs=st.dictionaries(st.sampled_from(["patch_size", "depth", "global_pool", "drop_path_rate", "in_chans",
+                                                "output_stride", "embed_dim"]), KWARG_VALUES, max_size=4))
+def test_a_recipe_or_a_saved_run_sets_backbone_kwargs_whole(tmp_path_factory, kwargs):
+    """What a recipe file or a run's saved config gives as model.backbone_kwargs is what the model
+    is built with, {} included (a CNN's): merged into the default {patch_size: 4}, a run trained
+    with {} could not be loaded again, and a recipe's {depth: 4} would train 4-px patches."""
+    from omegaconf import OmegaConf
+
+    from annoboot.recipe import config_from_saved
+
+    recipe = tmp_path_factory.mktemp("recipe") / "r.yaml"
+    recipe.write_text(OmegaConf.to_yaml({"model": {"backbone": "resnet18", "backbone_kwargs": kwargs}}))
+    assert load_config(recipe).model.backbone_kwargs == kwargs
+    assert config_from_saved({"model": {"backbone_kwargs": kwargs}}).model.backbone_kwargs == kwargs
+    # A recipe without the key keeps the default; other dicts still merge field by field.
+    assert load_config(None).model.backbone_kwargs == {"patch_size": 4}
+    saved = config_from_saved({"data": {"annotation": {"kind": "fmnist_scenes", "scenes": {"canvas": 96}}}})
+    assert saved.data.annotation.scenes.canvas == 96 and saved.data.annotation.scenes.seed == 0
+
+
 def test_a_dict_override_fills_an_optional_source_and_replaces_a_plain_dict():
     cfg = load_config(None, ["eval.retrieval={kind: tuxpaint, split: test}", "model.backbone_kwargs={depth: 2}"])
     assert cfg.eval.retrieval.kind == "tuxpaint" and cfg.eval.retrieval.split == "test"

@@ -172,3 +172,23 @@ def test_an_export_is_probed_as_its_run_was_and_takes_probe_settings_only(tmp_pa
     assert "not model.backbone_kwargs={depth: 1}" in capsys.readouterr().err
     assert cli.main(["eval", str(single), "--weights", "ema"]) == 2
     assert "is an exported encoder" in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_a_cnn_run_reloads_exports_and_is_probed(tmp_path):
+    """A run whose backbone takes no ViT options (`model.backbone_kwargs={}`) is read back with
+    exactly those options: its saved config must not pick up the default patch_size again."""
+    from annoboot import cli, commands, load_encoder
+    from annoboot.recipe import load_config
+
+    run = tmp_path / "run"
+    probes = ["eval.probes=[knn]", "eval.train.limit=200", "eval.test.limit=100"]
+    commands.pretrain(load_config(None, TINY + probes + [
+        "model.backbone=resnet18", "model.backbone_kwargs={}", "method.name=simclr", "train.steps=2",
+        f"train.out_dir={run}", "train.batch_size=8", "data.annotation.limit=100"]))
+    folder = commands.export_run(run, tmp_path / "hub")
+    images = [torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8) for _ in range(2)]
+    torch.testing.assert_close(load_encoder(folder, device="cpu").embed(images),
+                               load_encoder(run, device="cpu").embed(images), atol=1e-5, rtol=0)
+    assert cli.main(["eval", str(folder), *probes, "--out", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["knn"] > 30.0  # chance 10; untrained CNN features give far more

@@ -127,7 +127,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
         if not path.is_file():
             raise AnnobootError(f"config file not found: {path}")
         try:
-            cfg.merge_with(OmegaConf.load(path))
+            _merge_saved(cfg, OmegaConf.load(path))
         except OmegaConfBaseException as exc:
             raise _explain(exc, str(path)) from None
         except Exception as exc:  # YAML syntax errors
@@ -139,11 +139,30 @@ def config_from_saved(saved: Dict[str, Any], overrides: Optional[List[str]] = No
     """The config stored in a checkpoint, with ``key=value`` overrides (e.g. for evaluation)."""
     try:
         cfg = _default_config()
-        cfg.merge_with(saved)
+        _merge_saved(cfg, OmegaConf.create(saved))
     except OmegaConfBaseException as exc:
         # Typically a key a newer or older annoboot wrote; name it rather than fail deep inside.
         raise _explain(exc, f"{origin} (written by another annoboot version?)") from None
     return _finish(_apply_overrides(cfg, overrides))
+
+
+def _merge_saved(cfg: DictConfig, loaded: DictConfig) -> None:
+    """Merge a recipe or a saved config into ``cfg``, replacing each free-form dict it sets (e.g.
+    model.backbone_kwargs), as a command-line override does: merged into the default, a recipe's
+    {} for a CNN or {depth: 4} would keep the default's patch_size."""
+    cfg.merge_with(loaded)
+    for key in _free_dicts(cfg, loaded):
+        OmegaConf.update(cfg, key, OmegaConf.select(loaded, key), merge=False)
+
+
+def _free_dicts(cfg: DictConfig, loaded: DictConfig, prefix: str = "") -> List[str]:
+    """The keys of ``loaded`` whose value is a dict for a field of ``cfg`` that is not a dataclass."""
+    keys = []
+    for name, value in loaded.items_ex(resolve=False):
+        key = f"{prefix}{name}"
+        if isinstance(value, DictConfig):
+            keys += _free_dicts(cfg, value, key + ".") if _is_structured(cfg, key) else [key]
+    return keys
 
 
 def _apply_overrides(cfg: DictConfig, overrides: Optional[List[str]]) -> DictConfig:
