@@ -154,7 +154,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             if is_exported_folder(args.run) or args.run.endswith(SUFFIX):
                 if args.weights != "online":
-                    raise AnnobootError(f"--weights {args.weights}: {args.run} is an exported encoder, one set of weights")
+                    raise AnnobootError(f"--weights {args.weights}: {args.run} is an exported encoder, "
+                                        "one set of weights")
                 # No default --out: the export folder is what gets shared, and stays as exported.
                 runs.evaluate_export(args.run, args.out, args.overrides, command=command)
             else:

@@ -181,8 +181,8 @@ def evaluate_export(path: str | Path, out: Optional[str | Path], overrides: Opti
                             f"not {', '.join(stray)} (its model and input are the export's)")
     device_choice = load_config(None, overrides).train.device
     encoder = load_encoder(path, device=device_choice)
-    given = [f"views.img_size={encoder.img_size}",
-             f"views.mean={encoder.normalize.mean.flatten().tolist()}", f"views.std={encoder.normalize.std.flatten().tolist()}"]
+    given = [f"views.img_size={encoder.img_size}", f"views.mean={encoder.normalize.mean.flatten().tolist()}",
+             f"views.std={encoder.normalize.std.flatten().tolist()}"]
     cfg = load_config(None, given + overrides)
     with eager():
         results = evaluate_encoder(encoder.encoder, cfg, encoder.device, progress=True)
@@ -315,4 +315,5 @@ def visualize_run(
     return written
 
 
-__all__ = ["RunInterrupted", "evaluate_encoder", "evaluate_export", "evaluate_method", "evaluate_run", "export_run", "load_run", "pretrain", "run_directory", "visualize_run"]
+__all__ = ["RunInterrupted", "evaluate_encoder", "evaluate_export", "evaluate_method", "evaluate_run", "export_run",
+           "load_run", "pretrain", "run_directory", "visualize_run"]

@@ -23,7 +23,8 @@ from annoboot.train.run_lock import live_holder
 log = logging.getLogger(__name__)
 
 
-def load_run(path: str | Path, weights: str = "online", overrides: Optional[List[str]] = None) -> tuple[Config, Method, torch.device]:
+def load_run(path: str | Path, weights: str = "online",
+             overrides: Optional[List[str]] = None) -> tuple[Config, Method, torch.device]:
     """A run directory or checkpoint file -> (its config with overrides, method with weights loaded)."""
     if weights not in ("online", "ema"):
         raise AnnobootError(f"--weights must be 'online' or 'ema', got '{weights}'")
