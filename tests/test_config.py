@@ -85,6 +85,8 @@ def test_dict_override_replaces_the_recipe_dict(tmp_path):
     recipe.write_text("model:\n  backbone_kwargs: {patch_size: 8, depth: 2}\n")
     assert load_config(recipe, ["model.backbone=resnet18", "model.backbone_kwargs={}"]).model.backbone_kwargs == {}
     assert load_config(recipe, ["model.backbone_kwargs={depth: 4}"]).model.backbone_kwargs == {"depth": 4}
+    # ... also when the override sets the section around it.
+    assert load_config(recipe, ["model={backbone: resnet18, backbone_kwargs: {}}"]).model.backbone_kwargs == {}
 
 
 KWARG_VALUES = st.one_of(st.integers(1, 64), st.booleans(), st.sampled_from(["avg", "token", ""]),

@@ -127,7 +127,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
         if not path.is_file():
             raise AnnobootError(f"config file not found: {path}")
         try:
-            _merge_saved(cfg, OmegaConf.load(path))
+            _merge_into(cfg, OmegaConf.load(path))
         except OmegaConfBaseException as exc:
             raise _explain(exc, str(path)) from None
         except Exception as exc:  # YAML syntax errors
@@ -139,17 +139,17 @@ def config_from_saved(saved: Dict[str, Any], overrides: Optional[List[str]] = No
     """The config stored in a checkpoint, with ``key=value`` overrides (e.g. for evaluation)."""
     try:
         cfg = _default_config()
-        _merge_saved(cfg, OmegaConf.create(saved))
+        _merge_into(cfg, OmegaConf.create(saved))
     except OmegaConfBaseException as exc:
         # Typically a key a newer or older annoboot wrote; name it rather than fail deep inside.
         raise _explain(exc, f"{origin} (written by another annoboot version?)") from None
     return _finish(_apply_overrides(cfg, overrides))
 
 
-def _merge_saved(cfg: DictConfig, loaded: DictConfig) -> None:
-    """Merge a recipe or a saved config into ``cfg``, replacing each free-form dict it sets (e.g.
-    model.backbone_kwargs), as a command-line override does: merged into the default, a recipe's
-    {} for a CNN or {depth: 4} would keep the default's patch_size."""
+def _merge_into(cfg: DictConfig, loaded: DictConfig) -> None:
+    """Merge a recipe, a saved config or an override into ``cfg``, field by field, except that
+    each free-form dict it sets (model.backbone_kwargs) replaces the one there: merged, a {} for
+    a CNN or a {depth: 4} would keep the default's patch_size."""
     cfg.merge_with(loaded)
     for key in _free_dicts(cfg, loaded):
         OmegaConf.update(cfg, key, OmegaConf.select(loaded, key), merge=False)
@@ -181,11 +181,12 @@ def _apply_overrides(cfg: DictConfig, overrides: Optional[List[str]]) -> DictCon
             raise _explain(exc, "command-line overrides", key) from None
         try:
             value = OmegaConf.select(parsed, key)
-            if isinstance(value, ListConfig) or (isinstance(value, DictConfig) and not _is_structured(cfg, key)):
-                # Set, not merge: `model.backbone_kwargs={}` must replace the recipe's dict.
+            if isinstance(value, ListConfig):
                 OmegaConf.update(cfg, key, value, merge=False)
             else:
-                cfg.merge_with(parsed)  # in place: cfg is this load's own copy
+                # In place (cfg is this load's own copy); `model.backbone_kwargs={}` and
+                # `model={backbone_kwargs: {}}` both replace the recipe's dict.
+                _merge_into(cfg, parsed)
         except OmegaConfBaseException as exc:
             raise _explain(exc, "command-line overrides", key) from None
     return cfg
