@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from annoboot.data import build_source
 from annoboot.data.fashion_mnist import FashionMNISTSource
-from annoboot.data.scene_captions import classes_in_caption, weak_caption
+from annoboot.data.scene_captions import _COUNT_WORDS, CLASS_NAMES, classes_in_caption, complete_caption, weak_caption
 from annoboot.data.scene_generator import CHUNK, SceneGeneratorOptions, generate_scenes, resize_items
 from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
@@ -147,6 +147,33 @@ def test_caption_counts_are_true_counts():
         if named == [7] and ("two" in text or "four" in text):
             pytest.fail(f"three sneakers counted wrong: {text!r}")
         assert named in ([7], [8])
+
+
+@settings(max_examples=200, deadline=None)
+@given(labels=st.lists(st.integers(0, 9), min_size=1, max_size=9), seed=st.integers(0, 2**32 - 1))
+def test_a_complete_caption_names_every_class_with_a_true_count(labels, seed):
+    text, named = complete_caption(labels, random.Random(seed))
+    assert named == sorted(set(labels)) == classes_in_caption(text)
+    for label in set(labels):  # a count word, where given, is the class's own count
+        count = labels.count(label)
+        for _, plural in CLASS_NAMES[label]:
+            for number, word in _COUNT_WORDS.items():
+                if f"{word} {plural}" in text:
+                    assert number == count, (text, labels)
+
+
+def test_complete_captions_change_the_captions_only():
+    images, labels = random_pool()
+    weak = generate_scenes(images, labels, CROWDED, "train")
+    complete = generate_scenes(images, labels, SceneGeneratorOptions(**{**CROWDED.__dict__, "captions": "complete"}), "train")
+    assert torch.equal(weak.images, complete.images) and torch.equal(weak.item_boxes, complete.item_boxes)
+    per_scene = [set() for _ in complete.captions]
+    for scene, label in zip(complete.item_scene.tolist(), complete.item_labels.tolist()):
+        per_scene[scene].add(label)
+    assert [set(n) for n in complete.named_classes] == per_scene
+    assert sum(set(n) != p for n, p in zip(weak.named_classes, per_scene)) > 0.9 * len(per_scene)
+    with pytest.raises(AnnobootError, match="data.annotation.scenes.captions.*weak, complete"):
+        load_config(None, ["data.annotation.kind=fmnist_scenes", "data.annotation.scenes.captions=all"])
 
 
 @needs_fmnist

@@ -1,9 +1,10 @@
-"""Weak captions of Fashion-MNIST scenes: a caption names some, not all, of a scene's classes.
+"""Captions of Fashion-MNIST scenes: weak ones name some, not all, of a scene's classes.
 
-A caption names only classes present in its scene; when a scene holds two or more distinct
-classes it names at least one and leaves at least one out (a scene of one class names it). A
-named class is named with its true count when a count is given ("two sneakers"), in varied
-wording, and :func:`classes_in_caption` reads the classes back from the text.
+A caption names only classes present in its scene. A weak caption (:func:`weak_caption`, the
+default) names at least one and leaves at least one out when a scene holds two or more distinct
+classes (a scene of one class names it); a complete caption (:func:`complete_caption`) names
+every class. A named class is named with its true count when a count is given ("two
+sneakers"), in varied wording, and :func:`classes_in_caption` reads the classes back from the text.
 """
 
 from __future__ import annotations
@@ -55,19 +56,15 @@ def _join(phrases: Sequence[str]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def weak_caption(labels: Sequence[int], rng: random.Random) -> Tuple[str, List[int]]:
-    """A caption naming some classes of a scene whose items have ``labels``, and those classes.
-
-    With two or more distinct classes, between 1 and (distinct - 1) of them are named; with one
-    class, it is named. A named class appears with its true count ("two sneakers"), as a plain
-    plural ("sneakers") when it occurs more than once, or with an article ("a sneaker").
-    Returns (caption, sorted class ids named).
-    """
+def _class_counts(labels: Sequence[int]) -> Dict[int, int]:
     counts: Dict[int, int] = {}
     for label in labels:
         counts[int(label)] = counts.get(int(label), 0) + 1
-    classes = list(counts)
-    chosen = classes if len(classes) == 1 else rng.sample(classes, rng.randint(1, len(classes) - 1))
+    return counts
+
+
+def _caption_naming(chosen: Sequence[int], counts: Dict[int, int], rng: random.Random) -> Tuple[str, List[int]]:
+    """A caption naming the classes ``chosen`` in that order, each with its wording drawn from ``rng``."""
     bare, full = [], []
     for label in chosen:
         singular, plural = rng.choice(CLASS_NAMES[label])
@@ -86,6 +83,33 @@ def weak_caption(labels: Sequence[int], rng: random.Random) -> Tuple[str, List[i
     return text, sorted(chosen)
 
 
+def weak_caption(labels: Sequence[int], rng: random.Random) -> Tuple[str, List[int]]:
+    """A caption naming some classes of a scene whose items have ``labels``, and those classes.
+
+    With two or more distinct classes, between 1 and (distinct - 1) of them are named; with one
+    class, it is named. A named class appears with its true count ("two sneakers"), as a plain
+    plural ("sneakers") when it occurs more than once, or with an article ("a sneaker").
+    Returns (caption, sorted class ids named).
+    """
+    counts = _class_counts(labels)
+    classes = list(counts)
+    chosen = classes if len(classes) == 1 else rng.sample(classes, rng.randint(1, len(classes) - 1))
+    return _caption_naming(chosen, counts, rng)
+
+
+def complete_caption(labels: Sequence[int], rng: random.Random) -> Tuple[str, List[int]]:
+    """A caption naming every class of a scene whose items have ``labels`` (in a random order,
+    worded as :func:`weak_caption` words them), and those classes."""
+    counts = _class_counts(labels)
+    chosen = list(counts)
+    rng.shuffle(chosen)
+    return _caption_naming(chosen, counts, rng)
+
+
+# Caption kinds of the scene generator (``scenes.captions``).
+CAPTION_KINDS = {"weak": weak_caption, "complete": complete_caption}
+
+
 def classes_in_caption(caption: str) -> List[int]:
     """The class ids whose names occur in ``caption`` as whole words (the inverse of
     :func:`weak_caption` for its own vocabulary)."""
@@ -98,4 +122,4 @@ def classes_in_caption(caption: str) -> List[int]:
     return sorted(found)
 
 
-__all__ = ["CLASS_NAMES", "classes_in_caption", "weak_caption"]
+__all__ = ["CAPTION_KINDS", "CLASS_NAMES", "classes_in_caption", "complete_caption", "weak_caption"]

@@ -3,7 +3,8 @@
 A scene is a square grayscale canvas holding several Fashion-MNIST items at random positions
 and sizes over a black background with faint clutter (patches cut from other items). Each
 scene keeps, for evaluation only, the box (normalised xyxy) and label of every item, and has a
-weak caption (data/scene_captions.py) that names some, not all, of its item classes.
+weak caption (data/scene_captions.py) that names some, not all, of its item classes (or, with
+``captions: complete``, every class).
 
 Rules the generator keeps (tests/data/test_data_scenes.py checks them):
 
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from annoboot.data.scene_captions import weak_caption
+from annoboot.data.scene_captions import CAPTION_KINDS
 from annoboot.errors import AnnobootError
 from annoboot.option_ranges import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, option
 
@@ -82,6 +83,9 @@ class SceneGeneratorOptions:
     background_level: Optional[List[float]] = option(None, PROBABILITY)  # mean grey, fraction of white: [low, high]
     background_contrast: Optional[List[float]] = option(None, PROBABILITY)  # sinusoid amplitude, fraction of white: [low, high]
     background_period: Optional[List[float]] = option(None, POSITIVE)  # sinusoid period in px: [low, high]
+    # weak: a caption names some, not all, of the scene's classes; complete: every class. The
+    # captions have their own random stream: images and layout are the same under either.
+    captions: str = "weak"
     # Share of canvases holding one whole item on black (an items source mixed into the scenes).
     single_fraction: float = option(0.0, PROBABILITY)
     seed: int = option(0, NON_NEGATIVE)
@@ -127,6 +131,8 @@ def check_scenes(scenes: SceneGeneratorOptions, key: str = "scenes") -> None:
                    or _range_error(f"{key}.background_contrast", scenes.background_contrast, 0, 1)
                    or _range_error(f"{key}.background_period", scenes.background_period, 2, float("inf"))):
         bad = error
+    elif scenes.captions not in CAPTION_KINDS:
+        bad = f"'{key}.captions' is '{scenes.captions}'; choose one of {', '.join(CAPTION_KINDS)}"
     elif not 0 <= scenes.single_fraction <= 1:
         bad = f"'{key}.single_fraction' must be in [0, 1], got {scenes.single_fraction}"
     elif scenes.pool_limit is not None and scenes.pool_limit < 1:
@@ -316,8 +322,9 @@ def _generate_chunk(
 
     captions, named = [], []
     per_scene = labels.split(num_items.tolist())
+    caption_of = CAPTION_KINDS[cfg.captions]
     for scene_labels in per_scene:
-        text, classes = weak_caption(scene_labels.tolist(), caption_rng)
+        text, classes = caption_of(scene_labels.tolist(), caption_rng)
         captions.append(text)
         named.append(classes)
     return SceneSet(
