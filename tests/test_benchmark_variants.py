@@ -126,3 +126,25 @@ def test_the_caption_benchmarks_whole_batch_variant_keeps_clips_batch_and_costs_
     assert whole.method.target_network == "online"
     assert abs(whole.train.steps * 1.42 - clip.train.steps) < 0.005 * clip.train.steps  # equal time
     assert DEFAULT_VARIANTS == ("clip", "ab_clip")  # the default table stays the two recipes
+
+
+def test_the_caption_benchmarks_equal_time_and_equal_pairs_variants(tmp_path):
+    """ab_clip/equal_time trains the published ABCLIP for 5,500 / 1.19 steps (its measured price);
+    clip/equal_pairs trains CLIP on as many caption pairs as that run's CLIP loss sees; captions
+    that name every class make runs of their own, apart from the weak captions' runs."""
+    from captions import variants_of
+
+    from annoboot.methods.bootstrapping import ab_batch_sizes
+
+    def configs(scenes):
+        return {name: variant_config(v, seed=0, budget=BUDGETS["cpu"], user=[], out_dir=str(tmp_path))
+                for name, v in variants_of(dict(SCENE_CHOICES[scenes]), "cpu").items()}
+
+    named, weak = configs("crowded_128_plaid_named"), configs("crowded_128_plaid")
+    equal_time, equal_pairs, clip = named["ab_clip/equal_time"], named["clip/equal_pairs"], named["clip"]
+    assert abs(equal_time.train.steps * 1.19 - clip.train.steps) < 0.005 * clip.train.steps
+    pairs_per_step = ab_batch_sizes(equal_time, 2)["annotation"]
+    assert equal_pairs.train.steps * equal_pairs.train.batch_size == equal_time.train.steps * pairs_per_step
+    assert equal_time.data.annotation.scenes.captions == "complete"
+    assert weak["clip"].data.annotation.scenes.captions == "weak"
+    assert not {c.train.out_dir for c in named.values()} & {c.train.out_dir for c in weak.values()}
