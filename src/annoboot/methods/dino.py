@@ -25,7 +25,7 @@ from annoboot.batch import ImageBatch
 from annoboot.config import Config
 from annoboot.errors import AnnobootError
 from annoboot.methods.base import EMATargetOptions, Method, StepOutput, register_method
-from annoboot.models import DINOHead, Encoder, build_encoder
+from annoboot.models import DINOHead, build_resizable_encoder
 from annoboot.objectives import dino_loss, entropy, kl_to_uniform, teacher_distribution, update_center
 from annoboot.option_ranges import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, option
 from annoboot.views import Normalize, SimCLRAugment, render_view_major
@@ -75,19 +75,6 @@ class MultiCropOptions:
             )
 
 
-def build_multicrop_encoder(cfg: Config) -> Encoder:
-    """The encoder, able to take both the global and the local crop size.
-
-    A timm ViT's position embeddings fit one token grid; ``dynamic_img_size`` interpolates them
-    for the local crops' smaller grid. Models without that option (CNNs) take any size as is.
-    """
-    model, img_size = cfg.model, cfg.views.img_size
-    encoder = build_encoder(model.backbone, img_size, model.backbone_kwargs)
-    if hasattr(encoder.backbone, "dynamic_img_size") and not encoder.backbone.dynamic_img_size:
-        encoder = build_encoder(model.backbone, img_size, {**model.backbone_kwargs, "dynamic_img_size": True})
-    return encoder
-
-
 def teacher_temperature(step: int, start: float, end: float, warmup_steps: int) -> float:
     """Linear from ``start`` at step 0 to ``end`` at ``warmup_steps``, then held at ``end``."""
     if step >= warmup_steps:
@@ -103,7 +90,7 @@ class DINO(Method):
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         v, model = cfg.views, cfg.model
-        self.encoder = build_multicrop_encoder(cfg)
+        self.encoder = build_resizable_encoder(cfg.model.backbone, cfg.views.img_size, cfg.model.backbone_kwargs)
         self.head = DINOHead(
             self.encoder.width, model.dino_hidden_dim, model.dino_bottleneck_dim, model.dino_prototypes
         )

@@ -99,3 +99,16 @@ def rebuild_backbone(encoder: Encoder, **extra_kwargs: Any) -> nn.Module:
 def build_encoder(name: str, img_size: int, backbone_kwargs: Dict[str, Any] | None = None) -> Encoder:
     backbone, kwargs = _create(name, img_size, backbone_kwargs)
     return Encoder(backbone, name, kwargs)
+
+
+def build_resizable_encoder(name: str, img_size: int, backbone_kwargs: Dict[str, Any] | None = None) -> Encoder:
+    """An encoder that takes views of more than one size (multi-crop, larger source views).
+
+    A timm ViT's position embeddings fit one token grid; ``dynamic_img_size`` interpolates them
+    for other grids (at ``img_size`` nothing changes). Models without that option (CNNs) take
+    any size as they are.
+    """
+    encoder = build_encoder(name, img_size, backbone_kwargs)
+    if hasattr(encoder.backbone, "dynamic_img_size") and not encoder.backbone.dynamic_img_size:
+        encoder = build_encoder(name, img_size, {**(backbone_kwargs or {}), "dynamic_img_size": True})
+    return encoder
