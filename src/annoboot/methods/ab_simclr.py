@@ -42,9 +42,10 @@ from annoboot.methods.bootstrapping import (
     bootstrap_views,
     ema_targets,
     frozen_statistics,
+    sized_asymmetric_views,
 )
 from annoboot.methods.simclr import SimCLR
-from annoboot.models import Projector
+from annoboot.models import Projector, build_resizable_encoder, check_patch_multiple
 from annoboot.objectives import annotation_distribution, nt_xent
 from annoboot.option_ranges import FRACTION, NON_NEGATIVE, option
 from annoboot.views import quarter_turned
@@ -59,11 +60,16 @@ class AsymmetricMoveOptions:
     forward without gradient): S x (V - S) moves per image, each from a wide view to a smaller one.
     bootstrap_target_rotation: each target view turned by a random multiple of 90 degrees, so the
     source view cannot predict what a target shows from a pattern it extends (a background's
-    phase and orientation at the target), only from what the turn keeps."""
+    phase and orientation at the target), only from what the turn keeps.
+    bootstrap_source_size: the side the source views are rendered at (0: views.img_size, like
+    every other view). A wide source view at img_size shrinks the scene several times below
+    its own resolution; a larger side keeps its regions at the scale an in-context probe reads
+    them, for about (side / img_size)^2 the encoder cost of a source view."""
 
     bootstrap_source_views: int = option(0, NON_NEGATIVE)
     bootstrap_source_scale: List[float] = option(factory=lambda: [0.5, 1.0], range=FRACTION)
     bootstrap_target_rotation: bool = False
+    bootstrap_source_size: int = option(0, NON_NEGATIVE)
 
     @staticmethod
     def check(cfg: Config, selected: bool) -> None:
@@ -72,6 +78,10 @@ class AsymmetricMoveOptions:
         if selected and v.bootstrap_target_rotation and v.bootstrap_source_views == 0:
             raise AnnobootError("bad config: key 'views.bootstrap_target_rotation' is true, which needs asymmetric "
                                 "moves (views.bootstrap_source_views > 0): only target views are turned")
+        if selected and v.bootstrap_source_size and v.bootstrap_source_views == 0:
+            raise AnnobootError(f"bad config: key 'views.bootstrap_source_size' is {v.bootstrap_source_size}, which "
+                                "needs asymmetric moves (views.bootstrap_source_views > 0): only source views "
+                                "are rendered at that size")
         if not selected or v.bootstrap_source_views == 0:
             return
         if not 0 < v.bootstrap_source_views < v.bootstrap_views:
@@ -187,6 +197,9 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
         super().__init__(cfg)
         self.uses_target = cfg.method.target_network == "ema"
         model = cfg.model
+        if self.source_size != cfg.views.img_size:  # source views of another size: a ViT interpolates
+            self.encoder = build_resizable_encoder(model.backbone, cfg.views.img_size, model.backbone_kwargs)
+            check_patch_multiple(self.encoder, "views.bootstrap_source_size", self.source_size)
         self.value_function = ValueFunction(cfg, self.encoder.width, model.proj_dim)
         self.ab_annotation_head = Projector(self.encoder.width, model.proj_hidden_dim, model.proj_dim, model.projector_bn)  # psi_AB
         if cfg.method.annotation_queue:  # ring buffers; step t writes rows [t * A, (t + 1) * A) mod K
@@ -194,6 +207,11 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
             self.register_buffer("queue_keys", torch.zeros(cfg.method.annotation_queue, model.proj_dim))
         self._step_annotations = None  # this step's reward embeddings of its annotations, to enqueue
         self._to_enqueue = None
+
+    @property
+    def source_size(self) -> int:
+        """The side of the source views (asymmetric moves): views.bootstrap_source_size or img_size."""
+        return self.cfg.views.bootstrap_source_size or self.cfg.views.img_size
 
     @property
     def min_bootstrap_images(self) -> int:
@@ -210,18 +228,27 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
         num_annotations = len(batches["annotation"])
         sources = v.bootstrap_source_views  # 0: every view a source and a target
         ann_views = self.annotation_views(batches["annotation"])  # (2A, ...): view 1 of all, then view 2
-        boot_views, boxes = bootstrap_views(batches["bootstrap"], self.cfg, self.normalize, sources,
-                                            v.bootstrap_source_scale)  # (N*V, ...)
-        if sources:
-            per_image = boot_views.unflatten(0, (boxes.shape[0], boxes.shape[1]))
-            source_views, target_views = per_image[:, :sources].flatten(0, 1), per_image[:, sources:].flatten(0, 1)
-            source_boxes, target_boxes = boxes[:, :sources], boxes[:, sources:]
-            if v.bootstrap_target_rotation:
-                target_views = quarter_turned(target_views)
+        if sources and self.source_size != v.img_size:  # sources and targets of two sizes
+            source_views, target_views, boxes = sized_asymmetric_views(batches["bootstrap"], self.cfg, self.normalize,
+                                                                       self.source_size)
         else:
-            source_views, target_views, source_boxes, target_boxes = boot_views, boot_views, boxes, None
-        out = self.encoder(torch.cat([ann_views, source_views]))  # one encoder call for both batches
-        ann_pooled = out.pooled[: 2 * num_annotations]
+            boot_views, boxes = bootstrap_views(batches["bootstrap"], self.cfg, self.normalize, sources,
+                                                v.bootstrap_source_scale)  # (N*V, ...)
+            source_views, target_views = boot_views, boot_views
+            if sources:
+                per_image = boot_views.unflatten(0, (boxes.shape[0], boxes.shape[1]))
+                source_views, target_views = per_image[:, :sources].flatten(0, 1), per_image[:, sources:].flatten(0, 1)
+        source_boxes, target_boxes = (boxes[:, :sources], boxes[:, sources:]) if sources else (boxes, None)
+        if sources and v.bootstrap_target_rotation:
+            target_views = quarter_turned(target_views)
+        if source_views.shape[-1] == ann_views.shape[-1]:
+            out = self.encoder(torch.cat([ann_views, source_views]))  # one encoder call for both batches
+            ann_pooled, source_pooled = out.pooled.split([2 * num_annotations, source_views.shape[0]])
+            source_tokens = out.tokens[2 * num_annotations :]
+        else:  # larger source views (views.bootstrap_source_size): a call of their own
+            ann_pooled = self.encoder(ann_views).pooled
+            source_out = self.encoder(source_views)
+            source_pooled, source_tokens = source_out.pooled, source_out.tokens
         moves = self.value_function.moves_between(source_boxes, boxes[:, sources:])
         own = None  # other_targets: (N, V - S, L) the columns of each move's own image, left out
         if m.bootstrap_annotations == "other_targets":
@@ -232,7 +259,7 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
                     target_out = self.encoder(target_views)
                     target_pooled, target_tokens = target_out.pooled, target_out.tokens
                 else:
-                    target_pooled, target_tokens = out.pooled[2 * num_annotations :], out.tokens[2 * num_annotations :]
+                    target_pooled, target_tokens = source_pooled.detach(), source_tokens.detach()
                 # Before the base loss's projector call updates the BatchNorm statistics: the
                 # reward then normalises as a target holding this step's weights would.
                 with frozen_statistics(self):
@@ -263,13 +290,13 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
         annotated = ann_pooled[:num_annotations] if m.bootstrap_annotations == "batch" else target_pooled
         if m.bootstrap_annotations == "image_targets":
             keys = self.ab_annotation_head(annotated)
-            logits = same_image_block(self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys))
+            logits = same_image_block(self.value_function.logits(source_tokens, moves, keys))
         else:
             keys = distributed.gather_with_grad(self.ab_annotation_head(annotated))
             if m.annotation_queue:
                 self._to_enqueue = (self._step_annotations, keys.detach())  # written after backward (after_backward)
                 keys = torch.cat([keys, self.queue_keys[: self.queue_filled(step, keys.shape[0])].to(keys.dtype)])
-            logits = self.value_function.logits(out.tokens[2 * num_annotations :], moves, keys)
+            logits = self.value_function.logits(source_tokens, moves, keys)
             if own is not None:
                 logits = logits.masked_fill(own[:, None], EXCLUDED_LOGIT)  # (N, S, V - S, L)
         ab_loss, metrics = bootstrap_objective(logits, td_targets, source_boxes, m.drop_self_pairs, target_boxes)

@@ -282,21 +282,42 @@ def ab_loss_weight(cfg: Config, step: int) -> float:
     return m.ab_weight * (min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0)
 
 
+def bootstrap_boxes(batch: ImageBatch, cfg: Config, sources: int = 0,
+                    source_scale: Optional[List[float]] = None) -> torch.Tensor:
+    """(N, V, 4) crop boxes, ``views.bootstrap_views`` per image: with ``sources`` > 0 the first
+    ``sources`` drawn from ``source_scale`` and the others from ``views.bootstrap_scale``
+    (asymmetric moves), else all from ``views.bootstrap_scale``."""
+    v = cfg.views
+    if not sources:
+        return sample_crop_boxes(batch.sizes, v.bootstrap_views, v.bootstrap_scale, v.crop_ratio)
+    return torch.cat([sample_crop_boxes(batch.sizes, sources, source_scale, v.crop_ratio),
+                      sample_crop_boxes(batch.sizes, v.bootstrap_views - sources, v.bootstrap_scale, v.crop_ratio)], 1)
+
+
 def bootstrap_views(batch: ImageBatch, cfg: Config, normalize: Normalize, sources: int = 0,
                     source_scale: Optional[List[float]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Plain crops (no flip, no colour; method.md section 3), ``views.bootstrap_views`` per image.
+    """Plain crops (no flip, no colour; method.md section 3), ``views.bootstrap_views`` per image,
+    all rendered at ``views.img_size`` (boxes as :func:`bootstrap_boxes`).
 
-    With ``sources`` > 0 the first ``sources`` crops of each image are drawn from
-    ``source_scale`` and the others from ``views.bootstrap_scale`` (asymmetric moves).
     Returns views (N*V, 3, S, S) image-major and their boxes (N, V, 4).
     """
+    boxes = bootstrap_boxes(batch, cfg, sources, source_scale)
+    return normalize(render_views(batch, boxes, cfg.views.img_size)), boxes
+
+
+def sized_asymmetric_views(batch: ImageBatch, cfg: Config, normalize: Normalize,
+                           source_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric moves' plain crops with the source views rendered at ``source_size``
+    (views.bootstrap_source_size) and the targets at ``views.img_size``.
+
+    Returns the source views (N*S, 3, source_size, source_size) and the target views
+    (N*(V-S), 3, S, S), both image-major, and every crop's box (N, V, 4), sources first.
+    """
     v = cfg.views
-    if sources:
-        boxes = torch.cat([sample_crop_boxes(batch.sizes, sources, source_scale, v.crop_ratio),
-                           sample_crop_boxes(batch.sizes, v.bootstrap_views - sources, v.bootstrap_scale, v.crop_ratio)], 1)
-    else:
-        boxes = sample_crop_boxes(batch.sizes, v.bootstrap_views, v.bootstrap_scale, v.crop_ratio)
-    return normalize(render_views(batch, boxes, v.img_size)), boxes
+    boxes = bootstrap_boxes(batch, cfg, v.bootstrap_source_views, v.bootstrap_source_scale)
+    sources = v.bootstrap_source_views
+    return (normalize(render_views(batch, boxes[:, :sources], source_size)),
+            normalize(render_views(batch, boxes[:, sources:], v.img_size)), boxes)
 
 
 def bootstrap_objective(

@@ -1,5 +1,12 @@
 from annoboot.models.dino_head import DINOHead
-from annoboot.models.encoder import Encoder, EncoderOutput, build_encoder, build_resizable_encoder, create_backbone
+from annoboot.models.encoder import (
+    Encoder,
+    EncoderOutput,
+    build_encoder,
+    build_resizable_encoder,
+    check_patch_multiple,
+    create_backbone,
+)
 from annoboot.models.heads import LogitScale, Projector
 from annoboot.models.text_encoder import CaptionTokenizer, TextEncoder
 from annoboot.models.value_decoder import ValueDecoder
@@ -15,5 +22,6 @@ __all__ = [
     "ValueDecoder",
     "build_encoder",
     "build_resizable_encoder",
+    "check_patch_multiple",
     "create_backbone",
 ]

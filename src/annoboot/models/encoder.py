@@ -96,6 +96,15 @@ def rebuild_backbone(encoder: Encoder, **extra_kwargs: Any) -> nn.Module:
     return backbone.to(reference.device, reference.dtype).train(encoder.backbone.training)
 
 
+def check_patch_multiple(encoder: Encoder, key: str, side: int) -> None:
+    """Refuse a view side that a patch-embedding backbone cannot tile (``key`` names the option)."""
+    patch = getattr(getattr(encoder.backbone, "patch_embed", None), "patch_size", None)
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    if patch and side % patch:
+        raise AnnobootError(f"bad config: key '{key}' is {side}, which is not a multiple of the backbone's patch size "
+                            f"{patch} ({encoder.backbone_name})")
+
+
 def build_encoder(name: str, img_size: int, backbone_kwargs: Dict[str, Any] | None = None) -> Encoder:
     backbone, kwargs = _create(name, img_size, backbone_kwargs)
     return Encoder(backbone, name, kwargs)

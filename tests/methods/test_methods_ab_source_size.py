@@ -1,0 +1,80 @@
+"""views.bootstrap_source_size: ABSimCLR's asymmetric source views rendered at a side of their own,
+read by the value function at that side's token grid, the target crops left at views.img_size."""
+
+import pytest
+import torch
+from helpers import TINY
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import annoboot.methods.ab_simclr as ab_simclr_module
+from annoboot.batch import ImageBatch
+from annoboot.errors import AnnobootError
+from annoboot.methods import build_method
+from annoboot.recipe import load_config
+from annoboot.train import Trainer
+from annoboot.views import render_views
+
+ASYMMETRIC_TARGETS = ["method.name=ab_simclr", "views.bootstrap_views=4", "views.bootstrap_source_views=1",
+                      "views.bootstrap_source_scale=[0.6, 1.0]", "views.bootstrap_scale=[0.05, 0.2]",
+                      "method.target_network=online", "method.bootstrap_annotations=targets"]
+PATCH = 8  # TINY's ViT
+
+
+def test_larger_source_views_are_the_source_crops_at_their_side_and_the_value_function_reads_their_grid(
+        tiny_config, monkeypatch):
+    """With the side 2 x img_size: the encoder gets the source crops rendered at that side from
+    their own boxes, the target crops at img_size, and the value function reads (2 x 32 / 8)^2
+    tokens per source view. Caught breaks: sources at img_size, the targets enlarged instead,
+    source views cut from the targets' boxes, the value function handed the targets' tokens."""
+    method = build_method(tiny_config(*ASYMMETRIC_TARGETS, "views.bootstrap_source_size=64"))
+    img_size = method.cfg.views.img_size
+    sizes = method.batch_sizes()
+    torch.manual_seed(0)
+    images = lambda n: ImageBatch(torch.randint(0, 256, (n, 1, 48, 48), dtype=torch.uint8),  # noqa: E731
+                                  torch.full((n, 2), 48))
+    batches = {"annotation": images(sizes["annotation"]), "bootstrap": images(sizes["bootstrap"])}
+    made, encoded, read = [], [], []
+    real_views = ab_simclr_module.sized_asymmetric_views
+    monkeypatch.setattr(ab_simclr_module, "sized_asymmetric_views",
+                        lambda *a, **k: made.append(real_views(*a, **k)) or made[-1])
+    real_encoder, real_logits = method.encoder.forward, method.value_function.logits
+    monkeypatch.setattr(method.encoder, "forward", lambda x: encoded.append(x.detach()) or real_encoder(x))
+    monkeypatch.setattr(method.value_function, "logits",
+                        lambda tokens, *a: read.append(tokens.detach()) or real_logits(tokens, *a))
+    method.training_step(batches, None)
+
+    (sources, targets, boxes), = made
+    images_n = sizes["bootstrap"]
+    expected = method.normalize(render_views(batches["bootstrap"], boxes[:, :1], 64))
+    assert sources.shape == (images_n, 3, 64, 64) and torch.allclose(sources, expected)
+    assert targets.shape == (images_n * 3, 3, img_size, img_size)
+    assert [x.shape[-1] for x in encoded] == [img_size, 64, img_size]  # annotation views, sources, targets
+    assert torch.equal(encoded[1], sources)
+    assert read[0].shape[:2] == (images_n, (64 // PATCH) ** 2)
+
+
+def test_larger_source_views_train(tiny_config):
+    cfg = tiny_config(*ASYMMETRIC_TARGETS, "views.bootstrap_source_size=48", "train.steps=3", "train.log_every=3")
+    last = Trainer(cfg).fit()
+    assert torch.isfinite(torch.tensor(last["loss/total"])) and last["loss/bootstrap"] > 0
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(side=st.integers(1, 160))
+def test_a_source_side_is_refused_exactly_when_the_patches_cannot_tile_it(side):
+    """Any side is accepted when the ViT's patches tile it and refused, naming the key and the
+    side, when they do not; at img_size the encoder is the one every other config builds."""
+    cfg = load_config(None, [*TINY, *ASYMMETRIC_TARGETS, f"views.bootstrap_source_size={side}"])
+    if side % PATCH:
+        with pytest.raises(AnnobootError, match=rf"'views.bootstrap_source_size' is {side}, .*patch size {PATCH}"):
+            build_method(cfg)
+        return
+    method = build_method(cfg)
+    assert method.source_size == side
+    assert method.encoder.backbone.dynamic_img_size == (side != cfg.views.img_size)
+
+
+def test_a_source_side_without_source_views_is_refused():
+    with pytest.raises(AnnobootError, match=r"'views.bootstrap_source_size' is 64, which needs asymmetric moves"):
+        load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_source_size=64"])
