@@ -78,3 +78,19 @@ def test_a_source_side_is_refused_exactly_when_the_patches_cannot_tile_it(side):
 def test_a_source_side_without_source_views_is_refused():
     with pytest.raises(AnnobootError, match=r"'views.bootstrap_source_size' is 64, which needs asymmetric moves"):
         load_config(None, [*TINY, "method.name=ab_simclr", "views.bootstrap_source_size=64"])
+
+
+def test_value_maps_read_the_whole_image_at_the_source_side(tiny_config, monkeypatch):
+    """Q from the whole image (value maps, benchmarks/localisation.py) is read from the source
+    view as training rendered it: at views.bootstrap_source_size, not img_size."""
+    from annoboot.eval.value_maps import value_probabilities
+
+    method = build_method(tiny_config(*ASYMMETRIC_TARGETS, "views.bootstrap_source_size=64")).eval()
+    encoded = []
+    real_encoder = method.encoder.forward
+    monkeypatch.setattr(method.encoder, "forward", lambda x: encoded.append(x.shape) or real_encoder(x))
+    image = ImageBatch(torch.randint(0, 256, (1, 1, 48, 48), dtype=torch.uint8), torch.full((1, 2), 48))
+    keys = torch.randn(5, method.cfg.model.proj_dim)
+    probs = value_probabilities(method, image, keys, torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]))
+    assert encoded == [torch.Size([1, 3, 64, 64])]
+    assert probs.shape == (2, 5) and torch.allclose(probs.sum(-1), torch.ones(2))

@@ -161,7 +161,8 @@ def value_probabilities(method: Method, image: ImageBatch, keys: torch.Tensor, b
     """
     vf = method.value_function
     device = keys.device
-    views = render_full_images(image, method.cfg.views.img_size, method.normalize)
+    side = getattr(method, "source_size", method.cfg.views.img_size)  # views.bootstrap_source_size
+    views = render_full_images(image, side, method.normalize)
     tokens = method.encoder(views).tokens  # (1, T, D): the source view's tokens, as in training
     source_box = full_image_boxes(1, 1, device)[0, 0]
     flat = boxes.reshape(-1, 4).to(device)
