@@ -30,7 +30,8 @@ ab/asym_image_targets (reward and Q over the target crops of the move's own imag
 ab/asym_other_targets (... over those of every other image), ab/asym_other_targets_centred (the
 same with each crop's reward embedding centred on its image's crops),
 ab/asym_targets_turned (the target crops turned by random quarter turns), ab/asym_targets_src64
-(the source views rendered at 64 px, twice img_size), ab/decoupled* (annotations and
+(the source views rendered at 64 px, twice img_size), ab/asym_targets_jitter (each move
+names its target's box shifted by up to a quarter of its side), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
 mixture's source, asymmetric bootstrap crops from the crowded scenes), ab/mixture_asym_targets and
 ab/decoupled_asym_targets (those two bases with ab/asym_targets' annotations). Tables (``--table``) are lists of them:
@@ -90,6 +91,10 @@ TARGET_ROTATION = ["views.bootstrap_target_rotation=true"]  # each target crop t
 # The source views at twice img_size: a wide view of a 128-px scene at 32 px shrinks its items to
 # 6-10 px, about one 8-px patch; at 64 px they span 2-3 patches, nearer the scale probe (b') reads.
 SOURCE_64 = ["views.bootstrap_source_size=64"]
+# Each move names its target's box shifted by up to a quarter of its side (7-14 px of a 29-57 px
+# crop), a period or more of the plaid's 4-16 px sinusoids: the phase at the target is no longer
+# where the move says, the item about the box's size mostly is.
+MOVE_JITTER = ["views.bootstrap_move_jitter=0.25"]
 # The same 128 bootstrap views per step as 16 images x (1 source + 7 targets): more crops of each
 # scene among the annotations, so more of a move's rivals share its scene's background.
 SEVEN_TARGETS = ["method.bootstrap_fraction=0.0625", "views.bootstrap_views=8"]
@@ -121,6 +126,8 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
                                    + TARGET_ROTATION),
         "ab/asym_targets_src64": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                   + SOURCE_64),
+        "ab/asym_targets_jitter": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
+                                   + MOVE_JITTER),
         "ab/asym_targets_7": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                               + SEVEN_TARGETS),
         "ab/asym_targets_w2": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
@@ -145,7 +152,8 @@ TABLES = {
     "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/asym_queue", "ab/asym_box", "ab/asym_targets",
                "ab/asym_targets_7", "ab/asym_targets_w2", "ab/asym_image_targets", "ab/asym_other_targets",
                "ab/asym_other_targets_centred",
-               "ab/asym_targets_turned", "ab/asym_targets_src64", "ab/mixture_asym_targets", "ab/decoupled_asym_targets",
+               "ab/asym_targets_turned", "ab/asym_targets_src64", "ab/asym_targets_jitter",
+               "ab/mixture_asym_targets", "ab/decoupled_asym_targets",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
     "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym", "ab/mixture_asym"],
 }

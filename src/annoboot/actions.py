@@ -66,6 +66,16 @@ def sample_crop_boxes(
     return torch.stack([x0, y0, x0 + bw, y0 + bh], dim=-1)
 
 
+def shifted_boxes(boxes_xyxy: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Each box moved by its own uniform random offset of up to ``fraction`` of its width along x
+    and of its height along y; size unchanged. (..., 4) -> (..., 4), on the boxes' device."""
+    if fraction == 0:
+        return boxes_xyxy
+    size = boxes_xyxy[..., 2:] - boxes_xyxy[..., :2]
+    offset = (torch.rand(size.shape, device=boxes_xyxy.device) * 2 - 1) * fraction * size
+    return boxes_xyxy + offset.tile(2)  # (dx, dy) to both corners
+
+
 def relative_box(source_xyxy: torch.Tensor, target_xyxy: torch.Tensor) -> torch.Tensor:
     """The target box in the source crop's normalised frame.
 

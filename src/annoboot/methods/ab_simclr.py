@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from annoboot import distributed
+from annoboot.actions import shifted_boxes
 from annoboot.batch import ImageBatch
 from annoboot.config import Config, check_scale
 from annoboot.errors import AnnobootError
@@ -47,7 +48,7 @@ from annoboot.methods.bootstrapping import (
 from annoboot.methods.simclr import SimCLR
 from annoboot.models import Projector, build_resizable_encoder, check_patch_multiple
 from annoboot.objectives import annotation_distribution, nt_xent
-from annoboot.option_ranges import FRACTION, NON_NEGATIVE, option
+from annoboot.option_ranges import FRACTION, NON_NEGATIVE, PROBABILITY, option
 from annoboot.views import quarter_turned
 
 
@@ -64,12 +65,17 @@ class AsymmetricMoveOptions:
     bootstrap_source_size: the side the source views are rendered at (0: views.img_size, like
     every other view). A wide source view at img_size shrinks the scene several times below
     its own resolution; a larger side keeps its regions at the scale an in-context probe reads
-    them, for about (side / img_size)^2 the encoder cost of a source view."""
+    them, for about (side / img_size)^2 the encoder cost of a source view.
+    bootstrap_move_jitter: each move names its target's box shifted by a uniform random offset of
+    up to this fraction of the box's width (x) and height (y); the reward is still the crop's own.
+    A pattern the source view extends (a background grating's phase at the target) then cannot
+    be read off where the move leads, while an item about the box's size stays mostly in it."""
 
     bootstrap_source_views: int = option(0, NON_NEGATIVE)
     bootstrap_source_scale: List[float] = option(factory=lambda: [0.5, 1.0], range=FRACTION)
     bootstrap_target_rotation: bool = False
     bootstrap_source_size: int = option(0, NON_NEGATIVE)
+    bootstrap_move_jitter: float = option(0.0, PROBABILITY)
 
     @staticmethod
     def check(cfg: Config, selected: bool) -> None:
@@ -78,6 +84,10 @@ class AsymmetricMoveOptions:
         if selected and v.bootstrap_target_rotation and v.bootstrap_source_views == 0:
             raise AnnobootError("bad config: key 'views.bootstrap_target_rotation' is true, which needs asymmetric "
                                 "moves (views.bootstrap_source_views > 0): only target views are turned")
+        if selected and v.bootstrap_move_jitter and v.bootstrap_source_views == 0:
+            raise AnnobootError(f"bad config: key 'views.bootstrap_move_jitter' is {v.bootstrap_move_jitter:g}, which "
+                                "needs asymmetric moves (views.bootstrap_source_views > 0): only moves to target "
+                                "views are shifted")
         if selected and v.bootstrap_source_size and v.bootstrap_source_views == 0:
             raise AnnobootError(f"bad config: key 'views.bootstrap_source_size' is {v.bootstrap_source_size}, which "
                                 "needs asymmetric moves (views.bootstrap_source_views > 0): only source views "
@@ -249,7 +259,8 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
             ann_pooled = self.encoder(ann_views).pooled
             source_out = self.encoder(source_views)
             source_pooled, source_tokens = source_out.pooled, source_out.tokens
-        moves = self.value_function.moves_between(source_boxes, boxes[:, sources:])
+        # views.bootstrap_move_jitter: the moves name shifted boxes; the targets stay where they are
+        moves = self.value_function.moves_between(source_boxes, shifted_boxes(boxes[:, sources:], v.bootstrap_move_jitter))
         own = None  # other_targets: (N, V - S, L) the columns of each move's own image, left out
         if m.bootstrap_annotations == "other_targets":
             own = own_image_columns(moves.shape[0], moves.shape[2], moves.device)
