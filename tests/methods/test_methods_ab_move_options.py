@@ -1,5 +1,7 @@
-"""views.bootstrap_source_size: ABSimCLR's asymmetric source views rendered at a side of their own,
-read by the value function at that side's token grid, the target crops left at views.img_size."""
+"""Two options of ABSimCLR's asymmetric moves: views.bootstrap_source_size (the source views
+rendered at a side of their own, read by the value function at that side's token grid, the target
+crops left at views.img_size) and views.bootstrap_move_jitter (each move names a shifted box, the
+target crop and its reward unchanged)."""
 
 import pytest
 import torch
@@ -94,3 +96,56 @@ def test_value_maps_read_the_whole_image_at_the_source_side(tiny_config, monkeyp
     probs = value_probabilities(method, image, keys, torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]))
     assert encoded == [torch.Size([1, 3, 64, 64])]
     assert probs.shape == (2, 5) and torch.allclose(probs.sum(-1), torch.ones(2))
+
+
+@settings(max_examples=30, deadline=None)
+@given(fraction=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_shifted_boxes_move_each_box_within_the_fraction_of_its_side_and_keep_its_size(fraction, seed):
+    from annoboot.actions import shifted_boxes
+
+    generator = torch.Generator().manual_seed(seed)
+    corner = torch.rand(64, 2, generator=generator)
+    boxes = torch.cat([corner, corner + 0.05 + torch.rand(64, 2, generator=generator) * 0.5], -1)
+    moved = shifted_boxes(boxes, fraction)
+    size = boxes[:, 2:] - boxes[:, :2]
+    assert torch.allclose(moved[:, 2:] - moved[:, :2], size, atol=1e-6)
+    assert ((moved[:, :2] - boxes[:, :2]).abs() <= fraction * size + 1e-6).all()
+    if fraction > 0.05:  # not one offset for all: the boxes move apart, each along both axes
+        offsets = (moved[:, :2] - boxes[:, :2]) / size
+        assert offsets[:, 0].std() > fraction / 10 and offsets[:, 1].std() > fraction / 10
+        assert not torch.allclose(offsets[:, 0], offsets[:, 1])
+
+
+def test_move_jitter_shifts_the_moves_and_leaves_the_targets(tiny_config, monkeypatch):
+    """views.bootstrap_move_jitter: the moves the value function reads name shifted target boxes
+    (their tokens differ from the true moves'), while the target crops, their reward and the boxes
+    the agreement metrics read stay the crops' own. Caught breaks: nothing shifted, the target
+    crops shifted too, the sources' boxes shifted."""
+    from helpers import capture_bootstrap_objective
+
+    def step(jitter):
+        torch.manual_seed(2)  # the same weights for both
+        method = build_method(tiny_config(*ASYMMETRIC_TARGETS, f"views.bootstrap_move_jitter={jitter}"))
+        moves = []
+        real_moves = method.value_function.moves_between
+        monkeypatch.setattr(method.value_function, "moves_between",
+                            lambda s, t: moves.append((s.clone(), t.clone())) or real_moves(s, t))
+        calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
+        sizes = method.batch_sizes()
+        torch.manual_seed(0)
+        images = lambda n: ImageBatch(torch.randint(0, 256, (n, 1, 48, 48), dtype=torch.uint8),  # noqa: E731
+                                      torch.full((n, 2), 48))
+        batches = {"annotation": images(sizes["annotation"]), "bootstrap": images(sizes["bootstrap"])}
+        torch.manual_seed(1)
+        method.training_step(batches, None)
+        return moves[0], calls[0]
+
+    (plain_sources, plain_targets), plain = step(0.0)
+    (sources, targets, ), shifted = step(0.3)
+    true_targets = shifted["target_boxes"]
+    assert torch.equal(sources, shifted["boxes"]) and torch.equal(plain_sources, sources)  # same draws
+    assert torch.equal(plain_targets, true_targets)  # unshifted, the moves name the target boxes
+    offset = (targets - true_targets)[..., :2] / (true_targets[..., 2:] - true_targets[..., :2])
+    assert offset.abs().max() <= 0.3 + 1e-5 and offset.abs().mean() > 0.05
+    assert torch.allclose(targets[..., 2:] - targets[..., :2], true_targets[..., 2:] - true_targets[..., :2])
+    assert torch.allclose(plain["targets"], shifted["targets"])  # the reward: the crops' own
