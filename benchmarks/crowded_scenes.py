@@ -31,7 +31,8 @@ ab/asym_other_targets (... over those of every other image), ab/asym_other_targe
 same with each crop's reward embedding centred on its image's crops),
 ab/asym_targets_turned (the target crops turned by random quarter turns), ab/asym_targets_src64
 (the source views rendered at 64 px, twice img_size), ab/asym_targets_jitter (each move
-names its target's box shifted by up to a quarter of its side), ab/decoupled* (annotations and
+names its target's box shifted by up to a quarter of its side), ab/asym_targets_one_size (target
+crops of one area, 0.1 of the scene), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
 mixture's source, asymmetric bootstrap crops from the crowded scenes), ab/mixture_asym_targets and
 ab/decoupled_asym_targets (those two bases with ab/asym_targets' annotations). Tables (``--table``) are lists of them:
@@ -95,6 +96,9 @@ SOURCE_64 = ["views.bootstrap_source_size=64"]
 # crop), a period or more of the plaid's 4-16 px sinusoids: the phase at the target is no longer
 # where the move says, the item about the box's size mostly is.
 MOVE_JITTER = ["views.bootstrap_move_jitter=0.25"]
+# Target crops of one area (0.1 of the scene, about 40 px, an item's size): a crop's zoom, and so
+# the apparent period of the plaid in it, no longer differs between the crops of one image.
+ONE_SIZE_TARGETS = ["views.bootstrap_scale=[0.1, 0.1]"]
 # The same 128 bootstrap views per step as 16 images x (1 source + 7 targets): more crops of each
 # scene among the annotations, so more of a move's rivals share its scene's background.
 SEVEN_TARGETS = ["method.bootstrap_fraction=0.0625", "views.bootstrap_views=8"]
@@ -128,6 +132,8 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
                                   + SOURCE_64),
         "ab/asym_targets_jitter": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                    + MOVE_JITTER),
+        "ab/asym_targets_one_size": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
+                                     + ONE_SIZE_TARGETS),
         "ab/asym_targets_7": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                               + SEVEN_TARGETS),
         "ab/asym_targets_w2": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
@@ -153,6 +159,7 @@ TABLES = {
                "ab/asym_targets_7", "ab/asym_targets_w2", "ab/asym_image_targets", "ab/asym_other_targets",
                "ab/asym_other_targets_centred",
                "ab/asym_targets_turned", "ab/asym_targets_src64", "ab/asym_targets_jitter",
+               "ab/asym_targets_one_size",
                "ab/mixture_asym_targets", "ab/decoupled_asym_targets",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
     "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym", "ab/mixture_asym"],
