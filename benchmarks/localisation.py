@@ -7,7 +7,9 @@ Each run is scored on the first --scenes test scenes generated with its own scen
 ranked by the value of the item's annotation. Prints, per run, the top-move hit rate and the
 mean rank of the best in-box move, with the chance values of the same grid and items; and, to
 tell knowing the scene from knowing where its items are, the share of Q on the scene's own items
-and how often, at the moves into an item's box, that item tops its scene's items (with chance).
+and how often, at the moves into an item's box, that item tops its scene's items (with chance);
+and how often the reward of a crop around an item tops that item among its scene's items (ABSimCLR,
+"reward %": where it is at chance, the annotations cannot tell a scene's items apart for any Q).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import argparse
 import json
 import time
 
+from annoboot.commands import load_run
 from annoboot.data.scenes import SceneSource
 from annoboot.eval.localisation import localisation_score
-from annoboot.commands import load_run
 
 
 def main() -> None:
@@ -31,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     print(f"{'run':<44} {'actions':>7} {'items':>6} {'hit %':>7} {'chance %':>9} {'best rank':>10} {'chance rank':>12} "
-          f"{'scene %':>8} {'chance':>7} {'in scene %':>10} {'chance':>7} {'s':>5}")
+          f"{'scene %':>8} {'chance':>7} {'in scene %':>10} {'chance':>7} {'reward %':>8} {'chance':>7} {'s':>5}")
     for run in args.runs:
         cfg, method, _ = load_run(run, args.weights, ["train.device=cpu"])
         if cfg.data.annotation.kind != "fmnist_scenes":
@@ -46,7 +48,9 @@ def main() -> None:
               f"{score['chance_mean_best_rank']:>12.2f} "
               f"{score.get('scene_share', float('nan')):>8.2f} {score.get('chance_scene_share', float('nan')):>7.2f} "
               f"{score.get('item_in_scene_hit_rate', float('nan')):>10.2f} "
-              f"{score.get('chance_item_in_scene_hit_rate', float('nan')):>7.2f} {seconds:>5.0f}")
+              f"{score.get('chance_item_in_scene_hit_rate', float('nan')):>7.2f} "
+              f"{score.get('reward_item_in_scene_hit_rate', float('nan')):>8.2f} "
+              f"{score.get('chance_reward_item_in_scene_hit_rate', float('nan')):>7.2f} {seconds:>5.0f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

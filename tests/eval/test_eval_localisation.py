@@ -8,15 +8,17 @@ from annoboot.data.scenes import SceneSource
 from annoboot.errors import AnnobootError
 from annoboot.eval.localisation import (
     centres_inside,
+    enlarged_boxes,
     item_tops_its_scene,
     localisation_score,
+    reward_tops_its_scene,
     scene_share,
     score_moves,
     summarise,
 )
+from annoboot.eval.value_maps import grid_boxes
 from annoboot.methods import build_method
 from annoboot.recipe import load_config
-from annoboot.eval.value_maps import grid_boxes
 
 
 def test_a_value_function_that_knows_the_box_scores_every_item_and_a_constant_one_scores_chance():
@@ -54,6 +56,23 @@ def test_scene_share_and_item_in_scene_hits_worked_by_hand():
     assert item_tops_its_scene(probs[1:2], own, column=2) == 1.0
 
 
+def test_the_reward_around_an_item_tops_it_worked_by_hand():
+    """Three items' crops, three crops around them: the first two around-crops point at their own
+    item (cosine, not dot product: the third item's crop is long and aligned with the first), the
+    third at the first item. Caught breaks: dot products (the long third crop would win row 0),
+    rows compared against the wrong item."""
+    items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [10.0, 1.0]])
+    around = torch.tensor([[1.0, -0.05], [0.1, 1.0], [1.0, -0.1]])
+    assert reward_tops_its_scene(around, items).tolist() == [1.0, 1.0, 0.0]
+
+
+def test_enlarged_boxes_keep_the_centre_scale_the_side_and_stay_in_the_image():
+    boxes = torch.tensor([[0.2, 0.2, 0.4, 0.6], [0.0, 0.9, 0.2, 1.0]])
+    out = enlarged_boxes(boxes, 1.5)
+    assert torch.allclose(out[0], torch.tensor([0.15, 0.1, 0.45, 0.7]))
+    assert torch.allclose(out[1], torch.tensor([0.0, 0.875, 0.25, 1.0]))  # clipped at the image's edges
+
+
 def test_no_item_inside_any_centre_is_skipped():
     boxes = grid_boxes(2, 0.5).reshape(-1, 4)
     assert score_moves(torch.rand(4), centres_inside(boxes, torch.tensor([0.0, 0.0, 0.1, 0.1]))) is None
@@ -75,6 +94,9 @@ def test_a_run_without_action_tokens_scores_exactly_chance_and_one_with_them_dif
     # scene's items at every move and the others at none; the share on a scene's items is a share.
     assert 0 < score["item_in_scene_hit_rate"] < 100 and 0 < score["scene_share"] < 100
     assert 0 < score["chance_scene_share"] < 100 and 0 < score["chance_item_in_scene_hit_rate"] <= 100
+    # The reward's own view (no Q): a crop around an item is most like that item's crop above
+    # chance even for an untrained encoder (the pixels overlap), and the two runs share nothing of Q.
+    assert score["reward_item_in_scene_hit_rate"] > score["chance_reward_item_in_scene_hit_rate"]
 
 
 def test_a_method_without_item_annotations_is_refused_naming_the_methods_that_have_them():

@@ -17,7 +17,12 @@ scene's own items (``chance_scene_share``: their share of the annotation set), a
 ``item_in_scene_hit_rate``, over the moves into an item's box, how often that item is the most
 likely of its scene's items (``chance_item_in_scene_hit_rate``: one over the scene's items). A
 value function that knows which scene it sees but not where its items are scores a high scene
-share and the chance item rate.
+share and the chance item rate. ``reward_item_in_scene_hit_rate`` asks the same of the reward
+rather than of Q, for methods whose reward is an embedding's similarity (ABSimCLR's projector): a
+crop around each item (its box enlarged by ``_AROUND``, as a target crop about an item's size
+holds some of what surrounds it), compared with the crops of its scene's items, tops at its own
+item how often. Q learns the reward, so where that rate is at chance no Q can score the item
+rate above it: the annotations themselves do not tell a scene's items apart.
 
 Ties are scored by their expectation under random tie-breaking, so a value function that is
 constant over moves (a run without action tokens) scores exactly the chance rates.
@@ -39,6 +44,8 @@ from annoboot.errors import AnnobootError
 
 # Scenes whose items share one annotation set, about the annotation batch of the CPU recipe.
 _SCENES_PER_SET = 48
+# A target-like crop around an item: its box scaled about its centre (clipped to the image).
+_AROUND = 1.25
 
 
 @dataclass
@@ -82,6 +89,21 @@ def item_tops_its_scene(in_box_probs: torch.Tensor, own: List[int], column: int)
     """in_box_probs (m, L) Q at the moves into the item's box -> the share of those moves at
     which the item's column is the largest of the scene's own columns."""
     return float((in_box_probs[:, own].argmax(1) == own.index(column)).float().mean())
+
+
+def enlarged_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
+    """(K, 4) normalised xyxy boxes scaled by ``factor`` about their centres, clipped to [0, 1]."""
+    centre, half = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) * factor / 2
+    return torch.cat([centre - half, centre + half], 1).clamp(0.0, 1.0)
+
+
+def reward_tops_its_scene(around: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """around, items (k, d) reward embeddings of the crops around a scene's k items and of the
+    items' own crops -> (k,) float: 1 where the crop around item i is most similar (cosine, the
+    order of the reward's softmax) to item i's crop among the scene's items."""
+    similarity = torch.nn.functional.normalize(around.float(), dim=-1) @ torch.nn.functional.normalize(
+        items.float(), dim=-1).T
+    return (similarity.argmax(1) == torch.arange(len(items), device=similarity.device)).float()
 
 
 def summarise(items: List[ItemScore]) -> Dict[str, float]:
@@ -128,6 +150,7 @@ def localisation_score(method, source, grid: int = 8, box_scale: Optional[float]
     items: List[ItemScore] = []
     shares: List[tuple] = []  # (scene share, chance) per scene; image annotations only
     tops: List[tuple] = []  # (item tops its scene, chance) per item with an in-box move
+    reward_tops: List[tuple] = []  # (the reward around an item tops it among its scene's items, chance) per item
     try:
         count = min(scenes, len(source))
         class_keys = _class_caption_keys(method, source) if kind == "caption" else None
@@ -138,6 +161,15 @@ def localisation_score(method, source, grid: int = 8, box_scale: Optional[float]
                 crops = [render_views(b, source.item_boxes[i].to(device)[None], img_size) for b, i in zip(batches, block)]
                 keys = method.annotation_keys(torch.cat(crops))
                 offsets = torch.tensor([0] + [len(source.item_boxes[i]) for i in block]).cumsum(0).tolist()
+                if hasattr(method, "projector"):  # the reward's own embedding of those crops and around them
+                    around = [render_views(b, enlarged_boxes(source.item_boxes[i].to(device), _AROUND)[None], img_size)
+                              for b, i in zip(batches, block)]
+                    embed = lambda views: method.projector(method.encoder(method.normalize(views)).pooled)  # noqa: E731
+                    item_z, around_z = embed(torch.cat(crops)), embed(torch.cat(around))
+                    for j in range(len(batches)):
+                        own_rows = slice(offsets[j], offsets[j + 1])
+                        hits = reward_tops_its_scene(around_z[own_rows], item_z[own_rows])
+                        reward_tops.extend((float(h), 1 / len(hits)) for h in hits)
             else:
                 keys = class_keys
             for j, (batch, i) in enumerate(zip(batches, block)):
@@ -168,6 +200,11 @@ def localisation_score(method, source, grid: int = 8, box_scale: Optional[float]
             "chance_scene_share": 100.0 * sum(c for _, c in shares) / len(shares),
             "item_in_scene_hit_rate": 100.0 * sum(t for t, _ in tops) / len(tops),
             "chance_item_in_scene_hit_rate": 100.0 * sum(c for _, c in tops) / len(tops),
+        })
+    if reward_tops:
+        summary.update({
+            "reward_item_in_scene_hit_rate": 100.0 * sum(t for t, _ in reward_tops) / len(reward_tops),
+            "chance_reward_item_in_scene_hit_rate": 100.0 * sum(c for _, c in reward_tops) / len(reward_tops),
         })
     return summary
 
