@@ -30,7 +30,8 @@ ab/asym_image_targets (reward and Q over the target crops of the move's own imag
 ab/asym_other_targets (... over those of every other image), ab/asym_other_targets_centred (the
 same with each crop's reward embedding centred on its image's crops),
 ab/asym_targets_turned (the target crops turned by random quarter turns), ab/asym_targets_src64
-(the source views rendered at 64 px, twice img_size), ab/asym_targets_jitter (each move
+(the source views rendered at 64 px, twice img_size), ab/asym_targets_src128 (at 128 px, about
+the scene's own resolution), ab/asym_targets_jitter (each move
 names its target's box shifted by up to a quarter of its side), ab/asym_targets_one_size (target
 crops of one area, 0.1 of the scene), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
@@ -92,6 +93,7 @@ TARGET_ROTATION = ["views.bootstrap_target_rotation=true"]  # each target crop t
 # The source views at twice img_size: a wide view of a 128-px scene at 32 px shrinks its items to
 # 6-10 px, about one 8-px patch; at 64 px they span 2-3 patches, nearer the scale probe (b') reads.
 SOURCE_64 = ["views.bootstrap_source_size=64"]
+SOURCE_128 = ["views.bootstrap_source_size=128"]  # the scene's own resolution: the tokens probe (b') reads
 # Each move names its target's box shifted by up to a quarter of its side (7-14 px of a 29-57 px
 # crop), a period or more of the plaid's 4-16 px sinusoids: the phase at the target is no longer
 # where the move says, the item about the box's size mostly is.
@@ -130,6 +132,8 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
                                    + TARGET_ROTATION),
         "ab/asym_targets_src64": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                   + SOURCE_64),
+        "ab/asym_targets_src128": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
+                                   + SOURCE_128),
         "ab/asym_targets_jitter": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                    + MOVE_JITTER),
         "ab/asym_targets_one_size": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
@@ -158,7 +162,7 @@ TABLES = {
     "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/asym_queue", "ab/asym_box", "ab/asym_targets",
                "ab/asym_targets_7", "ab/asym_targets_w2", "ab/asym_image_targets", "ab/asym_other_targets",
                "ab/asym_other_targets_centred",
-               "ab/asym_targets_turned", "ab/asym_targets_src64", "ab/asym_targets_jitter",
+               "ab/asym_targets_turned", "ab/asym_targets_src64", "ab/asym_targets_src128", "ab/asym_targets_jitter",
                "ab/asym_targets_one_size",
                "ab/mixture_asym_targets", "ab/decoupled_asym_targets",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
