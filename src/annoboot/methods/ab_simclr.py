@@ -260,7 +260,8 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
             source_out = self.encoder(source_views)
             source_pooled, source_tokens = source_out.pooled, source_out.tokens
         # views.bootstrap_move_jitter: the moves name shifted boxes; the targets stay where they are
-        moves = self.value_function.moves_between(source_boxes, shifted_boxes(boxes[:, sources:], v.bootstrap_move_jitter))
+        move_boxes = shifted_boxes(boxes[:, sources:], v.bootstrap_move_jitter)
+        moves = self.value_function.moves_between(source_boxes, move_boxes)
         own = None  # other_targets: (N, V - S, L) the columns of each move's own image, left out
         if m.bootstrap_annotations == "other_targets":
             own = own_image_columns(moves.shape[0], moves.shape[2], moves.device)
