@@ -36,7 +36,8 @@ names its target's box shifted by up to a quarter of its side), ab/asym_targets_
 crops of one area, 0.1 of the scene), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
 mixture's source, asymmetric bootstrap crops from the crowded scenes), ab/mixture_asym_targets and
-ab/decoupled_asym_targets (those two bases with ab/asym_targets' annotations). Tables (``--table``) are lists of them:
+ab/decoupled_asym_targets (those two bases with ab/asym_targets' annotations),
+ab/decoupled_asym_targets_src128 (the latter with 128-px source views). Tables (``--table``) are lists of them:
   premise    SimCLR on items, on crowded scenes and on crowded scenes without the background;
   screen     the AB levers, one seed, beside the premise table's SimCLR rows;
   ab         the chosen AB recipes against SimCLR on crowded scenes, on items and the mixture.
@@ -153,6 +154,10 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         "ab/mixture_asym_targets": ("fmnist_ab_simclr", mixture + scene_source("data.bootstrap", scenes) + SMALL_ONLINE
                                     + ASYMMETRIC + TARGET_ANNOTATIONS),
         "ab/decoupled_asym_targets": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS),
+        # ... with its source views at the scenes' own resolution: an item-trained reward and moves
+        # read at the scale probe (b') reads, for benchmarks/localisation.py.
+        "ab/decoupled_asym_targets_src128": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC
+                                             + TARGET_ANNOTATIONS + SOURCE_128),
     }
     return {name: Variant(name, recipe, overrides) for name, (recipe, overrides) in named.items()}
 
@@ -164,7 +169,7 @@ TABLES = {
                "ab/asym_other_targets_centred",
                "ab/asym_targets_turned", "ab/asym_targets_src64", "ab/asym_targets_src128", "ab/asym_targets_jitter",
                "ab/asym_targets_one_size",
-               "ab/mixture_asym_targets", "ab/decoupled_asym_targets",
+               "ab/mixture_asym_targets", "ab/decoupled_asym_targets", "ab/decoupled_asym_targets_src128",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
     "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym", "ab/mixture_asym"],
 }

@@ -3,7 +3,7 @@
   python benchmarks/localisation.py runs/bench/ab_simclr-<key>_s0 runs/bench/ab_simclr-<key>_s1 [--grid 8] [--scenes 240]
 
 Each run is scored on the first --scenes test scenes generated with its own scene settings
-(data.annotation.scenes, split test): for every item, the G x G moves from the whole scene are
+(data.bootstrap.scenes of a decoupled run, else data.annotation.scenes; split test): for every item, the G x G moves from the whole scene are
 ranked by the value of the item's annotation. Prints, per run, the top-move hit rate and the
 mean rank of the best in-box move, with the chance values of the same grid and items; and, to
 tell knowing the scene from knowing where its items are, the share of Q on the scene's own items
@@ -23,6 +23,16 @@ from annoboot.data.scenes import SceneSource
 from annoboot.eval.localisation import localisation_score
 
 
+def moves_source(cfg):
+    """The scene settings the run's moves trained on: its bootstrap source's where it has scenes
+    of its own (decoupled runs: annotations from items or a mixture, moves on the scenes), else
+    its annotation source's; None where neither is a scene source."""
+    for source in (cfg.data.bootstrap, cfg.data.annotation):
+        if source is not None and source.kind == "fmnist_scenes":
+            return source.scenes
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+")
@@ -36,10 +46,11 @@ def main() -> None:
           f"{'scene %':>8} {'chance':>7} {'in scene %':>10} {'chance':>7} {'reward %':>8} {'chance':>7} {'s':>5}")
     for run in args.runs:
         cfg, method, _ = load_run(run, args.weights, ["train.device=cpu"])
-        if cfg.data.annotation.kind != "fmnist_scenes":
+        scenes = moves_source(cfg)
+        if scenes is None:
             raise SystemExit(f"{run}: pre-trained on {cfg.data.annotation.kind}, not on scenes")
         start = time.perf_counter()
-        source = SceneSource(cfg.data.annotation.scenes, "test", limit=args.scenes)
+        source = SceneSource(scenes, "test", limit=args.scenes)
         score = localisation_score(method, source, args.grid, scenes=args.scenes)
         seconds = time.perf_counter() - start
         rows.append({"run": run, "action_tokens": cfg.method.action_tokens, "grid": args.grid, **score})
