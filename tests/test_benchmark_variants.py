@@ -148,3 +148,21 @@ def test_the_caption_benchmarks_equal_time_and_equal_pairs_variants(tmp_path):
     assert equal_time.data.annotation.scenes.captions == "complete"
     assert weak["clip"].data.annotation.scenes.captions == "weak"
     assert not {c.train.out_dir for c in named.values()} & {c.train.out_dir for c in weak.values()}
+
+
+def test_localisation_scores_each_run_on_the_scenes_its_moves_trained_on(tmp_path):
+    """benchmarks/localisation.py: a decoupled run (annotations from items or the mixture) is scored
+    on its bootstrap source's crowded scenes, not on the mixture's mostly single-item scenes; a
+    coupled run on its own scenes; a run on items alone has none."""
+    from localisation import moves_source
+
+    scenes = dict(SCENE_CHOICES["crowded_128_plaid"])
+    variants = variants_of(scenes)
+    config = lambda name: variant_config(variants[name], seed=0, budget=BUDGETS["cpu"], user=[],  # noqa: E731
+                                         out_dir=str(tmp_path))
+    crowded = config("ab/asym_targets").data.annotation.scenes
+    assert moves_source(config("ab/asym_targets")) == crowded
+    assert moves_source(config("ab/decoupled_asym_targets")) == crowded
+    mixture = config("ab/mixture_asym_targets")
+    assert mixture.data.annotation.scenes != crowded and moves_source(mixture) == crowded
+    assert moves_source(config("simclr/items")) is None
