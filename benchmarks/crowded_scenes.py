@@ -31,7 +31,8 @@ ab/asym_other_targets (... over those of every other image), ab/asym_other_targe
 same with each crop's reward embedding centred on its image's crops),
 ab/asym_targets_turned (the target crops turned by random quarter turns), ab/asym_targets_src64
 (the source views rendered at 64 px, twice img_size), ab/asym_targets_src128 (at 128 px, about
-the scene's own resolution), ab/asym_targets_jitter (each move
+the scene's own resolution), ab/asym_targets_src128_box (... each move reading only its region's
+tokens), ab/asym_targets_jitter (each move
 names its target's box shifted by up to a quarter of its side), ab/asym_targets_one_size (target
 crops of one area, 0.1 of the scene), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
@@ -135,6 +136,10 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
                                   + SOURCE_64),
         "ab/asym_targets_src128": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                    + SOURCE_128),
+        # ... whose moves read only their region's tokens: at 128 px an item spans 3-5 tokens, read
+        # at the scale and place probe (b') reads them.
+        "ab/asym_targets_src128_box": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
+                                       + SOURCE_128 + BOX_ATTENTION),
         "ab/asym_targets_jitter": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                    + MOVE_JITTER),
         "ab/asym_targets_one_size": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
@@ -167,7 +172,8 @@ TABLES = {
     "screen": ["ab/small_online", "ab/asym", "ab/queue", "ab/asym_queue", "ab/asym_box", "ab/asym_targets",
                "ab/asym_targets_7", "ab/asym_targets_w2", "ab/asym_image_targets", "ab/asym_other_targets",
                "ab/asym_other_targets_centred",
-               "ab/asym_targets_turned", "ab/asym_targets_src64", "ab/asym_targets_src128", "ab/asym_targets_jitter",
+               "ab/asym_targets_turned", "ab/asym_targets_src64", "ab/asym_targets_src128", "ab/asym_targets_src128_box",
+               "ab/asym_targets_jitter",
                "ab/asym_targets_one_size",
                "ab/mixture_asym_targets", "ab/decoupled_asym_targets", "ab/decoupled_asym_targets_src128",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
