@@ -90,7 +90,7 @@ class DINO(Method):
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         v, model = cfg.views, cfg.model
-        self.encoder = build_resizable_encoder(cfg.model.backbone, cfg.views.img_size, cfg.model.backbone_kwargs)
+        self.encoder = build_resizable_encoder(model.backbone, v.img_size, model.backbone_kwargs)
         self.head = DINOHead(
             self.encoder.width, model.dino_hidden_dim, model.dino_bottleneck_dim, model.dino_prototypes
         )
