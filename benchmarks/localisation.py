@@ -7,9 +7,10 @@ Each run is scored on the first --scenes test scenes generated with its own scen
 item, the G x G moves from the whole scene are ranked by the value of the item's annotation.
 Prints, per run, the top-move hit rate and the mean rank of the best in-box move, with the chance
 values of the same grid and items; and, to tell knowing the scene from knowing where its items
-are, the share of Q on the scene's own items and how often, at the moves into an item's box, that item tops its scene's items (with chance);
-and how often the reward of a crop around an item tops that item among its scene's items (ABSimCLR,
-"reward %": where it is at chance, the annotations cannot tell a scene's items apart for any Q).
+are, the share of Q on the scene's own items and how often, at the moves into an item's box,
+that item tops its scene's items (with chance); and how often the reward of a crop around an item
+tops that item among its scene's items (ABSimCLR, "reward %": where it is at chance, the
+annotations cannot tell a scene's items apart for any Q).
 """
 
 from __future__ import annotations
