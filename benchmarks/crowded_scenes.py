@@ -32,7 +32,9 @@ same with each crop's reward embedding centred on its image's crops),
 ab/asym_targets_turned (the target crops turned by random quarter turns), ab/asym_targets_src64
 (the source views rendered at 64 px, twice img_size), ab/asym_targets_src128 (at 128 px, about
 the scene's own resolution), ab/asym_targets_src128_box (... each move reading only its region's
-tokens), ab/asym_targets_jitter (each move
+tokens), ab/asym_targets_mean, ab/asym_targets_src64_mean and ab/asym_targets_src128_mean (no value
+decoder: each move's value is one linear map of the mean of its region's tokens, with the source views
+at 32, 64 and 128 px), ab/asym_targets_jitter (each move
 names its target's box shifted by up to a quarter of its side), ab/asym_targets_one_size (target
 crops of one area, 0.1 of the scene), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
@@ -87,6 +89,9 @@ SMALL_ONLINE = ["method.annotation_fraction=1.0", "method.bootstrap_fraction=0.1
 ASYMMETRIC = ["views.bootstrap_source_views=1", "views.bootstrap_source_scale=[0.5, 1.0]", "views.bootstrap_scale=[0.05, 0.2]"]
 QUEUE = ["method.annotation_queue=4096"]
 BOX_ATTENTION = ["model.decoder_attention=target_box"]  # each move reads only its region's tokens
+# No value decoder: phi_AB is one linear map of the mean of the region's tokens, the features the
+# in-context linear probe reads from a box, so the bootstrap loss trains those directly.
+REGION_MEAN = ["model.value_readout=region_mean"]
 TARGET_ANNOTATIONS = ["method.bootstrap_annotations=targets"]  # the annotations are the step's target crops
 IMAGE_TARGET_ANNOTATIONS = ["method.bootstrap_annotations=image_targets"]  # ... of the move's own image only
 OTHER_TARGET_ANNOTATIONS = ["method.bootstrap_annotations=other_targets"]  # ... of every other image
@@ -140,6 +145,12 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         # at the scale and place probe (b') reads them.
         "ab/asym_targets_src128_box": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                        + SOURCE_128 + BOX_ATTENTION),
+        "ab/asym_targets_mean": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
+                                 + REGION_MEAN),
+        "ab/asym_targets_src64_mean": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
+                                       + SOURCE_64 + REGION_MEAN),
+        "ab/asym_targets_src128_mean": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
+                                        + SOURCE_128 + REGION_MEAN),
         "ab/asym_targets_jitter": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                    + MOVE_JITTER),
         "ab/asym_targets_one_size": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
@@ -173,6 +184,7 @@ TABLES = {
                "ab/asym_targets_7", "ab/asym_targets_w2", "ab/asym_image_targets", "ab/asym_other_targets",
                "ab/asym_other_targets_centred",
                "ab/asym_targets_turned", "ab/asym_targets_src64", "ab/asym_targets_src128", "ab/asym_targets_src128_box",
+               "ab/asym_targets_mean", "ab/asym_targets_src64_mean", "ab/asym_targets_src128_mean",
                "ab/asym_targets_jitter",
                "ab/asym_targets_one_size",
                "ab/mixture_asym_targets", "ab/decoupled_asym_targets", "ab/decoupled_asym_targets_src128",

@@ -26,7 +26,7 @@ from annoboot.batch import ImageBatch
 from annoboot.config import Config
 from annoboot.errors import AnnobootError
 from annoboot.methods.base import EMATargetOptions, OptionSections, StepOutput, merge_options, rate_metric
-from annoboot.models import LogitScale, ValueDecoder
+from annoboot.models import LogitScale, RegionMeanReadout, ValueDecoder
 from annoboot.objectives import agreement_by_iou, bootstrap_loss, td_target
 from annoboot.objectives.precision import float32_matmul
 from annoboot.option_ranges import BELOW_ONE, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, Range, option
@@ -81,8 +81,14 @@ class ValueDecoderOptions:
     # when that region is wholly outside the view), so the annotations there must be told by
     # the tokens of that region, in the context the encoder gave them (method.md 4b).
     decoder_attention: str = "all"
+    # decoder: phi_AB from the value decoder above (published). region_mean: no decoder, phi_AB is
+    # one linear map of the mean of the source tokens in the move's region (the region
+    # target_box reads; the decoder_* options are then unused), so a move's annotations must be
+    # told linearly by the pooled tokens of its region, as the in-context linear probe reads a box.
+    value_readout: str = "decoder"
 
-    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"decoder_attention": ("all", "target_box")}
+    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"decoder_attention": ("all", "target_box"),
+                                                     "value_readout": ("decoder", "region_mean")}
 
 
 @dataclass
@@ -145,8 +151,11 @@ class ValueFunction(nn.Module):
         m, model = cfg.method, cfg.model
         self.num_bins, self.value_range = m.action_bins, m.action_range
         self.use_moves = m.action_tokens
-        self.attend_to_target = model.decoder_attention == "target_box"
-        self.decoder = ValueDecoder(
+        region_mean = model.value_readout == "region_mean"
+        # Whether each move reads only its region's tokens: the region-mean readout always does.
+        self.attend_to_target = region_mean or model.decoder_attention == "target_box"
+        self.region_option = "model.value_readout=region_mean" if region_mean else "model.decoder_attention=target_box"
+        self.decoder: nn.Module = RegionMeanReadout(token_width, annotation_dim) if region_mean else ValueDecoder(
             token_width=token_width,
             width=model.decoder_dim or token_width,
             depth=model.decoder_depth,
@@ -193,7 +202,7 @@ class ValueFunction(nn.Module):
         source tokens each move may read (model.decoder_attention=target_box)."""
         side = math.isqrt(num_tokens)
         if side * side != num_tokens:
-            raise AnnobootError(f"bad config: model.decoder_attention=target_box needs source views whose tokens "
+            raise AnnobootError(f"bad config: {self.region_option} needs source views whose tokens "
                                 f"form a square grid, got {num_tokens} tokens per view")
         regions = action_box(moves.reshape(-1, 4), self.num_bins, self.value_range)
         return move_region_mask(regions, (side, side)).view(*moves.shape[:2], num_tokens)

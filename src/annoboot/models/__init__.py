@@ -9,7 +9,7 @@ from annoboot.models.encoder import (
 )
 from annoboot.models.heads import LogitScale, Projector
 from annoboot.models.text_encoder import CaptionTokenizer, TextEncoder
-from annoboot.models.value_decoder import ValueDecoder
+from annoboot.models.value_decoder import RegionMeanReadout, ValueDecoder
 
 __all__ = [
     "CaptionTokenizer",
@@ -19,6 +19,7 @@ __all__ = [
     "LogitScale",
     "Projector",
     "TextEncoder",
+    "RegionMeanReadout",
     "ValueDecoder",
     "build_encoder",
     "build_resizable_encoder",

@@ -8,7 +8,9 @@ share one decoder call yet get the same outputs as K separate calls; self-attent
 groups of 4 tokens, so no (4K x 4K) mask is built. Each box's 4 outputs are averaged into one
 vector, projected to ``out_dim``. An optional memory mask limits what each box reads: with
 ``model.decoder_attention=target_box`` a move reads only the source tokens inside the region it
-moves to (``annoboot.methods.bootstrapping.ValueFunction``).
+moves to (``annoboot.methods.bootstrapping.ValueFunction``). ``RegionMeanReadout`` is the
+decoder-free alternative (``model.value_readout=region_mean``): one linear map of the mean of the
+tokens in a move's region.
 """
 
 from __future__ import annotations
@@ -124,3 +126,27 @@ class ValueDecoder(nn.Module):
             queries = block(queries, memory, memory_mask)
         out = self.norm(queries).view(num_sources, num_boxes, self.tokens_per_box, -1).mean(2)
         return self.head(out)
+
+
+class RegionMeanReadout(nn.Module):
+    """phi_AB without a decoder: a layer norm and one linear map of the mean of the source tokens
+    in each move's region. forward(source_tokens (S, T, D_enc), move_tokens (S, K, 4),
+    memory_mask (S, K, T) bool) -> (S, K, out_dim); the move tokens are read only through the mask.
+
+    No query and no attention, so Q can tell the annotations at a target apart only by what the
+    pooled tokens of that region carry, linearly: the features the in-context linear probe (b')
+    reads from a box, and the step's gradient reaches exactly those tokens.
+    """
+
+    def __init__(self, token_width: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(token_width)
+        self.head = nn.Linear(token_width, out_dim)
+
+    def forward(self, source_tokens: torch.Tensor, move_tokens: torch.Tensor,
+                memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if memory_mask is None:
+            raise ValueError("the region-mean readout needs each move's region mask (S, K, T)")
+        weights = memory_mask.to(source_tokens.dtype)  # every row marks at least one token
+        pooled = (weights @ source_tokens) / weights.sum(-1, keepdim=True)
+        return self.head(self.norm(pooled))
