@@ -199,7 +199,7 @@ class ValueFunction(nn.Module):
 
     def memory_mask(self, moves: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """(R, V, 4) action token ids, ``num_tokens`` per source view -> (R, V, T) bool: the
-        source tokens each move may read (model.decoder_attention=target_box)."""
+        source tokens each move may read (decoder_attention=target_box, value_readout=region_mean)."""
         side = math.isqrt(num_tokens)
         if side * side != num_tokens:
             raise AnnobootError(f"bad config: {self.region_option} needs source views whose tokens "
