@@ -34,7 +34,8 @@ ab/asym_targets_turned (the target crops turned by random quarter turns), ab/asy
 the scene's own resolution), ab/asym_targets_src128_box (... each move reading only its region's
 tokens), ab/asym_targets_mean, ab/asym_targets_src64_mean and ab/asym_targets_src128_mean (no value
 decoder: each move's value is one linear map of the mean of its region's tokens, with the source views
-at 32, 64 and 128 px), ab/asym_targets_jitter (each move
+at 32, 64 and 128 px), ab/asym_targets_src64_mean_w2 and _64img (the 64-px one with the bootstrap
+loss weighted twice, or with twice the bootstrap images), ab/asym_targets_jitter (each move
 names its target's box shifted by up to a quarter of its side), ab/asym_targets_one_size (target
 crops of one area, 0.1 of the scene), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
@@ -112,6 +113,9 @@ ONE_SIZE_TARGETS = ["views.bootstrap_scale=[0.1, 0.1]"]
 # scene among the annotations, so more of a move's rivals share its scene's background.
 SEVEN_TARGETS = ["method.bootstrap_fraction=0.0625", "views.bootstrap_views=8"]
 DOUBLE_AB_WEIGHT = ["method.ab_weight=2.0"]  # the bootstrap loss counts twice against SimCLR's
+# Twice the bootstrap images (64 x 4 crops per step beside SimCLR's 256 x 2): twice the moves
+# whose gradient reaches the region's tokens, and 192 target crops among the annotations.
+DOUBLE_AB_SHARE = ["method.bootstrap_fraction=0.25"]
 
 
 def variants_of(scenes: Dict) -> Dict[str, Variant]:
@@ -151,6 +155,11 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
                                        + SOURCE_64 + REGION_MEAN),
         "ab/asym_targets_src128_mean": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                         + SOURCE_128 + REGION_MEAN),
+        # The region-mean recipe with more of the bootstrap loss: weighted twice, or twice the images.
+        "ab/asym_targets_src64_mean_w2": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
+                                          + SOURCE_64 + REGION_MEAN + DOUBLE_AB_WEIGHT),
+        "ab/asym_targets_src64_mean_64img": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC
+                                             + TARGET_ANNOTATIONS + SOURCE_64 + REGION_MEAN + DOUBLE_AB_SHARE),
         "ab/asym_targets_jitter": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                    + MOVE_JITTER),
         "ab/asym_targets_one_size": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
@@ -185,7 +194,7 @@ TABLES = {
                "ab/asym_other_targets_centred",
                "ab/asym_targets_turned", "ab/asym_targets_src64", "ab/asym_targets_src128", "ab/asym_targets_src128_box",
                "ab/asym_targets_mean", "ab/asym_targets_src64_mean", "ab/asym_targets_src128_mean",
-               "ab/asym_targets_jitter",
+               "ab/asym_targets_src64_mean_w2", "ab/asym_targets_src64_mean_64img", "ab/asym_targets_jitter",
                "ab/asym_targets_one_size",
                "ab/mixture_asym_targets", "ab/decoupled_asym_targets", "ab/decoupled_asym_targets_src128",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
