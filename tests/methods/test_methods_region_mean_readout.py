@@ -4,7 +4,7 @@ the region a move leads to, with no decoder (annoboot.models.RegionMeanReadout).
 import pytest
 import torch
 from helpers import one_thread  # noqa: F401  (an autouse fixture: tiny workloads run on one thread)
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from annoboot.errors import AnnobootError
@@ -92,3 +92,31 @@ def test_region_mean_builds_no_decoder_and_trains(tiny_config):
     assert sum(p.numel() for p in value_function.decoder.parameters()) == 2 * width + width * out + out
     last = Trainer(cfg).fit()
     assert torch.isfinite(torch.tensor(last["loss/total"])) and last["loss/bootstrap"] > 0
+
+
+DECODER_OPTION_VALUES = {"decoder_depth": st.integers(1, 6), "decoder_dim": st.sampled_from([16, 32, 64]),
+                         "decoder_heads": st.sampled_from([1, 2, 8]), "decoder_mlp_ratio": st.sampled_from([1.0, 2.0]),
+                         "decoder_attention": st.just("target_box")}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chosen=st.fixed_dictionaries({}, optional=DECODER_OPTION_VALUES),
+       readout=st.sampled_from(["decoder", "region_mean"]))
+def test_decoder_options_set_beside_the_region_mean_readout_are_named_as_unused(caplog, chosen, readout):
+    """Any set of decoder_* options given a value of their own: with region_mean the load warns and
+    names exactly those options (a default value is not named); with the decoder, or with none
+    set, it is silent. Caught breaks: no warning, a warning for defaults, a warning under the decoder."""
+    caplog.clear()
+    overrides = [f"model.{key}={value}" for key, value in chosen.items()]
+    defaults = {"decoder_depth": 4, "decoder_dim": None, "decoder_heads": 4, "decoder_mlp_ratio": 4.0,
+                "decoder_attention": "all"}
+    set_apart = {key for key, value in chosen.items() if value != defaults[key]}
+    with caplog.at_level("WARNING", logger="annoboot.methods.bootstrapping"):
+        load_config(None, ["method.name=ab_simclr", f"model.value_readout={readout}", *overrides])
+    warnings = [r.getMessage() for r in caplog.records if r.name == "annoboot.methods.bootstrapping"]
+    if readout == "decoder" or not set_apart:
+        assert warnings == []
+        return
+    assert len(warnings) == 1 and "model.value_readout=region_mean" in warnings[0]
+    for key in defaults:
+        assert (f"model.{key}=" in warnings[0]) == (key in set_apart), (key, warnings[0])

@@ -13,6 +13,8 @@ annotation keys the method supplies (a head over annotation views, a prototype m
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Dict, Iterator, List, Optional, Tuple
@@ -31,6 +33,8 @@ from annoboot.objectives import agreement_by_iou, bootstrap_loss, td_target
 from annoboot.objectives.precision import float32_matmul
 from annoboot.option_ranges import BELOW_ONE, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, Range, option
 from annoboot.views import Normalize, render_views
+
+log = logging.getLogger(__name__)
 
 # IoU buckets for the agreement health metric: no overlap, then growing overlap.
 IOU_EDGES = (0.0, 1e-6, 0.2, 0.5, 0.8, 1.0001)
@@ -89,6 +93,18 @@ class ValueDecoderOptions:
 
     CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"decoder_attention": ("all", "target_box"),
                                                      "value_readout": ("decoder", "region_mean")}
+
+    @staticmethod
+    def check(cfg: Config, selected: bool) -> None:
+        # region_mean builds no decoder: say so when a decoder option was set, rather than train
+        # silently without what the user asked for.
+        if not selected or cfg.model.value_readout != "region_mean":
+            return
+        unused = [f"model.{f.name}={getattr(cfg.model, f.name)}" for f in dataclasses.fields(ValueDecoderOptions)
+                  if f.name.startswith("decoder_") and getattr(cfg.model, f.name) != f.default]
+        if unused:
+            log.warning("model.value_readout=region_mean builds no value decoder, so %s %s unused",
+                        ", ".join(unused), "is" if len(unused) == 1 else "are")
 
 
 @dataclass
