@@ -13,10 +13,9 @@ annotation keys the method supplies (a head over annotation views, a prototype m
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, ClassVar, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -100,7 +99,7 @@ class ValueDecoderOptions:
         # silently without what the user asked for.
         if not selected or cfg.model.value_readout != "region_mean":
             return
-        unused = [f"model.{f.name}={getattr(cfg.model, f.name)}" for f in dataclasses.fields(ValueDecoderOptions)
+        unused = [f"model.{f.name}={getattr(cfg.model, f.name)}" for f in fields(ValueDecoderOptions)
                   if f.name.startswith("decoder_") and getattr(cfg.model, f.name) != f.default]
         if unused:
             log.warning("model.value_readout=region_mean builds no value decoder, so %s %s unused",
