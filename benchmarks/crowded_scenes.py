@@ -41,7 +41,9 @@ crops of one area, 0.1 of the scene), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
 mixture's source, asymmetric bootstrap crops from the crowded scenes), ab/mixture_asym_targets and
 ab/decoupled_asym_targets (those two bases with ab/asym_targets' annotations),
-ab/decoupled_asym_targets_src128 (the latter with 128-px source views). Tables (``--table``) are lists of them:
+ab/decoupled_asym_targets_src128 (the latter with 128-px source views),
+ab/decoupled_asym_targets_src64_mean and ab/mixture_asym_targets_src64_mean (the two bases with the
+64-px region-mean readout of ab/asym_targets_src64_mean). Tables (``--table``) are lists of them:
   premise    SimCLR on items, on crowded scenes and on crowded scenes without the background;
   screen     the AB levers, one seed, beside the premise table's SimCLR rows;
   ab         the chosen AB recipes against SimCLR on crowded scenes, on items and the mixture.
@@ -183,6 +185,13 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         # read at the scale probe (b') reads, for benchmarks/localisation.py.
         "ab/decoupled_asym_targets_src128": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC
                                              + TARGET_ANNOTATIONS + SOURCE_128),
+        # The two decoupled bases with the region-mean readout of the scenes recipe: moves that
+        # localise on the scenes, under a base loss on items or on the mixture.
+        "ab/decoupled_asym_targets_src64_mean": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC
+                                                 + TARGET_ANNOTATIONS + SOURCE_64 + REGION_MEAN),
+        "ab/mixture_asym_targets_src64_mean": ("fmnist_ab_simclr", mixture + scene_source("data.bootstrap", scenes)
+                                               + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS + SOURCE_64
+                                               + REGION_MEAN),
     }
     return {name: Variant(name, recipe, overrides) for name, (recipe, overrides) in named.items()}
 
@@ -197,6 +206,7 @@ TABLES = {
                "ab/asym_targets_src64_mean_w2", "ab/asym_targets_src64_mean_64img", "ab/asym_targets_jitter",
                "ab/asym_targets_one_size",
                "ab/mixture_asym_targets", "ab/decoupled_asym_targets", "ab/decoupled_asym_targets_src128",
+               "ab/decoupled_asym_targets_src64_mean", "ab/mixture_asym_targets_src64_mean",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
     "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym", "ab/mixture_asym"],
 }
