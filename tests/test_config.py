@@ -142,6 +142,19 @@ def test_the_clip_and_abclip_recipes_differ_only_in_the_method():
         assert not differing, (section, differing)
 
 
+def test_the_decoupled_scenes_recipe_differs_only_in_its_sources_and_steps():
+    # scenes_ab_simclr_decoupled.yaml copies scenes_ab_simclr.yaml: the scenes move from the base
+    # batch to the bootstrap source, the items take the base batch, and the run is half as long.
+    scenes, decoupled = (load_config(f"configs/cpu/{name}.yaml") for name in ("scenes_ab_simclr", "scenes_ab_simclr_decoupled"))
+    assert decoupled.data.bootstrap == scenes.data.annotation
+    assert (decoupled.data.annotation.kind, scenes.data.bootstrap) == ("fashion_mnist", None)
+    assert (scenes.train.steps, decoupled.train.steps) == (4000, 2000)
+    for section, allowed in (("views", ()), ("model", ()), ("method", ()), ("eval", ()), ("train", ("steps", "out_dir"))):
+        a, b = getattr(scenes, section), getattr(decoupled, section)
+        differing = [k for k in vars(a) if getattr(a, k) != getattr(b, k) and k not in allowed]
+        assert not differing, (section, differing)
+
+
 @pytest.mark.parametrize("weights, problem", [([1.0], "1 weight"), ([1.0, -0.5], ">= 0"), ([0.0, 0.0], "positive sum")])
 def test_mix_weights_are_checked_against_the_patterns(tmp_path, weights, problem):
     from annoboot.recipe import load_config
