@@ -35,7 +35,8 @@ the scene's own resolution), ab/asym_targets_src128_box (... each move reading o
 tokens), ab/asym_targets_mean, ab/asym_targets_src64_mean and ab/asym_targets_src128_mean (no value
 decoder: each move's value is one linear map of the mean of its region's tokens, with the source views
 at 32, 64 and 128 px), ab/asym_targets_src64_mean_w2 and _64img (the 64-px one with the bootstrap
-loss weighted twice, or with twice the bootstrap images), ab/asym_targets_jitter (each move
+loss weighted twice, or with twice the bootstrap images), ab/asym_targets_src64_mean_near (its source
+views a quarter to half of the scene, so items near the scale probe (b') reads), ab/asym_targets_jitter (each move
 names its target's box shifted by up to a quarter of its side), ab/asym_targets_one_size (target
 crops of one area, 0.1 of the scene), ab/decoupled* (annotations and
 reward from Fashion-MNIST items, bootstrap crops from the crowded scenes), ab/mixture_asym (annotations and reward from the
@@ -118,6 +119,10 @@ DOUBLE_AB_WEIGHT = ["method.ab_weight=2.0"]  # the bootstrap loss counts twice a
 # Twice the bootstrap images (64 x 4 crops per step beside SimCLR's 256 x 2): twice the moves
 # whose gradient reaches the region's tokens, and 192 target crops among the annotations.
 DOUBLE_AB_SHARE = ["method.bootstrap_fraction=0.25"]
+# Source views of a quarter to half the scene (64-91 px of 128) at 64 px: an item is shrunk by
+# 0.7-1x, near the scale probe (b') reads it at, where [0.5, 1] shrinks it by 0.5-0.7x. The targets
+# are drawn from the whole scene as before, so more of them lie partly or wholly outside the source.
+NEAR_SOURCE = ["views.bootstrap_source_scale=[0.25, 0.5]"]
 
 
 def variants_of(scenes: Dict) -> Dict[str, Variant]:
@@ -162,6 +167,8 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
                                           + SOURCE_64 + REGION_MEAN + DOUBLE_AB_WEIGHT),
         "ab/asym_targets_src64_mean_64img": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC
                                              + TARGET_ANNOTATIONS + SOURCE_64 + REGION_MEAN + DOUBLE_AB_SHARE),
+        "ab/asym_targets_src64_mean_near": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC
+                                            + TARGET_ANNOTATIONS + SOURCE_64 + REGION_MEAN + NEAR_SOURCE),
         "ab/asym_targets_jitter": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                    + MOVE_JITTER),
         "ab/asym_targets_one_size": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
@@ -203,7 +210,8 @@ TABLES = {
                "ab/asym_other_targets_centred",
                "ab/asym_targets_turned", "ab/asym_targets_src64", "ab/asym_targets_src128", "ab/asym_targets_src128_box",
                "ab/asym_targets_mean", "ab/asym_targets_src64_mean", "ab/asym_targets_src128_mean",
-               "ab/asym_targets_src64_mean_w2", "ab/asym_targets_src64_mean_64img", "ab/asym_targets_jitter",
+               "ab/asym_targets_src64_mean_w2", "ab/asym_targets_src64_mean_64img", "ab/asym_targets_src64_mean_near",
+               "ab/asym_targets_jitter",
                "ab/asym_targets_one_size",
                "ab/mixture_asym_targets", "ab/decoupled_asym_targets", "ab/decoupled_asym_targets_src128",
                "ab/decoupled_asym_targets_src64_mean", "ab/mixture_asym_targets_src64_mean",
