@@ -10,7 +10,9 @@ the in-context families of the crowded-scenes table, its own eval settings and t
 sizes: (b') the object in a given box read from the whole scene's tokens (kNN, linear, MAP;
 15,000 train objects) and (c') the classes a scene holds at its own resolution (mAP). Floors
 through the same code: the first run's recipe untrained (its seed) and raw pixels. Prints mean
-± half the range per variant and each ab/* minus each simclr/* variant.
+± half the range per variant and each ab/* minus each simclr/* variant. Files of several calls
+on the same pair make one table with benchmarks/merge_tables.py (FILE=NAME tells apart runs of one
+variant at two budgets).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def main() -> None:
              for other in names if other.startswith("ab/")]
     title = f"in context on {args.train} / {args.test} (scenes at {args.scene_side} px)"
     print_table(title, rows, pairs, families=FAMILIES)
-    harness.write_json(args.json, title, rows, train=train.describe(), test=test.describe(),
+    harness.write_json(args.json, title, rows, families=list(FAMILIES), train=train.describe(), test=test.describe(),
                        skipped_train=train.skipped, skipped_test=test.skipped)
 
 

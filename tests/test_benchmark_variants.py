@@ -107,6 +107,45 @@ def test_merge_tables_reads_the_probe_families_its_files_saved(tmp_path, monkeyp
         merge_tables.main()
 
 
+def test_merge_tables_joins_in_context_files_that_saved_no_families(tmp_path, monkeypatch, capsys):
+    """coco_in_context.py's files (before they saved their families) merge by the families every
+    run holds; FILE=NAME tells one variant's two budgets apart, --json writes the merged runs, and
+    a file probed on other scenes is refused by name."""
+    import json
+
+    import merge_tables
+
+    def table(name, variant, knn, test="coco_boxes: 1000 scenes"):
+        figures = {"knn": knn, "linear": 60.0, "map": 70.0}
+        runs = [{"variant": variant, "seed": seed, "steps": 10, "views_seen": 100, "train_seconds": 60.0,
+                 "in_context": {**figures, "knn": knn + seed}, "scenes_in_context": figures,
+                 "scenes_in_context_f1": {"knn": 1.0}} for seed in (0, 1)]
+        path = tmp_path / name
+        path.write_text(json.dumps({"title": "t", "date": "d", "device": "cpu", "train": "coco_boxes: 3000 scenes",
+                                    "test": test, "runs": runs}))
+        return str(path)
+
+    base, short, long = table("a.json", "simclr/items", 40.0), table("b.json", "ab/x", 45.0), table("c.json", "ab/x", 47.0)
+    out = tmp_path / "merged.json"
+    monkeypatch.setattr(sys, "argv", ["merge_tables.py", base, f"{short}=ab/short", f"{long}=ab/long",
+                                      "--diff", "simclr/items", "ab/long", "--json", str(out)])
+    assert merge_tables.main() == 0
+    diff = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ab/long - simclr/items"))
+    assert diff.split()[3:5] == ["+7.00", "+0.00"]  # in-context kNN, then linear
+    merged = json.loads(out.read_text())
+    assert merged["families"] == ["in_context", "scenes_in_context"]
+    assert sorted({run["variant"] for run in merged["runs"]}) == ["ab/long", "ab/short", "simclr/items"]
+    assert len(merged["runs"]) == 6
+    other = table("d.json", "ab/y", 50.0, test="coco_boxes: 10 scenes")
+    monkeypatch.setattr(sys, "argv", ["merge_tables.py", base, other])
+    with pytest.raises(SystemExit, match=r"d\.json: its test \(coco_boxes: 10 scenes\) differ"):
+        merge_tables.main()
+    (tmp_path / "e.json").write_text("[]")  # e.g. a localisation.py file
+    monkeypatch.setattr(sys, "argv", ["merge_tables.py", base, str(tmp_path / "e.json")])
+    with pytest.raises(SystemExit, match=r"e\.json: not a protocol's --json"):
+        merge_tables.main()
+
+
 def test_the_caption_benchmarks_whole_batch_variant_keeps_clips_batch_and_costs_clips_time(tmp_path):
     """captions.py's ab_clip/whole_asym gives CLIP's loss the same 256 captioned images a step as
     the clip variant (the published ab_clip split halves them), adds 32 bootstrap images of 1
