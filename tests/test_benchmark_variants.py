@@ -205,3 +205,15 @@ def test_localisation_scores_each_run_on_the_scenes_its_moves_trained_on(tmp_pat
     mixture = config("ab/mixture_asym_targets")
     assert mixture.data.annotation.scenes != crowded and moves_source(mixture) == crowded
     assert moves_source(config("simclr/items")) is None
+
+
+def test_move_geometry_measures_the_share_of_a_target_inside_its_source():
+    """benchmarks/move_geometry.py: a target inside its source counts 1, one half across its edge
+    0.5, one beside it 0, whatever the other targets of the scene."""
+    import torch
+    from move_geometry import inside_fraction
+
+    source = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.2, 0.2, 1.0, 1.0]])
+    targets = torch.tensor([[[0.1, 0.1, 0.3, 0.3], [0.4, 0.0, 0.6, 0.2], [0.6, 0.6, 0.9, 0.9]],
+                            [[0.0, 0.0, 0.1, 0.1], [0.1, 0.3, 0.3, 0.5], [0.2, 0.2, 1.0, 1.0]]])
+    assert torch.allclose(inside_fraction(source, targets), torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.5, 1.0]]))
