@@ -228,6 +228,42 @@ def test_annotations_from_the_targets_reward_each_target_crop_as_itself_among_al
     assert next(method.ab_annotation_head.parameters()).grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("annotations", ["targets", "image_targets", "other_targets"])
+def test_the_reward_temperature_rescales_the_rewards_log_odds_and_nothing_else(tiny_config, monkeypatch, annotations):
+    """method.reward_temperature T': the reward is the same softmax at T' instead of SimCLR's T, so
+    for the same weights and crops each log-reward changes to T / T' times the old one up to its
+    normaliser, and Q's logits do not move. Caught breaks: the option read nowhere (rewards equal),
+    read by the base loss or Q instead (logits move), a softmax at another temperature."""
+    from annoboot.batch import ImageBatch
+
+    torch.manual_seed(0)
+    method = build_method(tiny_config(*ASYMMETRIC, "method.target_network=online",
+                                      f"method.bootstrap_annotations={annotations}"))
+    method.eval()  # dropout-free, so two forwards of the same crops agree
+    sizes = method.batch_sizes()
+    count, images = sizes["annotation"], sizes["bootstrap"]
+    annotation_views = torch.randn(2 * count, 3, 32, 32)
+    monkeypatch.setattr(method, "annotation_views", lambda batch: annotation_views)
+    views = torch.randn(images * 4, 3, 32, 32)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.4, 0.4], [0.5, 0.0, 0.9, 0.4], [0.0, 0.5, 0.4, 0.9]])
+    monkeypatch.setattr(ab_simclr_module, "bootstrap_views", lambda *a, **k: (views, boxes.expand(images, 4, 4)))
+    calls = capture_bootstrap_objective(monkeypatch, ab_simclr_module)
+    batch = lambda n: ImageBatch(torch.zeros(n, 1, 32, 32, dtype=torch.uint8), torch.full((n, 2), 32))  # noqa: E731
+    for temperature in (None, 0.5):
+        method.cfg.method.reward_temperature = temperature
+        with torch.no_grad():
+            method.training_step({"annotation": batch(count), "bootstrap": batch(images)}, None)
+    (simclr_t, higher) = calls
+    ratio = 0.5 / method.cfg.method.temperature
+    kept = simclr_t["targets"] > 0  # other_targets: each move's own image's crops are 0 at any temperature
+    assert torch.equal(kept, higher["targets"] > 0)
+    log_old = simclr_t["targets"].clamp_min(1e-30).log()
+    rescaled = torch.where(kept, log_old / ratio, torch.full_like(log_old, float("-inf"))).log_softmax(-1)
+    assert torch.allclose(rescaled.exp(), higher["targets"], atol=1e-4)
+    assert not torch.allclose(simclr_t["targets"], higher["targets"], atol=1e-3)
+    assert torch.allclose(simclr_t["logits"], higher["logits"])
+
+
 def test_annotations_from_the_own_image_targets_score_each_move_against_its_image_crops_only(tiny_config, monkeypatch):
     """method.bootstrap_annotations=image_targets: each image's 3 moves are scored against that
     image's 3 target crops only, with the reward renormalised over them; what the other images

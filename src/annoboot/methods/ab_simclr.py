@@ -25,7 +25,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ from annoboot.methods.bootstrapping import (
 from annoboot.methods.simclr import SimCLR
 from annoboot.models import Projector, build_resizable_encoder, check_patch_multiple
 from annoboot.objectives import annotation_distribution, nt_xent
-from annoboot.option_ranges import FRACTION, NON_NEGATIVE, PROBABILITY, option
+from annoboot.option_ranges import FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, option
 from annoboot.views import quarter_turned
 
 
@@ -142,10 +142,16 @@ class BootstrapAnnotationOptions:
     centred_annotations: with any of the three, each target crop's reward embedding minus the mean
     of its image's target crops before the softmax, so what all of an image's crops share (its
     background's overall look) does not decide which other crops a crop resembles; the keys of
-    Q (psi_AB) are unchanged."""
+    Q (psi_AB) are unchanged.
+    reward_temperature: the temperature of the reward's softmax, with any annotations (None:
+    method.temperature, SimCLR's own, as published). A higher one spreads a crop's reward over the
+    annotations that look like it, where SimCLR's 0.1 puts nearly all of a target crop's reward
+    on the crop itself: Q then learns which crops resemble what a move leads to, not only which
+    crop it is."""
 
     bootstrap_annotations: str = "batch"
     centred_annotations: bool = False
+    reward_temperature: Optional[float] = option(None, POSITIVE)
 
     CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"bootstrap_annotations": ("batch", "targets", "image_targets",
                                                                                 "other_targets")}
@@ -279,10 +285,10 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
                         z = self.target_embeddings(target_pooled, moves.shape[0])
                     if m.bootstrap_annotations in ("targets", "other_targets"):  # each crop's softmax over them
                         excluded = None if own is None else own.flatten(0, 1)  # ... but its own image's
-                        reward = annotation_distribution(z, distributed.gather(z), m.temperature, excluded)
+                        reward = annotation_distribution(z, distributed.gather(z), self.reward_temperature, excluded)
                         td_targets = reward.view(moves.shape[0], moves.shape[2], -1)  # (N, V - S, L)
                     elif m.bootstrap_annotations == "image_targets":  # ... over its own image's crops
-                        reward = same_image_block(annotation_distribution(z, z, m.temperature).view(
+                        reward = same_image_block(annotation_distribution(z, z, self.reward_temperature).view(
                             moves.shape[0], 1, moves.shape[2], -1))[:, 0]  # (N, V - S, V - S)
                         td_targets = reward / reward.sum(-1, keepdim=True)
                     else:
@@ -345,9 +351,15 @@ class ABSimCLR(AnnotationBootstrapping, SimCLR):
             self._step_annotations = annotations
             queued = self.queue_embeddings[: self.queue_filled(step, annotations.shape[0])]
             annotations = torch.cat([annotations, queued.to(annotations.dtype)])
-        reward = annotation_distribution(z[num_annotations:], annotations, m.temperature)
+        reward = annotation_distribution(z[num_annotations:], annotations, self.reward_temperature)
         return ema_targets(self.cfg, reward, self.value_function, boot_tokens, moves,
                            lambda: distributed.gather(self.ab_annotation_head(pooled[:num_annotations])))
+
+    @property
+    def reward_temperature(self) -> float:
+        """The reward softmax's temperature: method.reward_temperature, else SimCLR's."""
+        m = self.cfg.method
+        return m.temperature if m.reward_temperature is None else m.reward_temperature
 
     def queue_filled(self, step: int, per_step: int) -> int:
         """Queued annotations in use at ``step`` (0-based): every earlier step enqueued ``per_step``."""
