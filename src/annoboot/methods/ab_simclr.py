@@ -147,7 +147,8 @@ class BootstrapAnnotationOptions:
     method.temperature, SimCLR's own, as published). A higher one spreads a crop's reward over the
     annotations that look like it, where SimCLR's 0.1 puts nearly all of a target crop's reward
     on the crop itself: Q then learns which crops resemble what a move leads to, not only which
-    crop it is."""
+    crop it is. At 0.3 on the crowded scenes the reward went nearly flat and the branch added
+    almost nothing (docs/method.md 4b)."""
 
     bootstrap_annotations: str = "batch"
     centred_annotations: bool = False
