@@ -16,17 +16,14 @@ import argparse
 
 import torch
 
-from annoboot.actions import sample_crop_boxes
+from annoboot.actions import box_intersection, sample_crop_boxes
 from annoboot.config import ViewsConfig
 
 
 def inside_fraction(source: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(N, T) share of each target box's area inside its scene's source box (xyxy, normalised)."""
-    source = source[:, None].expand_as(targets)
-    width = (torch.minimum(source[..., 2], targets[..., 2]) - torch.maximum(source[..., 0], targets[..., 0])).clamp(min=0)
-    height = (torch.minimum(source[..., 3], targets[..., 3]) - torch.maximum(source[..., 1], targets[..., 1])).clamp(min=0)
     area = (targets[..., 2] - targets[..., 0]) * (targets[..., 3] - targets[..., 1])
-    return width * height / area
+    return box_intersection(source[:, None], targets) / area
 
 
 def main() -> None:

@@ -98,11 +98,16 @@ def pairwise_relative_boxes(boxes_xyxy: torch.Tensor) -> torch.Tensor:
     return relative_box(boxes_xyxy[:, :, None, :], boxes_xyxy[:, None, :, :])
 
 
-def box_iou(a_xyxy: torch.Tensor, b_xyxy: torch.Tensor) -> torch.Tensor:
-    """Intersection over union of broadcastable (..., 4) boxes; returns (...)."""
+def box_intersection(a_xyxy: torch.Tensor, b_xyxy: torch.Tensor) -> torch.Tensor:
+    """Area of the overlap of broadcastable (..., 4) boxes; returns (...)."""
     ix = (torch.minimum(a_xyxy[..., 2], b_xyxy[..., 2]) - torch.maximum(a_xyxy[..., 0], b_xyxy[..., 0])).clamp(min=0)
     iy = (torch.minimum(a_xyxy[..., 3], b_xyxy[..., 3]) - torch.maximum(a_xyxy[..., 1], b_xyxy[..., 1])).clamp(min=0)
-    inter = ix * iy
+    return ix * iy
+
+
+def box_iou(a_xyxy: torch.Tensor, b_xyxy: torch.Tensor) -> torch.Tensor:
+    """Intersection over union of broadcastable (..., 4) boxes; returns (...)."""
+    inter = box_intersection(a_xyxy, b_xyxy)
     area_a = (a_xyxy[..., 2] - a_xyxy[..., 0]) * (a_xyxy[..., 3] - a_xyxy[..., 1])
     area_b = (b_xyxy[..., 2] - b_xyxy[..., 0]) * (b_xyxy[..., 3] - b_xyxy[..., 1])
     return inter / (area_a + area_b - inter).clamp(min=1e-12)
