@@ -166,3 +166,17 @@ def test_mix_weights_are_checked_against_the_patterns(tmp_path, weights, problem
     with pytest.raises(AnnobootError, match="webdataset only"):
         load_config(None, ["data.annotation.kind=image_folder", "data.annotation.root=x",
                            "data.annotation.mix_weights=[1]"])
+
+
+def test_the_mixture_recipe_differs_from_the_scenes_recipe_only_in_its_source_and_steps():
+    # scenes_simclr_mixture.yaml is crowded_scenes.py's simclr/mixture: scenes_simclr.yaml with
+    # items mixed into its scenes, probed on the same crowded scenes, at the decoupled budget.
+    scenes, mixture = (load_config(f"configs/cpu/{name}.yaml") for name in ("scenes_simclr", "scenes_simclr_mixture"))
+    a, b = scenes.data.annotation.scenes, mixture.data.annotation.scenes
+    assert (b.num_scenes, b.single_fraction, a.single_fraction) == (80000, 0.75, 0.0)
+    assert [k for k in vars(a) if getattr(a, k) != getattr(b, k)] == ["num_scenes", "single_fraction"]
+    assert (scenes.train.steps, mixture.train.steps) == (5000, 2500)
+    for section, allowed in (("views", ()), ("model", ()), ("method", ()), ("eval", ()), ("train", ("steps", "out_dir"))):
+        a, b = getattr(scenes, section), getattr(mixture, section)
+        differing = [k for k in vars(a) if getattr(a, k) != getattr(b, k) and k not in allowed]
+        assert not differing, (section, differing)
