@@ -212,6 +212,29 @@ def write_json(path: Optional[str], title: str, rows: List[Dict], **header) -> N
                                           "runs": rows}, indent=2, default=float))
 
 
+def read_protocol_json(path: str) -> Dict:
+    """A protocol's ``--json`` file (a dict whose runs each name a variant and a seed), or
+    SystemExit naming the file and what is wrong with it: a table is often rebuilt from files
+    named by hand, and a typo or a cut-off copy should not end in a traceback."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: no such file") from None
+    except OSError as error:
+        raise SystemExit(f"{path}: cannot be read ({error.strerror})") from None
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"{path}: not JSON ({error.msg}, line {error.lineno} column {error.colno})") from None
+    except UnicodeDecodeError as error:
+        raise SystemExit(f"{path}: not JSON (not UTF-8 text at byte {error.start})") from None
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, list):
+        raise SystemExit(f"{path}: not a protocol's --json (no list of runs)")
+    for index, run in enumerate(runs):
+        if not isinstance(run, dict) or "variant" not in run or "seed" not in run:
+            raise SystemExit(f"{path}: run {index} is not a run of a protocol (a dict with a variant and a seed)")
+    return data
+
+
 def headline(title: str, **settings) -> str:
     """The table's first line: what ran, when, on what."""
     return f"{title}  date={date.today()}  device={hardware()}  " + "  ".join(f"{k}={v}" for k, v in settings.items())

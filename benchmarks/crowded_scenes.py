@@ -67,12 +67,10 @@ about 20 min plus 3-4 min of probes; see docs/experiments/crowded_scenes.md for 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from _harness import write_json
+from _harness import read_protocol_json, write_json
 from _protocol import (
     FLOORS,
     SCENE_CHOICES,
@@ -297,7 +295,7 @@ def main() -> int:
 def table_from_json(args: argparse.Namespace, seeds: Optional[Sequence[int]] = None) -> int:
     """The table of saved runs: the figures recomputed without rerunning anything; ``seeds``: only
     those seeds' runs (the floors' seeds included), else every saved run."""
-    saved = [json.loads(Path(path).read_text()) for path in args.from_json]
+    saved = [read_protocol_json(path) for path in args.from_json]
     # One row per (variant, seed): a run probed again in a later file replaces its earlier row.
     runs = list({(run["variant"], run["seed"]): run for table in saved for run in table["runs"]}.values())
     if seeds is not None:
@@ -305,9 +303,11 @@ def table_from_json(args: argparse.Namespace, seeds: Optional[Sequence[int]] = N
     names = args.variants or list(dict.fromkeys(run["variant"] for run in runs))
     floors = [run for run in runs if run["variant"] in FLOORS and run["variant"] not in names]
     runs = sorted((run for run in runs if run["variant"] in names), key=lambda run: names.index(run["variant"])) + floors
-    families = saved[0]["families"]
-    if any(table["families"] != families or table.get("scene_settings") != saved[0].get("scene_settings") for table in saved):
-        raise SystemExit("--from-json: the files hold other probe families or other scenes; merge only one protocol's runs")
+    families = saved[0].get("families")
+    for path, table in zip(args.from_json, saved):
+        if table.get("families") != families or table.get("scene_settings") != saved[0].get("scene_settings"):
+            raise SystemExit(f"--from-json {path}: other probe families or other scenes than {args.from_json[0]}'s; "
+                             "merge only one protocol's runs")
     seeds = sorted({run["seed"] for run in runs if run["seed"] is not None})
     pairs = [(base, other) for base in ("simclr/crowded", "simclr/items", "simclr/mixture") if base in names
              for other in names if other.startswith("ab/")]

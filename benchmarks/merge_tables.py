@@ -15,10 +15,9 @@ holds (coco_in_context.py's files before it saved them). ``--json`` writes the m
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from _harness import write_json
+from _harness import read_protocol_json, write_json
 from _protocol import FAMILY_TITLES, print_table
 
 
@@ -51,9 +50,7 @@ def main() -> int:
     for spec in args.files:
         file_name, _, name = spec.partition("=")
         path = Path(file_name)
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
-            raise SystemExit(f"{path}: not a protocol's --json (no list of runs)")
+        data = read_protocol_json(file_name)
         if families is not None and families_of(path, data) != families:
             raise SystemExit(f"{path}: probe families {families_of(path, data)} differ from the first file's {families}")
         families, first = families_of(path, data), first or data

@@ -7,10 +7,14 @@ whose overrides the config refuses would fail only after the runs before it have
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -217,3 +221,48 @@ def test_move_geometry_measures_the_share_of_a_target_inside_its_source():
     targets = torch.tensor([[[0.1, 0.1, 0.3, 0.3], [0.4, 0.0, 0.6, 0.2], [0.6, 0.6, 0.9, 0.9]],
                             [[0.0, 0.0, 0.1, 0.1], [0.1, 0.3, 0.3, 0.5], [0.2, 0.2, 1.0, 1.0]]])
     assert torch.allclose(inside_fraction(source, targets), torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.5, 1.0]]))
+
+
+_SAVED_TABLE = json.dumps({"title": "t", "date": "d", "device": "cpu", "families": ["items"],
+                           "runs": [{"variant": "simclr/crowded", "seed": 0, "items": {"knn": 50.0}}]})
+
+
+@settings(max_examples=200, deadline=None)
+@given(damage=st.one_of(
+    st.integers(0, len(_SAVED_TABLE) - 1).map(lambda cut: _SAVED_TABLE[:cut].encode()),  # a cut-off copy
+    st.binary(max_size=64),  # any bytes at all
+    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=4),  # JSON of another shape
+                 lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["runs", "variant", "seed"]),
+                                                                             inner, max_size=3),
+                 max_leaves=6).map(lambda value: json.dumps(value).encode()),
+))
+def test_a_damaged_saved_table_is_refused_by_name_by_both_readers(damage, tmp_path_factory):
+    """crowded_scenes.py --from-json and merge_tables.py read a saved table through one reader:
+    a cut-off, garbled or misshapen file stops them with its own name, never a traceback."""
+    import crowded_scenes
+    import merge_tables
+    from _harness import read_protocol_json
+
+    path = tmp_path_factory.mktemp("saved") / "damaged.json"
+    path.write_bytes(damage)
+    try:
+        data = read_protocol_json(str(path))
+    except SystemExit as stop:
+        assert str(stop).startswith(f"{path}: ")
+    else:  # what it accepts is a table whose every run names a variant and a seed
+        assert all("variant" in run and "seed" in run for run in data["runs"])
+        return
+    for argv in (["crowded_scenes.py", "--from-json", str(path)], ["merge_tables.py", str(path)]):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys, "argv", argv)
+            with pytest.raises(SystemExit, match=re.escape(str(path))):
+                (crowded_scenes if argv[0] == "crowded_scenes.py" else merge_tables).main()
+
+
+def test_a_missing_saved_table_is_named():
+    import merge_tables
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["merge_tables.py", "no/such/table.json"])
+        with pytest.raises(SystemExit, match=r"^no/such/table\.json: no such file$"):
+            merge_tables.main()
