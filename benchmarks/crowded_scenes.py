@@ -38,7 +38,7 @@ at 32, 64 and 128 px), ab/asym_targets_src64_mean_w2 and _64img (the 64-px one w
 loss weighted twice, or with twice the bootstrap images), ab/asym_targets_src64_mean_near (its source
 views a quarter to half of the scene, so items near the scale probe (b') reads; _wide: 0.8 to all of it,
 so nearly every target inside its source; _soft and _sharp: the reward's softmax at 0.3 or 0.05, not SimCLR's 0.1;
-_tight: target crops of 0.03-0.1 of the scene, not 0.05-0.2),
+_tight: target crops of 0.03-0.1 of the scene, not 0.05-0.2; _sharp_tight: both),
 ab/asym_targets_jitter (each move
 names its target's box shifted by up to a quarter of its side), ab/asym_targets_one_size (target
 crops of one area, 0.1 of the scene), ab/decoupled* (annotations and
@@ -187,6 +187,7 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         "ab/asym_targets_src64_mean_soft": ("fmnist_ab_simclr", region_mean + SOFT_REWARD),
         "ab/asym_targets_src64_mean_sharp": ("fmnist_ab_simclr", region_mean + SHARP_REWARD),
         "ab/asym_targets_src64_mean_tight": ("fmnist_ab_simclr", region_mean + TIGHT_TARGETS),
+        "ab/asym_targets_src64_mean_sharp_tight": ("fmnist_ab_simclr", region_mean + SHARP_REWARD + TIGHT_TARGETS),
         "ab/asym_targets_jitter": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
                                    + MOVE_JITTER),
         "ab/asym_targets_one_size": ("fmnist_ab_simclr", crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS
@@ -230,7 +231,8 @@ TABLES = {
                "ab/asym_targets_mean", "ab/asym_targets_src64_mean", "ab/asym_targets_src128_mean",
                "ab/asym_targets_src64_mean_w2", "ab/asym_targets_src64_mean_64img", "ab/asym_targets_src64_mean_near",
                "ab/asym_targets_src64_mean_wide", "ab/asym_targets_src64_mean_soft", "ab/asym_targets_src64_mean_sharp",
-               "ab/asym_targets_src64_mean_tight", "ab/asym_targets_jitter", "ab/asym_targets_one_size",
+               "ab/asym_targets_src64_mean_tight", "ab/asym_targets_src64_mean_sharp_tight", "ab/asym_targets_jitter",
+               "ab/asym_targets_one_size",
                "ab/mixture_asym_targets", "ab/decoupled_asym_targets", "ab/decoupled_asym_targets_src128",
                "ab/decoupled_asym_targets_src64_mean", "ab/mixture_asym_targets_src64_mean",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
