@@ -142,6 +142,14 @@ def test_the_clip_and_abclip_recipes_differ_only_in_the_method():
         assert not differing, (section, differing)
 
 
+def assert_same_but_steps(recipe, other):
+    """Two recipes agree option for option in views, model, method, eval and train, but train.steps and out_dir."""
+    for section, allowed in (("views", ()), ("model", ()), ("method", ()), ("eval", ()), ("train", ("steps", "out_dir"))):
+        a, b = getattr(recipe, section), getattr(other, section)
+        differing = [k for k in vars(a) if getattr(a, k) != getattr(b, k) and k not in allowed]
+        assert not differing, (section, differing)
+
+
 def test_the_decoupled_scenes_recipe_differs_only_in_its_sources_and_steps():
     # scenes_ab_simclr_decoupled.yaml copies scenes_ab_simclr.yaml: the scenes move from the base
     # batch to the bootstrap source, the items take the base batch, and the run is half as long.
@@ -149,10 +157,7 @@ def test_the_decoupled_scenes_recipe_differs_only_in_its_sources_and_steps():
     assert decoupled.data.bootstrap == scenes.data.annotation
     assert (decoupled.data.annotation.kind, scenes.data.bootstrap) == ("fashion_mnist", None)
     assert (scenes.train.steps, decoupled.train.steps) == (4000, 2000)
-    for section, allowed in (("views", ()), ("model", ()), ("method", ()), ("eval", ()), ("train", ("steps", "out_dir"))):
-        a, b = getattr(scenes, section), getattr(decoupled, section)
-        differing = [k for k in vars(a) if getattr(a, k) != getattr(b, k) and k not in allowed]
-        assert not differing, (section, differing)
+    assert_same_but_steps(scenes, decoupled)
 
 
 @pytest.mark.parametrize("weights, problem", [([1.0], "1 weight"), ([1.0, -0.5], ">= 0"), ([0.0, 0.0], "positive sum")])
@@ -176,7 +181,4 @@ def test_the_mixture_recipe_differs_from_the_scenes_recipe_only_in_its_source_an
     assert (b.num_scenes, b.single_fraction, a.single_fraction) == (80000, 0.75, 0.0)
     assert [k for k in vars(a) if getattr(a, k) != getattr(b, k)] == ["num_scenes", "single_fraction"]
     assert (scenes.train.steps, mixture.train.steps) == (5000, 2500)
-    for section, allowed in (("views", ()), ("model", ()), ("method", ()), ("eval", ()), ("train", ("steps", "out_dir"))):
-        a, b = getattr(scenes, section), getattr(mixture, section)
-        differing = [k for k in vars(a) if getattr(a, k) != getattr(b, k) and k not in allowed]
-        assert not differing, (section, differing)
+    assert_same_but_steps(scenes, mixture)
