@@ -37,7 +37,8 @@ decoder: each move's value is one linear map of the mean of its region's tokens,
 at 32, 64 and 128 px), ab/asym_targets_src64_mean_w2 and _64img (the 64-px one with the bootstrap
 loss weighted twice, or with twice the bootstrap images), ab/asym_targets_src64_mean_near (its source
 views a quarter to half of the scene, so items near the scale probe (b') reads; _wide: 0.8 to all of it,
-so nearly every target inside its source; _soft and _sharp: the reward's softmax at 0.3 or 0.05, not SimCLR's 0.1;
+so nearly every target inside its source; _soft, _sharp and _sharper: the reward's softmax at 0.3, 0.05 or
+0.03, not SimCLR's 0.1; _sharp is the scenes recipe, configs/cpu/scenes_ab_simclr.yaml;
 _tight: target crops of 0.03-0.1 of the scene, not 0.05-0.2; _sharp_tight: both),
 ab/asym_targets_jitter (each move
 names its target's box shifted by up to a quarter of its side), ab/asym_targets_one_size (target
@@ -149,7 +150,8 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
     plain = scene_source("data.annotation", {**scenes, "background": "none"})
     mixture = scene_source("data.annotation", {**scenes, "num_scenes": 80000, "single_fraction": 0.75})
     decoupled = ITEMS + scene_source("data.bootstrap", scenes)
-    # The scenes recipe (configs/cpu/scenes_ab_simclr.yaml), which its later screens extend.
+    # The region-mean recipe, which the later screens extend; with SHARP_REWARD it is the scenes
+    # recipe (configs/cpu/scenes_ab_simclr.yaml, ab/asym_targets_src64_mean_sharp) since 2026-12-07.
     region_mean = crowded + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS + SOURCE_64 + REGION_MEAN
     named = {
         "simclr/items": ("fmnist_simclr", ITEMS),

@@ -193,6 +193,32 @@ def test_the_caption_benchmarks_equal_time_and_equal_pairs_variants(tmp_path):
     assert not {c.train.out_dir for c in named.values()} & {c.train.out_dir for c in weak.values()}
 
 
+# Each committed scenes recipe and the crowded_scenes.py row whose figures its header quotes.
+RECIPE_ROWS = [("scenes_simclr", "simclr/crowded"), ("scenes_simclr_mixture", "simclr/mixture"),
+               ("scenes_ab_simclr", "ab/asym_targets_src64_mean_sharp"),
+               ("scenes_ab_simclr_decoupled", "ab/decoupled_asym_targets_src64_mean")]
+
+
+@pytest.mark.parametrize("recipe, row", RECIPE_ROWS)
+def test_each_scenes_recipe_trains_what_its_benchmark_row_measured(recipe, row, tmp_path):
+    """A recipe's header quotes the figures of a benchmark row: the two train on the same data, views,
+    method, model and optimiser, and differ only in the run's length, bookkeeping and (the benchmark
+    probes apart) eval. A recipe edited without its row, or a row without its recipe, fails here."""
+    from annoboot.recipe import load_config
+
+    variants = variants_of(dict(SCENE_CHOICES["crowded_128_plaid"]))
+    measured = to_dict(variant_config(variants[row], seed=0, budget=BUDGETS["cpu"], user=[], out_dir=str(tmp_path)))
+    committed = to_dict(load_config(str(Path(__file__).resolve().parents[1] / "configs" / "cpu" / f"{recipe}.yaml")))
+    for settings in (measured, committed):
+        if settings["model"]["value_readout"] == "region_mean":  # no decoder is built: its options are unused
+            for key in ("decoder_depth", "decoder_dim", "decoder_heads"):
+                settings["model"].pop(key)
+        for key in ("steps", "out_dir", "ckpt_every", "progress"):
+            settings["train"].pop(key)
+    for section in ("data", "views", "model", "method", "train"):
+        assert measured[section] == committed[section], (recipe, row, section)
+
+
 def test_localisation_scores_each_run_on_the_scenes_its_moves_trained_on(tmp_path):
     """benchmarks/localisation.py: a decoupled run (annotations from items or the mixture) is scored
     on its bootstrap source's crowded scenes, not on the mixture's mostly single-item scenes; a
