@@ -209,12 +209,12 @@ def test_each_scenes_recipe_trains_what_its_benchmark_row_measured(recipe, row, 
     variants = variants_of(dict(SCENE_CHOICES["crowded_128_plaid"]))
     measured = to_dict(variant_config(variants[row], seed=0, budget=BUDGETS["cpu"], user=[], out_dir=str(tmp_path)))
     committed = to_dict(load_config(str(Path(__file__).resolve().parents[1] / "configs" / "cpu" / f"{recipe}.yaml")))
-    for settings in (measured, committed):
-        if settings["model"]["value_readout"] == "region_mean":  # no decoder is built: its options are unused
+    for trained in (measured, committed):  # (not `settings`: the module's hypothesis import)
+        if trained["model"]["value_readout"] == "region_mean":  # no decoder is built: its options are unused
             for key in ("decoder_depth", "decoder_dim", "decoder_heads"):
-                settings["model"].pop(key)
+                trained["model"].pop(key)
         for key in ("steps", "out_dir", "ckpt_every", "progress"):
-            settings["train"].pop(key)
+            trained["train"].pop(key)
     for section in ("data", "views", "model", "method", "train"):
         assert measured[section] == committed[section], (recipe, row, section)
 
