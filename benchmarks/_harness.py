@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from annoboot.commands import load_run
+from annoboot.compare import last_logged_metrics
 from annoboot.config import Config, to_dict
 from annoboot.data.decode import MAX_IMAGE_PIXELS
 from annoboot.errors import AnnobootError
@@ -139,13 +140,17 @@ def pretrained(cfg: Config, weights: str = "online"):
 
 def run_row(variant: Variant, seed: int, cfg: Config, evaluate: Callable, weights: str = "online") -> Dict:
     """Pre-train (or reuse) ``cfg`` and return its table row: ``evaluate(method, cfg, device)``'s
-    figures (of the ``weights`` network) with the variant, seed, steps, views seen and seconds."""
+    figures (of the ``weights`` network) with the variant, seed, steps, views seen, seconds and the
+    run's last logged metrics row."""
     method, device, train_seconds = pretrained(cfg, weights)
     start = time.perf_counter()
     figures = evaluate(method, cfg, device)
     row = {**figures, "variant": variant.name, "recipe": variant.recipe, "method": cfg.method.name, "seed": seed,
            "weights": weights, "steps": cfg.train.steps, "views_seen": method.views_per_step() * cfg.train.steps,
-           "train_seconds": train_seconds, "probe_seconds": time.perf_counter() - start, "run_dir": cfg.train.out_dir}
+           "train_seconds": train_seconds, "probe_seconds": time.perf_counter() - start, "run_dir": cfg.train.out_dir,
+           # The run's last logged losses and ab/* diagnostics (reward entropy, moves' agreement),
+           # kept in the table because the run folder's metrics.jsonl is not committed.
+           "last_logged": last_logged_metrics(Path(cfg.train.out_dir) / "metrics.jsonl")}
     print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}, default=float), flush=True)
     return row
 

@@ -23,6 +23,7 @@ from _protocol import BUDGETS, SCENE_CHOICES, variant_config  # noqa: E402
 from crowded_scenes import variants_of  # noqa: E402
 
 from annoboot.config import to_dict  # noqa: E402
+from helpers import needs_fmnist  # noqa: E402
 
 
 @pytest.mark.parametrize("scenes", ["crowded_128_plaid", "crowded_128_plaid_max", "crowded_plain"])
@@ -292,3 +293,24 @@ def test_a_missing_saved_table_is_named():
         patch.setattr(sys, "argv", ["merge_tables.py", "no/such/table.json"])
         with pytest.raises(SystemExit, match=r"^no/such/table\.json: no such file$"):
             merge_tables.main()
+
+
+@needs_fmnist
+def test_a_table_row_keeps_its_runs_last_logged_diagnostics_when_trained_and_when_reused(tiny_config, tmp_path):
+    """A benchmark's --json is what gets committed, not the run folder: the row carries the run's
+    last metrics.jsonl row (losses, reward entropy, moves' agreement), also for a reused run."""
+    from _harness import Variant, read_protocol_json, run_row, write_json
+
+    cfg = tiny_config("method.name=ab_simclr", "train.steps=4", "train.log_every=2", "train.batch_size=16",
+                      "data.annotation.limit=500")
+    variant = Variant("ab/tiny", "tiny")
+    trained = run_row(variant, 0, cfg, evaluate=lambda method, cfg, device: {"probe": 1.0})
+    logged = [json.loads(line) for line in (Path(cfg.train.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert trained["last_logged"]["step"] == logged[-1]["step"] == 4
+    assert "ab/target_entropy" in trained["last_logged"]
+    assert trained["last_logged"] == {key: value for key, value in logged[-1].items() if isinstance(value, (int, float))}
+    reused = run_row(variant, 0, cfg, evaluate=lambda method, cfg, device: {"probe": 1.0})
+    assert reused["last_logged"] == trained["last_logged"]
+    saved = tmp_path / "table.json"
+    write_json(str(saved), "a table", [reused])
+    assert read_protocol_json(str(saved))["runs"][0]["last_logged"] == trained["last_logged"]

@@ -64,7 +64,7 @@ def _mapping(value: Any) -> Dict:
     return value if isinstance(value, dict) else {}
 
 
-def _last_metrics(path: Path) -> Dict[str, Any]:
+def last_logged_metrics(path: Path) -> Dict[str, Any]:
     """The last readable row of metrics.jsonl (a row cut short by a kill is passed over), with
     only its numbers kept; {} without the file."""
     if not path.exists():
@@ -100,7 +100,7 @@ def run_summary(run: str | Path) -> Dict[str, Any]:
         described += f" ({scenes})"
     if kinds[1]:
         described += f" + {kinds[1]} (bootstrap)"
-    last = _last_metrics(folder / "metrics.jsonl")
+    last = last_logged_metrics(folder / "metrics.jsonl")
     eval_path = folder / "eval.json"
     environment_path = folder / "environment.json"
     environment = read_json_object(environment_path, "the run's environment") if environment_path.exists() else {}
