@@ -1,6 +1,7 @@
 """The harness every accuracy benchmark shares: variants x seeds, each pre-trained once and
 probed, one table of mean ± half the range over seeds (steps, views seen and minutes on every
-row; the floors and the AB - base differences below), ``--json`` with the hardware string.
+row; the floors and the AB - base differences below), ``--json`` with the hardware string and,
+for every run, its last logged metrics row (``last_logged``: losses, reward entropy, moves' agreement).
 
 A variant is a recipe plus overrides. Run directories are named by a hash of the training
 settings (:func:`training_key`), so a finished run is probed again instead of retrained, and
