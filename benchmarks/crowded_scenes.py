@@ -48,7 +48,7 @@ mixture's source, asymmetric bootstrap crops from the crowded scenes), ab/mixtur
 ab/decoupled_asym_targets (those two bases with ab/asym_targets' annotations),
 ab/decoupled_asym_targets_src128 (the latter with 128-px source views),
 ab/decoupled_asym_targets_src64_mean and ab/mixture_asym_targets_src64_mean (the two bases with the
-64-px region-mean readout of ab/asym_targets_src64_mean). Tables (``--table``) are lists of them:
+64-px region-mean readout of ab/asym_targets_src64_mean; the decoupled one also with _sharp's reward). Tables (``--table``) are lists of them:
   premise    SimCLR on items, on crowded scenes and on crowded scenes without the background;
   screen     the AB levers, one seed, beside the premise table's SimCLR rows;
   ab         the chosen AB recipes against SimCLR on crowded scenes, on items and the mixture.
@@ -224,6 +224,10 @@ def variants_of(scenes: Dict) -> Dict[str, Variant]:
         "ab/mixture_asym_targets_src64_mean": ("fmnist_ab_simclr", mixture + scene_source("data.bootstrap", scenes)
                                                + SMALL_ONLINE + ASYMMETRIC + TARGET_ANNOTATIONS + SOURCE_64
                                                + REGION_MEAN),
+        # The decoupled recipe with the scenes recipe's sharper reward (0.05, not 0.1).
+        "ab/decoupled_asym_targets_src64_mean_sharp": ("fmnist_ab_simclr", decoupled + SMALL_ONLINE + ASYMMETRIC
+                                                       + TARGET_ANNOTATIONS + SOURCE_64 + REGION_MEAN
+                                                       + SHARP_REWARD),
     }
     return {name: Variant(name, recipe, overrides) for name, (recipe, overrides) in named.items()}
 
@@ -240,7 +244,8 @@ TABLES = {
                "ab/asym_targets_src64_mean_sharper", "ab/asym_targets_src64_mean_tight", "ab/asym_targets_src64_mean_sharp_tight", "ab/asym_targets_jitter",
                "ab/asym_targets_one_size",
                "ab/mixture_asym_targets", "ab/decoupled_asym_targets", "ab/decoupled_asym_targets_src128",
-               "ab/decoupled_asym_targets_src64_mean", "ab/mixture_asym_targets_src64_mean",
+               "ab/decoupled_asym_targets_src64_mean", "ab/decoupled_asym_targets_src64_mean_sharp",
+               "ab/mixture_asym_targets_src64_mean",
                "ab/decoupled", "ab/decoupled_asym", "ab/decoupled_asym_queue"],
     "ab": ["simclr/crowded", "simclr/items", "simclr/mixture", "ab/asym", "ab/decoupled_asym", "ab/mixture_asym"],
 }
