@@ -310,6 +310,7 @@ def test_a_table_row_keeps_its_runs_last_logged_diagnostics_when_trained_and_whe
     assert "ab/target_entropy" in trained["last_logged"]
     assert trained["last_logged"] == {key: value for key, value in logged[-1].items() if isinstance(value, (int, float))}
     reused = run_row(variant, 0, cfg, evaluate=lambda method, cfg, device: {"probe": 1.0})
+    assert reused["train_seconds"] == trained["train_seconds"]  # the finished run reused, not trained again
     assert reused["last_logged"] == trained["last_logged"]
     saved = tmp_path / "table.json"
     write_json(str(saved), "a table", [reused])
